@@ -1,0 +1,121 @@
+"""Placement latency: p50/p99 of one `Placer.place` call, per request size, half the node busy.
+
+Two ways of being half busy, each with its own kind of request:
+  slices  every GPU carries slices using 30-70% of its core and memory, every NIC half its
+          slots; requests are slices (10% core, 2048 MiB) of 1..N GPUs, with as many NICs
+          (up to the node's count) and without NICs.
+  whole   half the GPUs (chosen at random) are held whole; requests are whole GPUs, 1..N,
+          with as many NICs; sizes above the free count measure the time to say no.
+Every policy (best-effort, restricted, single-numa) is timed; the summary line per node is
+the worst p99 over all sizes and policies.
+
+Run: .venv/bin/python bench/placement.py [--states 60] [--nodes dgx-h100,pcie-16gpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import statistics
+import time
+
+from agent.discovery import discover
+from agent.discovery.netlink import SysfsLinkState
+from agent.simulate import open_simulated
+from gpulet.topology import Topology
+from scorer.placement import (
+    Capacity,
+    GpuUsage,
+    NodeState,
+    Placer,
+    Request,
+    TopologyPolicy,
+)
+
+CAP = Capacity(gpu_slots=100, nic_slots=100)
+
+
+def load(name: str) -> Topology:
+    sim = open_simulated(name)
+    return discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
+
+
+def slice_state(topo: Topology, rng: random.Random) -> NodeState:
+    gpus = {
+        g.index: GpuUsage(
+            slots=rng.randint(1, 10),
+            core=rng.randint(30, 70),
+            memory_mib=g.memory_mib * rng.randint(30, 70) // 100,
+        )
+        for g in topo.gpus
+    }
+    return NodeState(gpus, {n.key: CAP.nic_slots // 2 for n in topo.nics})
+
+
+def whole_state(topo: Topology, rng: random.Random) -> NodeState:
+    busy = rng.sample([g.index for g in topo.gpus], len(topo.gpus) // 2)
+    gpus = {i: GpuUsage(CAP.gpu_slots, 100, 0, True) for i in busy}
+    return NodeState(gpus, {n.key: rng.choice([0, 50]) for n in topo.nics})
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def run(name: str, states: int, seed: int) -> float:
+    topo = load(name)
+    placer = Placer(topo, CAP)
+    n_gpus, n_nics = len(topo.gpus), len(topo.nics)
+    rng = random.Random(seed)
+    print(
+        f"\n{name}: {n_gpus} GPUs, {n_nics} NICs, {len(topo.numa_nodes)} NUMA nodes;"
+        f" tree search: {placer.hierarchical}; {states} random states per cell"
+    )
+    print(f"{'busy':7}{'policy':13}{'gpus':>5}{'nics':>5}{'fits':>6}{'p50 us':>9}{'p99 us':>9}")
+    worst = 0.0
+    for busy, make_state in (("slices", slice_state), ("whole", whole_state)):
+        pool = [make_state(topo, rng) for _ in range(states)]
+        for policy in TopologyPolicy:
+            for k in range(1, n_gpus + 1):
+                for rdma in sorted({0, min(k, n_nics)}):
+                    if policy is TopologyPolicy.RESTRICTED and not rdma:
+                        continue
+                    req = Request(gpus=k, rdma=rdma, topology=policy)
+                    if busy == "slices":
+                        req = Request(k, core=10, memory_mib=2048, rdma=rdma, topology=policy)
+                    times: list[float] = []
+                    fits = 0
+                    for state in pool:
+                        t0 = time.perf_counter_ns()
+                        result = placer.place(req, state)
+                        times.append((time.perf_counter_ns() - t0) / 1000)
+                        fits += result.fits
+                    p50, p99 = statistics.median(times), percentile(times, 99)
+                    worst = max(worst, p99)
+                    print(
+                        f"{busy:7}{policy.value:13}{k:>5}{rdma:>5}{fits:>6}{p50:>9.0f}{p99:>9.0f}"
+                    )
+    print(f"{name}: worst p99 over all sizes and policies: {worst / 1000:.2f} ms")
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--states", type=int, default=60, help="random node states per cell")
+    ap.add_argument("--nodes", default="dgx-h100,pcie-16gpu")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    print(
+        f"gpulet placement benchmark  python {platform.python_version()}  {platform.machine()}"
+        f"  {platform.processor() or platform.uname().processor or '?'}"
+    )
+    for name in args.nodes.split(","):
+        run(name, args.states, args.seed)
+
+
+if __name__ == "__main__":
+    main()

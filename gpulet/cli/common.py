@@ -1,0 +1,68 @@
+"""What the commands share: reading a node (real or simulated) and turning the errors a
+person can cause into one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from agent.discovery import DiscoveryError, discover
+from agent.discovery.netlink import NetlinkLinkState, SysfsLinkState
+from agent.discovery.nvml import NvmlError
+from agent.discovery.pynvml_backend import PynvmlBackend
+from agent.simulate import SimulationError, open_simulated
+from gpulet.topology import Topology
+from gpulet.topology.document import DocumentError
+from scorer.placement import RequestError
+from scorer.placement.serialize import StateError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Errors that come from the user's input or machine, not from a bug in gpulet.
+USER_ERRORS = (
+    SimulationError,
+    DiscoveryError,
+    NvmlError,
+    RequestError,
+    StateError,
+    DocumentError,
+)
+
+simulate_option = click.option(
+    "--simulate",
+    metavar="NAME|DIR",
+    help="Read a simulated node: a shipped name (dgx-a100, dgx-h100, h100-vm, pcie-4gpu, "
+    "pcie-16gpu) or a simulated-node directory. Without it, read this machine.",
+)
+
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Report USER_ERRORS as `Error: <message>` with exit status 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+def read_node(simulate: str | None) -> Topology:
+    """Discover a simulated node, or this machine through /sys, NVML and netlink."""
+    if simulate is not None:
+        sim = open_simulated(simulate)
+        return discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
+    return discover(Path("/sys"), PynvmlBackend(), NetlinkLinkState(), socket.gethostname())
+
+
+def print_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2))

@@ -1,0 +1,79 @@
+"""Plain-text views of a topology and a placement, for people."""
+
+from __future__ import annotations
+
+from gpulet.topology import Topology, format_cpulist
+from gpulet.topology.document import to_document
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def topology_text(topo: Topology) -> str:
+    doc = to_document(topo)
+    out = [f"node {topo.node}  driver {topo.driver or '-'}", ""]
+    gpu_rows = [["GPU", "MODEL", "MEMORY", "PCI", "NUMA", "SWITCH", "UUID"]]
+    for g in doc["gpus"]:
+        gpu_rows.append(
+            [
+                f"GPU{g['index']}",
+                g["model"],
+                f"{g['memory_mib']} MiB",
+                g["pci"],
+                str(g["numa"]),
+                g["switch"] or "-",
+                g["uuid"],
+            ]
+        )
+    out += [_table(gpu_rows), ""]
+    if doc["nics"]:
+        nic_rows = [["NIC", "NETDEV", "STATE", "LINK", "RATE", "PCI", "NUMA", "SWITCH"]]
+        for n in doc["nics"]:
+            nic_rows.append(
+                [
+                    n["name"],
+                    n["netdev"] or "-",
+                    n["state"],
+                    n["link"] or "-",
+                    f"{n['rate_gbps']:g} Gb/s {n['link_layer']}",
+                    n["pci"],
+                    str(n["numa"]),
+                    n["switch"] or "-",
+                ]
+            )
+        out += [_table(nic_rows), ""]
+    else:
+        out += ["no RDMA NICs", ""]
+    numa_rows = [["NUMA", "CPUS", "MEMORY"]]
+    numa_rows += [[str(m["id"]), m["cpus"], f"{m['memory_mib']} MiB"] for m in doc["numa"]]
+    out += [_table(numa_rows), ""]
+    if doc["switches"]:
+        sw_rows = [["SWITCH", "NUMA", "GPUS", "NICS"]]
+        for s in doc["switches"]:
+            sw_rows.append(
+                [
+                    s["id"],
+                    ",".join(map(str, s["numa"])),
+                    ",".join(f"GPU{i}" for i in s["gpus"]) or "-",
+                    ",".join(s["nics"]) or "-",
+                ]
+            )
+        out += [_table(sw_rows), ""]
+    out.append(matrix_text(topo))
+    return "\n".join(out)
+
+
+def matrix_text(topo: Topology) -> str:
+    """The link matrix laid out as `nvidia-smi topo -m` lays it out."""
+    names = [g.name for g in topo.gpus] + [n.key for n in topo.nics]
+    numa_of = {g.name: g.numa for g in topo.gpus} | {n.key: n.numa for n in topo.nics}
+    cpus = {n.id: format_cpulist(n.cpus) for n in topo.numa_nodes}
+    rows = [["", *names, "CPU Affinity", "NUMA Affinity"]]
+    for a in names:
+        cells = [" X " if a == b else topo.link(a, b) for b in names]
+        rows.append([a, *cells, cpus.get(numa_of[a], "-"), str(numa_of[a])])
+    return _table(rows)

@@ -1,0 +1,1 @@
+"""The scheduler extender and the placement engine (`scorer.placement`)."""

@@ -1,0 +1,90 @@
+"""Which GPUs and NICs can take a request, what each would be granted, and its unary cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpulet.topology import Gpu, Topology
+from scorer.placement.cost import pack
+from scorer.placement.request import Capacity, GpuPolicy, GpuUsage, NodeState, Request
+
+
+@dataclass(frozen=True)
+class GpuGrant:
+    """What one chosen GPU gives the container."""
+
+    index: int
+    uuid: str
+    core: int
+    memory_mib: int
+    slots: int
+    exclusive: bool
+
+
+def _grant(gpu: Gpu, use: GpuUsage, req: Request, cap: Capacity) -> GpuGrant | str:
+    """The grant, or why this GPU cannot take the request."""
+    if gpu.mig:
+        return "MIG enabled"
+    if use.exclusive:
+        return "held whole"
+    if req.whole:
+        if not use.idle:
+            return "in use"
+        return GpuGrant(gpu.index, gpu.uuid, 100, gpu.memory_mib, cap.gpu_slots, True)
+    if use.slots >= cap.gpu_slots:
+        return "no free slot"
+    core = 100 if req.core is None else req.core
+    if use.core + core > 100:
+        return f"{100 - use.core}% core free"
+    free_mem = gpu.memory_mib - use.memory_mib
+    memory = free_mem if req.memory_mib is None else req.memory_mib
+    if memory < 1 or memory > free_mem:
+        return f"{max(0, free_mem)} MiB free"
+    return GpuGrant(gpu.index, gpu.uuid, core, memory, 1, False)
+
+
+def gpu_unary(gpu: Gpu, use: GpuUsage, grant: GpuGrant, policy: GpuPolicy) -> int:
+    """Packed cost of choosing this GPU by itself (the packing terms)."""
+    total = max(1, gpu.memory_mib)
+    if policy is GpuPolicy.SPREAD:
+        return pack(fit=use.core + use.memory_mib * 100 // total)
+    left_core = 100 - use.core - grant.core
+    left_mem = (gpu.memory_mib - use.memory_mib - grant.memory_mib) * 100 // total
+    return pack(touched=1 if use.idle else 0, fit=left_core + left_mem)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Eligible devices with their unary costs, and why the others are not."""
+
+    gpus: dict[int, tuple[GpuGrant, int]]
+    nics: dict[str, int]
+    gpu_reasons: dict[int, str]
+    nic_reasons: dict[str, str]
+
+
+def candidates(topo: Topology, req: Request, state: NodeState, cap: Capacity) -> Candidates:
+    gpus: dict[int, tuple[GpuGrant, int]] = {}
+    gpu_reasons: dict[int, str] = {}
+    if req.gpus:
+        for gpu in topo.gpus:
+            use = state.gpu(gpu.index)
+            got = "unhealthy" if gpu.index in state.unhealthy_gpus else _grant(gpu, use, req, cap)
+            if isinstance(got, str):
+                gpu_reasons[gpu.index] = got
+            else:
+                gpus[gpu.index] = (got, gpu_unary(gpu, use, got, req.gpu_policy))
+    nics: dict[str, int] = {}
+    nic_reasons: dict[str, str] = {}
+    if req.rdma:
+        for nic in topo.nics:
+            used = state.nic_slots.get(nic.key, 0)
+            if nic.key in state.unhealthy_nics:
+                nic_reasons[nic.key] = "unhealthy"
+            elif not nic.active:
+                nic_reasons[nic.key] = f"port {nic.state.lower()}"
+            elif used >= cap.nic_slots:
+                nic_reasons[nic.key] = "no free slot"
+            else:
+                nics[nic.key] = pack(nic_load=used)
+    return Candidates(gpus, nics, gpu_reasons, nic_reasons)
