@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 
 from hypothesis import strategies as st
@@ -15,6 +16,13 @@ from scorer.placement import (
     Request,
     TopologyPolicy,
 )
+
+#: GPULET_HYPOTHESIS_SCALE=10 runs every property test with ten times the examples.
+SCALE = int(os.environ.get("GPULET_HYPOTHESIS_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+    return n * SCALE
 
 
 @dataclass

@@ -18,9 +18,10 @@ class NvmlError(RuntimeError):
 class NvlinkInfo:
     link: int
     active: bool
-    #: Remote end's PCI address as NVML reports it (`00000000:C7:00.0`).
+    #: Remote end's PCI address as NVML reports it (`00000000:C7:00.0`); "" for a link
+    #: that is down, whose far end is not asked for.
     remote_pci: str
-    #: "gpu", "switch" or "unknown".
+    #: "gpu", "switch" or "unknown" ("unknown" for a link that is down).
     remote_type: str
 
 

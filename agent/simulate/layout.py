@@ -107,6 +107,8 @@ class _Context:
 
 
 class _Placer:
+    """Walks the spec depth-first, handing out bus and device numbers."""
+
     def __init__(self) -> None:
         self.next_bus: dict[int, int] = {}
         self.owners: dict[Bdf, str] = {}
@@ -173,6 +175,8 @@ class _Placer:
         self.fill(slot, bdf, parents, ctx, ids=ids, payload=info)
 
     def switch(self, switch: SwitchSpec, bdf: Bdf, parents: tuple[Bdf, ...], ctx: _Context) -> None:
+        if bdf.function != 0:
+            raise SimulationError(f"{switch.where}.bdf: {bdf} must name function 0")
         if len(switch.children) > MAX_DEVICE + 1:
             raise SimulationError(
                 f"{switch.where}: a switch has at most {MAX_DEVICE + 1} downstream ports"

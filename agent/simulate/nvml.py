@@ -107,14 +107,18 @@ def _gpu(item: object, source: str, where: str) -> NvmlGpu:
 
 def _nvlink(item: object, source: str, where: str) -> NvlinkInfo:
     obj = _object(item, source, where)
+    link = _field(obj, "link", int, source, where)
+    if not _field(obj, "active", bool, source, where):
+        # As through real NVML: the far end of a link that is down is never asked for.
+        return NvlinkInfo(link=link, active=False, remote_pci="", remote_type="unknown")
     kind = _field(obj, "remote_type", str, source, where)
     if kind not in _REMOTE_TYPES:
         raise SimulatedNvmlError(
             f"{source}: {where}.remote_type: {kind!r} is not one of {', '.join(_REMOTE_TYPES)}"
         )
     return NvlinkInfo(
-        link=_field(obj, "link", int, source, where),
-        active=_field(obj, "active", bool, source, where),
+        link=link,
+        active=True,
         remote_pci=_bus_id(obj, "remote_pci", source, where),
         remote_type=kind,
     )

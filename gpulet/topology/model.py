@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -96,6 +97,11 @@ class NumaNode:
     memory_mib: int
 
 
+def _natural(name: str) -> tuple[tuple[int, str], ...]:
+    """Sort key putting mlx5_2 before mlx5_10."""
+    return tuple((int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"(\d+)", name))
+
+
 def _gpu_link(a: Gpu, b: Gpu) -> str:
     direct = sum(n for peer, n in a.nvlink_peers if peer == b.index)
     fabric = min(a.nvswitch_links, b.nvswitch_links)
@@ -148,7 +154,7 @@ class Topology:
     ) -> Topology:
         """Build a topology, sorting devices and computing the link matrix."""
         g = tuple(sorted(gpus, key=lambda x: x.index))
-        n = tuple(sorted(nics, key=lambda x: (x.name, x.port)))
+        n = tuple(sorted(nics, key=lambda x: (_natural(x.name), x.port)))
         m = tuple(sorted(numa_nodes, key=lambda x: x.id))
         return cls(node, g, n, m, driver, compute_links(g, n))
 

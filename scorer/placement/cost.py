@@ -13,6 +13,7 @@ Fields, most important first (lower is better); docs/placement.md explains each:
     fit         binpack: core % + memory % left free on the chosen GPUs (best fit);
                 spread: core % + memory % already used on them (least loaded)
     nic_load    slots already used on the chosen NICs
+    order       GPU indices plus NIC positions (in natural name order): ties go to the lowest
 
 Each field gets FIELD_BITS bits, so adding packed costs adds each field and comparing two
 packed costs compares the tuples lexicographically, as long as no field overflows (the
@@ -33,6 +34,7 @@ FIELDS = (
     "group_broken",
     "fit",
     "nic_load",
+    "order",
 )
 FIELD_BITS = 24
 _MASK = (1 << FIELD_BITS) - 1

@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpulet.topology import Gpu, Topology
-from scorer.placement.cost import pack
+from scorer.placement.cost import unit
 from scorer.placement.request import Capacity, GpuPolicy, GpuUsage, NodeState, Request
+
+# The packed cost of one unit in the fields the unary costs use (cost.pack, inlined: this
+# runs for every device on every placement).
+_TOUCHED, _FIT, _NIC_LOAD, _ORDER = (unit(f) for f in ("touched", "fit", "nic_load", "order"))
 
 
 @dataclass(frozen=True)
@@ -47,10 +51,10 @@ def gpu_unary(gpu: Gpu, use: GpuUsage, grant: GpuGrant, policy: GpuPolicy) -> in
     """Packed cost of choosing this GPU by itself (the packing terms)."""
     total = max(1, gpu.memory_mib)
     if policy is GpuPolicy.SPREAD:
-        return pack(fit=use.core + use.memory_mib * 100 // total)
+        return (use.core + use.memory_mib * 100 // total) * _FIT + gpu.index * _ORDER
     left_core = 100 - use.core - grant.core
     left_mem = (gpu.memory_mib - use.memory_mib - grant.memory_mib) * 100 // total
-    return pack(touched=1 if use.idle else 0, fit=left_core + left_mem)
+    return (_TOUCHED if use.idle else 0) + (left_core + left_mem) * _FIT + gpu.index * _ORDER
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def candidates(topo: Topology, req: Request, state: NodeState, cap: Capacity) ->
     nics: dict[str, int] = {}
     nic_reasons: dict[str, str] = {}
     if req.rdma:
-        for nic in topo.nics:
+        for position, nic in enumerate(topo.nics):
             used = state.nic_slots.get(nic.key, 0)
             if nic.key in state.unhealthy_nics:
                 nic_reasons[nic.key] = "unhealthy"
@@ -86,5 +90,5 @@ def candidates(topo: Topology, req: Request, state: NodeState, cap: Capacity) ->
             elif used >= cap.nic_slots:
                 nic_reasons[nic.key] = "no free slot"
             else:
-                nics[nic.key] = pack(nic_load=used)
+                nics[nic.key] = used * _NIC_LOAD + position * _ORDER
     return Candidates(gpus, nics, gpu_reasons, nic_reasons)

@@ -34,13 +34,16 @@ from scorer.placement.request import (
 )
 
 Entry = tuple[int, tuple[int, ...], tuple[str, ...]]
-Table = dict[tuple[int, int], Entry]
+#: (a GPUs, b NICs) -> the cheapest way to take them, keyed `a << _B | b` so that keys add.
+Table = dict[int, Entry]
+_B = 10
+_NMASK = (1 << _B) - 1
 
 #: Tree levels, root first, and the GPU-NIC rank of a pair whose lowest common level it is.
 LEVELS = ("machine", "numa", "bridge", "group", "pix")
 _RANK = {"machine": 4, "numa": 3, "bridge": 2, "group": 1, "pix": 0}
 _ALIGN = unit("align")
-_EMPTY: Table = {(0, 0): (0, (), ())}
+_EMPTY: Table = {0: (0, (), ())}
 
 
 @dataclass
@@ -54,6 +57,12 @@ class _Node:
     intra: dict[tuple[int, int], int] = field(default_factory=dict)  # PIX cluster pairs
     numa: int = -1
     switched: bool = False
+    # Filled once the tree is final:
+    uid: int = -1
+    rank_cost: int = 0
+    uniform: bool = True  # all GPU pairs inside this leaf cost the same
+    intra_cost: int = 0  # ... namely this
+    leaf: bool = False  # a PIX cluster, or a group of one-device PIX clusters
 
     def walk(self) -> Iterator[_Node]:
         yield self
@@ -92,11 +101,17 @@ class Placer:
     """Places requests on one node. Build once per topology; `place` is pure."""
 
     def __init__(self, topo: Topology, capacity: Capacity | None = None) -> None:
+        if len(topo.gpus) > _NMASK or len(topo.nics) > _NMASK:
+            raise ValueError(f"node {topo.node}: more than {_NMASK} GPUs or NICs")
         self.topo = topo
         self.capacity = capacity or Capacity()
         self.best_nv = exhaustive.best_nv(topo)
-        #: For each device ("g<index>", "n<key>"), the ids of the tree nodes above it.
-        self._paths: dict[str, tuple[int, ...]] = {}
+        self._gpu_numa = {g.index: g.numa for g in topo.gpus}
+        self._nic_numa = {n.key: n.numa for n in topo.nics}
+        #: For each GPU index and NIC key, the uids of the tree nodes from the root to it.
+        self._gpu_path: dict[int, tuple[int, ...]] = {}
+        self._nic_path: dict[str, tuple[int, ...]] = {}
+        self._order: list[_Node] = []
         self.root, self.hierarchical = self._build()
 
     # -- construction -------------------------------------------------------------------
@@ -149,16 +164,32 @@ class Placer:
             elif node.pair != cost:
                 nested = False
         _compress(root)
+        for node in root.walk():
+            costs = set(node.intra.values())
+            node.uniform = len(costs) <= 1
+            node.intra_cost = costs.pop() if len(costs) == 1 else 0
+            node.leaf = node.level == "pix"
+        for group in (n for n in root.walk() if n.level == "group"):
+            if all(len(c.gpus) + len(c.nics) == 1 for c in group.children):
+                # One device per PIX cluster: every pair meets at the group, so the group
+                # is solved as one leaf (uniform pairs, partners at the group's rank).
+                group.nics = [k for c in group.children for k in c.nics]
+                group.intra_cost, group.uniform, group.leaf = group.pair or 0, True, True
+                group.children = []
+        self._order = list(_postorder(root))
+        for uid, node in enumerate(self._order):
+            node.uid = uid
+            node.rank_cost = _RANK[node.level] * _ALIGN
         self._record_paths(root, ())
         return root, nested
 
     def _record_paths(self, node: _Node, above: tuple[int, ...]) -> None:
-        path = (*above, id(node))
-        if node.level == "pix":
+        path = (*above, node.uid)
+        if node.leaf:
             for i in node.gpus:
-                self._paths[f"g{i}"] = path
+                self._gpu_path[i] = path
             for k in node.nics:
-                self._paths[f"n{k}"] = path
+                self._nic_path[k] = path
         for child in node.children:
             self._record_paths(child, path)
 
@@ -179,9 +210,7 @@ class Placer:
         if found is None:
             return NoFit(no_fit_reason(self.topo, req, cand))
         cost, gpus, nics = found
-        by_index = {g.index: g for g in self.topo.gpus}
-        by_key = {n.key: n for n in self.topo.nics}
-        numa = {by_index[i].numa for i in gpus} | {by_key[k].numa for k in nics}
+        numa = {self._gpu_numa[i] for i in gpus} | {self._nic_numa[k] for k in nics}
         shape = Shape(req.gpus, req.rdma, len(self.topo.numa_nodes))
         return Placement(
             gpus=tuple(cand.gpus[i][0] for i in sorted(gpus)),
@@ -192,148 +221,229 @@ class Placer:
         )
 
     def _search(self, req: Request, state: NodeState, cand: Candidates) -> Entry | None:
-        target = (req.gpus, req.rdma)
-        # Only subtrees holding an eligible device are searched.
-        live: set[int] = set()
-        for i in cand.gpus:
-            live.update(self._paths[f"g{i}"])
-        for k in cand.nics:
-            live.update(self._paths[f"n{k}"])
-        if req.topology is TopologyPolicy.SINGLE_NUMA:
-            best: Entry | None = None
-            for numa in self.root.children:
-                if id(numa) not in live:
-                    continue
-                entry = self._table(numa, req, state, cand, live=live, target=target).get(target)
-                if entry is not None and (best is None or entry[0] < best[0]):
-                    best = entry
-            return best
-        return self._table(self.root, req, state, cand, live=live, target=target).get(target)
-
-    def _table(
-        self,
-        node: _Node,
-        req: Request,
-        state: NodeState,
-        cand: Candidates,
-        *,
-        live: set[int],
-        target: tuple[int, int] | None = None,
-    ) -> Table:
-        """For every (a, b) this subtree can give, the cheapest way to take a GPUs and b
-        NICs from it. Devices with no partner inside the subtree are not charged yet.
-        With a `target`, only that (a, b) is wanted and the merges are pruned to it."""
-        if node.level == "pix":
-            return self._leaf(node, req, cand)
-        tables = [
-            self._table(child, req, state, cand, live=live)
-            for child in node.children
-            if id(child) in live
-        ]
-        merged = self._merge(node, [t for t in tables if len(t) > 1], req, target)
-        return self._finish(node, merged, req, state)
-
-    def _merge(
-        self, node: _Node, tables: list[Table], req: Request, target: tuple[int, int] | None
-    ) -> Table:
-        if not tables:
-            return _EMPTY
-        if len(tables) == 1:
-            return tables[0]  # the rank charged below would be taken back whole
+        """Fill the tables bottom-up over the subtrees that hold an eligible device."""
         k, m = req.gpus, req.rdma
-        rank_cost = _RANK[node.level] * _ALIGN
-        pair = node.pair or 0
-        room_g = [max(a for a, _ in t) for t in tables]
-        room_n = [max(b for _, b in t) for t in tables]
-        merged: Table = {(0, 0): (0, (), ())}
-        for i, table in enumerate(tables):
-            # A child's unpartnered devices are charged this node's rank now; where the
-            # whole subtree ends up with only one kind of device the charge is undone below.
-            items = [
-                (a, b, c + rank_cost * (a if not b else b if not a else 0), g, n)
-                for (a, b), (c, g, n) in table.items()
-            ]
-            out: Table = {}
-            if target is not None and i == len(tables) - 1:
-                # Last child at the root: only the target is wanted, so look it up.
-                wanted = {(a, b): (c, g, n) for a, b, c, g, n in items}
-                for (ma, mb), (mc, mg, mn) in merged.items():
-                    hit = wanted.get((target[0] - ma, target[1] - mb))
-                    if hit is None:
-                        continue
-                    total = mc + hit[0] + pair * ma * (target[0] - ma)
+        target = k << _B | m
+        gpu_buckets: dict[int, list[tuple[int, int]]] = {}
+        nic_buckets: dict[int, list[tuple[int, str]]] = {}
+        # Eligible GPUs and NICs in each subtree; a subtree is live when it has any.
+        inside = [0] * len(self._order)
+        for i, (_, unary) in cand.gpus.items():
+            path = self._gpu_path[i]
+            gpu_buckets.setdefault(path[-1], []).append((unary, i))
+            for uid in path:
+                inside[uid] += 1 << _B
+        for key, unary in cand.nics.items():
+            path = self._nic_path[key]
+            nic_buckets.setdefault(path[-1], []).append((unary, key))
+            for uid in path:
+                inside[uid] += 1
+        total = inside[self.root.uid]
+        busy = frozenset(i for i, use in state.gpus.items() if not use.idle)
+        ctx = _Context(
+            k,
+            m,
+            restricted=req.topology is TopologyPolicy.RESTRICTED,
+            binpack=req.gpu_policy is GpuPolicy.BINPACK,
+            busy=busy,
+        )
+        single = req.topology is TopologyPolicy.SINGLE_NUMA
+        tables: dict[int, Table] = {}
+        best: Entry | None = None
+        for node in self._order:
+            if not inside[node.uid]:
+                continue
+            if node.leaf:
+                table = _leaf(node, gpu_buckets.get(node.uid), nic_buckets.get(node.uid), ctx)
+                table = _finish(node, table, ctx)
+            elif single and node.level == "machine":
+                break
+            else:
+                kids = [tables[c.uid] for c in node.children if inside[c.uid]]
+                root = node.level == "machine" or (single and node.level == "numa")
+                # What the rest of the node cannot supply, this subtree must.
+                outside = total - inside[node.uid]
+                need = (max(0, k - (outside >> _B)), max(0, m - (outside & _NMASK)))
+                kids = [t for t in kids if not (len(t) == 1 and 0 in t)]  # not just "none"
+                merged = _merge(node, kids, ctx, need, target if root else None)
+                table = _finish(node, merged, ctx)
+                if single and node.level == "numa":
+                    entry = table.get(target)
+                    if entry is not None and (best is None or entry[0] < best[0]):
+                        best = entry
+            tables[node.uid] = table
+        if single:
+            return best
+        return tables[self.root.uid].get(target)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every step of one search needs to know about the request."""
+
+    gpus: int
+    nics: int
+    restricted: bool
+    binpack: bool
+    #: GPUs that carry any allocation: a node none of whose GPUs is busy is pristine.
+    busy: frozenset[int]
+
+
+def _merge(
+    node: _Node,
+    tables: list[Table],
+    ctx: _Context,
+    need: tuple[int, int],
+    target: int | None,
+) -> Table:
+    """Combine the children's tables: every way to split (a, b) among them, plus the
+    GPU pairs that meet at this node. States below `need` (what the rest of the node cannot
+    supply) are dropped; with a target, only the target is kept."""
+    if not tables:
+        return _EMPTY
+    if not all(tables):
+        return {}  # a subtree that must give something cannot: nothing fits here
+    if len(tables) == 1:
+        return tables[0]  # the rank charged below would be taken back whole
+    k, m = ctx.gpus, ctx.nics
+    rank_cost, pair = node.rank_cost, node.pair or 0
+    merged: Table = {0: (0, (), ())}
+    last = len(tables) - 1
+    # Room: the most GPUs and NICs each child can give, to prune toward `need`.
+    bounded = need != (0, 0)
+    rooms = [(max(t) >> _B, max(key & _NMASK for key in t)) for t in tables] if bounded else []
+    room_g = sum(r[0] for r in rooms)
+    room_n = sum(r[1] for r in rooms)
+    for i, table in enumerate(tables):
+        # A child's unpartnered devices are charged this node's rank now; where the whole
+        # subtree ends up with only one kind of device the charge is undone below.
+        items = []
+        for key, child in table.items():
+            a, b = key >> _B, key & _NMASK
+            items.append(
+                (key, a, b, child[0] + rank_cost * (a if not b else b if not a else 0), child)
+            )
+        out: Table = {}
+        if target is not None and i == last:
+            # Last child at the root: only the target is wanted, so look it up.
+            wanted = {key: (c, child[1], child[2]) for key, _, _, c, child in items}
+            ta = target >> _B
+            for mkey, (mc, mg, mn) in merged.items():
+                hit = wanted.get(target - mkey)
+                if hit is not None:
+                    ma = mkey >> _B
+                    total = mc + hit[0] + pair * ma * (ta - ma)
                     if target not in out or total < out[target][0]:
                         out[target] = (total, mg + hit[1], mn + hit[2])
-                merged = out
-                break
-            need_g = need_n = 0
-            if target is not None:
-                need_g = target[0] - sum(room_g[i + 1 :])
-                need_n = target[1] - sum(room_n[i + 1 :])
-            for (ma, mb), (mc, mg, mn) in merged.items():
-                for a, b, c, g, n in items:
-                    ta, tb = ma + a, mb + b
-                    if ta > k or tb > m or ta < need_g or tb < need_n:
-                        continue
-                    total = mc + c + pair * ma * a
-                    key = (ta, tb)
-                    cur = out.get(key)
-                    if cur is None or total < cur[0]:
-                        out[key] = (total, mg + g, mn + n)
             merged = out
-        for (a, b), (c, g, n) in list(merged.items()):
-            if a and not b:
-                merged[(a, b)] = (c - rank_cost * a, g, n)
-            elif b and not a:
-                merged[(a, b)] = (c - rank_cost * b, g, n)
-        return merged
+            break
+        need_g = need_n = 0
+        if bounded:
+            room_g -= rooms[i][0]
+            room_n -= rooms[i][1]
+            need_g, need_n = need[0] - room_g, need[1] - room_n
+        best: dict[int, int] = {}
+        left: dict[int, Entry] = {}
+        right: dict[int, Entry] = {}
+        for mkey, entry in merged.items():
+            ma, mb = mkey >> _B, mkey & _NMASK
+            a_lo, a_hi, b_lo, b_hi = need_g - ma, k - ma, need_n - mb, m - mb
+            base, per_gpu = entry[0], pair * ma
+            for key, a, b, c, child in items:
+                if a_lo <= a <= a_hi and b_lo <= b <= b_hi:
+                    total = base + c + per_gpu * a
+                    nk = mkey + key
+                    cur = best.get(nk)
+                    if cur is None or total < cur:
+                        best[nk], left[nk], right[nk] = total, entry, child
+        for key, total in best.items():
+            _, mg, mn = left[key]
+            _, g, n = right[key]
+            out[key] = (total, mg + g, mn + n)
+        merged = out
+    for a in range(1, k + 1):
+        only_gpus = merged.get(a << _B)
+        if only_gpus is not None:
+            merged[a << _B] = (only_gpus[0] - rank_cost * a, only_gpus[1], only_gpus[2])
+    for b in range(1, m + 1):
+        only_nics = merged.get(b)
+        if only_nics is not None:
+            merged[b] = (only_nics[0] - rank_cost * b, only_nics[1], only_nics[2])
+    return merged
 
-    def _finish(self, node: _Node, merged: Table, req: Request, state: NodeState) -> Table:
-        if node.level not in {"group", "numa"}:
+
+_NUMA = unit("numa")
+_NUMA_BROKEN = unit("numa_broken")
+_GROUP_BROKEN = unit("group_broken")
+
+
+def _finish(node: _Node, merged: Table, ctx: _Context) -> Table:
+    """The terms a group or NUMA node adds: the restricted rule, NUMA count, broken
+    pristine groups and NUMA nodes."""
+    pristine = ctx.binpack and ctx.busy.isdisjoint(node.gpus)
+    if node.level == "group":
+        if not ctx.restricted and not pristine:
             return merged
-        binpack = req.gpu_policy is GpuPolicy.BINPACK
-        pristine = binpack and all(state.gpu(i).idle for i in node.gpus)
         out: Table = {}
-        for (a, b), (c, g, n) in merged.items():
-            if node.level == "group":
-                if req.topology is TopologyPolicy.RESTRICTED and a and (not b or not node.switched):
-                    continue
-                if pristine and a:
-                    c += unit("group_broken")
-            elif node.level == "numa":
-                if a or b:
-                    c += unit("numa")
-                if pristine and a:
-                    c += unit("numa_broken")
-            out[(a, b)] = (c, g, n)
+        for key, (c, g, n) in merged.items():
+            has_gpu, has_nic = key >> _B, key & _NMASK
+            if ctx.restricted and has_gpu and (not has_nic or not node.switched):
+                continue
+            out[key] = (c + _GROUP_BROKEN, g, n) if pristine and has_gpu else (c, g, n)
         return out
+    if node.level == "numa":
+        broken = _NUMA + _NUMA_BROKEN if pristine else _NUMA
+        return {
+            key: (c + (broken if key >> _B else _NUMA if key else 0), g, n)
+            for key, (c, g, n) in merged.items()
+        }
+    return merged
 
-    def _leaf(self, node: _Node, req: Request, cand: Candidates) -> Table:
-        gpus = sorted((cand.gpus[i][1], i) for i in node.gpus if i in cand.gpus)
-        nics = sorted((cand.nics[k], k) for k in node.nics if k in cand.nics)
-        if not gpus and not nics:
-            return _EMPTY
-        gpu_best: list[tuple[int, tuple[int, ...]]] = []
-        costs = set(node.intra.values())
-        for a in range(min(req.gpus, len(gpus)) + 1):
-            uniform = len(costs) <= 1
-            chosen = [gpus[:a]] if uniform else [list(c) for c in combinations(gpus, a)]
-            best: tuple[int, tuple[int, ...]] | None = None
-            for pick in chosen:
-                total = sum(u for u, _ in pick)
-                for x, y in combinations(sorted(i for _, i in pick), 2):
-                    total += node.intra[(x, y)]
-                if best is None or total < best[0]:
-                    best = (total, tuple(i for _, i in pick))
-            assert best is not None
-            gpu_best.append(best)
-        table: Table = {}
-        for b in range(min(req.rdma, len(nics)) + 1):
-            nic_cost = sum(u for u, _ in nics[:b])
-            names = tuple(k for _, k in nics[:b])
-            for a, (g_cost, picked) in enumerate(gpu_best):
-                table[(a, b)] = (g_cost + nic_cost, picked, names)
-        return table
+
+def _leaf(
+    node: _Node,
+    gpus: list[tuple[int, int]] | None,
+    nics: list[tuple[int, str]] | None,
+    ctx: _Context,
+) -> Table:
+    """A leaf: its eligible devices (unary cost, id) are interchangeable but for their own
+    cost and, where NVLink differs between them, their pairs. With both GPUs and NICs taken,
+    each is charged the leaf's rank (0 in a PIX cluster, PXB in a group of them)."""
+    gpus = sorted(gpus) if gpus else []
+    nics = sorted(nics) if nics else []
+    gpu_best: list[tuple[int, tuple[int, ...]]] = [(0, ())]
+    total = 0
+    for a in range(1, min(ctx.gpus, len(gpus)) + 1):
+        if node.uniform:
+            total += gpus[a - 1][0] + node.intra_cost * (a - 1)
+            gpu_best.append((total, tuple(i for _, i in gpus[:a])))
+            continue
+        best: tuple[int, tuple[int, ...]] | None = None
+        for pick in combinations(gpus, a):
+            cost = sum(u for u, _ in pick)
+            chosen = sorted(i for _, i in pick)
+            for x, y in combinations(chosen, 2):
+                cost += node.intra[(x, y)]
+            if best is None or cost < best[0]:
+                best = (cost, tuple(chosen))
+        assert best is not None
+        gpu_best.append(best)
+    table: Table = {}
+    nic_cost = 0
+    for b in range(min(ctx.nics, len(nics)) + 1):
+        if b:
+            nic_cost += nics[b - 1][0]
+        names = tuple(k for _, k in nics[:b])
+        for a, (g_cost, picked) in enumerate(gpu_best):
+            align = node.rank_cost * (a + b) if a and b else 0
+            table[a << _B | b] = (g_cost + nic_cost + align, picked, names)
+    return table
+
+
+def _postorder(node: _Node) -> Iterator[_Node]:
+    for child in node.children:
+        yield from _postorder(child)
+    yield node
 
 
 def _compress(node: _Node) -> None:

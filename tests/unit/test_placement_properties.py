@@ -16,7 +16,7 @@ from scorer.placement import (
     exhaustive,
 )
 from scorer.placement.eligibility import candidates
-from tests.strategies import node_states, requests, topologies
+from tests.strategies import examples, node_states, requests, topologies
 
 CAP = Capacity(gpu_slots=4, nic_slots=2)
 
@@ -58,7 +58,7 @@ def check_against_exhaustive(topo: Topology, req: Request, state: NodeState) -> 
         assert len(got.numa) == 1
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_engine_equals_exhaustive_on_random_trees(data: st.DataObject) -> None:
     topo = data.draw(topologies())
@@ -67,7 +67,7 @@ def test_engine_equals_exhaustive_on_random_trees(data: st.DataObject) -> None:
     check_against_exhaustive(topo, req, state)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_engine_equals_exhaustive_for_multi_gpu_nic_jobs(data: st.DataObject) -> None:
     """The hard case: several GPUs and NICs at once, on nodes with room for them."""

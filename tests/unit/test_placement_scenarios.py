@@ -159,3 +159,9 @@ def test_rdma_only_request_gets_a_nic_and_vm_without_nics_says_so() -> None:
 def test_invalid_requests_are_refused_with_the_reason(req: Request, message: str) -> None:
     with pytest.raises(RequestError, match=message):
         Placer(shipped("pcie-4gpu")).place(req)
+
+
+def test_an_empty_node_fills_from_gpu0() -> None:
+    p = fit(Placer(shipped("dgx-a100")).place(Request(4, rdma=4)))
+    assert gpu_set(p) == {0, 1, 2, 3}
+    assert sorted(p.nics) == ["mlx5_0", "mlx5_1", "mlx5_2", "mlx5_3"]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scorer.placement import Placer
 from scorer.placement.eligibility import candidates
 from tests.nodes import SHIPPED, shipped
-from tests.strategies import node_states, requests
+from tests.strategies import examples, node_states, requests
 from tests.unit.test_placement_properties import CAP, check_against_exhaustive
 
 #: Largest number of (GPU subset, NIC subset) pairs the exhaustive reference may try.
@@ -25,7 +25,7 @@ def test_shipped_nodes_take_the_tree_search(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_engine_is_the_exhaustive_optimum_on_shipped_nodes(name: str, data: st.DataObject) -> None:
     topo = shipped(name)

@@ -18,7 +18,7 @@ import pynvml
 import pytest
 
 from agent.discovery.nvml import NvlinkInfo, NvmlGpu
-from agent.simulate import open_simulated, shipped_nodes
+from agent.simulate import SimulatedNvml, open_simulated, shipped_nodes
 from tests.fakes.nvml import (
     SOURCE,
     Failure,
@@ -548,6 +548,18 @@ def test_pynvml_backend_sees_the_node(fake_lib: Path, tmp_path: Path) -> None:
     out = _run(fake_lib, "backend", write_fake_config(NODE, tmp_path / "node.conf"))
     assert out["driver"] == "580.159.04"
     assert _gpus(out["gpus"]) == NODE_GPUS
+
+
+def test_simulated_nvml_agrees_with_pynvml_on_links_that_are_down(
+    fake_lib: Path, tmp_path: Path
+) -> None:
+    """NODE has an inactive NVLink: both backends report it the same way."""
+    nvml_json = tmp_path / "nvml.json"
+    nvml_json.write_text(json.dumps(NODE), encoding="utf-8")
+    out = _run(fake_lib, "backend", write_fake_config(NODE, tmp_path / "node.conf"))
+    assert SimulatedNvml(nvml_json).gpus() == _gpus(out["gpus"])
+    down = [link for link in SimulatedNvml(nvml_json).gpus()[0].nvlinks if not link.active]
+    assert [(d.link, d.remote_pci, d.remote_type) for d in down] == [(2, "", "unknown")]
 
 
 def test_pynvml_backend_treats_mig_not_supported_as_off(fake_lib: Path, tmp_path: Path) -> None:
