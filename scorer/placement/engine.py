@@ -72,7 +72,8 @@ class _Node:
 
 @dataclass(frozen=True)
 class Placement:
-    """The chosen devices. `gpus` in index order, `nics` by name, `numa` sorted."""
+    """The chosen devices. `gpus` in index order, `nics` in the node's (natural) order,
+    `numa` sorted."""
 
     gpus: tuple[GpuGrant, ...]
     nics: tuple[str, ...]
@@ -108,6 +109,7 @@ class Placer:
         self.best_nv = exhaustive.best_nv(topo)
         self._gpu_numa = {g.index: g.numa for g in topo.gpus}
         self._nic_numa = {n.key: n.numa for n in topo.nics}
+        self._nic_position = {n.key: i for i, n in enumerate(topo.nics)}
         #: For each GPU index and NIC key, the uids of the tree nodes from the root to it.
         self._gpu_path: dict[int, tuple[int, ...]] = {}
         self._nic_path: dict[str, tuple[int, ...]] = {}
@@ -214,7 +216,7 @@ class Placer:
         shape = Shape(req.gpus, req.rdma, len(self.topo.numa_nodes))
         return Placement(
             gpus=tuple(cand.gpus[i][0] for i in sorted(gpus)),
-            nics=tuple(sorted(nics)),
+            nics=tuple(sorted(nics, key=self._nic_position.__getitem__)),
             numa=tuple(sorted(numa)),
             cost=cost,
             score=score(cost, shape),

@@ -165,3 +165,8 @@ def test_an_empty_node_fills_from_gpu0() -> None:
     p = fit(Placer(shipped("dgx-a100")).place(Request(4, rdma=4)))
     assert gpu_set(p) == {0, 1, 2, 3}
     assert sorted(p.nics) == ["mlx5_0", "mlx5_1", "mlx5_2", "mlx5_3"]
+
+
+def test_nics_come_back_in_natural_order() -> None:
+    p = fit(Placer(shipped("dgx-h100")).place(Request(8, rdma=8)))
+    assert p.nics == tuple(f"mlx5_{i}" for i in (0, 3, 4, 5, 6, 9, 10, 11))
