@@ -411,6 +411,17 @@ def _leaf(
     """A leaf: its eligible devices (unary cost, id) are interchangeable but for their own
     cost and, where NVLink differs between them, their pairs. With both GPUs and NICs taken,
     each is charged the leaf's rank (0 in a PIX cluster, PXB in a group of them)."""
+    if (not gpus or len(gpus) == 1) and (not nics or len(nics) == 1):
+        # The common case (every group of a DGX): at most one GPU and one NIC.
+        table: Table = {0: (0, (), ())}
+        if gpus and ctx.gpus:
+            table[1 << _B] = (gpus[0][0], (gpus[0][1],), ())
+        if nics and ctx.nics:
+            table[1] = (nics[0][0], (), (nics[0][1],))
+            if gpus and ctx.gpus:
+                both = gpus[0][0] + nics[0][0] + 2 * node.rank_cost
+                table[1 << _B | 1] = (both, (gpus[0][1],), (nics[0][1],))
+        return table
     gpus = sorted(gpus) if gpus else []
     nics = sorted(nics) if nics else []
     gpu_best: list[tuple[int, tuple[int, ...]]] = [(0, ())]
@@ -430,7 +441,7 @@ def _leaf(
                 best = (cost, tuple(chosen))
         assert best is not None
         gpu_best.append(best)
-    table: Table = {}
+    table = {}
     nic_cost = 0
     for b in range(min(ctx.nics, len(nics)) + 1):
         if b:
