@@ -13,7 +13,8 @@ from gpulet.topology.links import pcie_link
 class PcieLocation:
     """Where a device sits in the PCIe tree.
 
-    `pci` is the function's address (`0000:07:00.0`, lower-case, 4-digit domain);
+    `pci` is the function's address (`0000:07:00.0`, lower-case; the domain has 4 hex digits,
+    5 behind Intel VMD);
     `host_bridge` the root complex it hangs from (`pci0000:00`); `bridges` the bridge
     functions on the way down, root port first (empty for a device on the root bus).
     """
