@@ -321,6 +321,8 @@ def _merge(
         # subtree ends up with only one kind of device the charge is undone below.
         items = []
         for key, child in table.items():
+            if not key:
+                continue  # the (0, 0) state, handled in bulk below
             a, b = key >> _B, key & _NMASK
             items.append(
                 (key, a, b, child[0] + rank_cost * (a if not b else b if not a else 0), child)
@@ -329,6 +331,8 @@ def _merge(
         if target is not None and i == last:
             # Last child at the root: only the target is wanted, so look it up.
             wanted = {key: (c, child[1], child[2]) for key, _, _, c, child in items}
+            if 0 in table:
+                wanted[0] = table[0]
             ta = target >> _B
             for mkey, (mc, mg, mn) in merged.items():
                 hit = wanted.get(target - mkey)
@@ -344,9 +348,16 @@ def _merge(
             room_g -= rooms[i][0]
             room_n -= rooms[i][1]
             need_g, need_n = need[0] - room_g, need[1] - room_n
-        best: dict[int, int] = {}
-        left: dict[int, Entry] = {}
-        right: dict[int, Entry] = {}
+        # Taking nothing from this child keeps every state as it is: copy those in bulk,
+        # then try the child's other states.
+        best: dict[int, tuple[int, Entry, Entry]] = {}
+        nothing = table.get(0)
+        if nothing is not None:
+            best = {
+                mkey: (entry[0] + nothing[0], entry, nothing)
+                for mkey, entry in merged.items()
+                if mkey >> _B >= need_g and mkey & _NMASK >= need_n
+            }
         for mkey, entry in merged.items():
             ma, mb = mkey >> _B, mkey & _NMASK
             a_lo, a_hi, b_lo, b_hi = need_g - ma, k - ma, need_n - mb, m - mb
@@ -354,13 +365,10 @@ def _merge(
             for key, a, b, c, child in items:
                 if a_lo <= a <= a_hi and b_lo <= b <= b_hi:
                     total = base + c + per_gpu * a
-                    nk = mkey + key
-                    cur = best.get(nk)
-                    if cur is None or total < cur:
-                        best[nk], left[nk], right[nk] = total, entry, child
-        for key, total in best.items():
-            _, mg, mn = left[key]
-            _, g, n = right[key]
+                    cur = best.get(mkey + key)
+                    if cur is None or total < cur[0]:
+                        best[mkey + key] = (total, entry, child)
+        for key, (total, (_, mg, mn), (_, g, n)) in best.items():
             out[key] = (total, mg + g, mn + n)
         merged = out
     for a in range(1, k + 1):
