@@ -208,7 +208,7 @@ class Placer:
             if self.hierarchical:
                 found = self._search(req, state, cand)
             else:
-                found = exhaustive.search(self.topo, req, state, cand)
+                found = exhaustive.search(self.topo, req, state, cand, self.best_nv)
         if found is None:
             return NoFit(no_fit_reason(self.topo, req, cand))
         cost, gpus, nics = found

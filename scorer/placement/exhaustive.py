@@ -31,8 +31,10 @@ def evaluate(
     *,
     gpus: tuple[int, ...],
     nics: tuple[str, ...],
+    nv: int | None = None,
 ) -> int | None:
-    """The packed cost of one choice, or None where it breaks a hard rule."""
+    """The packed cost of one choice, or None where it breaks a hard rule. `nv` is the
+    node's `best_nv`, computed here when not given."""
     by_index = {g.index: g for g in topo.gpus}
     by_key = {n.key: n for n in topo.nics}
     chosen_g = [by_index[i] for i in gpus]
@@ -50,7 +52,8 @@ def evaluate(
             cost += pack(align=min(NIC_RANK[topo.link(g.name, n.key)] for n in chosen_n))
         for n in chosen_n:
             cost += pack(align=min(NIC_RANK[topo.link(n.key, g.name)] for g in chosen_g))
-    nv = best_nv(topo)
+    if nv is None:
+        nv = best_nv(topo)
     for a, b in combinations(chosen_g, 2):
         cost += pair_cost(topo.link(a.name, b.name), nv)
     for i in gpus:
@@ -74,13 +77,15 @@ def evaluate(
 
 
 def search(
-    topo: Topology, req: Request, state: NodeState, cand: Candidates
+    topo: Topology, req: Request, state: NodeState, cand: Candidates, nv: int | None = None
 ) -> tuple[int, tuple[int, ...], tuple[str, ...]] | None:
     """The cheapest choice over every subset of eligible GPUs and NICs (first on ties)."""
+    if nv is None:
+        nv = best_nv(topo)
     best: tuple[int, tuple[int, ...], tuple[str, ...]] | None = None
     for gpus in combinations(sorted(cand.gpus), req.gpus):
         for nics in combinations(sorted(cand.nics), req.rdma):
-            cost = evaluate(topo, req, state, cand, gpus=gpus, nics=nics)
+            cost = evaluate(topo, req, state, cand, gpus=gpus, nics=nics, nv=nv)
             if cost is not None and (best is None or cost < best[0]):
                 best = (cost, gpus, nics)
     return best
