@@ -6,12 +6,16 @@ Two ways of being half busy, each with its own kind of request:
           (up to the node's count) and without NICs.
   whole   half the GPUs (chosen at random) are held whole; requests are whole GPUs, 1..N,
           with as many NICs; sizes above the free count measure the time to say no.
-Every policy (best-effort, restricted, single-numa) is timed. Each cell prints wall-clock
-p50/p99 and the p99 of thread CPU time (what the engine itself spends; on a shared VM, wall
-time also holds preemption by the hypervisor). The summary line per node is the worst p99 over
-all sizes and policies.
+Every policy (best-effort, restricted, single-numa) is timed. Each state is placed
+`--repeat` times (the engine keeps nothing between calls, so every call does the same work).
+Each cell prints, over its states:
+  p50 us / p99 us   wall clock of the first call: what a caller sees, preemption included;
+  cpu p99           thread CPU time of the first call;
+  state p99         the fastest of the repeats: the engine's own cost for that state, without
+                    what the hypervisor of a shared VM adds (steal shows up as CPU time too).
+The summary line per node is the worst of each over all sizes and policies.
 
-Run: .venv/bin/python bench/placement.py [--states 200] [--nodes dgx-h100,pcie-16gpu]
+Run: .venv/bin/python bench/placement.py [--states 200] [--repeat 3] [--nodes dgx-h100,pcie-16gpu]
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def percentile(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def run(name: str, states: int, seed: int) -> float:
+def run(name: str, states: int, repeat: int, seed: int) -> float:
     topo = load(name)
     placer = Placer(topo, CAP)
     n_gpus, n_nics = len(topo.gpus), len(topo.nics)
@@ -89,9 +93,9 @@ def run(name: str, states: int, seed: int) -> float:
     )
     print(
         f"{'busy':7}{'policy':13}{'gpus':>5}{'nics':>5}{'fits':>6}"
-        f"{'p50 us':>9}{'p99 us':>9}{'cpu p99':>9}"
+        f"{'p50 us':>9}{'p99 us':>9}{'cpu p99':>9}{'state p99':>10}"
     )
-    worst = worst_cpu = 0.0
+    worst = worst_cpu = worst_state = 0.0
     for busy, make_state in (("slices", slice_state), ("whole", whole_state)):
         pool = [make_state(topo, rng) for _ in range(states)]
         for policy in TopologyPolicy:
@@ -104,23 +108,31 @@ def run(name: str, states: int, seed: int) -> float:
                         req = Request(k, core=10, memory_mib=2048, rdma=rdma, topology=policy)
                     wall: list[float] = []
                     cpu: list[float] = []
+                    own: list[float] = []
                     fits = 0
                     for state in pool:
-                        w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-                        result = placer.place(req, state)
-                        cpu.append((time.thread_time_ns() - c0) / 1000)
-                        wall.append((time.perf_counter_ns() - w0) / 1000)
-                        fits += result.fits
+                        times = []
+                        for attempt in range(repeat):
+                            w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+                            result = placer.place(req, state)
+                            times.append((time.thread_time_ns() - c0) / 1000)
+                            if not attempt:
+                                wall.append((time.perf_counter_ns() - w0) / 1000)
+                                cpu.append(times[0])
+                                fits += result.fits
+                        own.append(min(times))
                     p50, p99 = statistics.median(wall), percentile(wall, 99)
-                    cpu99 = percentile(cpu, 99)
+                    cpu99, own99 = percentile(cpu, 99), percentile(own, 99)
                     worst, worst_cpu = max(worst, p99), max(worst_cpu, cpu99)
+                    worst_state = max(worst_state, own99)
                     print(
                         f"{busy:7}{policy.value:13}{k:>5}{rdma:>5}{fits:>6}"
-                        f"{p50:>9.0f}{p99:>9.0f}{cpu99:>9.0f}"
+                        f"{p50:>9.0f}{p99:>9.0f}{cpu99:>9.0f}{own99:>10.0f}"
                     )
     print(
         f"{name}: worst p99 over all sizes and policies: {worst / 1000:.2f} ms wall,"
-        f" {worst_cpu / 1000:.2f} ms thread CPU time"
+        f" {worst_cpu / 1000:.2f} ms thread CPU time,"
+        f" {worst_state / 1000:.2f} ms per state (fastest of {repeat})"
     )
     return worst
 
@@ -131,6 +143,7 @@ def main() -> None:
     )
     ap.add_argument("--states", type=int, default=200, help="random node states per cell")
     ap.add_argument("--nodes", default="dgx-h100,pcie-16gpu")
+    ap.add_argument("--repeat", type=int, default=3, help="calls per state (>= 1)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     print(
@@ -138,7 +151,7 @@ def main() -> None:
         f"  {cpu_model()}  {os.cpu_count()} cores"
     )
     for name in args.nodes.split(","):
-        run(name, args.states, args.seed)
+        run(name, args.states, max(1, args.repeat), args.seed)
 
 
 if __name__ == "__main__":

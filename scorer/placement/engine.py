@@ -34,8 +34,9 @@ from scorer.placement.request import (
 )
 
 Entry = tuple[int, tuple[int, ...], tuple[str, ...]]
-#: (a GPUs, b NICs) -> the cheapest way to take them, keyed `a << _B | b` so that keys add.
-Table = dict[int, Entry]
+#: (a GPUs, b NICs) -> the cost of the cheapest way to take them, keyed `a << _B | b` so
+#: that keys add. What that way is, `_Memo` records.
+Table = dict[int, int]
 _B = 10
 _NMASK = (1 << _B) - 1
 
@@ -43,7 +44,6 @@ _NMASK = (1 << _B) - 1
 LEVELS = ("machine", "numa", "bridge", "group", "pix")
 _RANK = {"machine": 4, "numa": 3, "bridge": 2, "group": 1, "pix": 0}
 _ALIGN = unit("align")
-_EMPTY: Table = {0: (0, (), ())}
 
 
 @dataclass
@@ -223,7 +223,8 @@ class Placer:
         )
 
     def _search(self, req: Request, state: NodeState, cand: Candidates) -> Entry | None:
-        """Fill the tables bottom-up over the subtrees that hold an eligible device."""
+        """Fill the cost tables bottom-up over the subtrees that hold an eligible device,
+        then follow the recorded choices down from the best entry."""
         k, m = req.gpus, req.rdma
         target = k << _B | m
         gpu_buckets: dict[int, list[tuple[int, int]]] = {}
@@ -248,35 +249,80 @@ class Placer:
             restricted=req.topology is TopologyPolicy.RESTRICTED,
             binpack=req.gpu_policy is GpuPolicy.BINPACK,
             busy=busy,
+            memo=_Memo(),
         )
         single = req.topology is TopologyPolicy.SINGLE_NUMA
         tables: dict[int, Table] = {}
-        best: Entry | None = None
+        best: tuple[int, int] | None = None  # (cost, uid of the NUMA node) for single-numa
         for node in self._order:
-            if not inside[node.uid]:
+            uid = node.uid
+            if not inside[uid]:
                 continue
             if node.leaf:
-                table = _leaf(node, gpu_buckets.get(node.uid), nic_buckets.get(node.uid), ctx)
-                table = _finish(node, table, ctx)
+                table = _leaf(node, gpu_buckets.get(uid), nic_buckets.get(uid), ctx)
             elif single and node.level == "machine":
                 break
             else:
-                kids = [tables[c.uid] for c in node.children if inside[c.uid]]
+                kids = [
+                    (c.uid, tables[c.uid], inside[c.uid])
+                    for c in node.children
+                    if inside[c.uid] and tables[c.uid].keys() != {0}  # not just "none"
+                ]
                 root = node.level == "machine" or (single and node.level == "numa")
                 # What the rest of the node cannot supply, this subtree must.
-                outside = total - inside[node.uid]
+                outside = total - inside[uid]
                 need = (max(0, k - (outside >> _B)), max(0, m - (outside & _NMASK)))
-                kids = [t for t in kids if not (len(t) == 1 and 0 in t)]  # not just "none"
-                merged = _merge(node, kids, ctx, need, target if root else None)
-                table = _finish(node, merged, ctx)
-                if single and node.level == "numa":
-                    entry = table.get(target)
-                    if entry is not None and (best is None or entry[0] < best[0]):
-                        best = entry
-            tables[node.uid] = table
+                table = _merge(node, kids, ctx, need, target if root else None)
+            table = _finish(node, table, ctx)
+            if single and node.level == "numa":
+                cost = table.get(target)
+                if cost is not None and (best is None or cost < best[0]):
+                    best = (cost, uid)
+            tables[uid] = table
         if single:
-            return best
-        return tables[self.root.uid].get(target)
+            if best is None:
+                return None
+            cost, top = best
+        else:
+            top = self.root.uid
+            found = tables[top].get(target)
+            if found is None:
+                return None
+            cost = found
+        gpus: list[int] = []
+        nics: list[str] = []
+        ctx.memo.follow(top, target, gpus, nics)
+        return cost, tuple(gpus), tuple(nics)
+
+
+#: How a merged table was made: per child, in merge order, its uid and for each key of the
+#: table after that child the key before it (`None`: the child's table was taken whole).
+Steps = list[tuple[int, dict[int, int] | None]]
+
+
+@dataclass
+class _Memo:
+    """The choices behind every table of one search, so that tables hold bare costs and
+    the chosen devices are found once, for the winning entry only."""
+
+    picks: dict[int, dict[int, tuple[tuple[int, ...], tuple[str, ...]]]] = field(
+        default_factory=dict
+    )
+    steps: dict[int, Steps] = field(default_factory=dict)
+
+    def follow(self, uid: int, key: int, gpus: list[int], nics: list[str]) -> None:
+        """Append the devices behind entry `key` of subtree `uid`."""
+        leaf = self.picks.get(uid)
+        if leaf is not None:
+            chosen_gpus, chosen_nics = leaf[key]
+            gpus.extend(chosen_gpus)
+            nics.extend(chosen_nics)
+            return
+        for child, back in reversed(self.steps.get(uid, ())):
+            before = 0 if back is None else back[key]
+            if key != before:
+                self.follow(child, key - before, gpus, nics)
+            key = before
 
 
 @dataclass(frozen=True)
@@ -289,11 +335,13 @@ class _Context:
     binpack: bool
     #: GPUs that carry any allocation: a node none of whose GPUs is busy is pristine.
     busy: frozenset[int]
+    #: The choices behind this search's tables.
+    memo: _Memo
 
 
 def _merge(
     node: _Node,
-    tables: list[Table],
+    kids: list[tuple[int, Table, int]],
     ctx: _Context,
     need: tuple[int, int],
     target: int | None,
@@ -301,84 +349,83 @@ def _merge(
     """Combine the children's tables: every way to split (a, b) among them, plus the
     GPU pairs that meet at this node. States below `need` (what the rest of the node cannot
     supply) are dropped; with a target, only the target is kept."""
-    if not tables:
-        return _EMPTY
-    if not all(tables):
+    if not kids:
+        return {0: 0}
+    if not all(table for _, table, _ in kids):
         return {}  # a subtree that must give something cannot: nothing fits here
-    if len(tables) == 1:
-        return tables[0]  # the rank charged below would be taken back whole
+    if len(kids) == 1:
+        ctx.memo.steps[node.uid] = [(kids[0][0], None)]
+        return kids[0][1]  # the rank charged below would be taken back whole
     k, m = ctx.gpus, ctx.nics
     rank_cost, pair = node.rank_cost, node.pair or 0
-    merged: Table = {0: (0, (), ())}
-    last = len(tables) - 1
-    # Room: the most GPUs and NICs each child can give, to prune toward `need`.
+    merged: Table = {0: 0}
+    steps: Steps = []
+    ctx.memo.steps[node.uid] = steps
+    last = len(kids) - 1
+    # Room: at most how many GPUs and NICs the children after this one can give (their
+    # eligible devices, packed like keys), to prune toward `need`.
     bounded = need != (0, 0)
-    rooms = [(max(t) >> _B, max(key & _NMASK for key in t)) for t in tables] if bounded else []
-    room_g = sum(r[0] for r in rooms)
-    room_n = sum(r[1] for r in rooms)
-    for i, table in enumerate(tables):
+    rooms = sum(room for _, _, room in kids)
+    room_g, room_n = rooms >> _B, rooms & _NMASK
+    for i, (uid, table, room) in enumerate(kids):
         # A child's unpartnered devices are charged this node's rank now; where the whole
         # subtree ends up with only one kind of device the charge is undone below.
         items = []
-        for key, child in table.items():
-            if not key:
-                continue  # the (0, 0) state, handled in bulk below
-            a, b = key >> _B, key & _NMASK
-            items.append(
-                (key, a, b, child[0] + rank_cost * (a if not b else b if not a else 0), child)
-            )
-        out: Table = {}
+        for key, cost in table.items():
+            if key:  # the (0, 0) state is handled in bulk below
+                a, b = key >> _B, key & _NMASK
+                items.append((key, a, b, cost + rank_cost * (a if not b else b if not a else 0)))
+        nothing = table.get(0)
         if target is not None and i == last:
             # Last child at the root: only the target is wanted, so look it up.
-            wanted = {key: (c, child[1], child[2]) for key, _, _, c, child in items}
-            if 0 in table:
-                wanted[0] = table[0]
+            wanted = {key: c for key, _, _, c in items}
+            if nothing is not None:
+                wanted[0] = nothing
             ta = target >> _B
-            for mkey, (mc, mg, mn) in merged.items():
+            found: tuple[int, int] | None = None
+            for mkey, mc in merged.items():
                 hit = wanted.get(target - mkey)
                 if hit is not None:
                     ma = mkey >> _B
-                    total = mc + hit[0] + pair * ma * (ta - ma)
-                    if target not in out or total < out[target][0]:
-                        out[target] = (total, mg + hit[1], mn + hit[2])
-            merged = out
+                    total = mc + hit + pair * ma * (ta - ma)
+                    if found is None or total < found[0]:
+                        found = (total, mkey)
+            merged = {} if found is None else {target: found[0]}
+            steps.append((uid, {} if found is None else {target: found[1]}))
             break
         need_g = need_n = 0
         if bounded:
-            room_g -= rooms[i][0]
-            room_n -= rooms[i][1]
+            room_g -= room >> _B
+            room_n -= room & _NMASK
             need_g, need_n = need[0] - room_g, need[1] - room_n
         # Taking nothing from this child keeps every state as it is: copy those in bulk,
         # then try the child's other states.
-        best: dict[int, tuple[int, Entry, Entry]] = {}
-        nothing = table.get(0)
+        costs: Table = {}
+        back: dict[int, int] = {}
         if nothing is not None:
-            best = {
-                mkey: (entry[0] + nothing[0], entry, nothing)
-                for mkey, entry in merged.items()
-                if mkey >> _B >= need_g and mkey & _NMASK >= need_n
-            }
-        for mkey, entry in merged.items():
+            for mkey, mc in merged.items():
+                if mkey >> _B >= need_g and mkey & _NMASK >= need_n:
+                    costs[mkey] = mc + nothing
+                    back[mkey] = mkey
+        for mkey, base in merged.items():
             ma, mb = mkey >> _B, mkey & _NMASK
             a_lo, a_hi, b_lo, b_hi = need_g - ma, k - ma, need_n - mb, m - mb
-            base, per_gpu = entry[0], pair * ma
-            for key, a, b, c, child in items:
+            per_gpu = pair * ma
+            for key, a, b, c in items:
                 if a_lo <= a <= a_hi and b_lo <= b <= b_hi:
                     total = base + c + per_gpu * a
-                    cur = best.get(mkey + key)
-                    if cur is None or total < cur[0]:
-                        best[mkey + key] = (total, entry, child)
-        for key, (total, (_, mg, mn), (_, g, n)) in best.items():
-            out[key] = (total, mg + g, mn + n)
-        merged = out
+                    cur = costs.get(mkey + key)
+                    if cur is None or total < cur:
+                        costs[mkey + key] = total
+                        back[mkey + key] = mkey
+        merged = costs
+        steps.append((uid, back))
     for a in range(1, k + 1):
-        only_gpus = merged.get(a << _B)
-        if only_gpus is not None:
-            merged[a << _B] = (only_gpus[0] - rank_cost * a, only_gpus[1], only_gpus[2])
+        if a << _B in merged:
+            merged[a << _B] -= rank_cost * a
     for b in range(1, m + 1):
-        only_nics = merged.get(b)
-        if only_nics is not None:
-            merged[b] = (only_nics[0] - rank_cost * b, only_nics[1], only_nics[2])
+        if b in merged:
+            merged[b] -= rank_cost * b
     return merged
 
 
@@ -395,17 +442,16 @@ def _finish(node: _Node, merged: Table, ctx: _Context) -> Table:
         if not ctx.restricted and not pristine:
             return merged
         out: Table = {}
-        for key, (c, g, n) in merged.items():
+        for key, c in merged.items():
             has_gpu, has_nic = key >> _B, key & _NMASK
             if ctx.restricted and has_gpu and (not has_nic or not node.switched):
                 continue
-            out[key] = (c + _GROUP_BROKEN, g, n) if pristine and has_gpu else (c, g, n)
+            out[key] = c + _GROUP_BROKEN if pristine and has_gpu else c
         return out
     if node.level == "numa":
         broken = _NUMA + _NUMA_BROKEN if pristine else _NUMA
         return {
-            key: (c + (broken if key >> _B else _NUMA if key else 0), g, n)
-            for key, (c, g, n) in merged.items()
+            key: c + (broken if key >> _B else _NUMA if key else 0) for key, c in merged.items()
         }
     return merged
 
@@ -419,16 +465,20 @@ def _leaf(
     """A leaf: its eligible devices (unary cost, id) are interchangeable but for their own
     cost and, where NVLink differs between them, their pairs. With both GPUs and NICs taken,
     each is charged the leaf's rank (0 in a PIX cluster, PXB in a group of them)."""
+    table: Table = {0: 0}
+    picks: dict[int, tuple[tuple[int, ...], tuple[str, ...]]] = {0: ((), ())}
+    ctx.memo.picks[node.uid] = picks
     if (not gpus or len(gpus) == 1) and (not nics or len(nics) == 1):
         # The common case (every group of a DGX): at most one GPU and one NIC.
-        table: Table = {0: (0, (), ())}
         if gpus and ctx.gpus:
-            table[1 << _B] = (gpus[0][0], (gpus[0][1],), ())
+            table[1 << _B] = gpus[0][0]
+            picks[1 << _B] = ((gpus[0][1],), ())
         if nics and ctx.nics:
-            table[1] = (nics[0][0], (), (nics[0][1],))
+            table[1] = nics[0][0]
+            picks[1] = ((), (nics[0][1],))
             if gpus and ctx.gpus:
-                both = gpus[0][0] + nics[0][0] + 2 * node.rank_cost
-                table[1 << _B | 1] = (both, (gpus[0][1],), (nics[0][1],))
+                table[1 << _B | 1] = gpus[0][0] + nics[0][0] + 2 * node.rank_cost
+                picks[1 << _B | 1] = ((gpus[0][1],), (nics[0][1],))
         return table
     gpus = sorted(gpus) if gpus else []
     nics = sorted(nics) if nics else []
@@ -449,7 +499,6 @@ def _leaf(
                 best = (cost, tuple(chosen))
         assert best is not None
         gpu_best.append(best)
-    table = {}
     nic_cost = 0
     for b in range(min(ctx.nics, len(nics)) + 1):
         if b:
@@ -457,7 +506,8 @@ def _leaf(
         names = tuple(k for _, k in nics[:b])
         for a, (g_cost, picked) in enumerate(gpu_best):
             align = node.rank_cost * (a + b) if a and b else 0
-            table[a << _B | b] = (g_cost + nic_cost + align, picked, names)
+            table[a << _B | b] = g_cost + nic_cost + align
+            picks[a << _B | b] = (picked, names)
     return table
 
 
