@@ -4,7 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install demo test lint typecheck unit bench clean
+# The C parts: the limiter library (LD_PRELOAD) and the region's cffi extension.
+CC            ?= cc
+NATIVE_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g -fPIC -Wall -Wextra -Werror -fvisibility=hidden
+LIMITER_SRC   := $(wildcard native/limiter/*.c)
+LIMITER_HDR   := $(wildcard native/limiter/*.h)
+LIMITER       := native/lib/libgpulet-limiter.so
+REGION_EXT    := native/.region-ext-built
+
+.PHONY: help install native demo test lint typecheck unit bench clean
 
 help:
 	@echo "targets: demo (run gpulet on a simulated node), test (lint + types + all tests), bench, clean"
@@ -15,26 +23,37 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-install: $(STAMP)
+$(LIMITER): $(LIMITER_SRC) $(LIMITER_HDR)
+	@mkdir -p native/lib
+	$(CC) $(NATIVE_CFLAGS) -shared -o $@ $(LIMITER_SRC) -ldl -lpthread
 
-demo: $(STAMP)
+$(REGION_EXT): $(STAMP) native/build_region.py native/limiter/region.c native/limiter/region.h
+	$(BIN)/python native/build_region.py
+	@touch $@
+
+native: $(LIMITER) $(REGION_EXT)
+
+install: $(STAMP) native
+
+demo: install
 	$(BIN)/gpulet node inspect --simulate dgx-h100
 
-lint: $(STAMP)
+lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-typecheck: $(STAMP)
+typecheck: install
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: install
 	$(BIN)/pytest
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+bench: install
 	$(BIN)/python bench/placement.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf native/lib native/_region.*.so native/_region.c native/_region.o $(REGION_EXT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from gpulet import __version__
+from gpulet.cli.limiter import limiter
 from gpulet.cli.node import node
 from gpulet.cli.place import place
 
@@ -18,3 +19,4 @@ def main() -> None:
 
 main.add_command(node)
 main.add_command(place)
+main.add_command(limiter)

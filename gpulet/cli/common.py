@@ -19,6 +19,8 @@ from agent.discovery.pynvml_backend import PynvmlBackend
 from agent.simulate import SimulationError, open_simulated
 from gpulet.topology import Topology
 from gpulet.topology.document import DocumentError
+from native import LibraryMissingError
+from native.region import RegionError
 from scorer.placement import RequestError
 from scorer.placement.serialize import StateError
 
@@ -33,6 +35,8 @@ USER_ERRORS = (
     RequestError,
     StateError,
     DocumentError,
+    RegionError,
+    LibraryMissingError,
 )
 
 simulate_option = click.option(

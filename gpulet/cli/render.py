@@ -1,9 +1,10 @@
-"""Plain-text views of a topology and a placement, for people."""
+"""Plain-text views of a topology, a placement and a container's region, for people."""
 
 from __future__ import annotations
 
 from gpulet.topology import Topology, format_cpulist
 from gpulet.topology.document import to_document
+from native.region import MIB, Usage
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -77,3 +78,31 @@ def matrix_text(topo: Topology) -> str:
         cells = [" X " if a == b else topo.link(a, b) for b in names]
         rows.append([a, *cells, cpus.get(numa_of[a], "-"), str(numa_of[a])])
     return _table(rows)
+
+
+def usage_text(usage: Usage) -> str:
+    """Per device: charge against cap, core share, measured utilisation, time throttled;
+    per attached process: its charge on each device."""
+    dev_rows = [["DEV", "UUID", "USED MiB", "CAP MiB", "CORE", "UTIL", "THROTTLED"]]
+    for i, d in enumerate(usage.devices):
+        util = "-" if d.util_percent is None else f"{d.util_percent:.1f}%"
+        dev_rows.append(
+            [
+                str(i),
+                d.uuid,
+                f"{d.used_bytes / MIB:.1f}",
+                str(d.memory_bytes // MIB),
+                f"{d.core_percent}%",
+                util,
+                f"{d.throttled_ns / 1e9:.1f} s",
+            ]
+        )
+    out = [_table(dev_rows), ""]
+    if not usage.processes:
+        out.append("no process attached")
+        return "\n".join(out)
+    proc_rows = [["PID", "COMM", *(f"DEV{i} MiB" for i in range(len(usage.devices)))]]
+    for p in usage.processes:
+        proc_rows.append([str(p.pid), p.comm or "-", *(f"{b / MIB:.1f}" for b in p.used_bytes)])
+    out.append(_table(proc_rows))
+    return "\n".join(out)

@@ -1,0 +1,145 @@
+"""Build `native._region`, the cffi (API mode) extension over native/limiter/region.c.
+
+Run from anywhere: `python native/build_region.py`. It compiles under build/region (so that
+setuptools never reads the project's pyproject.toml) and copies the extension next to this
+file. In API mode the compiler checks the declarations below against region.h, and the
+extension checks the layout of each complete struct when first used: a drift cannot go unseen.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMITER = ROOT / "native" / "limiter"
+BUILD = ROOT / "build" / "region"
+
+CDEF = """
+#define GPULET_REGION_MAGIC ...
+#define GPULET_REGION_VERSION ...
+#define GPULET_MAX_DEVICES ...
+#define GPULET_MAX_SLOTS ...
+#define GPULET_UUID_LEN ...
+#define GPULET_COMM_LEN ...
+#define GPULET_ERR_LEN ...
+
+struct gpulet_limit {
+    char uuid[64];
+    uint64_t memory_bytes;
+    uint32_t core_percent;
+    uint32_t pad;
+};
+struct gpulet_limits {
+    uint32_t count;
+    uint32_t pad;
+    struct gpulet_limit dev[16];
+};
+
+struct gpulet_device_shared {
+    char uuid[64];
+    uint64_t memory_bytes;
+    uint32_t core_percent;
+    uint32_t util_permille;
+    uint64_t util_stamp_ns;
+    uint64_t pace_ns;
+    uint64_t throttled_ns;
+    uint64_t launches;
+    uint64_t busy_ns;
+    uint64_t reserved[4];
+};
+struct gpulet_slot {
+    int32_t pid;
+    uint32_t flags;
+    uint64_t attached_ns;
+    uint64_t used[16];
+    char comm[16];
+};
+struct gpulet_region {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t size;
+    uint32_t devices;
+    uint32_t slots;
+    union {
+        char pad[64]; /* the mutex, opaque to Python */
+    } lock;
+    uint64_t generation;
+    struct gpulet_device_shared dev[16];
+    struct gpulet_slot slot[256];
+};
+struct gpulet_handle {
+    int fd;
+    int slot;
+    struct gpulet_region *region;
+};
+
+struct gpulet_proc_usage {
+    int32_t pid;
+    int32_t slot;
+    char comm[16];
+    uint64_t used[16];
+};
+struct gpulet_snapshot {
+    uint32_t devices;
+    uint32_t procs;
+    uint64_t generation;
+    struct gpulet_device_shared dev[16];
+    uint64_t used[16];
+    struct gpulet_proc_usage proc[256];
+};
+
+int gpulet_limits_parse(const char *text, size_t len, struct gpulet_limits *out, char *err,
+                        size_t errlen);
+int gpulet_limits_read(const char *path, struct gpulet_limits *out, char *err, size_t errlen);
+int gpulet_limits_format(const struct gpulet_limits *l, char *buf, size_t buflen);
+
+uint64_t gpulet_now_ns(void);
+int gpulet_region_create(const char *path, const struct gpulet_limits *l, char *err,
+                         size_t errlen);
+int gpulet_region_open(const char *path, struct gpulet_handle *h, char *err, size_t errlen);
+int gpulet_region_private(const struct gpulet_limits *l, struct gpulet_handle *h, char *err,
+                          size_t errlen);
+void gpulet_region_close(struct gpulet_handle *h);
+int gpulet_region_matches(const struct gpulet_handle *h, const struct gpulet_limits *l,
+                          char *err, size_t errlen);
+int gpulet_region_lock(struct gpulet_handle *h);
+void gpulet_region_unlock(struct gpulet_handle *h);
+int gpulet_region_attach(struct gpulet_handle *h, int32_t pid, const char *comm, char *err,
+                         size_t errlen);
+int gpulet_region_detach(struct gpulet_handle *h);
+int gpulet_region_reap(struct gpulet_handle *h);
+int gpulet_region_reserve(struct gpulet_handle *h, uint32_t dev, uint64_t bytes, uint64_t cap,
+                          uint64_t *used_after);
+void gpulet_region_release(struct gpulet_handle *h, uint32_t dev, uint64_t bytes);
+uint64_t gpulet_region_used(struct gpulet_handle *h, uint32_t dev);
+int gpulet_region_set_feedback(struct gpulet_handle *h, uint32_t dev, uint32_t util_permille,
+                               uint64_t stamp_ns);
+int gpulet_region_snapshot(struct gpulet_handle *h, struct gpulet_snapshot *out);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "native._region",
+    '#include "region.h"',
+    sources=[str(LIMITER / "region.c")],
+    include_dirs=[str(LIMITER)],
+    extra_compile_args=["-std=c11", "-D_GNU_SOURCE", "-O2"],
+)
+
+
+def main() -> None:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    built = Path(ffibuilder.compile(tmpdir=str(BUILD), verbose=False))
+    target = ROOT / "native" / built.name
+    staged = target.with_name(f"{built.name}.{os.getpid()}.tmp")
+    shutil.copy2(built, staged)
+    os.replace(staged, target)  # a new file: processes that loaded the old one keep it
+
+
+if __name__ == "__main__":
+    main()

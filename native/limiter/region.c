@@ -1,0 +1,787 @@
+/*
+ * The shared accounting region and the limits file (region.h; formats in docs/limiter.md).
+ *
+ * Plain memory and file work: nothing here calls the CUDA driver or blocks on anything but
+ * the region lock. Slot liveness is an OFD write lock on the slot's first byte in the region
+ * file; the kernel drops it when the process that took it dies.
+ */
+#include "region.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MIB (1ull << 20)
+#define MAX_MIB (1ull << 40)
+#define LIMITS_MAX_BYTES (64 * 1024)
+#define MAX_TOKENS 5 /* a device line has 4; one more tells "too many" */
+#define QUOTE 40     /* at most this much of a bad token is quoted back */
+
+_Static_assert(sizeof(pthread_mutex_t) <= 64, "the mutex must fit the lock's 64 bytes");
+_Static_assert(sizeof(struct gpulet_region) < UINT32_MAX, "the size must fit its field");
+
+__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int rc,
+                                                      const char *fmt, ...)
+{
+    if (err != NULL && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+uint64_t gpulet_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- limits -------------------------------------------------------------------------- */
+
+struct token {
+    const char *s;
+    int n; /* short: a line of the file is at most 64 KiB */
+};
+
+static bool token_is(struct token t, const char *word)
+{
+    return (size_t)t.n == strlen(word) && memcmp(t.s, word, (size_t)t.n) == 0;
+}
+
+static bool uuid_char(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '-';
+}
+
+/* Why `s` (n bytes) is not a valid uuid, or NULL. */
+static const char *uuid_problem(const char *s, size_t n)
+{
+    if (n == 0)
+        return "is empty";
+    if (n >= GPULET_UUID_LEN)
+        return "is longer than 63 characters";
+    for (size_t i = 0; i < n; i++)
+        if (!uuid_char(s[i]))
+            return "has a character outside [A-Za-z0-9-]";
+    return NULL;
+}
+
+/* A decimal number; values above `max` come back as max + 1. False when not all digits. */
+static bool decimal(struct token t, uint64_t max, uint64_t *v)
+{
+    uint64_t x = 0;
+    if (t.n == 0)
+        return false;
+    for (int i = 0; i < t.n; i++) {
+        if (t.s[i] < '0' || t.s[i] > '9')
+            return false;
+        if (x <= max)
+            x = x * 10 + (uint64_t)(t.s[i] - '0'); /* max is small: no overflow */
+    }
+    *v = x > max ? max + 1 : x;
+    return true;
+}
+
+/* Split [p, end) on blanks; returns the number of fields (only MAX_TOKENS are stored). */
+static int split(const char *p, const char *end, struct token *tok)
+{
+    int count = 0;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        if (p == end)
+            break;
+        const char *start = p;
+        while (p < end && *p != ' ' && *p != '\t')
+            p++;
+        if (count < MAX_TOKENS)
+            tok[count] = (struct token){start, (int)(p - start)};
+        count++;
+    }
+    return count;
+}
+
+static int parse_header(const struct token *t, int n, unsigned line, char *err, size_t errlen)
+{
+    uint64_t version;
+    if (n == 2 && token_is(t[0], "gpulet-limits") && decimal(t[1], UINT32_MAX, &version)) {
+        if (version == 1)
+            return 0;
+        return fail(err, errlen, -EINVAL, "limits line %u: unsupported limits version %.*s",
+                    line, t[1].n > QUOTE ? QUOTE : t[1].n, t[1].s);
+    }
+    return fail(err, errlen, -EINVAL, "limits line %u: expected 'gpulet-limits 1' first", line);
+}
+
+static int parse_device(const struct token *t, int n, unsigned line, struct gpulet_limits *l,
+                        char *err, size_t errlen)
+{
+    uint64_t mib, core;
+    const char *why;
+    if (!token_is(t[0], "device"))
+        return fail(err, errlen, -EINVAL, "limits line %u: unknown keyword '%.*s'", line,
+                    t[0].n > QUOTE ? QUOTE : t[0].n, t[0].s);
+    if (n != 4)
+        return fail(err, errlen, -EINVAL,
+                    "limits line %u: expected 'device <uuid> <memory_mib> <core_percent>'", line);
+    why = uuid_problem(t[1].s, (size_t)t[1].n);
+    if (why != NULL)
+        return fail(err, errlen, -EINVAL, "limits line %u: uuid '%.*s' %s", line,
+                    t[1].n > QUOTE ? QUOTE : t[1].n, t[1].s, why);
+    if (!decimal(t[2], MAX_MIB, &mib))
+        return fail(err, errlen, -EINVAL, "limits line %u: memory '%.*s' is not a number of MiB",
+                    line, t[2].n > QUOTE ? QUOTE : t[2].n, t[2].s);
+    if (mib < 1 || mib > MAX_MIB)
+        return fail(err, errlen, -EINVAL, "limits line %u: memory %.*s MiB is not in 1..%llu",
+                    line, t[2].n > QUOTE ? QUOTE : t[2].n, t[2].s, MAX_MIB);
+    if (!decimal(t[3], 100, &core))
+        return fail(err, errlen, -EINVAL, "limits line %u: core percent '%.*s' is not a number",
+                    line, t[3].n > QUOTE ? QUOTE : t[3].n, t[3].s);
+    if (core < 1 || core > 100)
+        return fail(err, errlen, -EINVAL, "limits line %u: core percent %.*s is not in 1..100",
+                    line, t[3].n > QUOTE ? QUOTE : t[3].n, t[3].s);
+    for (uint32_t i = 0; i < l->count; i++)
+        if (token_is(t[1], l->dev[i].uuid))
+            return fail(err, errlen, -EINVAL, "limits line %u: duplicate uuid %.*s", line,
+                        t[1].n, t[1].s);
+    if (l->count == GPULET_MAX_DEVICES)
+        return fail(err, errlen, -EINVAL, "limits line %u: more than %d devices", line,
+                    GPULET_MAX_DEVICES);
+    struct gpulet_limit *d = &l->dev[l->count++];
+    memcpy(d->uuid, t[1].s, (size_t)t[1].n);
+    d->uuid[t[1].n] = '\0';
+    d->memory_bytes = mib * MIB;
+    d->core_percent = (uint32_t)core;
+    return 0;
+}
+
+/* One line [p, eol): a comment, a blank line, the header or a device. */
+static int parse_line(const char *p, const char *eol, unsigned line, struct gpulet_limits *l,
+                      bool *header, char *err, size_t errlen)
+{
+    const char *q = p;
+    while (q < eol && (*q == ' ' || *q == '\t'))
+        q++;
+    bool comment = q < eol && *q == '#';
+    for (const char *c = p; c < eol; c++) {
+        unsigned char b = (unsigned char)*c;
+        if (b == 0 || (!comment && b != '\t' && (b < 0x20 || b > 0x7e)))
+            return fail(err, errlen, -EINVAL, "limits line %u: unexpected byte 0x%02x", line, b);
+    }
+    if (comment || q == eol)
+        return 0;
+    struct token t[MAX_TOKENS];
+    int n = split(q, eol, t);
+    if (!*header) {
+        *header = true;
+        return parse_header(t, n, line, err, errlen);
+    }
+    if (token_is(t[0], "gpulet-limits"))
+        return fail(err, errlen, -EINVAL, "limits line %u: a second 'gpulet-limits' line", line);
+    return parse_device(t, n, line, l, err, errlen);
+}
+
+int gpulet_limits_parse(const char *text, size_t len, struct gpulet_limits *out, char *err,
+                        size_t errlen)
+{
+    struct gpulet_limits l;
+    bool header = false;
+    unsigned line = 0;
+    if (out == NULL || (text == NULL && len > 0))
+        return fail(err, errlen, -EINVAL, "limits: nothing to parse");
+    memset(&l, 0, sizeof l);
+    for (const char *p = text, *end = text == NULL ? NULL : text + len; p < end;) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *next = eol != NULL ? eol + 1 : end;
+        int rc = parse_line(p, eol != NULL ? eol : end, ++line, &l, &header, err, errlen);
+        if (rc != 0)
+            return rc;
+        p = next;
+    }
+    if (!header)
+        return fail(err, errlen, -EINVAL, "limits: no 'gpulet-limits 1' line");
+    if (l.count == 0)
+        return fail(err, errlen, -EINVAL, "limits: no device line");
+    *out = l;
+    return 0;
+}
+
+int gpulet_limits_read(const char *path, struct gpulet_limits *out, char *err, size_t errlen)
+{
+    char msg[GPULET_ERR_LEN];
+    size_t len = 0;
+    int rc = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail(err, errlen, -errno, "cannot open limits %s: %s", path, strerror(errno));
+    char *buf = malloc(LIMITS_MAX_BYTES + 1);
+    if (buf == NULL) {
+        close(fd);
+        return fail(err, errlen, -ENOMEM, "cannot read limits %s: out of memory", path);
+    }
+    while (rc == 0) {
+        ssize_t r = read(fd, buf + len, LIMITS_MAX_BYTES + 1 - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            rc = fail(err, errlen, -errno, "cannot read limits %s: %s", path, strerror(errno));
+        else if (r == 0)
+            break;
+        else if ((len += (size_t)r) > LIMITS_MAX_BYTES)
+            rc = fail(err, errlen, -EFBIG, "limits %s is larger than 64 KiB", path);
+    }
+    close(fd);
+    if (rc == 0) {
+        rc = gpulet_limits_parse(buf, len, out, msg, sizeof msg);
+        if (rc != 0)
+            fail(err, errlen, rc, "%s: %s", path, msg);
+    }
+    free(buf);
+    return rc;
+}
+
+__attribute__((format(printf, 4, 5))) static void append(char *buf, size_t buflen, size_t *off,
+                                                         const char *fmt, ...)
+{
+    va_list ap;
+    size_t room = *off < buflen ? buflen - *off : 0;
+    va_start(ap, fmt);
+    int n = vsnprintf(room > 0 ? buf + *off : NULL, room, fmt, ap);
+    va_end(ap);
+    *off += n > 0 ? (size_t)n : 0;
+}
+
+int gpulet_limits_format(const struct gpulet_limits *l, char *buf, size_t buflen)
+{
+    size_t off = 0;
+    if (l == NULL || l->count > GPULET_MAX_DEVICES || (buf == NULL && buflen > 0))
+        return -EINVAL;
+    append(buf, buflen, &off, "gpulet-limits 1\n");
+    for (uint32_t i = 0; i < l->count; i++) {
+        const struct gpulet_limit *d = &l->dev[i];
+        if (strnlen(d->uuid, GPULET_UUID_LEN) == GPULET_UUID_LEN || d->memory_bytes % MIB != 0)
+            return -EINVAL;
+        append(buf, buflen, &off, "device %s %llu %u\n", d->uuid,
+               (unsigned long long)(d->memory_bytes / MIB), d->core_percent);
+    }
+    if (off >= buflen || off > INT_MAX)
+        return -ENOSPC;
+    return (int)off;
+}
+
+/* The checks of the parser, for limits that were built rather than parsed. */
+static int check_limits(const struct gpulet_limits *l, char *err, size_t errlen)
+{
+    if (l == NULL || l->count < 1 || l->count > GPULET_MAX_DEVICES)
+        return fail(err, errlen, -EINVAL, "limits: %u devices, expected 1..%d",
+                    l == NULL ? 0 : l->count, GPULET_MAX_DEVICES);
+    for (uint32_t i = 0; i < l->count; i++) {
+        const struct gpulet_limit *d = &l->dev[i];
+        size_t n = strnlen(d->uuid, GPULET_UUID_LEN);
+        const char *why = uuid_problem(d->uuid, n);
+        if (why != NULL)
+            return fail(err, errlen, -EINVAL, "limits device %u: uuid '%.*s' %s", i, QUOTE,
+                        d->uuid, why);
+        if (d->memory_bytes % MIB != 0 || d->memory_bytes < MIB ||
+            d->memory_bytes / MIB > MAX_MIB)
+            return fail(err, errlen, -EINVAL,
+                        "limits device %u: memory %llu bytes is not 1..%llu whole MiB", i,
+                        (unsigned long long)d->memory_bytes, MAX_MIB);
+        if (d->core_percent < 1 || d->core_percent > 100)
+            return fail(err, errlen, -EINVAL, "limits device %u: core percent %u is not in 1..100",
+                        i, d->core_percent);
+        for (uint32_t j = 0; j < i; j++)
+            if (strcmp(l->dev[j].uuid, d->uuid) == 0)
+                return fail(err, errlen, -EINVAL, "limits device %u: duplicate uuid %s", i,
+                            d->uuid);
+    }
+    return 0;
+}
+
+/* ---- the region ---------------------------------------------------------------------- */
+
+static void handle_reset(struct gpulet_handle *h)
+{
+    h->fd = -1;
+    h->slot = -1;
+    h->region = NULL;
+}
+
+static off_t slot_offset(int slot)
+{
+    size_t off = offsetof(struct gpulet_region, slot) + (size_t)slot * sizeof(struct gpulet_slot);
+    return (off_t)off;
+}
+
+/* F_OFD_SETLK on the slot's byte: F_WRLCK to take it, F_UNLCK to drop it. */
+static int slot_lock(int fd, int slot, short type)
+{
+    struct flock fl = {
+        .l_type = type, .l_whence = SEEK_SET, .l_start = slot_offset(slot), .l_len = 1};
+    return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : -errno;
+}
+
+/* Whether an open file description other than ours holds the slot's byte. Errors say yes:
+ * a slot is only ever freed on proof that its owner is gone. */
+static bool slot_held(int fd, int slot)
+{
+    struct flock fl = {
+        .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = slot_offset(slot), .l_len = 1};
+    return fcntl(fd, F_OFD_GETLK, &fl) != 0 || fl.l_type != F_UNLCK;
+}
+
+static void bump_generation(struct gpulet_region *r)
+{
+    __atomic_add_fetch(&r->generation, 1, __ATOMIC_RELEASE);
+}
+
+/* Free the slots whose owner is gone; the caller holds the region lock. */
+static int reap_locked(struct gpulet_handle *h)
+{
+    struct gpulet_region *r = h->region;
+    int reaped = 0;
+    if (h->fd < 0)
+        return 0; /* a private region: every slot is this process's */
+    for (int i = 0; i < GPULET_MAX_SLOTS; i++) {
+        if (i == h->slot || r->slot[i].pid == 0 || slot_held(h->fd, i))
+            continue;
+        memset(&r->slot[i], 0, sizeof r->slot[i]);
+        reaped++;
+    }
+    if (reaped > 0)
+        bump_generation(r);
+    return reaped;
+}
+
+int gpulet_region_lock(struct gpulet_handle *h)
+{
+    if (h == NULL || h->region == NULL)
+        return -EINVAL;
+    int rc = pthread_mutex_lock(&h->region->lock.mutex);
+    if (rc == EOWNERDEAD) {
+        /* Its holder died; every update under the lock is a single store, so the region is
+         * whole. Its slot is freed with the other dead ones, here or, since the kernel wakes
+         * us before it closes the dead process's files, at the next reap. */
+        pthread_mutex_consistent(&h->region->lock.mutex);
+        reap_locked(h);
+        return 0;
+    }
+    return -rc;
+}
+
+void gpulet_region_unlock(struct gpulet_handle *h)
+{
+    if (h != NULL && h->region != NULL)
+        pthread_mutex_unlock(&h->region->lock.mutex);
+}
+
+static int mutex_init(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t a;
+    int rc = pthread_mutexattr_init(&a);
+    if (rc != 0)
+        return -rc;
+    rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (rc == 0)
+        rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (rc == 0)
+        rc = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+    return -rc;
+}
+
+/* Fill a zeroed region for checked limits, lock included. */
+static int region_init(struct gpulet_region *r, const struct gpulet_limits *l)
+{
+    r->magic = GPULET_REGION_MAGIC;
+    r->version = GPULET_REGION_VERSION;
+    r->size = (uint32_t)sizeof *r;
+    r->devices = l->count;
+    r->slots = GPULET_MAX_SLOTS;
+    for (uint32_t i = 0; i < l->count; i++) {
+        memcpy(r->dev[i].uuid, l->dev[i].uuid, GPULET_UUID_LEN);
+        r->dev[i].memory_bytes = l->dev[i].memory_bytes;
+        r->dev[i].core_percent = l->dev[i].core_percent;
+    }
+    return mutex_init(&r->lock.mutex);
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int gpulet_region_create(const char *path, const struct gpulet_limits *l, char *err,
+                         size_t errlen)
+{
+    char tmp[PATH_MAX];
+    size_t size = sizeof(struct gpulet_region);
+    int rc = check_limits(l, err, errlen);
+    if (rc != 0)
+        return rc;
+    if (path == NULL ||
+        snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
+        return fail(err, errlen, -ENAMETOOLONG, "region path is too long");
+    unlink(tmp); /* a leftover of a crashed writer with our pid */
+    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return fail(err, errlen, -errno, "cannot create region %s: %s", tmp, strerror(errno));
+    /* Zeros written, not a sparse ftruncate: a full disk is an error here, never a SIGBUS. */
+    char *zeros = calloc(1, size);
+    rc = zeros == NULL ? -ENOMEM : write_all(fd, zeros, size);
+    free(zeros);
+    if (rc == 0 && fchmod(fd, 0666) != 0)
+        rc = -errno;
+    if (rc == 0) {
+        void *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+            rc = -errno;
+        } else {
+            rc = region_init(map, l); /* the mutex is initialised where it will live */
+            munmap(map, size);
+        }
+    }
+    if (close(fd) != 0 && rc == 0)
+        rc = -errno;
+    if (rc == 0 && rename(tmp, path) != 0)
+        rc = -errno;
+    if (rc != 0) {
+        unlink(tmp);
+        return fail(err, errlen, rc, "cannot create region %s: %s", path, strerror(-rc));
+    }
+    return 0;
+}
+
+int gpulet_region_open(const char *path, struct gpulet_handle *h, char *err, size_t errlen)
+{
+    struct {
+        uint64_t magic;
+        uint32_t version;
+        uint32_t size;
+    } head;
+    struct stat st;
+    const size_t want = sizeof(struct gpulet_region);
+    if (h == NULL || path == NULL)
+        return fail(err, errlen, -EINVAL, "no region path or handle");
+    handle_reset(h);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return fail(err, errlen, -errno, "cannot open region %s: %s", path, strerror(errno));
+    int rc = 0;
+    /* Magic and version come first: another version may have another length. */
+    ssize_t n = pread(fd, &head, sizeof head, 0);
+    if (n < 0 || fstat(fd, &st) != 0)
+        rc = fail(err, errlen, -errno, "cannot read region %s: %s", path, strerror(errno));
+    else if ((size_t)n >= sizeof head.magic && head.magic != GPULET_REGION_MAGIC)
+        rc = fail(err, errlen, -EINVAL, "%s is not a gpulet region", path);
+    else if (n >= 12 && head.version != GPULET_REGION_VERSION)
+        rc = fail(err, errlen, -EINVAL, "%s has region version %u; this build reads version %u",
+                  path, head.version, GPULET_REGION_VERSION);
+    else if ((size_t)st.st_size < want)
+        rc = fail(err, errlen, -EINVAL, "region %s is truncated: %lld bytes, expected %zu", path,
+                  (long long)st.st_size, want);
+    else if ((size_t)st.st_size > want)
+        rc = fail(err, errlen, -EINVAL, "region %s is %lld bytes, expected %zu", path,
+                  (long long)st.st_size, want);
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
+    struct gpulet_region *r = mmap(NULL, want, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (r == MAP_FAILED) {
+        rc = fail(err, errlen, -errno, "cannot map region %s: %s", path, strerror(errno));
+        close(fd);
+        return rc;
+    }
+    if (r->size != want)
+        rc = fail(err, errlen, -EINVAL, "region %s records size %u, expected %zu", path, r->size,
+                  want);
+    else if (r->devices > GPULET_MAX_DEVICES)
+        rc = fail(err, errlen, -EINVAL, "region %s has %u devices, at most %d", path, r->devices,
+                  GPULET_MAX_DEVICES);
+    else if (r->slots != GPULET_MAX_SLOTS)
+        rc = fail(err, errlen, -EINVAL, "region %s has %u slots, expected %d", path, r->slots,
+                  GPULET_MAX_SLOTS);
+    if (rc != 0) {
+        munmap(r, want);
+        close(fd);
+        return rc;
+    }
+    h->fd = fd;
+    h->region = r;
+    return 0;
+}
+
+int gpulet_region_private(const struct gpulet_limits *l, struct gpulet_handle *h, char *err,
+                          size_t errlen)
+{
+    if (h == NULL)
+        return fail(err, errlen, -EINVAL, "no region handle");
+    handle_reset(h);
+    int rc = check_limits(l, err, errlen);
+    if (rc != 0)
+        return rc;
+    struct gpulet_region *r = mmap(NULL, sizeof *r, PROT_READ | PROT_WRITE,
+                                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (r == MAP_FAILED)
+        return fail(err, errlen, -errno, "cannot map a private region: %s", strerror(errno));
+    rc = region_init(r, l);
+    if (rc != 0) {
+        munmap(r, sizeof *r);
+        return fail(err, errlen, rc, "cannot initialise the region lock: %s", strerror(-rc));
+    }
+    h->region = r;
+    return 0;
+}
+
+void gpulet_region_close(struct gpulet_handle *h)
+{
+    if (h == NULL)
+        return;
+    if (h->region != NULL) {
+        if (h->slot >= 0)
+            gpulet_region_detach(h);
+        munmap(h->region, sizeof *h->region);
+        if (h->fd >= 0)
+            close(h->fd);
+    }
+    handle_reset(h);
+}
+
+int gpulet_region_matches(const struct gpulet_handle *h, const struct gpulet_limits *l, char *err,
+                          size_t errlen)
+{
+    if (h == NULL || h->region == NULL || l == NULL)
+        return fail(err, errlen, -EINVAL, "no region or limits");
+    const struct gpulet_region *r = h->region;
+    if (r->devices != l->count)
+        return fail(err, errlen, -ESTALE, "the region serves %u devices, the limits name %u",
+                    r->devices, l->count);
+    for (uint32_t i = 0; i < l->count; i++) {
+        const struct gpulet_device_shared *d = &r->dev[i];
+        if (strncmp(d->uuid, l->dev[i].uuid, GPULET_UUID_LEN) != 0)
+            return fail(err, errlen, -ESTALE, "region device %u is %.*s, the limits name %.*s", i,
+                        GPULET_UUID_LEN, d->uuid, GPULET_UUID_LEN, l->dev[i].uuid);
+        if (d->memory_bytes != l->dev[i].memory_bytes || d->core_percent != l->dev[i].core_percent)
+            return fail(err, errlen, -ESTALE,
+                        "region device %u (%.*s) has other limits than the limits file", i,
+                        GPULET_UUID_LEN, d->uuid);
+    }
+    return 0;
+}
+
+/* Take a free slot for `pid`; the caller holds the region lock. */
+static int take_slot(struct gpulet_handle *h, int32_t pid, const char *comm)
+{
+    struct gpulet_region *r = h->region;
+    for (int i = 0; i < GPULET_MAX_SLOTS; i++) {
+        if (r->slot[i].pid != 0)
+            continue;
+        if (h->fd >= 0) {
+            int rc = slot_lock(h->fd, i, F_WRLCK);
+            if (rc == -EAGAIN || rc == -EACCES)
+                continue; /* free but still locked: an inherited description; leave it */
+            if (rc != 0)
+                return rc;
+        }
+        struct gpulet_slot *s = &r->slot[i];
+        memset(s, 0, sizeof *s);
+        s->pid = pid;
+        s->attached_ns = gpulet_now_ns();
+        if (comm != NULL)
+            strncpy(s->comm, comm, GPULET_COMM_LEN - 1);
+        h->slot = i;
+        bump_generation(r);
+        return i;
+    }
+    return -ENOSPC;
+}
+
+int gpulet_region_attach(struct gpulet_handle *h, int32_t pid, const char *comm, char *err,
+                         size_t errlen)
+{
+    if (h == NULL || h->region == NULL)
+        return fail(err, errlen, -EINVAL, "the region is not open");
+    if (h->slot >= 0)
+        return fail(err, errlen, -EINVAL, "already attached to slot %d", h->slot);
+    if (pid <= 0)
+        return fail(err, errlen, -EINVAL, "pid %d is not a process id", (int)pid);
+    int rc = gpulet_region_lock(h);
+    if (rc != 0)
+        return fail(err, errlen, rc, "cannot take the region lock: %s", strerror(-rc));
+    rc = take_slot(h, pid, comm);
+    if (rc == -ENOSPC && reap_locked(h) > 0)
+        rc = take_slot(h, pid, comm);
+    gpulet_region_unlock(h);
+    if (rc == -ENOSPC)
+        return fail(err, errlen, rc, "the region has no free slot: %d live processes attached",
+                    GPULET_MAX_SLOTS);
+    if (rc < 0)
+        return fail(err, errlen, rc, "cannot lock a region slot: %s", strerror(-rc));
+    return 0;
+}
+
+int gpulet_region_detach(struct gpulet_handle *h)
+{
+    if (h == NULL || h->region == NULL || h->slot < 0)
+        return -EINVAL;
+    int rc = gpulet_region_lock(h);
+    if (rc == 0) {
+        memset(&h->region->slot[h->slot], 0, sizeof h->region->slot[h->slot]);
+        bump_generation(h->region);
+    }
+    /* Without the lock the slot stays taken; dropping its byte lets the next reap free it. */
+    if (h->fd >= 0)
+        slot_lock(h->fd, h->slot, F_UNLCK);
+    if (rc == 0)
+        gpulet_region_unlock(h);
+    h->slot = -1;
+    return rc;
+}
+
+int gpulet_region_reap(struct gpulet_handle *h)
+{
+    int rc = gpulet_region_lock(h);
+    if (rc != 0)
+        return rc;
+    rc = reap_locked(h);
+    gpulet_region_unlock(h);
+    return rc;
+}
+
+static bool valid_device(const struct gpulet_handle *h, uint32_t dev)
+{
+    return h != NULL && h->region != NULL && dev < h->region->devices;
+}
+
+/* The container's charge on `dev`, saturating; the caller holds the region lock. */
+static uint64_t total_locked(const struct gpulet_region *r, uint32_t dev)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < GPULET_MAX_SLOTS; i++) {
+        uint64_t u = r->slot[i].pid != 0 ? r->slot[i].used[dev] : 0;
+        total = u > UINT64_MAX - total ? UINT64_MAX : total + u;
+    }
+    return total;
+}
+
+static bool fits(uint64_t total, uint64_t own, uint64_t bytes, uint64_t cap)
+{
+    return total <= cap && bytes <= cap - total && bytes <= UINT64_MAX - own;
+}
+
+int gpulet_region_reserve(struct gpulet_handle *h, uint32_t dev, uint64_t bytes, uint64_t cap,
+                          uint64_t *used_after)
+{
+    if (!valid_device(h, dev) || h->slot < 0)
+        return -EINVAL;
+    int rc = gpulet_region_lock(h);
+    if (rc != 0)
+        return rc;
+    uint64_t *own = &h->region->slot[h->slot].used[dev];
+    uint64_t total = total_locked(h->region, dev);
+    if (!fits(total, *own, bytes, cap) && reap_locked(h) > 0)
+        total = total_locked(h->region, dev);
+    if (fits(total, *own, bytes, cap)) {
+        *own += bytes;
+        total += bytes;
+    } else {
+        rc = -ENOMEM;
+    }
+    if (used_after != NULL)
+        *used_after = total;
+    gpulet_region_unlock(h);
+    return rc;
+}
+
+void gpulet_region_release(struct gpulet_handle *h, uint32_t dev, uint64_t bytes)
+{
+    if (!valid_device(h, dev) || h->slot < 0 || gpulet_region_lock(h) != 0)
+        return;
+    uint64_t *own = &h->region->slot[h->slot].used[dev];
+    *own = *own > bytes ? *own - bytes : 0;
+    gpulet_region_unlock(h);
+}
+
+uint64_t gpulet_region_used(struct gpulet_handle *h, uint32_t dev)
+{
+    if (!valid_device(h, dev) || gpulet_region_lock(h) != 0)
+        return 0;
+    uint64_t total = total_locked(h->region, dev);
+    gpulet_region_unlock(h);
+    return total;
+}
+
+int gpulet_region_set_feedback(struct gpulet_handle *h, uint32_t dev, uint32_t util_permille,
+                               uint64_t stamp_ns)
+{
+    if (!valid_device(h, dev) || util_permille > 1000)
+        return -EINVAL;
+    struct gpulet_device_shared *d = &h->region->dev[dev];
+    __atomic_store_n(&d->util_permille, util_permille, __ATOMIC_RELAXED);
+    __atomic_store_n(&d->util_stamp_ns, stamp_ns, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int gpulet_region_snapshot(struct gpulet_handle *h, struct gpulet_snapshot *out)
+{
+    if (h == NULL || h->region == NULL || out == NULL)
+        return -EINVAL;
+    int rc = gpulet_region_lock(h);
+    if (rc != 0)
+        return rc;
+    const struct gpulet_region *r = h->region;
+    memset(out, 0, sizeof *out);
+    out->devices = r->devices;
+    out->generation = __atomic_load_n(&r->generation, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < r->devices; i++) {
+        const struct gpulet_device_shared *s = &r->dev[i];
+        struct gpulet_device_shared *d = &out->dev[i];
+        memcpy(d->uuid, s->uuid, GPULET_UUID_LEN); /* these three never change */
+        d->memory_bytes = s->memory_bytes;
+        d->core_percent = s->core_percent;
+        d->util_stamp_ns = __atomic_load_n(&s->util_stamp_ns, __ATOMIC_ACQUIRE);
+        d->util_permille = __atomic_load_n(&s->util_permille, __ATOMIC_RELAXED);
+        d->pace_ns = __atomic_load_n(&s->pace_ns, __ATOMIC_RELAXED);
+        d->throttled_ns = __atomic_load_n(&s->throttled_ns, __ATOMIC_RELAXED);
+        d->launches = __atomic_load_n(&s->launches, __ATOMIC_RELAXED);
+        d->busy_ns = __atomic_load_n(&s->busy_ns, __ATOMIC_RELAXED);
+        out->used[i] = total_locked(r, i);
+    }
+    for (int i = 0; i < GPULET_MAX_SLOTS; i++) {
+        const struct gpulet_slot *s = &r->slot[i];
+        if (s->pid == 0)
+            continue;
+        struct gpulet_proc_usage *p = &out->proc[out->procs++];
+        p->pid = s->pid;
+        p->slot = i;
+        memcpy(p->comm, s->comm, GPULET_COMM_LEN);
+        p->comm[GPULET_COMM_LEN - 1] = '\0';
+        memcpy(p->used, s->used, sizeof p->used);
+    }
+    gpulet_region_unlock(h);
+    return 0;
+}

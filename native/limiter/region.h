@@ -1,0 +1,165 @@
+/*
+ * The shared accounting region of one container, and its limits.
+ *
+ * A container's directory (GPULET_REGION_DIR, default /run/gpulet) holds two files:
+ *
+ *   limits   text, written by the agent and mounted read-only: what the container may use.
+ *   region   binary, mapped shared by every limited process of the container and by the
+ *            agent: who is charged what, the compute pacing clock, the agent's feedback.
+ *
+ * Both formats are in docs/limiter.md. Every function here is plain memory and file work:
+ * none calls the CUDA driver, so the region lock is never held across a driver call.
+ * Functions that can fail return 0 or a negative errno and, when `err` is not NULL, leave
+ * one line naming the problem in it.
+ */
+#ifndef GPULET_REGION_H
+#define GPULET_REGION_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GPULET_REGION_MAGIC 0x314e4f4947455247ULL /* "GREGION1", little-endian */
+#define GPULET_REGION_VERSION 1u
+#define GPULET_MAX_DEVICES 16
+#define GPULET_MAX_SLOTS 256
+#define GPULET_UUID_LEN 64 /* "GPU-8b0b9d22-...": 40 characters and the NUL fit */
+#define GPULET_COMM_LEN 16
+#define GPULET_ERR_LEN 256
+
+/* ---- limits -------------------------------------------------------------------------- */
+
+struct gpulet_limit {
+    char uuid[GPULET_UUID_LEN];
+    uint64_t memory_bytes; /* the cap; a whole number of MiB */
+    uint32_t core_percent; /* 1..100; 100 = not throttled */
+    uint32_t pad;
+};
+
+struct gpulet_limits {
+    uint32_t count;
+    uint32_t pad;
+    struct gpulet_limit dev[GPULET_MAX_DEVICES];
+};
+
+/* Parse the text of a limits file. Refuses (-EINVAL) anything but the documented format. */
+int gpulet_limits_parse(const char *text, size_t len, struct gpulet_limits *out, char *err,
+                        size_t errlen);
+/* Read and parse a limits file (at most 64 KiB). */
+int gpulet_limits_read(const char *path, struct gpulet_limits *out, char *err, size_t errlen);
+/* Write `l` in the documented format into buf; returns the length, or -ENOSPC. */
+int gpulet_limits_format(const struct gpulet_limits *l, char *buf, size_t buflen);
+
+/* ---- the region ---------------------------------------------------------------------- */
+
+/* Per device, shared. Fields changed after creation are updated with __atomic builtins. */
+struct gpulet_device_shared {
+    char uuid[GPULET_UUID_LEN];
+    uint64_t memory_bytes;  /* the cap, copied from the limits at creation (for readers) */
+    uint32_t core_percent;  /* likewise */
+    uint32_t util_permille; /* agent feedback: the container's measured utilisation, 0..1000 */
+    uint64_t util_stamp_ns; /* gpulet_now_ns() when that was written; 0: never */
+    uint64_t pace_ns;       /* compute pacing clock: when the container's next launch may start */
+    uint64_t throttled_ns;  /* total time launches were held back */
+    uint64_t launches;      /* launches paced */
+    uint64_t busy_ns;       /* GPU time measured for paced launches */
+    uint64_t reserved[4];
+};
+
+/* Per process. A slot is live while its process holds an OFD write lock on the slot's first
+ * byte in the region file: the kernel drops it when the process dies, in any namespace. */
+struct gpulet_slot {
+    int32_t pid; /* in the container's PID namespace; 0: free */
+    uint32_t flags;
+    uint64_t attached_ns;
+    uint64_t used[GPULET_MAX_DEVICES]; /* bytes charged, per device */
+    char comm[GPULET_COMM_LEN];
+};
+
+struct gpulet_region {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t size; /* sizeof(struct gpulet_region): the file is exactly this long */
+    uint32_t devices;
+    uint32_t slots;
+    union {
+        pthread_mutex_t mutex; /* process-shared, robust */
+        char pad[64];
+    } lock;
+    uint64_t generation; /* bumped on every attach, detach and reap */
+    struct gpulet_device_shared dev[GPULET_MAX_DEVICES];
+    struct gpulet_slot slot[GPULET_MAX_SLOTS];
+};
+
+struct gpulet_handle {
+    int fd;
+    int slot; /* -1 while not attached */
+    struct gpulet_region *region;
+};
+
+/* Monotonic clock, ns (CLOCK_MONOTONIC: one clock for the host and its containers). */
+uint64_t gpulet_now_ns(void);
+
+/* Create (or replace, atomically: temporary file and rename) the region at `path` for these
+ * limits; mode 0666 so that any user in the container can attach. */
+int gpulet_region_create(const char *path, const struct gpulet_limits *l, char *err,
+                         size_t errlen);
+/* Map an existing region; checks magic, version, size and the file's length. */
+int gpulet_region_open(const char *path, struct gpulet_handle *h, char *err, size_t errlen);
+/* A private, anonymous region for these limits: the limiter's fallback when the shared one
+ * cannot be used (limits still hold, per process). */
+int gpulet_region_private(const struct gpulet_limits *l, struct gpulet_handle *h, char *err,
+                          size_t errlen);
+/* Detach if attached, unmap, close. Safe on a zeroed or closed handle. */
+void gpulet_region_close(struct gpulet_handle *h);
+/* Check that the region serves exactly the devices of `l`, in order. */
+int gpulet_region_matches(const struct gpulet_handle *h, const struct gpulet_limits *l, char *err,
+                          size_t errlen);
+
+/* The region lock, for callers that need several steps to be one (and for tests). When its
+ * last holder died holding it, takes it over, makes it consistent and reaps. */
+int gpulet_region_lock(struct gpulet_handle *h);
+void gpulet_region_unlock(struct gpulet_handle *h);
+
+/* Take a slot for this process (reaping dead ones when full); -ENOSPC when none is free. */
+int gpulet_region_attach(struct gpulet_handle *h, int32_t pid, const char *comm, char *err,
+                         size_t errlen);
+/* Give back everything this process is charged and free its slot. */
+int gpulet_region_detach(struct gpulet_handle *h);
+/* Free the slots of dead processes and their charges; returns how many, or -errno. */
+int gpulet_region_reap(struct gpulet_handle *h);
+
+/* Charge `bytes` on device `dev` to this process's slot if the container's total stays
+ * within `cap`; -ENOMEM (nothing charged) otherwise, after reaping dead processes once.
+ * `used_after`, if not NULL, receives the container's total. */
+int gpulet_region_reserve(struct gpulet_handle *h, uint32_t dev, uint64_t bytes, uint64_t cap,
+                          uint64_t *used_after);
+/* Give back `bytes` on `dev` from this process's slot; never below zero. */
+void gpulet_region_release(struct gpulet_handle *h, uint32_t dev, uint64_t bytes);
+/* The container's total charge on `dev` (live slots). */
+uint64_t gpulet_region_used(struct gpulet_handle *h, uint32_t dev);
+
+/* The agent's utilisation feedback for `dev`. */
+int gpulet_region_set_feedback(struct gpulet_handle *h, uint32_t dev, uint32_t util_permille,
+                               uint64_t stamp_ns);
+
+/* A consistent copy for readers (the agent, `gpulet limiter usage`). */
+struct gpulet_proc_usage {
+    int32_t pid;
+    int32_t slot;
+    char comm[GPULET_COMM_LEN];
+    uint64_t used[GPULET_MAX_DEVICES];
+};
+
+struct gpulet_snapshot {
+    uint32_t devices;
+    uint32_t procs;
+    uint64_t generation;
+    struct gpulet_device_shared dev[GPULET_MAX_DEVICES];
+    uint64_t used[GPULET_MAX_DEVICES]; /* container totals */
+    struct gpulet_proc_usage proc[GPULET_MAX_SLOTS];
+};
+
+int gpulet_region_snapshot(struct gpulet_handle *h, struct gpulet_snapshot *out);
+
+#endif

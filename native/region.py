@@ -1,0 +1,368 @@
+"""The shared accounting region of one container and its limits file, from Python.
+
+A typed layer over native/limiter/region.c (through the cffi extension `native._region`), so
+the agent, the CLI and the limiter share one parser and one implementation. The formats are in
+docs/limiter.md. Every refusal is a RegionError carrying one line that names the problem.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+try:
+    from native._region import ffi, lib
+except ImportError:  # not built: every entry point says so (see _extension)
+    ffi = lib = None
+
+LIMITS_FILE = "limits"
+REGION_FILE = "region"
+MIB = 1 << 20
+MAX_MIB = 1 << 40
+MAX_DEVICES = 16
+_UUID = re.compile(r"[A-Za-z0-9-]{1,63}")
+_U64 = (1 << 64) - 1
+
+StrPath = str | os.PathLike[str]
+
+
+class RegionError(Exception):
+    """A limits file or region that cannot be used, or a call the region refused."""
+
+
+@dataclass(frozen=True)
+class DeviceLimit:
+    uuid: str
+    memory_mib: int
+    core_percent: int  # 1..100; 100: not throttled
+
+
+@dataclass(frozen=True)
+class Limits:
+    devices: tuple[DeviceLimit, ...]
+
+
+@dataclass(frozen=True)
+class DeviceUsage:
+    uuid: str
+    memory_bytes: int  # the cap
+    core_percent: int
+    used_bytes: int  # the container's total charge
+    util_percent: float | None  # the agent's measured utilisation; None: never written
+    util_stamp_ns: int  # CLOCK_MONOTONIC when it was written; 0: never
+    throttled_ns: int  # total time launches were held back
+    launches: int
+    busy_ns: int
+
+
+@dataclass(frozen=True)
+class ProcessUsage:
+    pid: int  # in the container's PID namespace
+    slot: int
+    comm: str
+    used_bytes: tuple[int, ...]  # per device
+
+
+@dataclass(frozen=True)
+class Usage:
+    generation: int  # bumped on every attach, detach and reap
+    devices: tuple[DeviceUsage, ...]
+    processes: tuple[ProcessUsage, ...]
+
+
+def _extension() -> None:
+    if lib is None:
+        raise RegionError("the region extension native/_region is not built: run `make native`")
+
+
+def _err() -> Any:
+    return ffi.new("char[]", lib.GPULET_ERR_LEN)
+
+
+def _check(rc: int, err: Any, what: str) -> int:
+    """rc, or RegionError with the C code's line (or `what` and the errno's text)."""
+    if rc < 0:
+        line = ffi.string(err).decode("utf-8", "replace") if err is not None else ""
+        raise RegionError(line or f"{what}: {os.strerror(-rc)}")
+    return rc
+
+
+def check_limits(limits: Limits) -> None:
+    """The limits file's rules, for limits built in Python: RegionError naming the problem."""
+    if not 1 <= len(limits.devices) <= MAX_DEVICES:
+        raise RegionError(f"limits: {len(limits.devices)} devices, expected 1..{MAX_DEVICES}")
+    seen: set[str] = set()
+    for d in limits.devices:
+        if not _UUID.fullmatch(d.uuid):
+            raise RegionError(f"uuid {d.uuid!r} is not 1..63 characters of [A-Za-z0-9-]")
+        if not 1 <= d.memory_mib <= MAX_MIB:
+            raise RegionError(f"device {d.uuid}: memory {d.memory_mib} MiB is not in 1..{MAX_MIB}")
+        if not 1 <= d.core_percent <= 100:
+            raise RegionError(f"device {d.uuid}: core percent {d.core_percent} is not in 1..100")
+        if d.uuid in seen:
+            raise RegionError(f"duplicate device {d.uuid}")
+        seen.add(d.uuid)
+
+
+def _to_c(limits: Limits) -> Any:
+    _extension()
+    check_limits(limits)
+    c = ffi.new("struct gpulet_limits *")
+    c.count = len(limits.devices)
+    for i, d in enumerate(limits.devices):
+        c.dev[i].uuid = d.uuid.encode("ascii")
+        c.dev[i].memory_bytes = d.memory_mib * MIB
+        c.dev[i].core_percent = d.core_percent
+    return c
+
+
+def _from_c(c: Any) -> Limits:
+    return Limits(
+        tuple(
+            DeviceLimit(
+                ffi.string(c.dev[i].uuid).decode("ascii"),
+                c.dev[i].memory_bytes // MIB,
+                c.dev[i].core_percent,
+            )
+            for i in range(c.count)
+        )
+    )
+
+
+def parse_limits(text: str) -> Limits:
+    """Parse the text of a limits file."""
+    _extension()
+    data = text.encode("utf-8", "surrogateescape")
+    out, err = ffi.new("struct gpulet_limits *"), _err()
+    _check(lib.gpulet_limits_parse(data, len(data), out, err, len(err)), err, "limits")
+    return _from_c(out)
+
+
+def read_limits(path: StrPath) -> Limits:
+    """Read and parse a limits file (at most 64 KiB)."""
+    _extension()
+    out, err = ffi.new("struct gpulet_limits *"), _err()
+    _check(lib.gpulet_limits_read(os.fsencode(path), out, err, len(err)), err, os.fspath(path))
+    return _from_c(out)
+
+
+def format_limits(limits: Limits) -> str:
+    """The limits file for `limits`; RegionError when they break its rules."""
+    c = _to_c(limits)
+    buf = ffi.new("char[]", 4096)  # 16 devices of at most ~110 characters
+    n = _check(lib.gpulet_limits_format(c, buf, len(buf)), None, "limits")
+    return bytes(ffi.buffer(buf, n)).decode("ascii")
+
+
+def _write_atomically(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    tmp.unlink(missing_ok=True)  # a leftover of a crashed writer with our pid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            os.fchmod(f.fileno(), mode)  # not left to the umask
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def setup(directory: StrPath, limits: Limits) -> None:
+    """Create a container's directory: `limits` (mode 0444) and a fresh `region` (0666).
+
+    Both are replaced atomically; processes that mapped an old region keep their copy."""
+    text = format_limits(limits)
+    c = _to_c(limits)
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        _write_atomically(d / LIMITS_FILE, text, 0o444)
+    except OSError as e:
+        raise RegionError(f"cannot set up {d}: {e.strerror}") from None
+    err = _err()
+    _check(lib.gpulet_region_create(os.fsencode(d / REGION_FILE), c, err, len(err)), err, str(d))
+
+
+def _own_comm() -> str:
+    try:
+        return Path("/proc/self/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _u64(value: int, what: str) -> int:
+    if not 0 <= value <= _U64:
+        raise RegionError(f"{what} {value} is not in 0..2^64-1")
+    return value
+
+
+class Region:
+    """One mapping of a container's region: a handle of its own (its own open file
+    description), so several in one process are as separate as several processes.
+
+    Attach to be charged; `close()` (or leaving a `with` block) detaches and unmaps."""
+
+    def __init__(self, handle: Any) -> None:
+        """Use Region.open or Region.private."""
+        self._h = handle
+
+    @classmethod
+    def open(cls, directory: StrPath) -> Region:
+        """Map the region in a container's directory."""
+        _extension()
+        h, err = cls._new_handle(), _err()
+        path = os.fsencode(Path(directory) / REGION_FILE)
+        _check(lib.gpulet_region_open(path, h, err, len(err)), err, "region")
+        return cls(h)
+
+    @classmethod
+    def private(cls, limits: Limits) -> Region:
+        """A region in anonymous memory, for this process alone."""
+        c = _to_c(limits)
+        h, err = cls._new_handle(), _err()
+        _check(lib.gpulet_region_private(c, h, err, len(err)), err, "region")
+        return cls(h)
+
+    @staticmethod
+    def _new_handle() -> Any:
+        return ffi.gc(ffi.new("struct gpulet_handle *"), lib.gpulet_region_close)
+
+    def close(self) -> None:
+        """Detach if attached, unmap. Safe to repeat."""
+        lib.gpulet_region_close(self._h)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def devices(self) -> int:
+        return int(self._region().devices)
+
+    @property
+    def slot(self) -> int | None:
+        """The slot this handle is attached to, or None."""
+        return None if self._h.slot < 0 else int(self._h.slot)
+
+    def _region(self) -> Any:
+        if self._h.region == ffi.NULL:
+            raise RegionError("the region is closed")
+        return self._h.region
+
+    def _dev(self, dev: int) -> int:
+        n = self.devices
+        if not 0 <= dev < n:
+            raise RegionError(f"device index {dev} is not in 0..{n - 1}")
+        return dev
+
+    def _attached(self) -> None:
+        self._region()
+        if self.slot is None:
+            raise RegionError("this handle is not attached to the region")
+
+    def attach(self, pid: int | None = None, comm: str | None = None) -> int:
+        """Take a slot (for this process by default); returns it. Reaps dead processes when
+        the region is full; RegionError when still no slot is free."""
+        self._region()
+        if comm is None:
+            comm = _own_comm() if pid is None else ""
+        pid = os.getpid() if pid is None else pid
+        if not 0 < pid < 1 << 31:
+            raise RegionError(f"pid {pid} is not a process id")
+        err = _err()
+        rc = lib.gpulet_region_attach(self._h, pid, comm.encode("utf-8"), err, len(err))
+        _check(rc, err, "attach")
+        return int(self._h.slot)
+
+    def detach(self) -> None:
+        """Give back everything this handle is charged and free its slot."""
+        self._attached()
+        _check(lib.gpulet_region_detach(self._h), None, "detach")
+
+    def reserve(self, dev: int, nbytes: int, cap: int) -> bool:
+        """Charge `nbytes` on `dev` if the container's total stays within `cap`; False (and
+        nothing charged) otherwise, after reaping dead processes once."""
+        self._dev(dev)
+        self._attached()
+        rc = lib.gpulet_region_reserve(
+            self._h, dev, _u64(nbytes, "bytes"), _u64(cap, "cap"), ffi.NULL
+        )
+        if rc == -errno.ENOMEM:
+            return False
+        _check(rc, None, "reserve")
+        return True
+
+    def release(self, dev: int, nbytes: int) -> None:
+        """Give back `nbytes` on `dev`; never below zero."""
+        self._dev(dev)
+        self._attached()
+        lib.gpulet_region_release(self._h, dev, _u64(nbytes, "bytes"))
+
+    def used(self, dev: int) -> int:
+        """The container's total charge on `dev`."""
+        return int(lib.gpulet_region_used(self._h, self._dev(dev)))
+
+    def set_feedback(self, dev: int, util_percent: float, stamp_ns: int | None = None) -> None:
+        """Record the container's measured utilisation of `dev` (0..100 %)."""
+        self._dev(dev)
+        if not 0 <= util_percent <= 100:
+            raise RegionError(f"utilisation {util_percent}% is not in 0..100")
+        stamp = lib.gpulet_now_ns() if stamp_ns is None else _u64(stamp_ns, "stamp")
+        permille = round(util_percent * 10)
+        _check(lib.gpulet_region_set_feedback(self._h, dev, permille, stamp), None, "feedback")
+
+    def reap(self) -> int:
+        """Free the slots of dead processes (and their charges); returns how many."""
+        self._region()
+        return _check(lib.gpulet_region_reap(self._h), None, "reap")
+
+    def lock(self) -> None:
+        """Take the region lock (blocks); for tests and multi-step readers."""
+        self._region()
+        _check(lib.gpulet_region_lock(self._h), None, "lock")
+
+    def unlock(self) -> None:
+        lib.gpulet_region_unlock(self._h)
+
+    def snapshot(self) -> Usage:
+        """A consistent copy: per device, and per attached process."""
+        self._region()
+        s = ffi.new("struct gpulet_snapshot *")
+        _check(lib.gpulet_region_snapshot(self._h, s), None, "snapshot")
+        devices = tuple(
+            DeviceUsage(
+                uuid=ffi.string(d.uuid).decode("ascii", "replace"),
+                memory_bytes=d.memory_bytes,
+                core_percent=d.core_percent,
+                used_bytes=s.used[i],
+                util_percent=d.util_permille / 10 if d.util_stamp_ns else None,
+                util_stamp_ns=d.util_stamp_ns,
+                throttled_ns=d.throttled_ns,
+                launches=d.launches,
+                busy_ns=d.busy_ns,
+            )
+            for i, d in ((i, s.dev[i]) for i in range(s.devices))
+        )
+        processes = tuple(
+            ProcessUsage(
+                pid=p.pid,
+                slot=p.slot,
+                comm=ffi.string(p.comm).decode("utf-8", "replace"),
+                used_bytes=tuple(p.used[0 : s.devices]),
+            )
+            for p in (s.proc[i] for i in range(s.procs))
+        )
+        return Usage(s.generation, devices, processes)

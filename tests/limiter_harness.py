@@ -1,0 +1,134 @@
+"""Runs the real limiter library over the fake driver: a container is a region directory,
+the preload, and the environment that points the fake CUDA and NVML libraries at it."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.fakes.nvml import CompilerNotFound, build_fake_nvml, c_compiler
+
+LIMITER_DIR = Path(__file__).resolve().parent.parent / "native" / "limiter"
+SONAME = "libgpulet-limiter.so"
+MIB = 1 << 20
+SANITIZE = ("-fsanitize=address,undefined", "-fno-omit-frame-pointer")
+
+
+def build_limiter(out_dir: Path, sanitize: bool = False) -> Path:
+    """Compiles native/limiter/*.c with the project's flags into `out_dir` and returns the
+    library's path (the same command as the Makefile's, plus sanitizers when asked)."""
+    compiler = c_compiler()
+    if compiler is None:
+        raise CompilerNotFound("no C compiler ($CC, else cc) on PATH")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / SONAME
+    command = [
+        *compiler,
+        "-std=c11",
+        "-D_GNU_SOURCE",
+        "-O1" if sanitize else "-O2",
+        "-g",
+        "-fPIC",
+        "-shared",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-fvisibility=hidden",
+        *(SANITIZE if sanitize else ()),
+        "-o",
+        str(out),
+        *sorted(str(p) for p in LIMITER_DIR.glob("*.c")),
+        "-ldl",
+        "-lpthread",
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed:\n{proc.stderr}")
+    return out
+
+
+def asan_runtime() -> str:
+    """The path of the compiler's libasan, which must come first in LD_PRELOAD."""
+    compiler = c_compiler()
+    assert compiler is not None
+    proc = subprocess.run(
+        [*compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
+    )
+    return proc.stdout.strip()
+
+
+def fake_nvml_config(uuids: Sequence[str], total_mib: int) -> str:
+    lines = ["driver 580.159.04", "cuda 13000"]
+    for i, uuid in enumerate(uuids):
+        bus = f"0000:{0x10 + i:02x}:00.0"
+        lines.append(f"gpu {i} {uuid} {total_mib * MIB} {bus} {i} 0 0 NVIDIA H100 80GB HBM3")
+    return "\n".join(lines) + "\n"
+
+
+def build_nvml(out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return build_fake_nvml(out_dir).parent
+
+
+@dataclass
+class Container:
+    """One container's view: where its region lives and how its processes are started."""
+
+    region_dir: Path
+    limiter: Path
+    cuda_dir: Path
+    nvml_dir: Path
+    client: Path
+    fake_config: str = ""
+    asan: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self, preload: bool = True) -> dict[str, str]:
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = f"{self.cuda_dir}:{self.nvml_dir}"
+        env["GPULET_FAKE_CUDA"] = self.fake_config
+        env["GPULET_FAKE_NVML"] = str(self.nvml_dir / "nvml.conf")
+        env["GPULET_REGION_DIR"] = str(self.region_dir)
+        if preload:
+            libs = [asan_runtime(), str(self.limiter)] if self.asan else [str(self.limiter)]
+            env["LD_PRELOAD"] = ":".join(libs)
+        if self.asan:
+            env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=0:exitcode=23"
+            env["UBSAN_OPTIONS"] = "halt_on_error=1:exitcode=24:print_stacktrace=1"
+        env.update(self.extra_env)
+        return env
+
+    def command(self, mode: str, commands: Sequence[str]) -> list[str]:
+        return [str(self.client), *mode.split(), *commands]
+
+    def run(
+        self, mode: str, commands: Sequence[str], timeout: float = 30, preload: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(mode, commands),
+            env=self.env(preload),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def lines(self, mode: str, commands: Sequence[str], timeout: float = 30) -> list[str]:
+        """Runs the client under the limiter; its stdout lines (fails on a non-zero exit)."""
+        proc = self.run(mode, commands, timeout)
+        if proc.returncode != 0:
+            raise AssertionError(f"client exited {proc.returncode}:\n{proc.stderr}")
+        return proc.stdout.splitlines()
+
+    def start(self, mode: str, commands: Sequence[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(mode, commands),
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )

@@ -1,0 +1,422 @@
+"""The limiter library, preloaded into a client that loads the fake driver the way the
+CUDA 13 runtime does (cuGetProcAddress_v2 -> cuGetProcAddress -> everything), the way
+Triton and CuPy do (plain dlsym), and through the 11.3 lookup: every path must lead to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from native.region import DeviceLimit, Limits, Region, setup
+from tests.fakes.cuda import fake_uuid
+from tests.limiter_harness import MIB, Container, build_limiter, build_nvml, fake_nvml_config
+
+MODES = ["runtime", "runtime --ptsz", "runtime-v1", "dlsym"]
+GRANULARITY = 2 * MIB
+FAKE_TOTAL_MIB = 16384
+
+
+@pytest.fixture(scope="session")
+def limiter_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_limiter(tmp_path_factory.mktemp("limiter"))
+
+
+@pytest.fixture(scope="session")
+def limiter_asan_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_limiter(tmp_path_factory.mktemp("limiter-asan"), sanitize=True)
+
+
+@pytest.fixture(scope="session")
+def nvml_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = build_nvml(tmp_path_factory.mktemp("nvml"))
+    uuids = [fake_uuid(i) for i in range(2)]
+    (directory / "nvml.conf").write_text(fake_nvml_config(uuids, FAKE_TOTAL_MIB))
+    return directory
+
+
+MakeContainer = Callable[..., Container]
+
+
+@pytest.fixture
+def make_container(
+    tmp_path: Path,
+    limiter_lib: Path,
+    fake_cuda_dir: Path,
+    cuda_client: Path,
+    nvml_dir: Path,
+) -> MakeContainer:
+    """A container with these (memory MiB, core %) limits on fake GPUs 0, 1, ..."""
+
+    def make(*limits: tuple[int, int], devices: int = 1, region: bool = True) -> Container:
+        directory = tmp_path / "region"
+        if region:
+            setup(
+                directory,
+                Limits(
+                    tuple(
+                        DeviceLimit(fake_uuid(i), memory, core)
+                        for i, (memory, core) in enumerate(limits)
+                    )
+                ),
+            )
+        else:
+            directory.mkdir(exist_ok=True)
+        return Container(
+            region_dir=directory,
+            limiter=limiter_lib,
+            cuda_dir=fake_cuda_dir,
+            nvml_dir=nvml_dir,
+            client=cuda_client,
+            fake_config=f"devices={devices},total_mib={FAKE_TOTAL_MIB},granularity={GRANULARITY}",
+        )
+
+    return make
+
+
+def used(directory: Path, device: int = 0) -> int:
+    with Region.open(directory) as region:
+        return region.used(device)
+
+
+def field(line: str, name: str) -> int:
+    for word in line.split():
+        if word.startswith(name + "="):
+            return int(word.split("=", 1)[1])
+    raise AssertionError(f"no {name}= in {line!r}")
+
+
+# ---- memory ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_allocations_past_the_cap_fail_with_out_of_memory(
+    make_container: MakeContainer, mode: str
+) -> None:
+    box = make_container((1024, 100))
+    out = box.lines(mode, ["alloc 512", "alloc 500", "alloc 20", "alloc 12", "free", "alloc 12"])
+    assert out == [
+        "alloc 512 ok",
+        "alloc 500 ok",
+        "alloc 20 err 2",  # 1012 + 20 > 1024: refused, nothing charged
+        "alloc 12 ok",
+        "free ok",
+        "alloc 12 ok",
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_memory_info_reports_the_slice(make_container: MakeContainer, mode: str) -> None:
+    box = make_container((1024, 100))
+    out = box.lines(mode, ["info", "total", "alloc 256", "info", "nvml", "nvml2"])
+    assert field(out[0], "total") == 1024 * MIB
+    assert field(out[0], "free") == 1024 * MIB
+    assert out[1] == f"total {1024 * MIB}"
+    assert field(out[3], "total") == 1024 * MIB
+    assert field(out[3], "free") == 768 * MIB
+    for line in out[4:]:
+        assert field(line, "total") == 1024 * MIB
+        assert field(line, "used") == 256 * MIB
+        assert field(line, "free") == 768 * MIB
+
+
+def test_a_charge_is_what_the_driver_reserved_and_a_free_gives_it_back(
+    make_container: MakeContainer,
+) -> None:
+    box = make_container((64, 100))
+    marker = box.region_dir / "ready"
+    proc = box.start(
+        "dlsym", ["alloc-bytes 1", "alloc-bytes 3000000", f"touch {marker}", "hold 30"]
+    )
+    try:
+        _wait_for(marker)
+        # 1 byte and 3,000,000 bytes, each rounded by the driver to its 2 MiB granularity.
+        assert used(box.region_dir) == GRANULARITY + 2 * GRANULARITY
+    finally:
+        proc.kill()
+        proc.wait()
+    with Region.open(box.region_dir) as region:
+        region.reap()
+        assert region.used(0) == 0
+
+
+@pytest.mark.parametrize(
+    ("command", "charge"),
+    [
+        ("alloc 8", 8 * MIB),
+        ("pitch 1000 1000", 1024 * 1000),  # pitch 1024 x 1000 rows, rounded to 2 MiB below
+        ("managed 8", 8 * MIB),
+        ("async 8", 8 * MIB),
+        ("pool 8", 8 * MIB),
+        ("vmm 8", 8 * MIB),
+        ("array 1024 1024", 4 * MIB),  # float, one channel
+    ],
+)
+@pytest.mark.parametrize("mode", ["runtime", "dlsym"])
+def test_every_kind_of_allocation_is_charged_and_freed(
+    make_container: MakeContainer, mode: str, command: str, charge: int
+) -> None:
+    box = make_container((64, 100))
+    marker = box.region_dir / "charged"
+    done = box.region_dir / "go"
+    proc = box.start(mode, [command, f"touch {marker}", f"wait-file {done}", "free", "info"])
+    try:
+        _wait_for(marker)
+        rounded = -(-charge // GRANULARITY) * GRANULARITY
+        assert used(box.region_dir) == rounded
+        done.touch()
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    lines = out.splitlines()
+    assert lines[0].endswith("ok"), err
+    assert lines[-2] == "free ok"
+    assert field(lines[-1], "free") == 64 * MIB
+    assert used(box.region_dir) == 0
+
+
+def test_thousands_of_live_allocations_are_each_given_back(
+    make_container: MakeContainer,
+) -> None:
+    # Past the first sizes of the process-local table of charges: it grows and forgets
+    # nothing, and every free finds its charge.
+    box = make_container((8192, 100))
+    out = box.lines("dlsym", [*(["alloc-bytes 4096"] * 3000), "info", "free-all", "info"])
+    assert field(out[3000], "free") == (8192 - 3000 * 2) * MIB
+    assert out[3001] == "free-all ok 3000"
+    assert field(out[3002], "free") == 8192 * MIB
+
+
+def test_an_allocation_that_would_not_fit_once_rounded_is_refused(
+    make_container: MakeContainer,
+) -> None:
+    box = make_container((4, 100))
+    # 3 MiB passes the up-front check against a 4 MiB cap, but the driver reserves 4 MiB
+    # for it; a second 1-byte allocation (2 MiB reserved) then cannot fit.
+    out = box.lines("runtime", ["alloc-bytes 3145728", "alloc-bytes 1", "info"])
+    assert out[:2] == ["alloc-bytes 3145728 ok", "alloc-bytes 1 err 2"]
+    assert field(out[2], "free") == 0
+
+
+# ---- one cap for the whole container -----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["runtime", "dlsym"])
+def test_two_processes_share_one_cap(make_container: MakeContainer, mode: str) -> None:
+    box = make_container((1024, 100))
+    ready = box.region_dir / "a-ready"
+    first = box.start(mode, ["alloc 600", f"touch {ready}", "hold 30"])
+    try:
+        _wait_for(ready)
+        assert box.lines(mode, ["alloc 600", "alloc 400", "info"])[:2] == [
+            "alloc 600 err 2",
+            "alloc 400 ok",
+        ]
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_process_killed_with_sigkill_gives_back_its_charge(
+    make_container: MakeContainer,
+) -> None:
+    box = make_container((1024, 100))
+    ready = box.region_dir / "a-ready"
+    first = box.start("runtime", ["alloc 800", f"touch {ready}", "hold 30"])
+    _wait_for(ready)
+    assert used(box.region_dir) == 800 * MIB
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    # The next allocation that would not fit reaps the dead process's slot first.
+    assert box.lines("dlsym", ["alloc 800"]) == ["alloc 800 ok"]
+
+
+def test_a_process_killed_holding_the_region_lock_neither_wedges_nor_leaks(
+    make_container: MakeContainer,
+) -> None:
+    box = make_container((1024, 100))
+    script = (
+        "import os, sys, time\n"
+        "from native.region import Region\n"
+        f"region = Region.open({str(box.region_dir)!r})\n"
+        "region.attach()\n"
+        f"assert region.reserve(0, {900 * MIB}, {1024 * MIB})\n"
+        "region.lock()\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        ["python3" if not os.environ.get("VIRTUAL_ENV") else "python", "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    start = time.monotonic()
+    assert box.lines("runtime", ["alloc 900", "info"], timeout=10)[0] == "alloc 900 ok"
+    assert time.monotonic() - start < 5
+
+
+# ---- what happens without a usable region ------------------------------------------------
+
+
+def test_without_limits_the_limiter_does_nothing_and_says_so_once(
+    make_container: MakeContainer,
+) -> None:
+    box = make_container(region=False)
+    proc = box.run("runtime", ["alloc 4096", "info", "alloc 4096"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "alloc 4096 ok"
+    assert field(lines[1], "total") == FAKE_TOTAL_MIB * MIB
+    assert proc.stderr.count("event=inactive") == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:4096]), "truncated"),
+        (
+            lambda p: p.write_bytes(p.read_bytes()[:8] + b"\x09\x00\x00\x00" + p.read_bytes()[12:]),
+            "version 9",
+        ),
+    ],
+)
+def test_a_broken_region_is_reported_and_the_cap_still_holds(
+    make_container: MakeContainer, damage: Callable[[Path], object], message: str
+) -> None:
+    box = make_container((1024, 100))
+    region = box.region_dir / "region"
+    region.chmod(0o666)
+    damage(region)
+    proc = box.run("dlsym", ["alloc 1000", "alloc 100", "info"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[:2] == ["alloc 1000 ok", "alloc 100 err 2"]
+    assert "event=private-region" in proc.stderr
+    assert message in proc.stderr
+
+
+# ---- compute -----------------------------------------------------------------------------
+
+
+def windows(lines: list[str]) -> list[float]:
+    shares = [float(line.split()[2].split("=")[1]) for line in lines if line.startswith("window")]
+    return shares[1:]  # the first window holds the start-up
+
+
+@pytest.mark.parametrize("mode", ["runtime", "runtime --ptsz", "dlsym"])
+def test_launches_are_paced_to_the_share(make_container: MakeContainer, mode: str) -> None:
+    box = make_container((1024, 30))
+    shares = windows(box.lines(mode, ["run 4 1000"], timeout=30))
+    assert shares, "no windows"
+    for share in shares:
+        assert 0.25 <= share <= 0.35, shares
+
+
+def test_at_100_percent_launches_run_unhindered(make_container: MakeContainer) -> None:
+    box = make_container((1024, 100))
+    shares = windows(box.lines("runtime", ["run 3 1000"], timeout=30))
+    assert all(share >= 0.9 for share in shares), shares
+
+
+@pytest.mark.parametrize("launch", ["launch-ex 100 1000", "coop 100 1000", "graph 100"])
+def test_every_launch_path_is_paced(make_container: MakeContainer, launch: str) -> None:
+    # 100 launches of 1 ms (graphs: 0.5 ms) at a 25% share take about 4 (2) times as long.
+    box = make_container((1024, 25))
+    start = time.monotonic()
+    out = box.lines("runtime", [launch, "sync"])
+    elapsed = time.monotonic() - start
+    assert out[0].endswith("ok")
+    gpu_time = 0.05 if launch.startswith("graph") else 0.1
+    assert elapsed >= gpu_time * 100 / 25 * 0.8, elapsed
+
+
+def test_the_agents_feedback_corrects_the_pace(make_container: MakeContainer) -> None:
+    # The agent reports twice the share it should (say, work the events cannot see): the
+    # limiter slows the container down, a bounded step per fresh report.
+    box = make_container((1024, 30))
+    proc = box.start("runtime", ["run 5 1000"])
+    with Region.open(box.region_dir) as region:
+        deadline = time.monotonic() + 5
+        while proc.poll() is None and time.monotonic() < deadline:
+            region.set_feedback(0, 60.0)
+            time.sleep(0.2)
+    out, err = proc.communicate(timeout=30)
+    shares = windows(out.splitlines())
+    assert shares[-1] < 0.2, (shares, err)
+    with Region.open(box.region_dir) as region:
+        device = region.snapshot().devices[0]
+    assert device.launches > 0
+    assert device.throttled_ns > 0
+    assert device.busy_ns > 0
+
+
+def test_two_processes_share_one_compute_share(make_container: MakeContainer) -> None:
+    box = make_container((1024, 40))
+    procs = [box.start("runtime", ["launch 300 1000", "sync"]) for _ in range(2)]
+    start = time.monotonic()
+    for proc in procs:
+        proc.communicate(timeout=30)
+    # 600 ms of GPU time at 40% for the container as a whole: about 1.5 s, not 0.75 s.
+    assert time.monotonic() - start >= 1.2
+
+
+# ---- sanitizers ----------------------------------------------------------------------------
+
+
+def test_the_limiter_is_clean_under_address_and_undefined_sanitizers(
+    tmp_path: Path,
+    limiter_asan_lib: Path,
+    fake_cuda_asan_dir: Path,
+    cuda_client_asan: Path,
+    nvml_dir: Path,
+) -> None:
+    directory = tmp_path / "region"
+    setup(directory, Limits((DeviceLimit(fake_uuid(0), 256, 50),)))
+    box = Container(
+        region_dir=directory,
+        limiter=limiter_asan_lib,
+        cuda_dir=fake_cuda_asan_dir,
+        nvml_dir=nvml_dir,
+        client=cuda_client_asan,
+        fake_config=f"granularity={GRANULARITY}",
+        asan=True,
+    )
+    for mode in ("runtime", "dlsym"):
+        proc = box.run(
+            mode,
+            [
+                "alloc 128",
+                "vmm 64",
+                "array 256 256",
+                "alloc 128",
+                "info",
+                "nvml",
+                "launch 50 200",
+                "graph 5",
+                "free-all",
+                "info",
+            ],
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[3] == "alloc 128 err 2"
+        assert field(lines[-1], "free") == 256 * MIB
+
+
+def _wait_for(path: Path, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.01)
