@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fakes live in tests/
 
-from native.region import DeviceLimit, Limits, setup  # noqa: E402
-from tests.fakes.cuda import build_cuda_client, build_fake_cuda, fake_uuid  # noqa: E402
-from tests.limiter_harness import (  # noqa: E402
+from native.region import DeviceLimit, Limits, setup
+from tests.fakes.cuda import build_cuda_client, build_fake_cuda, fake_uuid
+from tests.limiter_harness import (
     Container,
     build_limiter,
     build_nvml,
