@@ -10,6 +10,10 @@
  * and what is charged is what ran. The agent's measured utilisation, when fresh, corrects
  * a residual factor (overlapping streams, kernels the events cannot separate).
  *
+ * A launch into a stream being captured into a graph runs nothing, so it is not paced (the
+ * graph's launch is). The event calls run in relaxed capture mode: in global mode, another
+ * thread's capture would be invalidated by them.
+ *
  * At 100% nothing here runs: the hooks call straight through.
  */
 #include <errno.h>
@@ -161,11 +165,33 @@ static void feedback(struct pace *p, int index, const struct gpulet_device_share
     p->corr_milli = (uint32_t)(corr < 500 ? 500 : corr > 4000 ? 4000 : corr);
 }
 
+static int capturing(CUstream stream, int ptsz) {
+    CUresult (*query)(CUstream, int *) =
+        ptsz ? real_cuStreamIsCapturing_ptsz : real_cuStreamIsCapturing;
+    int status = 0; /* CU_STREAM_CAPTURE_STATUS_NONE */
+    return query && query(stream, &status) == CUDA_SUCCESS && status != 0;
+}
+
+/* Relaxed capture mode for this thread; returns the mode to put back. */
+static int relax(void) {
+    int mode = 2; /* CU_STREAM_CAPTURE_MODE_RELAXED */
+    if (!real_cuThreadExchangeStreamCaptureMode ||
+        real_cuThreadExchangeStreamCaptureMode(&mode) != CUDA_SUCCESS)
+        return -1;
+    return mode;
+}
+
+static void unrelax(int mode) {
+    if (mode >= 0)
+        real_cuThreadExchangeStreamCaptureMode(&mode);
+}
+
 /* Before a launch on the current device: wait for its turn. 0 when not throttled. */
 static int pace_before(CUstream stream, int ptsz, struct gl_ticket *t) {
     int index = gl_current_index(NULL);
-    if (index < 0 || share_of(index) >= 100)
+    if (index < 0 || share_of(index) >= 100 || capturing(stream, ptsz))
         return 0;
+    int mode = relax();
     struct pace *p = &paces[index];
     struct gpulet_device_shared *shared = &gl_region()->region->dev[index];
     if (__atomic_load_n(&p->events, __ATOMIC_ACQUIRE) == 0)
@@ -209,6 +235,7 @@ static int pace_before(CUstream stream, int ptsz, struct gl_ticket *t) {
             t->slot = -1;
         }
     }
+    unrelax(mode);
     return 1;
 }
 
@@ -217,7 +244,10 @@ static void pace_after(struct gl_ticket *t, CUstream stream, CUresult launched) 
         return;
     struct sample *s = &paces[t->index].ring[t->slot];
     CUresult (*record)(CUevent, CUstream) = t->ptsz ? real_cuEventRecord_ptsz : real_cuEventRecord;
-    if (launched == CUDA_SUCCESS && record(s->end, stream) == CUDA_SUCCESS) {
+    int mode = relax();
+    CUresult recorded = launched == CUDA_SUCCESS ? record(s->end, stream) : launched;
+    unrelax(mode);
+    if (recorded == CUDA_SUCCESS) {
         s->charged = t->charged;
         __atomic_store_n(&s->state, PENDING, __ATOMIC_RELEASE);
     } else {

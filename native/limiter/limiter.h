@@ -89,6 +89,9 @@ enum gl_lib { GL_LIB_CUDA, GL_LIB_NVML };
     X(CUDA, CUresult, cuEventRecord_ptsz, (CUevent event, CUstream stream))                     \
     X(CUDA, CUresult, cuEventQuery, (CUevent event))                                            \
     X(CUDA, CUresult, cuEventElapsedTime, (float *ms, CUevent start, CUevent end))              \
+    X(CUDA, CUresult, cuStreamIsCapturing, (CUstream stream, int *status))                       \
+    X(CUDA, CUresult, cuStreamIsCapturing_ptsz, (CUstream stream, int *status))                  \
+    X(CUDA, CUresult, cuThreadExchangeStreamCaptureMode, (int *mode))                           \
     X(NVML, nvmlReturn_t, nvmlDeviceGetUUID, (nvmlDevice_t device, char *uuid, unsigned int n))
 
 #define GL_DECLARE(lib, ret, name, params)                                                      \

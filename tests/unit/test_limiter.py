@@ -420,3 +420,14 @@ def _wait_for(path: Path, timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} never appeared")
         time.sleep(0.01)
+
+
+def test_launches_into_a_capturing_stream_are_not_paced(make_container: MakeContainer) -> None:
+    # Captured launches run nothing; pacing them (or querying events, which in global capture
+    # mode invalidates the capture) would only break graph capture.
+    box = make_container((1024, 25))
+    box.fake_config += ",capturing=1"
+    start = time.monotonic()
+    out = box.lines("runtime", ["launch 200 1000", "launch-ex 50 1000", "sync"])
+    assert out[:2] == ["launch 200 ok", "launch-ex 50 ok"]
+    assert time.monotonic() - start < 0.5

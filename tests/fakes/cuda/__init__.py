@@ -26,7 +26,7 @@ INCLUDE_DIR = HERE.parents[2] / "native" / "limiter"
 SONAME = "libcuda.so.1"
 CLIENT = "cuda_client"
 CONFIG_ENV = "GPULET_FAKE_CUDA"
-CONFIG_KEYS = ("devices", "total_mib", "granularity", "graph_us")
+CONFIG_KEYS = ("devices", "total_mib", "granularity", "graph_us", "capturing")
 MODES = ("runtime", "runtime-v1", "dlsym")
 CFLAGS = ("-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-Werror")
 SANITIZE_FLAGS = (

@@ -11,6 +11,12 @@
  *   granularity=B    bytes; every allocation's reserved size is rounded up to a multiple
  *                    of it, and cuMemCreate sizes must be multiples of it (default 2097152)
  *   graph_us=U       how long one cuGraphLaunch keeps the GPU busy, in µs (default 500)
+ *   capturing=0|1    1: every stream is being captured into a graph (global mode), so
+ *                    cuStreamIsCapturing says ACTIVE, launches run nothing, and
+ *                    cuEventQuery from a thread in global capture mode fails with
+ *                    CUDA_ERROR_STREAM_CAPTURE_IMPLICIT and invalidates the capture, as in
+ *                    the real driver: every launch after fails with
+ *                    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
  * A malformed value makes cuInit return CUDA_ERROR_UNKNOWN (and every later call
  * CUDA_ERROR_NOT_INITIALIZED) after one line on stderr: "fake_cuda: GPULET_FAKE_CUDA: ...".
  *
@@ -113,7 +119,7 @@ static int init_state; /* 0: no cuInit yet, 1: initialised, -1: cuInit failed */
 static CUresult init_result;
 static struct {
     int devices;
-    uint64_t total_mib, granularity, graph_us;
+    uint64_t total_mib, granularity, graph_us, capturing;
 } cfg;
 static struct device devs[FAKE_MAX_DEVICES];
 static struct CUctx_st ctxs[FAKE_MAX_DEVICES];
@@ -234,7 +240,16 @@ static CUresult release(uint64_t id, int kinds) {
 }
 
 /* Queues `ns` of work on the current device's timeline. */
+#define FAKE_CAPTURE_IMPLICIT 906 /* CUDA_ERROR_STREAM_CAPTURE_IMPLICIT */
+#define FAKE_CAPTURE_INVALIDATED 901 /* CUDA_ERROR_STREAM_CAPTURE_INVALIDATED */
+static __thread int capture_mode; /* CU_STREAM_CAPTURE_MODE_GLOBAL = 0, RELAXED = 2 */
+static int capture_invalidated;
+
 static CUresult busy(uint64_t ns) {
+    if (cfg.capturing && __atomic_load_n(&capture_invalidated, __ATOMIC_RELAXED))
+        return FAKE_CAPTURE_INVALIDATED;
+    if (cfg.capturing)
+        ns = 0; /* captured into a graph, not run */
     int dev;
     CUresult r = current(&dev);
     if (r)
@@ -273,6 +288,7 @@ static int parse_config(const char *text) {
     cfg.total_mib = 16384;
     cfg.granularity = 2097152;
     cfg.graph_us = 500;
+    cfg.capturing = 0;
     if (!text || !*text)
         return 0;
     char buf[512];
@@ -307,6 +323,10 @@ static int parse_config(const char *text) {
             if (n > 3600ULL * 1000000ULL)
                 return config_error("%s must be at most an hour", item);
             cfg.graph_us = n;
+        } else if (strcmp(item, "capturing") == 0) {
+            if (n > 1)
+                return config_error("%s must be 0 or 1", item);
+            cfg.capturing = n;
         } else {
             return config_error("unknown key \"%s\"", item);
         }
@@ -491,6 +511,32 @@ EXPORT CUresult cuStreamSynchronize_ptsz(CUstream stream) {
     return sync_current();
 }
 LOCAL(cuStreamSynchronize_ptsz);
+
+/* ---- stream capture (see `capturing`) ----------------------------------------------- */
+
+EXPORT CUresult cuStreamIsCapturing(CUstream stream, int *status) {
+    (void)stream;
+    if (!status)
+        return CUDA_ERROR_INVALID_VALUE;
+    *status = cfg.capturing ? 1 : 0; /* CU_STREAM_CAPTURE_STATUS_ACTIVE : _NONE */
+    return CUDA_SUCCESS;
+}
+LOCAL(cuStreamIsCapturing);
+
+EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream stream, int *status) {
+    return local_cuStreamIsCapturing(stream, status);
+}
+LOCAL(cuStreamIsCapturing_ptsz);
+
+EXPORT CUresult cuThreadExchangeStreamCaptureMode(int *mode) {
+    if (!mode || (*mode != 0 && *mode != 1 && *mode != 2))
+        return CUDA_ERROR_INVALID_VALUE;
+    int old = capture_mode;
+    capture_mode = *mode;
+    *mode = old;
+    return CUDA_SUCCESS;
+}
+LOCAL(cuThreadExchangeStreamCaptureMode);
 
 /* ---- errors -------------------------------------------------------------------------- */
 
@@ -1025,6 +1071,10 @@ static CUresult event_when(CUevent event, uint64_t *when) {
 }
 
 EXPORT CUresult cuEventQuery(CUevent event) {
+    if (cfg.capturing && capture_mode == 0) {
+        __atomic_store_n(&capture_invalidated, 1, __ATOMIC_RELAXED);
+        return FAKE_CAPTURE_IMPLICIT;
+    }
     uint64_t when = 0;
     CUresult r = event_when(event, &when);
     if (!r && now_ns() < when)
@@ -1110,6 +1160,8 @@ static const struct proc {
     SAME(cuCtxGetDevice, 2000),
     SAME(cuCtxSynchronize, 2000),
     PTSZ(cuStreamSynchronize, 2000),
+    PTSZ(cuStreamIsCapturing, 10000),
+    SAME(cuThreadExchangeStreamCaptureMode, 10010),
     SAME(cuGetErrorString, 6000),
     SAME(cuGetErrorName, 6000),
     V2(cuMemAlloc, 3020, 3020),
