@@ -53,6 +53,7 @@ test: lint typecheck unit
 
 bench: install
 	$(BIN)/python bench/placement.py
+	$(BIN)/python bench/limiter_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
