@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -222,22 +223,24 @@ def test_two_processes_share_one_cap(make_container: MakeContainer, mode: str) -
         first.wait()
 
 
+@pytest.mark.parametrize("mode", ["runtime", "dlsym"])
 def test_a_process_killed_with_sigkill_gives_back_its_charge(
-    make_container: MakeContainer,
+    make_container: MakeContainer, mode: str
 ) -> None:
     box = make_container((1024, 100))
     ready = box.region_dir / "a-ready"
-    first = box.start("runtime", ["alloc 800", f"touch {ready}", "hold 30"])
+    first = box.start(mode, ["alloc 800", f"touch {ready}", "hold 30"])
     _wait_for(ready)
     assert used(box.region_dir) == 800 * MIB
     first.send_signal(signal.SIGKILL)
     first.wait()
     # The next allocation that would not fit reaps the dead process's slot first.
-    assert box.lines("dlsym", ["alloc 800"]) == ["alloc 800 ok"]
+    assert box.lines(mode, ["alloc 800"]) == ["alloc 800 ok"]
 
 
+@pytest.mark.parametrize("mode", ["runtime", "dlsym"])
 def test_a_process_killed_holding_the_region_lock_neither_wedges_nor_leaks(
-    make_container: MakeContainer,
+    make_container: MakeContainer, mode: str
 ) -> None:
     box = make_container((1024, 100))
     script = (
@@ -251,7 +254,7 @@ def test_a_process_killed_holding_the_region_lock_neither_wedges_nor_leaks(
         "time.sleep(60)\n"
     )
     holder = subprocess.Popen(
-        ["python3" if not os.environ.get("VIRTUAL_ENV") else "python", "-c", script],
+        [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
@@ -262,7 +265,7 @@ def test_a_process_killed_holding_the_region_lock_neither_wedges_nor_leaks(
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     start = time.monotonic()
-    assert box.lines("runtime", ["alloc 900", "info"], timeout=10)[0] == "alloc 900 ok"
+    assert box.lines(mode, ["alloc 900", "info"], timeout=10)[0] == "alloc 900 ok"
     assert time.monotonic() - start < 5
 
 
@@ -291,14 +294,15 @@ def test_without_limits_the_limiter_does_nothing_and_says_so_once(
         ),
     ],
 )
+@pytest.mark.parametrize("mode", ["runtime", "dlsym"])
 def test_a_broken_region_is_reported_and_the_cap_still_holds(
-    make_container: MakeContainer, damage: Callable[[Path], object], message: str
+    make_container: MakeContainer, damage: Callable[[Path], object], message: str, mode: str
 ) -> None:
     box = make_container((1024, 100))
     region = box.region_dir / "region"
     region.chmod(0o666)
     damage(region)
-    proc = box.run("dlsym", ["alloc 1000", "alloc 100", "info"])
+    proc = box.run(mode, ["alloc 1000", "alloc 100", "info"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:2] == ["alloc 1000 ok", "alloc 100 err 2"]
     assert "event=private-region" in proc.stderr
