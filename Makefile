@@ -12,7 +12,7 @@ LIMITER_HDR   := $(wildcard native/limiter/*.h)
 LIMITER       := native/lib/libgpulet-limiter.so
 REGION_EXT    := native/.region-ext-built
 
-.PHONY: help install native demo test lint typecheck unit bench clean
+.PHONY: help install native proto demo test lint typecheck unit bench clean
 
 help:
 	@echo "targets: demo (run gpulet on a simulated node), test (lint + types + all tests), bench, clean"
@@ -33,7 +33,14 @@ $(REGION_EXT): $(STAMP) native/build_region.py native/limiter/region.c native/li
 
 native: $(LIMITER) $(REGION_EXT)
 
-install: $(STAMP) native
+# The kubelet APIs' Python modules, generated from deviceplugin/api/*.proto.
+PROTO_OUT := deviceplugin/api/deviceplugin_v1beta1_pb2.py deviceplugin/api/podresources_v1_pb2.py
+$(PROTO_OUT) &: $(STAMP) $(wildcard deviceplugin/api/*.proto) deviceplugin/api/generate.py
+	$(BIN)/python deviceplugin/api/generate.py
+
+proto: $(PROTO_OUT)
+
+install: $(STAMP) native proto
 
 demo: install
 	$(BIN)/gpulet node inspect --simulate dgx-h100
@@ -58,3 +65,4 @@ bench: install
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
 	rm -rf native/lib native/_region.*.so native/_region.c native/_region.o $(REGION_EXT)
+	rm -f deviceplugin/api/*_pb2*.py deviceplugin/api/*_pb2*.pyi
