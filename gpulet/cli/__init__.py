@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from gpulet import __version__
+from gpulet.cli.agent import agent
 from gpulet.cli.limiter import limiter
 from gpulet.cli.node import node
 from gpulet.cli.place import place
@@ -17,6 +18,7 @@ def main() -> None:
     """gpulet: fine GPU slices and topology-aware GPU+NIC placement for Kubernetes."""
 
 
+main.add_command(agent)
 main.add_command(node)
 main.add_command(place)
 main.add_command(limiter)

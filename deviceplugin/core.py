@@ -1,0 +1,614 @@
+"""The device plugin's decisions, without gRPC: what to advertise, which device IDs to
+prefer, what an Allocate grants, and what is released. Thread-safe (one lock).
+
+Two modes. With a `PodSource` (the scheduler extender is deployed), every Allocate is matched
+to a pending pod (`assignment.match`) and follows that pod's `gpulet.io/assignment` exactly:
+the GPUs, shares and NICs named there, whatever slot IDs kubelet picked, as long as their
+number is right. Without one (standalone), every GPU Allocate gets the physical GPUs of its
+device IDs, whole and exclusively, and `preferred` picks them with the placement engine.
+
+Kubelet and the ledger count differently. Kubelet counts device IDs (slots); a whole GPU
+holds one of its slot IDs in kubelet's books but all of the GPU in ours. Kubelet may then
+offer another slot of that GPU: `preferred` never does, and `allocate` refuses it with an
+error naming the GPU, so kubelet fails that pod's admission and its controller retries.
+Kubelet remains the authority on IDs: it hands out an ID only when no running container holds
+it, so a grant holding an ID that kubelet hands out again belongs to a finished container. In
+standalone mode that grant is dropped (it may be an init container whose devices kubelet now
+reuses, or a pod whose end has not been reconciled yet); with pods it is dropped when it is an
+earlier container of the same pod (kept as *spent*, so it is not matched again), and refused
+otherwise until the agent has seen that pod end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from deviceplugin import ids
+from deviceplugin.assignment import (
+    Assignment,
+    AssignmentError,
+    ContainerAssignment,
+    MatchError,
+    PendingPod,
+    PodSource,
+    match,
+    parse_assignment,
+)
+from deviceplugin.container import ContainerView, view
+from deviceplugin.inventory import Advertised, advertised, port_down, shareable_gpus
+from deviceplugin.ledger import DoubleGrantError, GpuShare, Grant, Ledger, node_state
+from deviceplugin.resources import GPU_RESOURCE, PluginConfig, UnknownResourceError, check_resource
+from gpulet.topology import Nic, Topology
+from native.region import DeviceLimit, Limits, RegionError, setup
+from scorer.placement import GpuUsage, NodeState, Placement, Placer, Request
+
+#: Pod UIDs and container names become directory names; anything else is refused.
+_PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+STANDALONE_DIR = "standalone"
+
+
+class AllocateError(Exception):
+    """An Allocate the plugin refuses; the message is what kubelet shows on the pod."""
+
+
+@dataclass(frozen=True)
+class _Decision:
+    gpus: tuple[GpuShare, ...]
+    nics: tuple[str, ...]
+    pod_uid: str | None
+    container: str | None
+    #: Grants holding the requested IDs, to drop; `spend`: keep them as spent.
+    superseded: tuple[Grant, ...]
+    spend: bool
+
+
+class DevicePluginCore:
+    def __init__(
+        self,
+        topo: Topology,
+        config: PluginConfig,
+        ledger: Ledger,
+        pods: PodSource | None = None,
+        checkpoint: Path | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if pods is not None and not config.node_name:
+            raise ValueError("matching pods needs config.node_name (the Kubernetes node's name)")
+        self._topo = topo
+        self._config = config
+        self._ledger = ledger
+        self._pods = pods
+        self._checkpoint = checkpoint
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._placer = Placer(topo, config.capacity)
+        self._gpus = {g.uuid: g for g in shareable_gpus(topo)}
+        self._gpu_index = {g.index: g for g in topo.gpus}
+        self._nics = {n.key: n for n in topo.nics}
+        self._sick_gpus: dict[int, str] = {}
+        self._sick_nics: dict[str, str] = {}
+
+    @property
+    def topo(self) -> Topology:
+        return self._topo
+
+    @property
+    def config(self) -> PluginConfig:
+        return self._config
+
+    # ---- inventory and health ------------------------------------------------------------
+
+    def devices(self, resource: str) -> list[Advertised]:
+        with self._lock:
+            return advertised(
+                self._topo,
+                self._config,
+                resource,
+                frozenset(self._sick_gpus),
+                frozenset(self._sick_nics),
+            )
+
+    def set_gpu_health(self, index: int, healthy: bool, reason: str | None = None) -> bool:
+        """Mark GPU `index` (un)healthy, with why (`XID 79`); whether its health changed."""
+        if index not in self._gpu_index:
+            raise ValueError(f"node {self._topo.node} has no GPU{index}")
+        with self._lock:
+            return _set(self._sick_gpus, index, healthy, reason)
+
+    def set_nic_health(self, key: str, healthy: bool, reason: str | None = None) -> bool:
+        """Mark RDMA port `key` (un)healthy; whether its health changed. A port that is not
+        ACTIVE is advertised unhealthy whatever is set here."""
+        if key not in self._nics:
+            raise ValueError(f"node {self._topo.node} has no RDMA port {key}")
+        with self._lock:
+            return _set(self._sick_nics, key, healthy, reason)
+
+    def unhealthy_gpus(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._sick_gpus)
+
+    def unhealthy_nics(self) -> frozenset[str]:
+        """The ports marked unhealthy (ports that are not ACTIVE are not listed)."""
+        with self._lock:
+            return frozenset(self._sick_nics)
+
+    def grants(self) -> tuple[Grant, ...]:
+        return self._ledger.grants()
+
+    # ---- GetPreferredAllocation ----------------------------------------------------------
+
+    def preferred(
+        self, resource: str, available: Sequence[str], must_include: Sequence[str], size: int
+    ) -> list[str]:
+        """The IDs to ask kubelet for: `must_include` first, then one slot of each device
+        chosen (the assignment's, else the placement engine's). Only IDs from `available` and
+        `must_include`; advisory, so problems are left for `allocate` to report."""
+        check_resource(resource)
+        with self._lock:
+            must = list(dict.fromkeys(must_include))
+            slots = self._slots_by_owner(resource, [*must, *available])
+            must_owners = list(dict.fromkeys(o for o in (self._owner(i) for i in must) if o))
+            owners = self._assigned_owners(resource, size) if self._pods else None
+            if owners is None:
+                if resource == GPU_RESOURCE:
+                    owners = self._pick_whole_gpus(size, slots, must_owners)
+                else:
+                    owners = self._pick_nics(size, slots, must_owners)
+            answer = must
+            for owner in owners:
+                if len(answer) >= size:
+                    break
+                if owner not in must_owners and slots.get(owner):
+                    answer.append(slots[owner][0])
+            return answer
+
+    def _owner(self, device: str) -> str | None:
+        try:
+            return ids.parse(device)[0]
+        except ids.DeviceIdError:
+            return None
+
+    def _slots_by_owner(self, resource: str, offered: Iterable[str]) -> dict[str, list[str]]:
+        """Offered IDs of devices this node has, per owner, lowest slot first."""
+        known = self._gpus if resource == GPU_RESOURCE else self._nics
+        limit = self._config.slots(resource)
+        found: dict[str, list[tuple[int, str]]] = {}
+        for device in dict.fromkeys(offered):
+            try:
+                owner, slot = ids.parse(device)
+            except ids.DeviceIdError:
+                continue
+            if owner in known and slot < limit:
+                found.setdefault(owner, []).append((slot, device))
+        return {o: [d for _, d in sorted(v)] for o, v in found.items()}
+
+    def _assigned_owners(self, resource: str, size: int) -> list[str] | None:
+        """The devices the pending pod's assignment names, or None when there is no sure
+        match (then `allocate` will say why)."""
+        try:
+            pod, name = self._match(resource, size)
+            entry = self._entry(pod, name)
+        except AllocateError:
+            return None
+        if resource == GPU_RESOURCE:
+            return [g.uuid for g in entry.gpus]
+        return list(entry.nics)
+
+    def _pick_whole_gpus(
+        self, size: int, slots: Mapping[str, list[str]], must: Sequence[str]
+    ) -> list[str]:
+        """`size` whole GPUs by the placement engine, among those all of whose slots kubelet
+        offers and that no grant holds (and the GPUs of `must_include`)."""
+        must = [o for o in must if o in self._gpus]
+        state = self._ledger.node_state(self._topo, self._config)
+        free = {
+            uuid
+            for uuid, offered in slots.items()
+            if len(offered) == self._config.gpu_slots
+            and state.gpu(self._gpus[uuid].index).idle
+            and self._gpus[uuid].index not in self._sick_gpus
+        } | set(must)
+        blocked = {g.index: _HELD for g in self._topo.gpus if g.uuid not in free}
+        placed = self._placer.place(Request(gpus=max(size, 1)), NodeState(gpus=blocked))
+        chosen = [g.uuid for g in placed.gpus] if isinstance(placed, Placement) else []
+        by_index = sorted(free, key=lambda u: self._gpus[u].index)
+        return list(dict.fromkeys([*must, *chosen, *by_index]))
+
+    def _pick_nics(
+        self, size: int, slots: Mapping[str, list[str]], must: Sequence[str]
+    ) -> list[str]:
+        """`size` ports by the placement engine, close to the GPUs of the latest grant when
+        that is a GPU grant (kubelet allocates one container's resources back to back, so
+        these are most likely the same container's GPUs), else by load and order alone."""
+        must = [o for o in must if o in self._nics]
+        usable = {k for k in slots if k not in self._sick_nics and port_down(self._nics[k]) is None}
+        usable |= set(must)
+        loads = self._ledger.node_state(self._topo, self._config).nic_slots
+        closed = frozenset(n.key for n in self._topo.nics if n.key not in usable)
+        latest = next((g for g in reversed(self._ledger.grants()) if not g.spent), None)
+        anchor = (
+            {s.index for s in latest.gpus} if latest and latest.resource == GPU_RESOURCE else set()
+        )
+        chosen: list[str] = []
+        if anchor:
+            held = {g.index: _HELD for g in self._topo.gpus if g.index not in anchor}
+            state = NodeState(gpus=held, nic_slots=loads, unhealthy_nics=closed)
+            placed = self._placer.place(Request(gpus=len(anchor), rdma=max(size, 1)), state)
+            if isinstance(placed, Placement):
+                chosen = list(placed.nics)
+        if not chosen:
+            state = NodeState(nic_slots=loads, unhealthy_nics=closed)
+            placed = self._placer.place(Request(gpus=0, rdma=max(size, 1)), state)
+            if isinstance(placed, Placement):
+                chosen = list(placed.nics)
+        rest = [n.key for n in self._topo.nics if n.key in usable]
+        return list(dict.fromkeys([*must, *chosen, *rest]))
+
+    # ---- Allocate -------------------------------------------------------------------------
+
+    def allocate(self, resource: str, device_ids: Sequence[str]) -> ContainerView:
+        """Grant `device_ids` (one container's, for one resource): record it, set up the
+        container's region, and say what the container gets. AllocateError when refused."""
+        try:
+            check_resource(resource)
+        except UnknownResourceError as e:
+            raise AllocateError(str(e)) from None
+        with self._lock:
+            owners = self._validate(resource, device_ids)
+            if self._pods is None:
+                decision = self._standalone(resource, device_ids, owners)
+            else:
+                decision = self._assigned(resource, device_ids)
+            region_dir = self._region_dir(resource, decision, device_ids)
+            result = view(self._topo, self._config, decision.gpus, decision.nics, region_dir)
+            grant = Grant(
+                resource=resource,
+                device_ids=tuple(device_ids),
+                gpus=decision.gpus,
+                nics=decision.nics,
+                pod_uid=decision.pod_uid,
+                container=decision.container,
+                region_dir=None if region_dir is None else str(region_dir),
+                granted_at=self._clock(),
+            )
+            if region_dir is not None:
+                self._set_up_region(region_dir, decision.gpus)
+            self._commit(grant, decision)
+            return result
+
+    def _validate(self, resource: str, device_ids: Sequence[str]) -> list[str]:
+        """The owner of each ID; AllocateError for an ID that is unknown or unhealthy."""
+        if not device_ids:
+            raise AllocateError(f"kubelet asked for no {resource} device")
+        if len(set(device_ids)) != len(device_ids):
+            raise AllocateError(f"kubelet listed a {resource} device ID twice: {device_ids}")
+        limit = self._config.slots(resource)
+        owners: list[str] = []
+        for device in device_ids:
+            try:
+                owner, slot = ids.parse(device)
+            except ids.DeviceIdError as e:
+                raise AllocateError(f"unknown device ID {device!r}: {e}") from None
+            if resource == GPU_RESOURCE:
+                gpu = self._gpus.get(owner)
+                if gpu is None:
+                    raise AllocateError(
+                        f"unknown device ID {device!r}: node {self._topo.node} has no GPU "
+                        f"{owner} that it shares"
+                    )
+                what, sick = f"GPU{gpu.index} ({gpu.uuid})", self._sick_gpus.get(gpu.index)
+            else:
+                nic = self._nics.get(owner)
+                if nic is None:
+                    raise AllocateError(
+                        f"unknown device ID {device!r}: node {self._topo.node} has no RDMA "
+                        f"port {owner}"
+                    )
+                what, sick = f"RDMA port {nic.key}", self._sick_nics.get(nic.key) or port_down(nic)
+            if slot >= limit:
+                raise AllocateError(
+                    f"unknown device ID {device!r}: {what} has {limit} slots (00..{limit - 1:02d})"
+                )
+            if sick is not None:
+                raise AllocateError(
+                    f"device ID {device!r} is on {what}, which is unhealthy ({sick})"
+                )
+            owners.append(owner)
+        return owners
+
+    def _standalone(
+        self, resource: str, device_ids: Sequence[str], owners: Sequence[str]
+    ) -> _Decision:
+        """The devices of the IDs themselves; each GPU whole. Each unit is a different
+        device, so two slots of one device are refused."""
+        unit = "GPU" if resource == GPU_RESOURCE else "RDMA port"
+        seen: dict[str, str] = {}
+        for device, owner in zip(device_ids, owners, strict=True):
+            if owner in seen:
+                raise AllocateError(
+                    f"device IDs {seen[owner]!r} and {device!r} are slots of the same {unit} "
+                    f"{owner}; each {resource} is a different {unit} (kubelet picks such IDs "
+                    f"itself when fewer than {len(device_ids)} {unit}s are free)"
+                )
+            seen[owner] = device
+        superseded = tuple(self._ledger.holders(resource, device_ids))
+        if resource != GPU_RESOURCE:
+            keys = [n.key for n in self._topo.nics if n.key in seen]
+            return _Decision((), tuple(keys), None, None, superseded, spend=False)
+        others = [g for g in self._ledger.grants() if g not in superseded]
+        state = node_state(others, self._topo, self._config)
+        gpus = sorted((self._gpus[o] for o in seen), key=lambda g: g.index)
+        for gpu in gpus:
+            if not state.gpu(gpu.index).idle:
+                raise AllocateError(
+                    f"GPU{gpu.index} ({gpu.uuid}) is held whole by another container; kubelet "
+                    f"offered its slot {seen[gpu.uuid]} because it counts slots, not GPUs. "
+                    f"Fewer than {len(gpus)} whole GPUs are free on node {self._topo.node}"
+                )
+        shares = tuple(GpuShare(g.uuid, g.index, 100, g.memory_mib, True) for g in gpus)
+        return _Decision(shares, (), None, None, superseded, spend=False)
+
+    def _match(self, resource: str, count: int) -> tuple[PendingPod, str]:
+        assert self._pods is not None
+        done = {
+            (g.pod_uid, g.container, g.resource)
+            for g in self._ledger.grants()
+            if g.pod_uid is not None and g.container is not None
+        }
+        try:
+            found = match(self._pods.pending_pods(), resource, count, done)
+        except MatchError as e:
+            raise AllocateError(str(e)) from None
+        if found is None:
+            raise AllocateError(
+                f"no pod bound to node {self._config.node_name} waits for {count} {resource}: "
+                "the agent has not seen the pod yet, or it was scheduled without the gpulet "
+                "scheduler extender"
+            )
+        return found
+
+    def _entry(self, pod: PendingPod, name: str) -> ContainerAssignment:
+        """The pod's assignment for container `name`, checked against this node."""
+        if pod.assignment_text is None:
+            raise AllocateError(
+                f"pod {pod.ref} has no gpulet.io/assignment annotation: it was not scheduled "
+                "through the gpulet scheduler extender"
+            )
+        try:
+            assignment: Assignment = parse_assignment(pod.assignment_text)
+        except AssignmentError as e:
+            raise AllocateError(f"pod {pod.ref}: {e}") from None
+        if assignment.node != self._config.node_name:
+            raise AllocateError(
+                f"pod {pod.ref}'s gpulet.io/assignment is for node {assignment.node!r}, but "
+                f"this is node {self._config.node_name!r}"
+            )
+        entry = assignment.container(name)
+        if entry is None:
+            raise AllocateError(
+                f"pod {pod.ref}'s gpulet.io/assignment has nothing for container {name!r}"
+            )
+        return entry
+
+    def _assigned(self, resource: str, device_ids: Sequence[str]) -> _Decision:
+        pod, name = self._match(resource, len(device_ids))
+        entry = self._entry(pod, name)
+        where = f"pod {pod.ref} container {name!r}"
+        if entry.count(resource) != len(device_ids):
+            raise AllocateError(
+                f"{where} asks {len(device_ids)} {resource} but its gpulet.io/assignment gives "
+                f"{entry.count(resource)}"
+            )
+        for part in (pod.uid, name):
+            if not _PATH_PART.fullmatch(part) or part in {".", ".."}:
+                raise AllocateError(f"{where}: {part!r} cannot name a directory")
+        gpus: tuple[GpuShare, ...] = ()
+        nics: tuple[str, ...] = ()
+        if resource == GPU_RESOURCE:
+            gpus = tuple(
+                self._share(where, a.uuid, a.core, a.memory_mib, a.exclusive) for a in entry.gpus
+            )
+        else:
+            nics = tuple(self._port(where, key).key for key in entry.nics)
+        superseded = tuple(self._ledger.holders(resource, device_ids))
+        for old in superseded:
+            if old.pod_uid != pod.uid:
+                raise AllocateError(
+                    f"device ID of {where} is still granted to pod {old.pod_uid} container "
+                    f"{old.container!r} in the agent's ledger; kubelet hands it out again, so "
+                    "that container is gone, but the agent has not seen it end yet"
+                )
+        others = [g for g in self._ledger.grants() if g not in superseded]
+        self._check_room(where, gpus, nics, others)
+        return _Decision(gpus, nics, pod.uid, name, superseded, spend=True)
+
+    def _share(self, where: str, uuid: str, core: int, memory: int, whole: bool) -> GpuShare:
+        gpu = self._gpus.get(uuid)
+        if gpu is None:
+            raise AllocateError(
+                f"{where}: the assignment names GPU {uuid}, which node {self._topo.node} does "
+                "not have (or does not share)"
+            )
+        sick = self._sick_gpus.get(gpu.index)
+        if sick is not None:
+            raise AllocateError(f"{where}: assigned GPU{gpu.index} ({uuid}) is unhealthy ({sick})")
+        if memory > gpu.memory_mib:
+            raise AllocateError(
+                f"{where}: the assignment gives {memory} MiB of GPU{gpu.index}, which has "
+                f"{gpu.memory_mib} MiB"
+            )
+        if not whole and not self._config.limiter:
+            raise AllocateError(
+                f"{where} gets a slice of GPU{gpu.index} ({core}% core, {memory} MiB), but this "
+                "agent runs without the limiter (its library and preload file), so the slice "
+                "could not be enforced"
+            )
+        return GpuShare(uuid, gpu.index, core, gpu.memory_mib if whole else memory, whole)
+
+    def _port(self, where: str, key: str) -> Nic:
+        nic = self._nics.get(key)
+        if nic is None:
+            raise AllocateError(
+                f"{where}: the assignment names RDMA port {key}, which node {self._topo.node} "
+                "does not have"
+            )
+        sick = self._sick_nics.get(key) or port_down(nic)
+        if sick is not None:
+            raise AllocateError(f"{where}: assigned RDMA port {key} is unhealthy ({sick})")
+        return nic
+
+    def _check_room(
+        self, where: str, gpus: Sequence[GpuShare], nics: Sequence[str], others: Sequence[Grant]
+    ) -> None:
+        """Refuse an assignment that would over-commit what the ledger already granted."""
+        state = node_state(others, self._topo, self._config)
+        behind = "; the scheduler extender's view of this node is behind the agent's"
+        for share in gpus:
+            gpu = self._gpu_index[share.index]
+            use = state.gpu(share.index)
+            name = f"GPU{gpu.index}"
+            holders = ", ".join(_who(g) for g in others if share.index in {s.index for s in g.gpus})
+            problem = None
+            if use.exclusive:
+                problem = f"{name} is held whole by {holders}"
+            elif share.exclusive and not use.idle:
+                problem = f"the assignment gives {name} whole, but {holders} has a slice of it"
+            elif use.slots + 1 > self._config.gpu_slots:
+                problem = f"all {self._config.gpu_slots} slots of {name} are granted"
+            elif use.core + share.core > 100:
+                problem = (
+                    f"the assignment gives {share.core}% of {name}'s core, but {use.core}% is "
+                    f"already granted ({holders})"
+                )
+            elif use.memory_mib + share.memory_mib > gpu.memory_mib:
+                problem = (
+                    f"the assignment gives {share.memory_mib} MiB of {name}, but "
+                    f"{use.memory_mib} of its {gpu.memory_mib} MiB are already granted ({holders})"
+                )
+            if problem:
+                raise AllocateError(f"{where}: {problem}{behind}")
+        for key in nics:
+            if state.nic_slots.get(key, 0) + 1 > self._config.rdma_slots:
+                raise AllocateError(
+                    f"{where}: all {self._config.rdma_slots} slots of RDMA port {key} are "
+                    f"granted{behind}"
+                )
+
+    def _region_dir(
+        self, resource: str, decision: _Decision, device_ids: Sequence[str]
+    ) -> Path | None:
+        if resource != GPU_RESOURCE or not decision.gpus:
+            return None
+        root = self._config.region_root
+        if decision.pod_uid is None or decision.container is None:
+            return root / STANDALONE_DIR / device_ids[0].replace(ids.SEPARATOR, "-")
+        return root / decision.pod_uid / decision.container
+
+    def _set_up_region(self, directory: Path, gpus: Sequence[GpuShare]) -> None:
+        limits = Limits(tuple(DeviceLimit(s.uuid, s.memory_mib, s.core) for s in gpus))
+        try:
+            setup(directory, limits)
+        except RegionError as e:
+            raise AllocateError(
+                f"cannot set up the container's limits in {directory}: {e}"
+            ) from None
+
+    def _commit(self, grant: Grant, decision: _Decision) -> None:
+        """Record `grant` in place of what it supersedes and save the checkpoint; undo all of
+        it (region included) when the checkpoint cannot be written."""
+        spent = [g.spend() for g in decision.superseded] if decision.spend else []
+        for old in decision.superseded:
+            self._ledger.remove(old)
+        added: list[Grant] = []
+        try:
+            for g in [*spent, grant]:
+                self._ledger.add(g)
+                added.append(g)
+            self._save()
+        except (OSError, DoubleGrantError) as e:
+            for g in added:
+                self._ledger.remove(g)
+            for old in decision.superseded:
+                self._ledger.add(old)
+            kept = {g.region_dir for g in decision.superseded}
+            if grant.region_dir and grant.region_dir not in kept:
+                self._remove_region(grant.region_dir)
+            if isinstance(e, DoubleGrantError):
+                raise AllocateError(str(e)) from None
+            raise AllocateError(f"cannot write the checkpoint {self._checkpoint}: {e}") from None
+        self._remove_regions(decision.superseded)
+
+    # ---- release ----------------------------------------------------------------------------
+
+    def release_pod(self, uid: str) -> list[Grant]:
+        """Forget pod `uid`'s grants and remove their region directories."""
+        with self._lock:
+            dropped = self._ledger.remove_pod(uid)
+            self._after_drop(dropped)
+            return dropped
+
+    def reconcile(
+        self, live: Mapping[str, Set[str]], listed_at: float | None = None
+    ) -> list[Grant]:
+        """Drop the grants whose device IDs kubelet's pod-resources List (taken at
+        `listed_at`) no longer shows in use; see `Ledger.reconcile`."""
+        with self._lock:
+            dropped = self._ledger.reconcile(live, listed_at)
+            self._after_drop(dropped)
+            return dropped
+
+    def _after_drop(self, dropped: Sequence[Grant]) -> None:
+        if dropped:
+            self._remove_regions(dropped)
+            self._save()
+
+    def _save(self) -> None:
+        if self._checkpoint is not None:
+            self._ledger.save(self._checkpoint)
+
+    def _remove_regions(self, grants: Iterable[Grant]) -> None:
+        in_use = {g.region_dir for g in self._ledger.grants()}
+        for g in grants:
+            if g.region_dir and g.region_dir not in in_use:
+                self._remove_region(g.region_dir)
+
+    def _remove_region(self, directory: str) -> None:
+        """Remove a region directory and its parent when empty; never outside region_root."""
+        root = self._config.region_root.resolve()
+        path = Path(directory).resolve()
+        if root not in path.parents:
+            return
+        shutil.rmtree(path, ignore_errors=True)
+        if path.parent != root:
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+
+
+K = TypeVar("K")
+
+#: A GPU the engine must not choose.
+_HELD = GpuUsage(exclusive=True)
+
+
+def _set(sick: dict[K, str], key: K, healthy: bool, reason: str | None) -> bool:
+    was = key in sick
+    if healthy:
+        sick.pop(key, None)
+    else:
+        sick[key] = reason or "marked unhealthy"
+    return was == healthy
+
+
+def _who(grant: Grant) -> str:
+    if grant.pod_uid is None:
+        return "a standalone container"
+    return f"pod {grant.pod_uid} container {grant.container!r}"
