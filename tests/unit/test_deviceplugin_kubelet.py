@@ -119,7 +119,7 @@ def pod(i: int) -> PodRef:
 
 
 def gpu_of(node: Node, device_id: str) -> int:
-    uuid = device_id.split("::")[0]
+    uuid = device_id.split("::", maxsplit=1)[0]
     return next(g.index for g in node.topo.gpus if g.uuid == uuid)
 
 
