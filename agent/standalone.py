@@ -7,6 +7,7 @@ was granted, and the containers' region directories.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -85,4 +86,7 @@ def build(spec: Standalone) -> DevicePluginCore:
 def start(spec: Standalone, xids: XidSource | None, ports: PortStates | None) -> PluginManager:
     manager = PluginManager(build(spec), spec.plugin_dir, xids, ports)
     manager.start()
+    # What exists now (topology, placement tables, gRPC machinery) lives as long as the
+    # agent: keep it out of the collector's full passes, which otherwise land in Allocate.
+    gc.freeze()
     return manager

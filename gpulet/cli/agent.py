@@ -25,6 +25,8 @@ from native import LibraryMissingError, library_path
 
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 DEFAULT_STATE_DIR = "/var/lib/gpulet"
+#: Regions are shared memory: on tmpfs they cost no disk I/O (docs/deviceplugin.md).
+DEFAULT_REGION_ROOT = "/run/gpulet/containers"
 
 
 @click.group()
@@ -51,7 +53,14 @@ def agent() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=DEFAULT_STATE_DIR,
     show_default=True,
-    help="The checkpoint and the containers' region directories.",
+    help="Where the checkpoint of what was granted is kept.",
+)
+@click.option(
+    "--region-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_REGION_ROOT,
+    show_default=True,
+    help="The containers' region directories (<pod uid>/<container>); best on tmpfs.",
 )
 @click.option("--gpu-slots", type=click.IntRange(1, 999), default=100, show_default=True)
 @click.option("--rdma-slots", type=click.IntRange(1, 999), default=100, show_default=True)
@@ -73,6 +82,7 @@ def run(
     kubelet_dir: Path,
     pod_resources_dir: Path | None,
     state_dir: Path,
+    region_root: Path,
     gpu_slots: int,
     rdma_slots: int,
     xid_file: Path | None,
@@ -114,7 +124,7 @@ def run(
             gpu_slots=gpu_slots,
             rdma_slots=rdma_slots,
             node_name=topo.node,
-            region_root=state_dir / "containers",
+            region_root=region_root,
             limiter_host_path=limiter,
         ),
         pod_resources_socket=(pod_resources_dir or kubelet_dir.parent / "pod-resources")

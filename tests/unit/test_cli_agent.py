@@ -1,0 +1,81 @@
+"""`gpulet agent run --standalone` as a process: it registers with a kubelet (the stand-in),
+serves allocations, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE
+from gpulet.cli import main
+from tests.kubelet import KubeletStandIn, PodRef
+
+
+@pytest.fixture
+def short() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="kl"))  # unix socket paths must stay short
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_agent_run_serves_a_simulated_node_until_sigterm(short: Path) -> None:
+    with KubeletStandIn(short / "dp", short / "pr") as kubelet:
+        agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from gpulet.cli import main; main()",
+                "agent",
+                "run",
+                "--standalone",
+                "--simulate",
+                "dgx-h100",
+                "--kubelet-dir",
+                str(short / "dp"),
+                "--state-dir",
+                str(short / "state"),
+                "--region-root",
+                str(short / "regions"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert kubelet.wait_for(
+                lambda v: len(v.devices(GPU_RESOURCE)) == 800 and len(v.devices(RDMA_RESOURCE)) > 0,
+                timeout=20,
+            ), agent.stderr.read() if agent.poll() is not None else "not registered"
+            response = kubelet.allocate(PodRef("u1", "default", "p1"), "main", GPU_RESOURCE, 4)
+            envs = dict(response.container_responses[0].envs)
+            assert len(envs["NVIDIA_VISIBLE_DEVICES"].split(",")) == 4
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            _, err = agent.communicate(timeout=20)
+        assert agent.returncode == 0, err
+        assert "event=registered resource=gpulet.io/gpu" in err
+        assert "inject XIDs with" in err
+        assert not (short / "dp" / "gpulet-gpu.sock").exists()
+
+
+def test_agent_run_without_standalone_says_what_is_missing() -> None:
+    result = CliRunner().invoke(main, ["agent", "run", "--simulate", "dgx-h100"])
+    assert result.exit_code == 2
+    assert "--standalone" in result.output
+
+
+def test_agent_run_with_an_unknown_node_is_one_line() -> None:
+    result = CliRunner().invoke(
+        main, ["agent", "run", "--standalone", "--simulate", "no-such-node"]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error:")
+    assert "Traceback" not in result.output
