@@ -50,10 +50,11 @@ def test_agent_run_serves_a_simulated_node_until_sigterm(short: Path) -> None:
             text=True,
         )
         try:
-            assert kubelet.wait_for(
+            registered = kubelet.wait_for(
                 lambda v: len(v.devices(GPU_RESOURCE)) == 800 and len(v.devices(RDMA_RESOURCE)) > 0,
                 timeout=20,
-            ), agent.stderr.read() if agent.poll() is not None else "not registered"
+            )
+            assert registered, "the agent did not register both resources in 20 s"
             response = kubelet.allocate(PodRef("u1", "default", "p1"), "main", GPU_RESOURCE, 4)
             envs = dict(response.container_responses[0].envs)
             assert len(envs["NVIDIA_VISIBLE_DEVICES"].split(",")) == 4
