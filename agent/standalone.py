@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Mapping
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from deviceplugin import ids
 from deviceplugin.api import podresources_v1_pb2 as podres
 from deviceplugin.api import podresources_v1_pb2_grpc as podres_grpc
 from deviceplugin.core import DevicePluginCore
 from deviceplugin.health import PortStates, XidSource
-from deviceplugin.ledger import CheckpointError, Ledger
+from deviceplugin.ledger import CheckpointError, GpuShare, Grant, Ledger
 from deviceplugin.manager import PluginManager
-from deviceplugin.resources import PluginConfig
+from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.topology import Topology
 
 log = logging.getLogger("gpulet.agent")
@@ -40,8 +41,9 @@ class Standalone:
     pod_resources_socket: Path | None = None
 
 
-def live_devices(socket: Path, timeout: float = 2.0) -> Mapping[str, set[str]] | None:
-    """Device IDs in use per resource, from kubelet's pod-resources List; None if unreachable."""
+def listed_containers(socket: Path, timeout: float = 2.0) -> list[dict[str, list[str]]] | None:
+    """Per container kubelet reports, the device IDs it holds per resource (pod-resources
+    List); None when kubelet cannot be reached."""
     if not socket.exists():
         return None
     try:
@@ -52,12 +54,47 @@ def live_devices(socket: Path, timeout: float = 2.0) -> Mapping[str, set[str]] |
     except grpc.RpcError as err:
         log.warning("event=pod-resources-unreachable socket=%s error=%r", socket, str(err))
         return None
-    live: dict[str, set[str]] = {}
+    listed = []
     for pod in reply.pod_resources:
         for container in pod.containers:
+            held: dict[str, list[str]] = {}
             for devices in container.devices:
-                live.setdefault(devices.resource_name, set()).update(devices.device_ids)
-    return live
+                held.setdefault(devices.resource_name, []).extend(devices.device_ids)
+            if held:
+                listed.append(held)
+    return listed
+
+
+def adopt(ledger: Ledger, topo: Topology, containers: list[dict[str, list[str]]]) -> int:
+    """Grants for what kubelet says containers hold and the ledger does not know (a lost
+    checkpoint): in standalone mode every GPU grant is whole GPUs, so each GPU behind such an
+    ID is held whole again and never handed out twice. Returns how many were adopted."""
+    known = {(g.resource, d) for g in ledger.grants() for d in g.device_ids}
+    by_uuid = {g.uuid: g for g in topo.gpus}
+    adopted = 0
+    for held in containers:
+        for resource, device_ids in held.items():
+            unknown = tuple(d for d in device_ids if (resource, d) not in known)
+            if not unknown:
+                continue
+            owners = dict.fromkeys(ids.parse(d)[0] for d in unknown if _ours(d))
+            gpus = tuple(
+                GpuShare(u, by_uuid[u].index, 100, by_uuid[u].memory_mib, exclusive=True)
+                for u in owners
+                if resource == GPU_RESOURCE and u in by_uuid
+            )
+            nics = tuple(o for o in owners if resource == RDMA_RESOURCE)
+            ledger.add(Grant(resource, unknown, gpus=gpus, nics=nics, granted_at=time.time()))
+            adopted += 1
+    return adopted
+
+
+def _ours(device_id: str) -> bool:
+    try:
+        ids.parse(device_id)
+    except ids.DeviceIdError:
+        return False
+    return True
 
 
 def load_ledger(path: Path) -> Ledger:
@@ -70,15 +107,28 @@ def load_ledger(path: Path) -> Ledger:
 
 
 def build(spec: Standalone) -> DevicePluginCore:
+    """The core, with the checkpoint's grants, checked against what kubelet reports: grants
+    of containers that are gone are dropped, holdings the checkpoint lost are adopted."""
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = spec.state_dir / CHECKPOINT
-    core = DevicePluginCore(
-        spec.topo, spec.config, load_ledger(checkpoint), pods=None, checkpoint=checkpoint
+    ledger = load_ledger(checkpoint)
+    listed = (
+        listed_containers(spec.pod_resources_socket)
+        if spec.pod_resources_socket is not None
+        else None
     )
-    if spec.pod_resources_socket is not None:
-        live = live_devices(spec.pod_resources_socket)
-        if live is not None:
-            dropped = core.reconcile(live)
+    if listed is not None:
+        adopted = adopt(ledger, spec.topo, listed)
+        if adopted:
+            log.warning("event=adopted grants=%d reason=not-in-checkpoint", adopted)
+    core = DevicePluginCore(spec.topo, spec.config, ledger, pods=None, checkpoint=checkpoint)
+    if listed is not None:
+        live: dict[str, set[str]] = {}
+        for held in listed:
+            for resource, device_ids in held.items():
+                live.setdefault(resource, set()).update(device_ids)
+        dropped = core.reconcile(live)
+        if dropped:
             log.info("event=reconciled dropped=%d", len(dropped))
     return core
 

@@ -215,6 +215,30 @@ def test_an_agent_restart_neither_forgets_nor_grants_twice(node: Node) -> None:
     assert not set(granted_gpus(node, dict(response.envs))) & held
 
 
+def test_a_lost_checkpoint_is_rebuilt_from_kubelets_pod_resources(a100: Node) -> None:
+    a100.start_agent()
+    assert a100.registered()
+    held: set[int] = set()
+    for i in range(3):
+        response = a100.kubelet.allocate(pod(i), "main", GPU_RESOURCE, 2).container_responses[0]
+        held |= set(granted_gpus(a100, dict(response.envs)))
+    a100.stop_agent()
+    checkpoint = a100.state_dir / "checkpoint.json"
+    checkpoint.write_text('{"version": 1, "grants": [')  # torn
+    restarted_at = time.monotonic()
+    a100.start_agent()
+    assert a100.kubelet.wait_for(
+        lambda v: (
+            v.registered_since(GPU_RESOURCE, restarted_at)
+            and all(d.healthy for d in v.devices(GPU_RESOURCE).values())
+        ),
+        timeout=5.0,
+    )
+    assert list(a100.state_dir.glob("checkpoint.json.corrupt-*")), "the damaged file was lost"
+    response = a100.kubelet.allocate(pod(9), "main", GPU_RESOURCE, 2).container_responses[0]
+    assert not set(granted_gpus(a100, dict(response.envs))) & held
+
+
 # ---- health --------------------------------------------------------------------------------
 
 
