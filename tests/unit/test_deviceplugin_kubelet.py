@@ -237,6 +237,12 @@ def test_a_lost_checkpoint_is_rebuilt_from_kubelets_pod_resources(a100: Node) ->
     assert list(a100.state_dir.glob("checkpoint.json.corrupt-*")), "the damaged file was lost"
     response = a100.kubelet.allocate(pod(9), "main", GPU_RESOURCE, 2).container_responses[0]
     assert not set(granted_gpus(a100, dict(response.envs))) & held
+    # Kubelet's preference is advisory: even asked for a free slot of a held GPU by name,
+    # the plugin refuses it.
+    taken = a100.topo.gpus[min(held)].uuid
+    with pytest.raises(AllocateFailed) as refused:
+        a100.kubelet.allocate_ids(pod(10), "main", GPU_RESOURCE, [f"{taken}::42"])
+    assert "held" in refused.value.details or "granted" in refused.value.details
 
 
 # ---- health --------------------------------------------------------------------------------
