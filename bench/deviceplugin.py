@@ -1,5 +1,5 @@
 """Device-plugin latency: p50/p99 of `GetPreferredAllocation` and `Allocate` on dgx-h100, over
-real gRPC on a unix socket, as kubelet calls them.
+real gRPC on a unix socket, as kubelet calls them: from a process of its own, timed there.
 
 - GetPreferredAllocation: whole GPUs (standalone), 1..8 of them, every slot available.
 - Allocate: one container at a time, each following its assignment annotation (a slice of
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing as mp
 import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import grpc
@@ -60,10 +62,48 @@ def report(name: str, samples: list[float]) -> float:
     return p99
 
 
-def serve(core: DevicePluginCore, work: Path, name: str) -> tuple[PluginServer, grpc.Channel]:
+def kubelet(socket: str, conn: Connection) -> None:
+    """The caller, in a process of its own as kubelet is: receives (method, serialized
+    request), makes the call, answers the milliseconds it took."""
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        stub = pb_grpc.DevicePluginStub(channel)
+        while (job := conn.recv()) is not None:
+            method, payload = job
+            if method == "pref":
+                preference = pb.PreferredAllocationRequest.FromString(payload)
+                t0 = time.perf_counter()
+                stub.GetPreferredAllocation(preference, timeout=10)
+            else:
+                allocation = pb.AllocateRequest.FromString(payload)
+                t0 = time.perf_counter()
+                stub.Allocate(allocation, timeout=10)
+            conn.send((time.perf_counter() - t0) * 1000)
+
+
+class Caller:
+    """Sends requests to the `kubelet` process and collects its timings."""
+
+    def __init__(self, socket: Path) -> None:
+        self.conn, theirs = mp.get_context("spawn").Pipe()
+        self.proc = mp.get_context("spawn").Process(target=kubelet, args=(str(socket), theirs))
+        self.proc.start()
+
+    def call(
+        self, method: str, request: pb.PreferredAllocationRequest | pb.AllocateRequest
+    ) -> float:
+        self.conn.send((method, request.SerializeToString()))
+        elapsed: float = self.conn.recv()
+        return elapsed
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(timeout=10)
+
+
+def serve(core: DevicePluginCore, work: Path, name: str) -> tuple[PluginServer, Caller]:
     server = PluginServer(core, GPU_RESOURCE, work, f"{name}.sock")
     server.serve()
-    return server, grpc.insecure_channel(f"unix://{server.socket}")
+    return server, Caller(server.socket)
 
 
 def main() -> None:
@@ -97,9 +137,8 @@ def main() -> None:
     try:
         # GetPreferredAllocation, standalone whole GPUs.
         core = DevicePluginCore(topo, config, Ledger(), checkpoint=work / "standalone.json")
-        server, channel = serve(core, work, "pref")
+        server, caller = serve(core, work, "pref")
         gc.freeze()  # as the agent does once it has started (agent.standalone.start)
-        stub = pb_grpc.DevicePluginStub(channel)
         available = [d.id for d in core.devices(GPU_RESOURCE)]
         preferred: list[float] = []
         for i in range(args.samples):
@@ -107,12 +146,10 @@ def main() -> None:
             ask = pb.ContainerPreferredAllocationRequest(
                 available_deviceIDs=available, allocation_size=size
             )
-            t0 = time.perf_counter()
-            stub.GetPreferredAllocation(
-                pb.PreferredAllocationRequest(container_requests=[ask]), timeout=10
+            preferred.append(
+                caller.call("pref", pb.PreferredAllocationRequest(container_requests=[ask]))
             )
-            preferred.append((time.perf_counter() - t0) * 1000)
-        channel.close()
+        caller.close()
         server.stop()
 
         # Allocate, each container following its assignment.
@@ -120,8 +157,7 @@ def main() -> None:
         core = DevicePluginCore(
             topo, config, Ledger(), pods=pods, checkpoint=work / "assigned.json"
         )
-        server, channel = serve(core, work, "alloc")
-        stub = pb_grpc.DevicePluginStub(channel)
+        server, caller = serve(core, work, "alloc")
         allocate: list[float] = []
         for i in range(args.samples):
             gpu = topo.gpus[i % len(topo.gpus)]
@@ -144,13 +180,11 @@ def main() -> None:
             request = pb.AllocateRequest(
                 container_requests=[pb.ContainerAllocateRequest(devices_ids=[slot])]
             )
-            t0 = time.perf_counter()
-            stub.Allocate(request, timeout=10)
-            allocate.append((time.perf_counter() - t0) * 1000)
+            allocate.append(caller.call("alloc", request))
             pods.remove(f"uid-{i}")  # allocated: the API no longer lists it as pending
             if i >= 200:  # keep the ledger the size of a busy node: 200 live containers
                 core.release_pod(f"uid-{i - 200}")
-        channel.close()
+        caller.close()
         server.stop()
         p_pref = report("GetPreferredAllocation (1-8 GPUs)", preferred)
         p_alloc = report("Allocate (assigned slice)", allocate)
