@@ -1,5 +1,6 @@
 """Device-plugin latency: p50/p99 of `GetPreferredAllocation` and `Allocate` on dgx-h100, over
 real gRPC on a unix socket, as kubelet calls them: from a process of its own, timed there.
+First the floor: the same GetPreferredAllocation to a handler that does nothing.
 
 - GetPreferredAllocation: whole GPUs (standalone), 1..8 of them, every slot available.
 - Allocate: one container at a time, each following its assignment annotation (a slice of
@@ -21,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent import futures
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -100,6 +102,16 @@ class Caller:
         self.proc.join(timeout=10)
 
 
+class Floor(pb_grpc.DevicePluginServicer):
+    """A GetPreferredAllocation that does nothing: what gRPC itself costs here."""
+
+    def GetPreferredAllocation(
+        self, request: pb.PreferredAllocationRequest, context: grpc.ServicerContext
+    ) -> pb.PreferredAllocationResponse:
+        answer = pb.ContainerPreferredAllocationResponse(deviceIDs=[])
+        return pb.PreferredAllocationResponse(container_responses=[answer])
+
+
 def serve(core: DevicePluginCore, work: Path, name: str) -> tuple[PluginServer, Caller]:
     server = PluginServer(core, GPU_RESOURCE, work, f"{name}.sock")
     server.serve()
@@ -135,6 +147,29 @@ def main() -> None:
         f"  {platform.machine()}  node dgx-h100 ({len(topo.gpus)} GPUs x {config.gpu_slots} slots)"
     )
     try:
+        # The floor: the same request to a handler that does nothing.
+        floor_server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        pb_grpc.add_DevicePluginServicer_to_server(Floor(), floor_server)
+        floor_server.add_insecure_port(f"unix://{work / 'floor.sock'}")
+        floor_server.start()
+        caller = Caller(work / "floor.sock")
+        offered = [f"{g.uuid}::{n:02d}" for g in topo.gpus for n in range(config.gpu_slots)]
+        floor = [
+            caller.call(
+                "pref",
+                pb.PreferredAllocationRequest(
+                    container_requests=[
+                        pb.ContainerPreferredAllocationRequest(
+                            available_deviceIDs=offered, allocation_size=2
+                        )
+                    ]
+                ),
+            )
+            for _ in range(args.samples)
+        ]
+        caller.close()
+        floor_server.stop(grace=None)
+
         # GetPreferredAllocation, standalone whole GPUs.
         core = DevicePluginCore(topo, config, Ledger(), checkpoint=work / "standalone.json")
         server, caller = serve(core, work, "pref")
@@ -186,6 +221,7 @@ def main() -> None:
                 core.release_pod(f"uid-{i - 200}")
         caller.close()
         server.stop()
+        report("gRPC floor (a do-nothing handler)", floor)
         p_pref = report("GetPreferredAllocation (1-8 GPUs)", preferred)
         p_alloc = report("Allocate (assigned slice)", allocate)
         print(
