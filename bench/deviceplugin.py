@@ -22,7 +22,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent import futures
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -102,7 +101,7 @@ class Caller:
         self.proc.join(timeout=10)
 
 
-class Floor(pb_grpc.DevicePluginServicer):
+class Floor(PluginServer):
     """A GetPreferredAllocation that does nothing: what gRPC itself costs here."""
 
     def GetPreferredAllocation(
@@ -148,10 +147,9 @@ def main() -> None:
     )
     try:
         # The floor: the same request to a handler that does nothing.
-        floor_server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        pb_grpc.add_DevicePluginServicer_to_server(Floor(), floor_server)
-        floor_server.add_insecure_port(f"unix://{work / 'floor.sock'}")
-        floor_server.start()
+        idle = DevicePluginCore(topo, config, Ledger())
+        floor_server = Floor(idle, GPU_RESOURCE, work, "floor.sock")
+        floor_server.serve()
         caller = Caller(work / "floor.sock")
         offered = [f"{g.uuid}::{n:02d}" for g in topo.gpus for n in range(config.gpu_slots)]
         floor = [
@@ -168,7 +166,7 @@ def main() -> None:
             for _ in range(args.samples)
         ]
         caller.close()
-        floor_server.stop(grace=None)
+        floor_server.stop()
 
         # GetPreferredAllocation, standalone whole GPUs.
         core = DevicePluginCore(topo, config, Ledger(), checkpoint=work / "standalone.json")
