@@ -45,7 +45,13 @@ from deviceplugin.assignment import (
 from deviceplugin.container import ContainerView, view
 from deviceplugin.inventory import Advertised, advertised, port_down, shareable_gpus
 from deviceplugin.ledger import DoubleGrantError, GpuShare, Grant, Ledger, node_state
-from deviceplugin.resources import GPU_RESOURCE, PluginConfig, UnknownResourceError, check_resource
+from deviceplugin.resources import (
+    GPU_RESOURCE,
+    RDMA_RESOURCE,
+    PluginConfig,
+    UnknownResourceError,
+    check_resource,
+)
 from gpulet.topology import Nic, Topology
 from native.region import DeviceLimit, Limits, RegionError, setup
 from scorer.placement import GpuUsage, NodeState, Placement, Placer, Request
@@ -94,6 +100,16 @@ class DevicePluginCore:
         self._gpus = {g.uuid: g for g in shareable_gpus(topo)}
         self._gpu_index = {g.index: g for g in topo.gpus}
         self._nics = {n.key: n for n in topo.nics}
+        #: Every ID this node advertises -> (owner, slot): kubelet sends all of them with each
+        #: GetPreferredAllocation, so they are looked up, not parsed.
+        self._slot_of = {
+            resource: {
+                ids.device_id(owner, slot): (owner, slot)
+                for owner in (self._gpus if resource == GPU_RESOURCE else self._nics)
+                for slot in range(config.slots(resource))
+            }
+            for resource in (GPU_RESOURCE, RDMA_RESOURCE)
+        }
         self._sick_gpus: dict[int, str] = {}
         self._sick_nics: dict[str, str] = {}
 
@@ -179,16 +195,12 @@ class DevicePluginCore:
 
     def _slots_by_owner(self, resource: str, offered: Iterable[str]) -> dict[str, list[str]]:
         """Offered IDs of devices this node has, per owner, lowest slot first."""
-        known = self._gpus if resource == GPU_RESOURCE else self._nics
-        limit = self._config.slots(resource)
+        table = self._slot_of[resource]
         found: dict[str, list[tuple[int, str]]] = {}
         for device in dict.fromkeys(offered):
-            try:
-                owner, slot = ids.parse(device)
-            except ids.DeviceIdError:
-                continue
-            if owner in known and slot < limit:
-                found.setdefault(owner, []).append((slot, device))
+            hit = table.get(device)
+            if hit is not None:
+                found.setdefault(hit[0], []).append((hit[1], device))
         return {o: [d for _, d in sorted(v)] for o, v in found.items()}
 
     def _assigned_owners(self, resource: str, size: int) -> list[str] | None:
