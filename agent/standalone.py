@@ -77,7 +77,7 @@ def adopt(ledger: Ledger, topo: Topology, containers: list[dict[str, list[str]]]
             unknown = tuple(d for d in device_ids if (resource, d) not in known)
             if not unknown:
                 continue
-            owners = dict.fromkeys(ids.parse(d)[0] for d in unknown if _ours(d))
+            owners = dict.fromkeys(o for o in map(_owner, unknown) if o is not None)
             gpus = tuple(
                 GpuShare(u, by_uuid[u].index, 100, by_uuid[u].memory_mib, exclusive=True)
                 for u in owners
@@ -89,12 +89,11 @@ def adopt(ledger: Ledger, topo: Topology, containers: list[dict[str, list[str]]]
     return adopted
 
 
-def _ours(device_id: str) -> bool:
+def _owner(device_id: str) -> str | None:
     try:
-        ids.parse(device_id)
+        return ids.parse(device_id)[0]
     except ids.DeviceIdError:
-        return False
-    return True
+        return None
 
 
 def load_ledger(path: Path) -> Ledger:

@@ -10,7 +10,6 @@ each slot has exactly one spelling (`7` and `007` are refused), so IDs compare a
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 from deviceplugin.resources import MAX_SLOT
 
@@ -41,9 +40,6 @@ def device_id(owner: str, slot: int) -> str:
     return made
 
 
-#: kubelet sends every available ID with each GetPreferredAllocation (800 on an 8-GPU node):
-#: a node's IDs are few and fixed, so each is parsed once. Errors are not cached.
-@lru_cache(maxsize=1 << 16)
 def parse(text: str) -> tuple[str, int]:
     """(owner, slot) of a device ID; DeviceIdError naming what is wrong with it."""
     if len(text) > MAX_ID_LENGTH:

@@ -51,7 +51,6 @@ class PluginManager:
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="gpulet-kubelet", daemon=True)
-        self.registrations = 0
 
     def _changed(self, resource: str) -> None:
         server = self.servers.get(resource)
@@ -99,5 +98,4 @@ class PluginManager:
             log.warning("event=register-failed error=%r", str(err))
             time.sleep(WATCH_INTERVAL_S)
             return False
-        self.registrations += 1
         return True

@@ -323,9 +323,6 @@ static uint64_t array_estimate(size_t w, size_t h, size_t d, int format, unsigne
     return total;
 }
 
-static CUresult array_alloc(CUarray *array, int index, uint64_t estimate, CUresult rc_call_result,
-                            CUdevice dev);
-
 #define GL_ARRAY_ALLOC(call)                                                                    \
     do {                                                                                        \
         CUdevice dev = -1;                                                                      \

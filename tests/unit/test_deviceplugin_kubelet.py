@@ -55,9 +55,11 @@ class Node:
             config=PluginConfig(node_name=self.topo.node, region_root=self.state_dir / "c"),
             pod_resources_socket=self.kubelet.pod_resources_socket,
         )
-        core = build(spec)
-        if pods is not None:
+        if pods is None:
+            core = build(spec)
+        else:
             # Slices need the limiter: its library and the preload file naming it.
+            self.state_dir.mkdir(parents=True, exist_ok=True)
             lib = self.state_dir / "libgpulet-limiter.so"
             lib.touch()
             preload = self.state_dir / "ld.so.preload"
