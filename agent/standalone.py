@@ -19,8 +19,9 @@ from deviceplugin import ids
 from deviceplugin.api import podresources_v1_pb2 as podres
 from deviceplugin.api import podresources_v1_pb2_grpc as podres_grpc
 from deviceplugin.core import DevicePluginCore
+from deviceplugin.grants import GpuShare, Grant
 from deviceplugin.health import PortStates, XidSource
-from deviceplugin.ledger import CheckpointError, GpuShare, Grant, Ledger
+from deviceplugin.ledger import CheckpointError, Ledger
 from deviceplugin.manager import PluginManager
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.topology import Topology

@@ -6,7 +6,7 @@ First the floor: the same GetPreferredAllocation to a handler that does nothing.
 - Allocate: one container at a time, each following its assignment annotation (a slice of
   one GPU, 1% core and 256 MiB, round robin over the 8 GPUs; 200 containers live): matching
   the pod, checking the assignment, writing the container's region and limits (on tmpfs, as
-  the agent does) and the checkpoint (on disk, fsync'd).
+  the agent does) and the checkpoint (on disk: an append to its journal).
 
 Run: .venv/bin/python bench/deviceplugin.py [--samples 400] [--state-dir D] [--region-root D]
 """

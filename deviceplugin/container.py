@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from deviceplugin.ledger import GpuShare
+from deviceplugin.grants import GpuShare
 from deviceplugin.resources import PluginConfig
 from gpulet.topology import Topology
 

@@ -43,8 +43,9 @@ from deviceplugin.assignment import (
     parse_assignment,
 )
 from deviceplugin.container import ContainerView, view
+from deviceplugin.grants import GpuShare, Grant
 from deviceplugin.inventory import Advertised, advertised, port_down, shareable_gpus
-from deviceplugin.ledger import DoubleGrantError, GpuShare, Grant, Ledger, node_state
+from deviceplugin.ledger import DoubleGrantError, Ledger
 from deviceplugin.resources import (
     GPU_RESOURCE,
     RDMA_RESOURCE,
@@ -100,13 +101,12 @@ class DevicePluginCore:
         self._gpus = {g.uuid: g for g in shareable_gpus(topo)}
         self._gpu_index = {g.index: g for g in topo.gpus}
         self._nics = {n.key: n for n in topo.nics}
-        #: Every ID this node advertises -> (owner, slot): kubelet sends all of them with each
-        #: GetPreferredAllocation, so they are looked up, not parsed.
-        self._slot_of = {
+        #: Every ID of each device, lowest slot first (kubelet offers all of them with each
+        #: GetPreferredAllocation: they are looked up, not parsed).
+        self._slots = {
             resource: {
-                ids.device_id(owner, slot): (owner, slot)
+                owner: [ids.device_id(owner, slot) for slot in range(config.slots(resource))]
                 for owner in (self._gpus if resource == GPU_RESOURCE else self._nics)
-                for slot in range(config.slots(resource))
             }
             for resource in (GPU_RESOURCE, RDMA_RESOURCE)
         }
@@ -195,13 +195,12 @@ class DevicePluginCore:
 
     def _slots_by_owner(self, resource: str, offered: Iterable[str]) -> dict[str, list[str]]:
         """Offered IDs of devices this node has, per owner, lowest slot first."""
-        table = self._slot_of[resource]
-        found: dict[str, list[tuple[int, str]]] = {}
-        for device in dict.fromkeys(offered):
-            hit = table.get(device)
-            if hit is not None:
-                found.setdefault(hit[0], []).append((hit[1], device))
-        return {o: [d for _, d in sorted(v)] for o, v in found.items()}
+        offered = set(offered)
+        found = {
+            owner: [d for d in slots if d in offered]
+            for owner, slots in self._slots[resource].items()
+        }
+        return {owner: slots for owner, slots in found.items() if slots}
 
     def _assigned_owners(self, resource: str, size: int) -> list[str] | None:
         """The devices the pending pod's assignment names, or None when there is no sure
@@ -356,8 +355,7 @@ class DevicePluginCore:
         if resource != GPU_RESOURCE:
             keys = [n.key for n in self._topo.nics if n.key in seen]
             return _Decision((), tuple(keys), None, None, superseded, spend=False)
-        others = [g for g in self._ledger.grants() if g not in superseded]
-        state = node_state(others, self._topo, self._config)
+        state = self._ledger.node_state(self._topo, self._config, excluding=superseded)
         gpus = sorted((self._gpus[o] for o in seen), key=lambda g: g.index)
         for gpu in gpus:
             if not state.gpu(gpu.index).idle:
@@ -439,8 +437,7 @@ class DevicePluginCore:
                     f"{old.container!r} in the agent's ledger; kubelet hands it out again, so "
                     "that container is gone, but the agent has not seen it end yet"
                 )
-        others = [g for g in self._ledger.grants() if g not in superseded]
-        self._check_room(where, gpus, nics, others)
+        self._check_room(where, gpus, nics, superseded)
         return _Decision(gpus, nics, pod.uid, name, superseded, spend=True)
 
     def _share(self, where: str, uuid: str, core: int, memory: int, whole: bool) -> GpuShare:
@@ -479,16 +476,21 @@ class DevicePluginCore:
         return nic
 
     def _check_room(
-        self, where: str, gpus: Sequence[GpuShare], nics: Sequence[str], others: Sequence[Grant]
+        self,
+        where: str,
+        gpus: Sequence[GpuShare],
+        nics: Sequence[str],
+        superseded: Sequence[Grant],
     ) -> None:
-        """Refuse an assignment that would over-commit what the ledger already granted."""
-        state = node_state(others, self._topo, self._config)
+        """Refuse an assignment that would over-commit what the ledger already granted
+        (less what it supersedes)."""
+        state = self._ledger.node_state(self._topo, self._config, excluding=superseded)
         behind = "; the scheduler extender's view of this node is behind the agent's"
         for share in gpus:
             gpu = self._gpu_index[share.index]
             use = state.gpu(share.index)
             name = f"GPU{gpu.index}"
-            holders = ", ".join(_who(g) for g in others if share.index in {s.index for s in g.gpus})
+            holders = _Holders(self._ledger, share.index, superseded)
             problem = None
             if use.exclusive:
                 problem = f"{name} is held whole by {holders}"
@@ -618,6 +620,20 @@ def _set(sick: dict[K, str], key: K, healthy: bool, reason: str | None) -> bool:
     else:
         sick[key] = reason or "marked unhealthy"
     return was == healthy
+
+
+class _Holders:
+    """Who holds a GPU, named only when a refusal is written: finding them walks the ledger."""
+
+    def __init__(self, ledger: Ledger, index: int, excluding: Sequence[Grant]) -> None:
+        self._ledger, self._index, self._excluding = ledger, index, excluding
+
+    def __str__(self) -> str:
+        return ", ".join(
+            _who(g)
+            for g in self._ledger.grants()
+            if g not in self._excluding and any(s.index == self._index for s in g.gpus)
+        )
 
 
 def _who(grant: Grant) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deviceplugin.container import PRELOAD, DeviceNode, MountSpec, uverbs_numbers, view
-from deviceplugin.ledger import GpuShare
+from deviceplugin.grants import GpuShare
 from deviceplugin.resources import PluginConfig
 from gpulet.topology import Gpu, Topology
 from tests.nodes import shipped

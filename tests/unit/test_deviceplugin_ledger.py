@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deviceplugin.ledger import (
     CheckpointError,
@@ -14,10 +19,12 @@ from deviceplugin.ledger import (
     GpuShare,
     Grant,
     Ledger,
+    node_state,
 )
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from scorer.placement import GpuUsage
 from tests.nodes import shipped
+from tests.strategies import examples
 
 TOPO = shipped("dgx-a100")
 CONFIG = PluginConfig()
@@ -186,3 +193,216 @@ def test_concurrent_adds_never_double_grant() -> None:
         t.join()
     assert sorted(wins) == list(range(50))
     assert len(ledger.granted_ids(GPU_RESOURCE)) == 50
+
+
+# ---- the journal -------------------------------------------------------------------------
+
+
+def journal_of(path: Path) -> list[dict[str, object]]:
+    return [
+        json.loads(line) for line in (path.parent / f"{path.name}.journal").read_text().splitlines()
+    ]
+
+
+def test_changes_after_a_snapshot_are_appended(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.json"
+    a, b, c = whole("a", 0), slice_of("b", 1, 0, 30, 1000), rdma("c", "mlx5_0")
+    ledger = Ledger([a])
+    ledger.save(path)  # the first save writes the snapshot
+    snapshot = path.read_bytes()
+    ledger.add(b)
+    ledger.save(path)
+    ledger.add(c)
+    ledger.remove(a)
+    ledger.save(path)
+    assert path.read_bytes() == snapshot  # untouched: the changes went to the journal
+    lines = journal_of(path)
+    assert lines[0] == {"generation": json.loads(snapshot)["generation"]}
+    assert [next(iter(line)) for line in lines[1:]] == ["add", "add", "remove"]
+    assert Ledger.load(path).grants() == ledger.grants() == (b, c)
+
+
+def test_a_long_journal_is_folded_into_a_new_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.json"
+    journal = tmp_path / "checkpoint.json.journal"
+    ledger = Ledger()
+    ledger.journal_slack = 4
+    ledger.save(path)
+    generations = {json.loads(path.read_text())["generation"]}
+    keep = whole("keep", 7)
+    ledger.add(keep)
+    for slot in range(12):  # churn: the ledger stays small, the journal would not
+        grant = slice_of(f"p{slot}", slot % 7, slot, 5, 100)
+        ledger.add(grant)
+        ledger.save(path)
+        ledger.remove(grant)
+        ledger.save(path)
+        generations.add(json.loads(path.read_text())["generation"])
+        assert not journal.exists() or len(journal_of(path)) - 1 <= len(ledger.grants()) + 4
+    assert len(generations) > 3  # folded again and again
+    assert Ledger.load(path).grants() == ledger.grants()
+
+
+def test_a_torn_last_line_is_a_change_that_never_happened(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.json"
+    a, b = whole("a", 0), whole("b", 1)
+    ledger = Ledger([a])
+    ledger.save(path)
+    ledger.add(b)
+    ledger.save(path)
+    journal = tmp_path / "checkpoint.json.journal"
+    whole_text = journal.read_bytes()
+    journal.write_bytes(whole_text[:-10])  # the agent died in the middle of this append
+    assert Ledger.load(path).grants() == (a,)
+    journal.write_bytes(whole_text)
+    assert Ledger.load(path).grants() == (a, b)
+
+
+def test_a_journal_from_before_the_snapshot_is_ignored(tmp_path: Path) -> None:
+    """The agent died between renaming a new snapshot in and removing the old journal."""
+    path = tmp_path / "checkpoint.json"
+    journal = tmp_path / "checkpoint.json.journal"
+    a, b = whole("a", 0), whole("b", 1)
+    ledger = Ledger()
+    ledger.save(path)
+    ledger.add(a)
+    ledger.add(b)
+    ledger.save(path)
+    stale = journal.read_bytes()
+    ledger.journal_slack = 0
+    ledger.remove(b)
+    ledger.save(path)  # a new snapshot: {a}
+    assert not journal.exists()
+    journal.write_bytes(stale)  # as if the unlink never happened
+    assert Ledger.load(path).grants() == (a,)
+
+
+@pytest.mark.parametrize(
+    ("journal", "problem"),
+    [
+        (b'{"generation": "G"}\n{"add": {"resource": 3}}\n', "resource has the wrong type"),
+        (b'{"generation": "G"}\n{"move": {}}\n', "line 2 is neither an add nor a remove"),
+        (b'{"generation": "G"}\nnot json\n{"add": 1}\n', "Expecting value"),
+        (b"[1]\n", "line 1 does not name the snapshot's generation"),
+        (b'{"generation": "G"}\n{"remove": OTHER}\n', "change 1 of the journal removes an unknown"),
+        (b'{"generation": "G"}\n{"add": GRANT}\n', "already granted to pod a container main"),
+    ],
+)
+def test_a_damaged_journal_is_kept_aside_with_its_snapshot(
+    tmp_path: Path, journal: bytes, problem: str
+) -> None:
+    path = tmp_path / "checkpoint.json"
+    a = whole("a", 0)
+    Ledger([a]).save(path)
+    generation = json.loads(path.read_text())["generation"]
+    grant = json.dumps(json.loads(path.read_text())["grants"][0])
+    other = grant.replace('"pod_uid": "a"', '"pod_uid": "zz"')
+    content = (
+        journal.replace(b'"G"', f'"{generation}"'.encode())
+        .replace(b"GRANT", grant.encode())
+        .replace(b"OTHER", other.encode())
+    )
+    (tmp_path / "checkpoint.json.journal").write_bytes(content)
+    snapshot = path.read_bytes()
+    with pytest.raises(CheckpointError) as err:
+        Ledger.load(path)
+    assert problem in str(err.value)
+    kept = err.value.kept
+    assert kept is not None and kept.read_bytes() == snapshot
+    (journal_kept,) = tmp_path.glob("checkpoint.json.journal.corrupt-*")
+    assert journal_kept.read_bytes() == content and str(journal_kept) in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([kept.name, journal_kept.name])
+
+
+def test_a_failed_append_leaves_the_files_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills in the middle of an append: the journal is cut back, the caller
+    undoes the change (as DevicePluginCore does), and the next save is a whole snapshot."""
+    from deviceplugin import checkpoint
+
+    path = tmp_path / "checkpoint.json"
+    a, b, c = whole("a", 0), whole("b", 1), whole("c", 2)
+    ledger = Ledger([a])
+    ledger.save(path)
+    ledger.add(b)
+    ledger.save(path)
+    before = (tmp_path / "checkpoint.json.journal").read_bytes()
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "write", half_then_full)
+    ledger.add(c)
+    with pytest.raises(OSError, match="No space"):
+        ledger.save(path)
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoint.json.journal").read_bytes() == before
+    assert Ledger.load(path).grants() == (a, b)
+    ledger.remove(c)  # the caller undoes what it could not record
+    ledger.save(path)
+    assert not (tmp_path / "checkpoint.json.journal").exists()  # a snapshot, not an append
+    assert Ledger.load(path).grants() == (a, b)
+
+
+# ---- properties: the tally and the files always agree with the grants ---------------------
+
+ledger_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("whole"), st.integers(0, 7), st.integers(0, 3)),
+        st.tuples(st.just("slice"), st.integers(0, 7), st.integers(0, 3)),
+        st.tuples(st.just("rdma"), st.integers(0, 7), st.integers(0, 3)),
+        st.tuples(st.just("remove"), st.integers(0, 30), st.just(0)),
+        st.tuples(st.just("pod"), st.integers(0, 30), st.just(0)),
+        st.tuples(st.just("save"), st.just(0), st.just(0)),
+        st.tuples(st.just("restart"), st.just(0), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@given(ledger_ops, st.integers(0, 6))
+@settings(max_examples=examples(150), deadline=None)
+def test_tally_and_checkpoint_agree_with_the_grants(
+    ops: list[tuple[str, int, int]], slack: int
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.json"
+        ledger = Ledger()
+        ledger.journal_slack = slack
+        for n, (op, a, b) in enumerate(ops):
+            pod = f"p{n}"
+            try:
+                if op == "whole":
+                    ledger.add(whole(pod, a, ids=(f"{TOPO.gpus[a].uuid}::{b:02d}",)))
+                elif op == "slice":
+                    ledger.add(slice_of(pod, a, b, 10 + b, 100 * (b + 1)))
+                elif op == "rdma":
+                    ledger.add(rdma(pod, TOPO.nics[a % len(TOPO.nics)].key, slot=b))
+                elif op == "remove" and ledger.grants():
+                    ledger.remove(ledger.grants()[a % len(ledger.grants())])
+                elif op == "pod" and ledger.grants():
+                    uid = ledger.grants()[a % len(ledger.grants())].pod_uid
+                    assert uid is not None
+                    ledger.remove_pod(uid)
+                elif op == "save":
+                    ledger.save(path)
+                    assert Ledger.load(path).grants() == ledger.grants()
+                elif op == "restart" and path.exists():
+                    ledger.save(path)
+                    ledger = Ledger.load(path)
+                    ledger.journal_slack = slack
+            except DoubleGrantError:
+                pass
+            grants = ledger.grants()
+            assert ledger.node_state(TOPO, CONFIG) == node_state(grants, TOPO, CONFIG)
+            if grants:
+                gone = grants[a % len(grants)]
+                rest = [g for g in grants if g != gone]
+                assert ledger.node_state(TOPO, CONFIG, excluding=[gone]) == node_state(
+                    rest, TOPO, CONFIG
+                )
+        ledger.save(path)
+        assert Ledger.load(path).grants() == ledger.grants()

@@ -1,0 +1,43 @@
+"""What one Allocate granted: immutable records the ledger keeps and the checkpoint stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class GpuShare:
+    """What one GPU gives a container."""
+
+    uuid: str
+    index: int
+    core: int
+    memory_mib: int
+    #: Held whole: no other container may have any of it.
+    exclusive: bool
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One Allocate answered. `pod_uid`/`container` are None in standalone mode (kubelet
+    does not say whose the devices are). A grant with no device IDs is *spent*: its
+    container finished and kubelet gave its devices to a later container of the same pod
+    (init containers); it is kept so that the match does not allocate that container again.
+    """
+
+    resource: str
+    device_ids: tuple[str, ...]
+    gpus: tuple[GpuShare, ...] = ()
+    nics: tuple[str, ...] = ()
+    pod_uid: str | None = None
+    container: str | None = None
+    region_dir: str | None = None
+    #: When it was granted (seconds since the epoch).
+    granted_at: float = 0.0
+
+    @property
+    def spent(self) -> bool:
+        return not self.device_ids
+
+    def spend(self) -> Grant:
+        return replace(self, device_ids=(), gpus=(), nics=(), region_dir=None)
