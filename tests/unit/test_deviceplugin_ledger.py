@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deviceplugin import checkpoint
 from deviceplugin.ledger import (
     CheckpointError,
     DoubleGrantError,
@@ -319,8 +320,6 @@ def test_a_failed_append_leaves_the_files_as_they_were(
 ) -> None:
     """The disk fills in the middle of an append: the journal is cut back, the caller
     undoes the change (as DevicePluginCore does), and the next save is a whole snapshot."""
-    from deviceplugin import checkpoint
-
     path = tmp_path / "checkpoint.json"
     a, b, c = whole("a", 0), whole("b", 1), whole("c", 2)
     ledger = Ledger([a])
