@@ -28,6 +28,7 @@ __all__ = [
     "node_state",
 ]
 
+
 class DoubleGrantError(Exception):
     """A device ID granted while another grant holds it."""
 
