@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deviceplugin import checkpoint
 from deviceplugin.ledger import (
     CheckpointError,
     DoubleGrantError,
@@ -333,7 +332,7 @@ def test_a_failed_append_leaves_the_files_as_they_were(
         real_write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "write", half_then_full)
+    monkeypatch.setattr(os, "write", half_then_full)
     ledger.add(c)
     with pytest.raises(OSError, match="No space"):
         ledger.save(path)
