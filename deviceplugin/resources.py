@@ -5,25 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from gpulet.api.resources import (
+    GPU_RESOURCE,
+    RDMA_RESOURCE,
+    RESOURCES,
+    UnknownResourceError,
+    check_resource,
+)
 from scorer.placement import Capacity
 
-GPU_RESOURCE = "gpulet.io/gpu"
-RDMA_RESOURCE = "gpulet.io/rdma"
-RESOURCES = (GPU_RESOURCE, RDMA_RESOURCE)
+__all__ = [
+    "GPU_RESOURCE",
+    "MAX_SLOT",
+    "RDMA_RESOURCE",
+    "RESOURCES",
+    "PluginConfig",
+    "UnknownResourceError",
+    "check_resource",
+]
 
 #: Device IDs number slots 0..MAX_SLOT (three digits at most, see `ids`).
 MAX_SLOT = 999
-
-
-class UnknownResourceError(ValueError):
-    """A resource name this plugin does not serve."""
-
-
-def check_resource(resource: str) -> None:
-    if resource not in RESOURCES:
-        raise UnknownResourceError(
-            f"unknown resource {resource!r}: this plugin serves {', '.join(RESOURCES)}"
-        )
 
 
 @dataclass(frozen=True)

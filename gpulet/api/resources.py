@@ -1,0 +1,33 @@
+"""Extended resources and annotations (DESIGN.md, "Resources a pod asks for")."""
+
+from __future__ import annotations
+
+#: Counted by kubelet through the device plugin: slots of different physical GPUs.
+GPU_RESOURCE = "gpulet.io/gpu"
+#: Counted by kubelet through the device plugin: RDMA ports.
+RDMA_RESOURCE = "gpulet.io/rdma"
+#: Counted by the extender only (`ignoredByScheduler`): percent of each GPU, 1-100.
+CORE_RESOURCE = "gpulet.io/gpu-core"
+#: Counted by the extender only: MiB of each GPU.
+MEMORY_RESOURCE = "gpulet.io/gpu-memory"
+#: What the device plugin serves.
+RESOURCES = (GPU_RESOURCE, RDMA_RESOURCE)
+#: What the extender manages (its `managedResources`).
+MANAGED_RESOURCES = (GPU_RESOURCE, CORE_RESOURCE, MEMORY_RESOURCE, RDMA_RESOURCE)
+
+TOPOLOGY_ANNOTATION = "gpulet.io/topology"
+ASSIGNMENT_ANNOTATION = "gpulet.io/assignment"
+TOPOLOGY_POLICY_ANNOTATION = "gpulet.io/topology-policy"
+GPU_POLICY_ANNOTATION = "gpulet.io/gpu-policy"
+NUMA_PIN_ANNOTATION = "gpulet.io/numa-pin"
+
+
+class UnknownResourceError(ValueError):
+    """A resource name the device plugin does not serve."""
+
+
+def check_resource(resource: str) -> None:
+    if resource not in RESOURCES:
+        raise UnknownResourceError(
+            f"unknown resource {resource!r}: this plugin serves {', '.join(RESOURCES)}"
+        )
