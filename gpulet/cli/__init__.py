@@ -10,6 +10,7 @@ from gpulet.cli.agent import agent
 from gpulet.cli.limiter import limiter
 from gpulet.cli.node import node
 from gpulet.cli.place import place
+from gpulet.cli.scorer import scorer
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,3 +23,4 @@ main.add_command(agent)
 main.add_command(node)
 main.add_command(place)
 main.add_command(limiter)
+main.add_command(scorer)

@@ -21,6 +21,7 @@ from gpulet.topology import Topology
 from gpulet.topology.document import DocumentError
 from native import LibraryMissingError
 from native.region import RegionError
+from scorer.config import ConfigError
 from scorer.placement import RequestError
 from scorer.placement.serialize import StateError
 
@@ -37,6 +38,7 @@ USER_ERRORS = (
     DocumentError,
     RegionError,
     LibraryMissingError,
+    ConfigError,
 )
 
 simulate_option = click.option(

@@ -1,0 +1,50 @@
+"""Assembling the extender: the view, the extender, its HTTP server and (unless standalone)
+the sync with the API server and the API bind needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kubernetes import client
+
+from scorer.cluster import ClusterView
+from scorer.config import ScorerConfig
+from scorer.extender import Extender
+from scorer.kube import ClusterSync, KubePodApi
+from scorer.placement import Capacity
+from scorer.server import ExtenderServer
+
+
+@dataclass
+class Scorer:
+    server: ExtenderServer
+    sync: ClusterSync | None
+
+    def start(self) -> None:
+        if self.sync is not None:
+            self.sync.start()
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self.sync is not None:
+            self.sync.stop()
+
+
+def build(config: ScorerConfig, kube: client.Configuration | None) -> Scorer:
+    """`kube` None: standalone (no API server)."""
+    view = ClusterView(
+        Capacity(gpu_slots=config.gpu_slots, nic_slots=config.rdma_slots),
+        assume_ttl=config.assume_ttl_s,
+    )
+    if kube is None:
+        extender = Extender(view)
+        server = ExtenderServer(extender, config.host, config.port, max_body=config.max_body)
+        return Scorer(server, None)
+    core = client.CoreV1Api(client.ApiClient(kube))
+    sync = ClusterSync(core, view, watch_timeout_s=config.watch_timeout_s)
+    extender = Extender(view, KubePodApi(core))
+    server = ExtenderServer(
+        extender, config.host, config.port, max_body=config.max_body, ready=sync.ready
+    )
+    return Scorer(server, sync)

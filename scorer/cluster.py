@@ -1,0 +1,269 @@
+"""The extender's view of the cluster: every node's topology and what is allocated on it.
+
+Allocations come from pods bound to a node with a `gpulet.io/assignment` (fed by a watch,
+or by the extender's own binds in standalone mode), plus *assumed* ones: decisions made at
+bind time whose pod the watch has not yet shown bound. An assumption counts until the pod
+shows up bound (it then counts as that), it is forgotten (the bind failed), or it expires.
+So two pods decided back to back never get the same slice.
+
+Everything here is in memory and thread-safe; feeding it from the API is `scorer.kube`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from gpulet.api.assignment import Assignment, AssignmentError, parse_assignment
+from gpulet.api.resources import TOPOLOGY_ANNOTATION
+from gpulet.topology import Topology
+from gpulet.topology.document import DocumentError, loads
+from scorer.placement import Capacity, GpuUsage, NodeState, Placer
+
+log = logging.getLogger("gpulet.scorer")
+
+#: How long a decision counts without its pod showing up bound.
+ASSUME_TTL_S = 120.0
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node as the extender sees it. `problem` says why it cannot take gpulet pods
+    (then `topo` and `placer` are None)."""
+
+    name: str
+    topo: Topology | None
+    placer: Placer | None
+    capacity: Capacity
+    problem: str | None = None
+
+
+@dataclass
+class _Node:
+    info: NodeInfo
+    #: The annotation it was read from, so that an unchanged node is not parsed again.
+    source: str | None
+    pods: set[str] = field(default_factory=set)
+    generation: int = 0
+    state: NodeState | None = None  # cached for `generation`
+
+
+@dataclass(frozen=True)
+class _Pod:
+    node: str
+    assignment: Assignment
+    #: monotonic deadline for an assumed pod; None once the API shows it bound.
+    assumed_until: float | None
+
+
+class ClusterView:
+    def __init__(
+        self,
+        capacity: Capacity | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        assume_ttl: float = ASSUME_TTL_S,
+    ) -> None:
+        """`capacity`: slots per GPU and per RDMA port, as the agents advertise them (their
+        `--gpu-slots` and `--rdma-slots`; one setting for the cluster, in the Helm values)."""
+        self._capacity = capacity or Capacity()
+        self._clock = clock
+        self._assume_ttl = assume_ttl
+        self._lock = threading.RLock()
+        self._nodes: dict[str, _Node] = {}
+        self._pods: dict[str, _Pod] = {}
+        #: (deadline, uid) of assumptions, soonest first; stale entries are skipped.
+        self._deadlines: list[tuple[float, str]] = []
+        self._generation = 0
+
+    # ---- nodes -------------------------------------------------------------------------
+
+    def set_node(self, name: str, topology_text: str | None) -> None:
+        """The node as its API object says: its topology annotation (None: it has none)."""
+        with self._lock:
+            known = self._nodes.get(name)
+            if known is not None and known.source == topology_text:
+                return
+            info = self._node_info(name, topology_text)
+            if known is None:
+                self._nodes[name] = _Node(info, topology_text)
+                for uid, pod in self._pods.items():
+                    if pod.node == name:
+                        self._nodes[name].pods.add(uid)
+            else:
+                known.info, known.source = info, topology_text
+            self._touch(name)
+
+    def set_node_object(self, node: Mapping[str, object]) -> str:
+        """`set_node` from a v1.Node as JSON; its name."""
+        meta = node.get("metadata")
+        if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
+            raise ValueError("a Node has no metadata.name")
+        annotations = meta.get("annotations")
+        text = annotations.get(TOPOLOGY_ANNOTATION) if isinstance(annotations, Mapping) else None
+        name = str(meta["name"])
+        self.set_node(name, text if isinstance(text, str) else None)
+        return name
+
+    def remove_node(self, name: str) -> None:
+        with self._lock:
+            self._nodes.pop(name, None)
+
+    def node(self, name: str) -> NodeInfo | None:
+        with self._lock:
+            known = self._nodes.get(name)
+            return None if known is None else known.info
+
+    def node_names(self) -> list[str]:
+        with self._lock:
+            return list(self._nodes)
+
+    def generation(self, name: str) -> int:
+        """Changes whenever the node or what is allocated on it changes (-1: unknown)."""
+        with self._lock:
+            self._expire()
+            known = self._nodes.get(name)
+            return -1 if known is None else known.generation
+
+    def state(self, name: str) -> NodeState:
+        """What is allocated on the node, for the placement engine."""
+        with self._lock:
+            self._expire()
+            known = self._nodes.get(name)
+            if known is None:
+                return NodeState()
+            if known.state is None:
+                known.state = self._tally(known)
+            return known.state
+
+    def _node_info(self, name: str, text: str | None) -> NodeInfo:
+        if text is None:
+            problem = f"node has no {TOPOLOGY_ANNOTATION} annotation (is the gpulet agent running?)"
+            return NodeInfo(name, None, None, self._capacity, problem)
+        try:
+            topo = loads(text)
+        except (DocumentError, ValueError) as e:
+            problem = f"its {TOPOLOGY_ANNOTATION} annotation cannot be read: {e}"
+            return NodeInfo(name, None, None, self._capacity, problem)
+        return NodeInfo(name, topo, Placer(topo, self._capacity), self._capacity)
+
+    # ---- pods --------------------------------------------------------------------------
+
+    def set_pod(self, uid: str, node: str | None, assignment_text: str | None) -> None:
+        """A pod as the API shows it: bound to `node` (None: not yet) with this assignment
+        (None: none). A bound pod with a readable assignment for its node counts; anything
+        else does not (an assumption for a pod not yet bound is kept)."""
+        with self._lock:
+            if node is None:
+                known = self._pods.get(uid)
+                if known is not None and known.assumed_until is None:
+                    self._drop(uid)
+                return
+            assignment = None
+            if assignment_text is not None:
+                try:
+                    assignment = parse_assignment(assignment_text)
+                except AssignmentError as e:
+                    log.warning("event=bad-assignment pod_uid=%s reason=%r", uid, str(e))
+            if assignment is None or assignment.node != node:
+                self._drop(uid)
+                return
+            self._put(uid, _Pod(node, assignment, None))
+
+    def remove_pod(self, uid: str) -> None:
+        """The pod is gone, or finished: its devices are free."""
+        with self._lock:
+            self._drop(uid)
+
+    def assume(self, uid: str, assignment: Assignment) -> None:
+        """Count a decision before the API shows its pod bound."""
+        with self._lock:
+            known = self._pods.get(uid)
+            if known is not None and known.assumed_until is None:
+                return  # already bound: the API's word stands
+            deadline = self._clock() + self._assume_ttl
+            self._put(uid, _Pod(assignment.node, assignment, deadline))
+            heapq.heappush(self._deadlines, (deadline, uid))
+
+    def forget(self, uid: str) -> None:
+        """Drop an assumption (its bind failed); a bound pod is left alone."""
+        with self._lock:
+            known = self._pods.get(uid)
+            if known is not None and known.assumed_until is not None:
+                self._drop(uid)
+
+    def assignment(self, uid: str) -> Assignment | None:
+        with self._lock:
+            known = self._pods.get(uid)
+            return None if known is None else known.assignment
+
+    def pods(self) -> Iterator[tuple[str, str, bool]]:
+        """(uid, node, assumed) of every pod that counts."""
+        with self._lock:
+            self._expire()
+            items = [(u, p.node, p.assumed_until is not None) for u, p in self._pods.items()]
+        yield from items
+
+    def _put(self, uid: str, pod: _Pod) -> None:
+        self._drop(uid)
+        self._pods[uid] = pod
+        known = self._nodes.get(pod.node)
+        if known is not None:
+            known.pods.add(uid)
+            self._touch(pod.node)
+
+    def _drop(self, uid: str) -> None:
+        pod = self._pods.pop(uid, None)
+        if pod is None:
+            return
+        known = self._nodes.get(pod.node)
+        if known is not None:
+            known.pods.discard(uid)
+            self._touch(pod.node)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._deadlines and self._deadlines[0][0] < now:
+            deadline, uid = heapq.heappop(self._deadlines)
+            pod = self._pods.get(uid)
+            if pod is not None and pod.assumed_until == deadline:
+                log.info("event=assumption-expired pod_uid=%s node=%s", uid, pod.node)
+                self._drop(uid)
+
+    def _touch(self, name: str) -> None:
+        self._generation += 1
+        known = self._nodes[name]
+        known.generation = self._generation
+        known.state = None
+
+    def _tally(self, known: _Node) -> NodeState:
+        topo = known.info.topo
+        if topo is None:
+            return NodeState()
+        by_uuid = {g.uuid: g for g in topo.gpus}
+        gpus: dict[int, GpuUsage] = {}
+        nics: dict[str, int] = {}
+        for uid in known.pods:
+            for container in self._pods[uid].assignment.containers:
+                for share in container.gpus:
+                    gpu = by_uuid.get(share.uuid)
+                    if gpu is None:
+                        continue  # the node's GPUs changed under the pod: nothing to count
+                    use = gpus.get(gpu.index, GpuUsage())
+                    if share.exclusive:
+                        slots, core, mib = known.info.capacity.gpu_slots, 100, gpu.memory_mib
+                    else:
+                        slots, core, mib = 1, share.core, share.memory_mib
+                    gpus[gpu.index] = GpuUsage(
+                        use.slots + slots,
+                        use.core + core,
+                        use.memory_mib + mib,
+                        use.exclusive or share.exclusive,
+                    )
+                for key in container.nics:
+                    nics[key] = nics.get(key, 0) + 1
+        return NodeState(gpus=gpus, nic_slots=nics)

@@ -1,0 +1,86 @@
+"""For one pod and one node: the assignment it would get and how good it is, or why it does
+not fit. Pure over a `NodeInfo` and a `NodeState`.
+
+A pod's containers are placed one after another in kubelet's order, each against what the
+node has plus what the containers before it took; the pod's score is the mean of theirs.
+Init containers count like the others for the pod's whole life: the extender does not know
+when they end, and counting them is the safe side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment
+from scorer.cluster import NodeInfo
+from scorer.placement import GpuUsage, NodeState, Placement
+from scorer.podspec import PodAsk
+
+#: kube-scheduler's extender scores: MinExtenderPriority .. MaxExtenderPriority.
+MAX_SCORE = 10
+
+
+@dataclass(frozen=True)
+class Decision:
+    assignment: Assignment
+    #: 0-100, higher is better (the placement engine's quality figure).
+    quality: float
+
+    @property
+    def score(self) -> int:
+        """The extender's 0-10."""
+        return max(0, min(MAX_SCORE, round(self.quality * MAX_SCORE / 100)))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the pod does not fit the node, in words a person can act on."""
+
+    reason: str
+
+
+def decide(node: NodeInfo, state: NodeState, ask: PodAsk) -> Decision | Refusal:
+    if node.placer is None or node.topo is None:
+        return Refusal(node.problem or "node has no usable topology")
+    wants = ask.wants
+    containers: list[ContainerAssignment] = []
+    qualities: list[float] = []
+    for container in ask.containers:
+        request = container.request
+        if request is None:
+            continue
+        placed = node.placer.place(request, state)
+        if not isinstance(placed, Placement):
+            who = f"container {container.name}: " if len(wants) > 1 else ""
+            return Refusal(f"{who}{placed.reason}")
+        containers.append(
+            ContainerAssignment(
+                container.name,
+                gpus=tuple(
+                    AssignedGpu(g.uuid, g.core, g.memory_mib, g.exclusive) for g in placed.gpus
+                ),
+                nics=placed.nics,
+                numa=placed.numa,
+            )
+        )
+        qualities.append(placed.score)
+        state = _after(state, placed)
+    quality = sum(qualities) / len(qualities) if qualities else 100.0
+    return Decision(Assignment(node.name, tuple(containers)), round(quality, 2))
+
+
+def _after(state: NodeState, placed: Placement) -> NodeState:
+    """`state` plus what `placed` takes."""
+    gpus = dict(state.gpus)
+    for g in placed.gpus:
+        use = gpus.get(g.index, GpuUsage())
+        gpus[g.index] = GpuUsage(
+            use.slots + g.slots,
+            use.core + g.core,
+            use.memory_mib + g.memory_mib,
+            use.exclusive or g.exclusive,
+        )
+    nics = dict(state.nic_slots)
+    for key in placed.nics:
+        nics[key] = nics.get(key, 0) + 1
+    return NodeState(gpus, nics, state.unhealthy_gpus, state.unhealthy_nics)

@@ -1,0 +1,325 @@
+"""kube-scheduler's extender protocol (filter, prioritize, bind) over a `ClusterView`.
+
+Requests are JSON documents already decoded; answers are JSON-ready. The wire facts
+(capitalised keys, `Nodes` vs `NodeNames`) are in ../shared/reference/scheduler-extender-v1.md;
+what this extender answers in each case is in docs/scorer.md.
+
+Filter decides each node (`scorer.decide`) and keeps the decision for prioritize and bind,
+keyed by the node's generation, so a node that has not changed is not decided twice for the
+same request. Bind decides again against the node as it is then: whatever was assumed or bound
+there since filter counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gpulet.api.assignment import ANNOTATION, dump_assignment
+from scorer.cluster import ClusterView, NodeInfo
+from scorer.decide import Decision, Refusal, decide
+from scorer.placement import NodeState
+from scorer.podspec import PodAsk, PodSpecError, pod_ask
+
+log = logging.getLogger("gpulet.scorer")
+
+#: Decisions kept for prioritize and bind; the cache is emptied when it grows past this.
+_CACHE_SIZE = 200_000
+#: Binds re-decide and retry this often when the pod changes under them.
+_BIND_ATTEMPTS = 3
+
+
+class BadRequest(ValueError):
+    """A request that does not follow the protocol (HTTP 400)."""
+
+
+class ApiConflict(Exception):
+    """The object changed since it was read (HTTP 409 from the API server)."""
+
+
+class ApiNotFound(Exception):
+    """The object does not exist (HTTP 404 from the API server)."""
+
+
+class PodApi(Protocol):
+    """What bind needs of the API server (`scorer.kube.KubePodApi`)."""
+
+    def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]: ...
+
+    def annotate_pod(
+        self, namespace: str, name: str, resource_version: str, key: str, value: str
+    ) -> None: ...
+
+    def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Nodes:
+    names: list[str]
+    #: The Node objects as received, when the request sent objects (`nodeCacheCapable: false`).
+    objects: list[Mapping[str, Any]] | None
+
+
+class Extender:
+    """`api` None: standalone, nodes come in the requests and only this extender's own
+    binds count as allocations."""
+
+    def __init__(self, view: ClusterView, api: PodApi | None = None) -> None:
+        self.view = view
+        self.api = api
+        self._decisions: dict[tuple[str, int, object], Decision | Refusal] = {}
+        self._empty: dict[tuple[str, object], tuple[NodeInfo, Decision | Refusal]] = {}
+        #: The pods seen in filter and prioritize, for a standalone bind (which names only).
+        self._asks: dict[str, PodAsk] = {}
+        self._bind_lock = threading.Lock()
+
+    @property
+    def standalone(self) -> bool:
+        return self.api is None
+
+    # ---- filter -------------------------------------------------------------------------
+
+    def filter(self, args: Any) -> dict[str, Any]:
+        pod, nodes = self._args(args)
+        passed: list[str] = []
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        try:
+            ask = self._ask(pod)
+        except PodSpecError as e:
+            unresolvable = dict.fromkeys(nodes.names, str(e))
+            return self._filter_answer(nodes, [], failed, unresolvable)
+        for name in nodes.names:
+            result = self._decision(name, ask)
+            if isinstance(result, Decision):
+                passed.append(name)
+            elif self._never_fits(name, ask):
+                unresolvable[name] = result.reason
+            else:
+                failed[name] = result.reason
+        log.debug("event=filter pod=%s nodes=%d passed=%d", ask.ref, len(nodes.names), len(passed))
+        return self._filter_answer(nodes, passed, failed, unresolvable)
+
+    @staticmethod
+    def _filter_answer(
+        nodes: _Nodes, passed: list[str], failed: dict[str, str], unresolvable: dict[str, str]
+    ) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "Nodes": None,
+            "NodeNames": None,
+            "FailedNodes": failed,
+            "FailedAndUnresolvableNodes": unresolvable,
+            "Error": "",
+        }
+        if nodes.objects is None:
+            answer["NodeNames"] = passed
+        else:
+            keep = set(passed)
+            items = [n for n in nodes.objects if _node_name(n) in keep]
+            answer["Nodes"] = {"apiVersion": "v1", "kind": "NodeList", "items": items}
+        return answer
+
+    # ---- prioritize ---------------------------------------------------------------------
+
+    def prioritize(self, args: Any) -> list[dict[str, Any]]:
+        pod, nodes = self._args(args)
+        try:
+            ask = self._ask(pod)
+        except PodSpecError:
+            return [{"Host": name, "Score": 0} for name in nodes.names]
+        scores = []
+        for name in nodes.names:
+            result = self._decision(name, ask)
+            scores.append(
+                {"Host": name, "Score": result.score if isinstance(result, Decision) else 0}
+            )
+        return scores
+
+    # ---- bind ---------------------------------------------------------------------------
+
+    def bind(self, args: Any) -> dict[str, str]:
+        """Write the assignment on the pod, then bind it; {"Error": ...} when that fails."""
+        fields = _fields(args, "bind")
+        namespace, name, uid, node = (
+            _text(fields, key) for key in ("podnamespace", "podname", "poduid", "node")
+        )
+        try:
+            if self.api is None:
+                self._bind_standalone(uid, node)
+            else:
+                self._bind_api(self.api, namespace, name, uid, node)
+        except ApiNotFound:
+            return {"Error": f"pod {namespace}/{name} does not exist (deleted while scheduling?)"}
+        except BindFailed as e:
+            log.warning(
+                "event=bind-failed pod=%s/%s node=%s reason=%r", namespace, name, node, str(e)
+            )
+            return {"Error": str(e)}
+        log.info("event=bound pod=%s/%s pod_uid=%s node=%s", namespace, name, uid, node)
+        return {"Error": ""}
+
+    def _bind_standalone(self, uid: str, node: str) -> None:
+        ask = self._asks.get(uid)
+        if ask is None:
+            raise BindFailed(f"pod {uid} was not in any filter request this extender answered")
+        decision = self._decide_for_bind(ask, node)
+        self.view.set_pod(uid, node, dump_assignment(decision.assignment))
+
+    def _bind_api(self, api: PodApi, namespace: str, name: str, uid: str, node: str) -> None:
+        for _ in range(_BIND_ATTEMPTS):
+            pod = api.get_pod(namespace, name)
+            meta = pod.get("metadata") or {}
+            if meta.get("uid") != uid:
+                raise BindFailed(
+                    f"pod {namespace}/{name} is now another pod (uid {meta.get('uid')})"
+                )
+            bound = (pod.get("spec") or {}).get("nodeName")
+            if bound:
+                raise BindFailed(f"pod {namespace}/{name} is already bound to node {bound}")
+            try:
+                ask = pod_ask(pod)
+            except PodSpecError as e:
+                raise BindFailed(str(e)) from None
+            decision = self._decide_for_bind(ask, node)
+            text = dump_assignment(decision.assignment)
+            try:
+                api.annotate_pod(
+                    namespace, name, str(meta.get("resourceVersion") or ""), ANNOTATION, text
+                )
+            except ApiConflict:
+                self.view.forget(uid)
+                log.info("event=bind-conflict pod=%s/%s node=%s", namespace, name, node)
+                continue  # the pod changed: read it again and decide again
+            except BaseException:
+                self.view.forget(uid)
+                raise
+            try:
+                api.bind_pod(namespace, name, uid, node)
+            except ApiConflict as e:
+                self.view.forget(uid)
+                raise BindFailed(
+                    f"binding pod {namespace}/{name} to {node} was refused: {e}"
+                ) from None
+            except BaseException:
+                self.view.forget(uid)
+                raise
+            return
+        raise BindFailed(
+            f"pod {namespace}/{name} changed during each of {_BIND_ATTEMPTS} attempts to bind it"
+        )
+
+    def _decide_for_bind(self, ask: PodAsk, node: str) -> Decision:
+        """Decide against the node as it is now and count the decision at once (assume),
+        so that a concurrent bind to the same node sees it."""
+        with self._bind_lock:
+            info = self.view.node(node)
+            if info is None:
+                raise BindFailed(f"node {node} is not known to the extender")
+            self.view.forget(ask.uid)  # an earlier attempt of this pod must not count against it
+            result = decide(info, self.view.state(node), ask)
+            if isinstance(result, Refusal):
+                raise BindFailed(f"pod {ask.ref} no longer fits node {node}: {result.reason}")
+            self.view.assume(ask.uid, result.assignment)
+            return result
+
+    # ---- shared -------------------------------------------------------------------------
+
+    def _args(self, args: Any) -> tuple[Any, _Nodes]:
+        fields = _fields(args, "filter or prioritize")
+        if "pod" not in fields or fields["pod"] is None:
+            raise BadRequest('the request has no "Pod"')
+        pod = fields["pod"]
+        if not isinstance(pod, Mapping):
+            raise BadRequest('"Pod" must be a JSON object')
+        nodes = fields.get("nodes")
+        names = fields.get("nodenames")
+        if nodes is not None:
+            items = nodes.get("items") if isinstance(nodes, Mapping) else None
+            if not isinstance(items, list) or not all(isinstance(n, Mapping) for n in items):
+                raise BadRequest('"Nodes" must be a NodeList with "items"')
+            listed: list[str] = []
+            for item in items:
+                try:
+                    name = self.view.set_node_object(item) if self.standalone else _node_name(item)
+                except ValueError as e:
+                    raise BadRequest(str(e)) from None
+                if not self.standalone and self.view.node(name) is None:
+                    self.view.set_node_object(item)  # not seen by the watch yet
+                listed.append(name)
+            return pod, _Nodes(listed, list(items))
+        if names is None:
+            raise BadRequest('the request has neither "Nodes" nor "NodeNames"')
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadRequest('"NodeNames" must be a list of strings')
+        return pod, _Nodes(list(names), None)
+
+    def _ask(self, pod: Mapping[str, Any]) -> PodAsk:
+        ask = pod_ask(pod)
+        if ask.uid:
+            # A pod being scheduled is not bound: an assumption left by an earlier attempt
+            # whose bind failed must not count against it.
+            self.view.forget(ask.uid)
+        if self.standalone and ask.uid:
+            if len(self._asks) > _CACHE_SIZE:
+                self._asks.clear()
+            self._asks[ask.uid] = ask
+        return ask
+
+    def _decision(self, name: str, ask: PodAsk) -> Decision | Refusal:
+        info = self.view.node(name)
+        if info is None:
+            return Refusal(f"the extender has no {name!r} node (no gpulet.io/topology seen)")
+        generation = self.view.generation(name)
+        key = (name, generation, ask.key)
+        result = self._decisions.get(key)
+        if result is None:
+            if len(self._decisions) > _CACHE_SIZE:
+                self._decisions.clear()
+            result = decide(info, self.view.state(name), ask)
+            self._decisions[key] = result
+        return result
+
+    def _never_fits(self, name: str, ask: PodAsk) -> bool:
+        """Whether the pod would not fit even on the node empty (preemption cannot help)."""
+        info = self.view.node(name)
+        if info is None or info.placer is None:
+            return True
+        key = (name, ask.key)
+        cached = self._empty.get(key)
+        if cached is None or cached[0] is not info:
+            if len(self._empty) > _CACHE_SIZE:
+                self._empty.clear()
+            cached = (info, decide(info, NodeState(), ask))
+            self._empty[key] = cached
+        return isinstance(cached[1], Refusal)
+
+
+class BindFailed(Exception):
+    """A bind that did not happen; the message goes back to kube-scheduler."""
+
+
+def _fields(args: Any, verb: str) -> dict[str, Any]:
+    """The request's keys, lower-cased (kube-scheduler sends them capitalised; Go reads
+    either way, and so do we)."""
+    if not isinstance(args, Mapping):
+        raise BadRequest(f"a {verb} request must be a JSON object")
+    return {str(k).lower(): v for k, v in args.items()}
+
+
+def _text(fields: Mapping[str, Any], key: str) -> str:
+    value = fields.get(key)
+    if not isinstance(value, str) or not value:
+        names = {"podnamespace": "PodNamespace", "podname": "PodName", "poduid": "PodUID"}
+        raise BadRequest(f'the bind request has no "{names.get(key, key.capitalize())}"')
+    return value
+
+
+def _node_name(node: Mapping[str, Any]) -> str:
+    meta = node.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    if not isinstance(name, str) or not name:
+        raise ValueError("a Node in the request has no metadata.name")
+    return name

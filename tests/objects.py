@@ -1,0 +1,103 @@
+"""Kubernetes objects as kube-scheduler and the API server send them (JSON), for tests of
+the extender: Nodes that carry a simulated node's topology, Pods that ask for gpulet
+resources."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from dataclasses import replace
+from typing import Any
+
+from gpulet.api.resources import (
+    CORE_RESOURCE,
+    GPU_RESOURCE,
+    MEMORY_RESOURCE,
+    RDMA_RESOURCE,
+    TOPOLOGY_ANNOTATION,
+)
+from gpulet.topology import Topology
+from gpulet.topology.document import dumps
+
+
+def node_object(name: str, topo: Topology, slots: int = 100) -> dict[str, Any]:
+    """A v1.Node for `topo` renamed `name`, as the agent publishes it."""
+    text = dumps(replace(topo, node=name))
+    shareable = sum(1 for g in topo.gpus if not g.mig)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "uid": str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, name)),
+            "labels": {"kubernetes.io/hostname": name},
+            "annotations": {TOPOLOGY_ANNOTATION: text},
+        },
+        "spec": {},
+        "status": {
+            "capacity": {
+                GPU_RESOURCE: str(shareable * slots),
+                RDMA_RESOURCE: str(len(topo.nics) * slots),
+            },
+            "allocatable": {
+                GPU_RESOURCE: str(shareable * slots),
+                RDMA_RESOURCE: str(len(topo.nics) * slots),
+                "cpu": "224",
+                "memory": "2Ti",
+            },
+        },
+    }
+
+
+def container(
+    name: str = "main",
+    gpus: int | None = None,
+    core: int | str | None = None,
+    memory: int | str | None = None,
+    rdma: int | None = None,
+) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": "4", "memory": "16Gi"}
+    for resource, value in (
+        (GPU_RESOURCE, gpus),
+        (CORE_RESOURCE, core),
+        (MEMORY_RESOURCE, memory),
+        (RDMA_RESOURCE, rdma),
+    ):
+        if value is not None:
+            limits[resource] = str(value)
+    return {
+        "name": name,
+        "image": "nvcr.io/nvidia/pytorch:25.01-py3",
+        "resources": {"limits": limits, "requests": dict(limits)},
+    }
+
+
+def pod_object(
+    name: str,
+    *containers: dict[str, Any],
+    namespace: str = "default",
+    annotations: dict[str, str] | None = None,
+    init: tuple[dict[str, Any], ...] = (),
+    uid: str | None = None,
+) -> dict[str, Any]:
+    """A v1.Pod as kube-scheduler sends it to the extender (not yet bound)."""
+    spec: dict[str, Any] = {
+        "containers": list(containers) or [container()],
+        "schedulerName": "default-scheduler",
+        "restartPolicy": "Always",
+    }
+    if init:
+        spec["initContainers"] = list(init)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": uid or str(uuidlib.uuid4()),
+            "resourceVersion": "1",
+            "creationTimestamp": "2026-11-23T10:00:00Z",
+            "annotations": dict(annotations or {}),
+        },
+        "spec": spec,
+        "status": {"phase": "Pending", "qosClass": "Guaranteed"},
+    }

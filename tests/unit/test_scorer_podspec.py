@@ -1,0 +1,90 @@
+"""Reading what a pod asks of gpulet from its Kubernetes JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+from scorer.placement import GpuPolicy, Request, TopologyPolicy
+from scorer.podspec import PodSpecError, pod_ask
+from tests.objects import container, pod_object
+
+
+def test_containers_in_kubelet_order_with_their_requests() -> None:
+    pod = pod_object(
+        "train",
+        container("trainer", gpus=4, rdma=4),
+        container("sidecar"),
+        container("infer", gpus=1, core=30, memory=8192, rdma=1),
+        init=(container("warmup", gpus=1, rdma=1),),
+        annotations={
+            "gpulet.io/topology-policy": "restricted",
+            "gpulet.io/gpu-policy": "spread",
+            "gpulet.io/numa-pin": "true",
+        },
+    )
+    ask = pod_ask(pod)
+    assert [(c.name, c.init) for c in ask.containers] == [
+        ("warmup", True),
+        ("trainer", False),
+        ("sidecar", False),
+        ("infer", False),
+    ]
+    policies = {"topology": TopologyPolicy.RESTRICTED, "gpu_policy": GpuPolicy.SPREAD}
+    assert ask.containers[1].request == Request(gpus=4, rdma=4, **policies)
+    assert ask.containers[2].request is None
+    assert ask.containers[3].request == Request(
+        gpus=1, core=30, memory_mib=8192, rdma=1, **policies
+    )
+    assert [c.name for c in ask.wants] == ["warmup", "trainer", "infer"]
+    assert ask.numa_pin and ask.ref == "default/train"
+
+
+def test_requests_are_read_when_limits_are_absent() -> None:
+    c = container(gpus=2)
+    c["resources"] = {"requests": c["resources"]["requests"]}
+    assert pod_ask(pod_object("p", c)).containers[0].request == Request(gpus=2)
+
+
+def test_same_request_same_key() -> None:
+    a = pod_ask(pod_object("a", container(gpus=1, core=20, memory=4096)))
+    b = pod_ask(pod_object("b", container(gpus=1, core=20, memory=4096)))
+    c = pod_ask(pod_object("c", container(gpus=1, core=21, memory=4096)))
+    assert a.key == b.key != c.key
+
+
+@pytest.mark.parametrize(
+    ("pod", "problem"),
+    [
+        (pod_object("p", container(gpus=1, core=0)), "gpu-core must be 1-100"),
+        (pod_object("p", container(gpus=1, core=150)), "got 150"),
+        (pod_object("p", container(gpus=1, memory="8Gi")), "MiB of each GPU), got '8Gi'"),
+        (pod_object("p", container(gpus=1, memory=0)), "gpu-memory must be at least 1 MiB"),
+        (pod_object("p", container(gpus="1.5")), "gpulet.io/gpu must be a whole number"),
+        (pod_object("p", container(core=50)), "without any gpulet.io/gpu"),
+        (
+            pod_object(
+                "p", container(gpus=2), annotations={"gpulet.io/topology-policy": "restricted"}
+            ),
+            "restricted needs at least one gpulet.io/rdma",
+        ),
+        (
+            pod_object("p", container(gpus=1), annotations={"gpulet.io/gpu-policy": "pack"}),
+            "gpulet.io/gpu-policy must be one of binpack, spread, got 'pack'",
+        ),
+        (
+            pod_object("p", container(gpus=1), annotations={"gpulet.io/numa-pin": "yes"}),
+            'gpulet.io/numa-pin must be "true" or "false"',
+        ),
+        ({"metadata": [], "spec": {}}, "metadata must be a JSON object"),
+        ("a pod", "the Pod must be a JSON object"),
+    ],
+)
+def test_invalid_requests_say_what_to_fix(pod: object, problem: str) -> None:
+    with pytest.raises(PodSpecError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        pod_ask(pod)
+
+
+def test_the_container_is_named_in_the_error() -> None:
+    pod = pod_object("web", container("main", gpus=1), container("side", gpus=1, core=101))
+    with pytest.raises(PodSpecError, match=r"pod default/web container 'side': gpu-core"):
+        pod_ask(pod)

@@ -1,0 +1,98 @@
+"""Properties of the extender's accounting: whatever pods come, in whatever order, with
+deletions and failed binds between them, no GPU slice, whole GPU or NIC slot is granted
+beyond what the node has, and the view's tally is what the assignments add up to."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scorer.cluster import ClusterView
+from scorer.extender import Extender
+from scorer.placement import Capacity
+from tests.nodes import shipped
+from tests.objects import container, node_object, pod_object
+from tests.strategies import examples
+
+CAPACITY = Capacity(gpu_slots=3, nic_slots=2)
+NODES = {"a": shipped("pcie-4gpu"), "b": shipped("dgx-a100")}
+
+shapes = st.one_of(
+    st.builds(lambda g: container(gpus=g), st.integers(1, 4)),
+    st.builds(
+        lambda g, c, m: container(gpus=g, core=c, memory=m),
+        st.integers(1, 2),
+        st.integers(1, 100),
+        st.sampled_from([1024, 8192, 20000, 40000]),
+    ),
+    st.builds(lambda g, r: container(gpus=g, rdma=r), st.integers(1, 2), st.integers(1, 2)),
+    st.builds(lambda r: container(rdma=r), st.integers(1, 2)),
+)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("pod"), st.lists(shapes, min_size=1, max_size=2), st.booleans()),
+        st.tuples(st.just("delete"), st.integers(0, 50), st.just(False)),
+    ),
+    max_size=25,
+)
+
+
+def check(view: ClusterView) -> None:
+    for name, topo in NODES.items():
+        mine = [view.assignment(uid) for uid, node, _ in view.pods() if node == name]
+        shares = defaultdict(list)
+        nics: Counter[str] = Counter()
+        for assignment in mine:
+            assert assignment is not None
+            for c in assignment.containers:
+                for g in c.gpus:
+                    shares[g.uuid].append(g)
+                nics.update(c.nics)
+        for gpu in topo.gpus:
+            held = shares.pop(gpu.uuid, [])
+            if any(g.exclusive for g in held):
+                assert len(held) == 1, f"{name} GPU{gpu.index} whole and shared: {held}"
+                continue
+            assert len(held) <= CAPACITY.gpu_slots
+            assert sum(g.core for g in held) <= 100
+            assert sum(g.memory_mib for g in held) <= gpu.memory_mib
+        assert not shares, f"assignments name GPUs node {name} does not have: {shares}"
+        assert all(n <= CAPACITY.nic_slots for n in nics.values())
+        assert set(nics) <= {n.key for n in topo.nics}
+
+
+@given(ops)
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_stream_of_pods_never_over_commits(script: list[tuple[str, object, bool]]) -> None:
+    view = ClusterView(CAPACITY)
+    extender = Extender(view)
+    nodes = {"items": [node_object(n, t, slots=3) for n, t in NODES.items()]}
+    bound: list[str] = []
+    for n, (op, arg, whole_pod_ok) in enumerate(script):
+        if op == "delete":
+            if bound:
+                view.remove_pod(bound.pop(int(str(arg)) % len(bound)))
+            check(view)
+            continue
+        assert isinstance(arg, list)
+        pod = pod_object(f"p{n}", *[dict(c, name=f"c{i}") for i, c in enumerate(arg)])
+        uid = pod["metadata"]["uid"]
+        passed = extender.filter({"Pod": pod, "Nodes": nodes})
+        fits = [i["metadata"]["name"] for i in passed["Nodes"]["items"]]
+        scores = extender.prioritize({"Pod": pod, "NodeNames": list(NODES)})
+        assert all(isinstance(s["Score"], int) and 0 <= s["Score"] <= 10 for s in scores)
+        assert set(fits) | set(passed["FailedNodes"]) | set(
+            passed["FailedAndUnresolvableNodes"]
+        ) == set(NODES)
+        if not fits:
+            continue
+        best = max(fits, key=lambda name: next(s["Score"] for s in scores if s["Host"] == name))
+        if whole_pod_ok:
+            answer = extender.bind(
+                {"PodName": f"p{n}", "PodNamespace": "default", "PodUID": uid, "Node": best}
+            )
+            assert answer == {"Error": ""}
+            bound.append(uid)
+        check(view)
