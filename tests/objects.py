@@ -50,7 +50,7 @@ def node_object(name: str, topo: Topology, slots: int = 100) -> dict[str, Any]:
 
 def container(
     name: str = "main",
-    gpus: int | None = None,
+    gpus: int | str | None = None,
     core: int | str | None = None,
     memory: int | str | None = None,
     rdma: int | None = None,

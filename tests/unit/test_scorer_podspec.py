@@ -29,11 +29,13 @@ def test_containers_in_kubelet_order_with_their_requests() -> None:
         ("sidecar", False),
         ("infer", False),
     ]
-    policies = {"topology": TopologyPolicy.RESTRICTED, "gpu_policy": GpuPolicy.SPREAD}
-    assert ask.containers[1].request == Request(gpus=4, rdma=4, **policies)
+    restricted, spread = TopologyPolicy.RESTRICTED, GpuPolicy.SPREAD
+    assert ask.containers[1].request == Request(
+        gpus=4, rdma=4, topology=restricted, gpu_policy=spread
+    )
     assert ask.containers[2].request is None
     assert ask.containers[3].request == Request(
-        gpus=1, core=30, memory_mib=8192, rdma=1, **policies
+        gpus=1, core=30, memory_mib=8192, rdma=1, topology=restricted, gpu_policy=spread
     )
     assert [c.name for c in ask.wants] == ["warmup", "trainer", "infer"]
     assert ask.numa_pin and ask.ref == "default/train"
