@@ -122,6 +122,17 @@ class ClusterView:
         with self._lock:
             return list(self._nodes)
 
+    def nodes(self, names: list[str]) -> list[tuple[NodeInfo | None, int]]:
+        """(info, generation) of each of `names` (None, -1: unknown), read at once."""
+        with self._lock:
+            self._expire()
+            unknown = (None, -1)
+            found = self._nodes
+            return [
+                (known.info, known.generation) if (known := found.get(n)) else unknown
+                for n in names
+            ]
+
     def generation(self, name: str) -> int:
         """Changes whenever the node or what is allocated on it changes (-1: unknown)."""
         with self._lock:

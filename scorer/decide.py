@@ -45,10 +45,9 @@ def decide(node: NodeInfo, state: NodeState, ask: PodAsk) -> Decision | Refusal:
     wants = ask.wants
     containers: list[ContainerAssignment] = []
     qualities: list[float] = []
-    for container in ask.containers:
+    for n, container in enumerate(wants):
         request = container.request
-        if request is None:
-            continue
+        assert request is not None
         placed = node.placer.place(request, state)
         if not isinstance(placed, Placement):
             who = f"container {container.name}: " if len(wants) > 1 else ""
@@ -64,7 +63,8 @@ def decide(node: NodeInfo, state: NodeState, ask: PodAsk) -> Decision | Refusal:
             )
         )
         qualities.append(placed.score)
-        state = _after(state, placed)
+        if n + 1 < len(wants):
+            state = _after(state, placed)
     quality = sum(qualities) / len(qualities) if qualities else 100.0
     return Decision(Assignment(node.name, tuple(containers)), round(quality, 2))
 

@@ -26,7 +26,9 @@ from scorer.podspec import PodAsk, PodSpecError, pod_ask
 
 log = logging.getLogger("gpulet.scorer")
 
-#: Decisions kept for prioritize and bind; the cache is emptied when it grows past this.
+#: Pod shapes whose decisions are kept (each for every node); emptied past this many.
+_SHAPES = 256
+#: Pods remembered from filter for a standalone bind; emptied past this many.
 _CACHE_SIZE = 200_000
 #: Binds re-decide and retry this often when the pod changes under them.
 _BIND_ATTEMPTS = 3
@@ -70,8 +72,10 @@ class Extender:
     def __init__(self, view: ClusterView, api: PodApi | None = None) -> None:
         self.view = view
         self.api = api
-        self._decisions: dict[tuple[str, int, object], Decision | Refusal] = {}
-        self._empty: dict[tuple[str, object], tuple[NodeInfo, Decision | Refusal]] = {}
+        #: Per pod shape (`PodAsk.key`), per node: the decision and the node generation it
+        #: was made at; and whether the pod would fit the node empty, for the node info.
+        self._decisions: dict[object, dict[str, tuple[int, Decision | Refusal]]] = {}
+        self._empty: dict[object, dict[str, tuple[NodeInfo, bool]]] = {}
         #: The pods seen in filter and prioritize, for a standalone bind (which names only).
         self._asks: dict[str, PodAsk] = {}
         self._bind_lock = threading.Lock()
@@ -92,8 +96,7 @@ class Extender:
         except PodSpecError as e:
             unresolvable = dict.fromkeys(nodes.names, str(e))
             return self._filter_answer(nodes, [], failed, unresolvable)
-        for name in nodes.names:
-            result = self._decision(name, ask)
+        for name, result in self._decide_all(nodes.names, ask):
             if isinstance(result, Decision):
                 passed.append(name)
             elif self._never_fits(name, ask):
@@ -131,11 +134,9 @@ class Extender:
         except PodSpecError:
             return [{"Host": name, "Score": 0} for name in nodes.names]
         scores = []
-        for name in nodes.names:
-            result = self._decision(name, ask)
-            scores.append(
-                {"Host": name, "Score": result.score if isinstance(result, Decision) else 0}
-            )
+        for name, result in self._decide_all(nodes.names, ask):
+            score = result.score if isinstance(result, Decision) else 0
+            scores.append({"Host": name, "Score": score})
         return scores
 
     # ---- bind ---------------------------------------------------------------------------
@@ -268,33 +269,45 @@ class Extender:
             self._asks[ask.uid] = ask
         return ask
 
-    def _decision(self, name: str, ask: PodAsk) -> Decision | Refusal:
-        info = self.view.node(name)
-        if info is None:
-            return Refusal(f"the extender has no {name!r} node (no gpulet.io/topology seen)")
-        generation = self.view.generation(name)
-        key = (name, generation, ask.key)
-        result = self._decisions.get(key)
-        if result is None:
-            if len(self._decisions) > _CACHE_SIZE:
+    def _decide_all(self, names: list[str], ask: PodAsk) -> list[tuple[str, Decision | Refusal]]:
+        """Each node's decision for `ask`: kept from an earlier request of the same shape
+        while the node has not changed, else made now."""
+        key = ask.key
+        known = self._decisions.get(key)
+        if known is None:
+            if len(self._decisions) > _SHAPES:
                 self._decisions.clear()
-            result = decide(info, self.view.state(name), ask)
-            self._decisions[key] = result
-        return result
+            known = self._decisions[key] = {}
+        out: list[tuple[str, Decision | Refusal]] = []
+        for name, (info, generation) in zip(names, self.view.nodes(names), strict=True):
+            kept = known.get(name)
+            if kept is not None and kept[0] == generation:
+                out.append((name, kept[1]))
+                continue
+            if info is None:
+                result: Decision | Refusal = Refusal(
+                    f"the extender has no {name!r} node (no gpulet.io/topology seen)"
+                )
+            else:
+                result = decide(info, self.view.state(name), ask)
+                known[name] = (generation, result)
+            out.append((name, result))
+        return out
 
     def _never_fits(self, name: str, ask: PodAsk) -> bool:
         """Whether the pod would not fit even on the node empty (preemption cannot help)."""
         info = self.view.node(name)
         if info is None or info.placer is None:
             return True
-        key = (name, ask.key)
-        cached = self._empty.get(key)
-        if cached is None or cached[0] is not info:
-            if len(self._empty) > _CACHE_SIZE:
+        known = self._empty.get(ask.key)
+        if known is None:
+            if len(self._empty) > _SHAPES:
                 self._empty.clear()
-            cached = (info, decide(info, NodeState(), ask))
-            self._empty[key] = cached
-        return isinstance(cached[1], Refusal)
+            known = self._empty[ask.key] = {}
+        kept = known.get(name)
+        if kept is None or kept[0] is not info:
+            kept = known[name] = (info, isinstance(decide(info, NodeState(), ask), Refusal))
+        return kept[1]
 
 
 class BindFailed(Exception):

@@ -10,6 +10,7 @@ else from `requests`. A quantity with a unit suffix is refused rather than guess
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ class PodAsk:
         """The containers that ask for a gpulet resource."""
         return tuple(c for c in self.containers if c.request is not None)
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[tuple[str, Request | None], ...]:
         """What placement depends on: two pods with the same key get the same answer."""
         return tuple((c.name, c.request) for c in self.containers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -124,6 +125,12 @@ class ExtenderServer:
 def _handler(server: ExtenderServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # An answer is written whole; Nagle's algorithm would hold its last segment
+            # until the client's delayed ACK (40 ms). Go's client sets this on its side too.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def do_POST(self) -> None:
             verb = self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]

@@ -115,6 +115,16 @@ class Placer:
         self._nic_path: dict[str, tuple[int, ...]] = {}
         self._order: list[_Node] = []
         self.root, self.hierarchical = self._build()
+        #: Per GPU, the GPUs of its NUMA node and of its group (None: no group above it):
+        #: what a single-GPU placement breaks when they are all idle.
+        self._gpu_pristine: dict[int, tuple[frozenset[int], frozenset[int] | None]] = {}
+        for i, path in self._gpu_path.items():
+            above = {self._order[uid].level: self._order[uid] for uid in path}
+            group = above.get("group")
+            self._gpu_pristine[i] = (
+                frozenset(above["numa"].gpus),
+                None if group is None else frozenset(group.gpus),
+            )
 
     # -- construction -------------------------------------------------------------------
 
@@ -205,7 +215,9 @@ class Placer:
         cand = candidates(self.topo, req, state, self.capacity)
         found: Entry | None = None
         if len(cand.gpus) >= req.gpus and len(cand.nics) >= req.rdma:
-            if self.hierarchical:
+            if req.gpus == 1 and not req.rdma and self.hierarchical:
+                found = self._one_gpu(req, state, cand)
+            elif self.hierarchical:
                 found = self._search(req, state, cand)
             else:
                 found = exhaustive.search(self.topo, req, state, cand, self.best_nv)
@@ -221,6 +233,27 @@ class Placer:
             cost=cost,
             score=score(cost, shape),
         )
+
+    def _one_gpu(self, req: Request, state: NodeState, cand: Candidates) -> Entry:
+        """One GPU and no NIC, the commonest request (an inference slice): what the tree
+        search would find, without the tables. No pair, no NIC, one NUMA node: the cost is
+        the GPU's own, plus, when binpacking, the pristine NUMA node and group it breaks."""
+        best: tuple[int, int] | None = None
+        busy: frozenset[int] | None = None
+        if req.gpu_policy is GpuPolicy.BINPACK:
+            busy = frozenset(i for i, use in state.gpus.items() if not use.idle)
+        for i, (_, unary) in cand.gpus.items():
+            cost = unary + _NUMA
+            if busy is not None:
+                numa, group = self._gpu_pristine[i]
+                if busy.isdisjoint(numa):
+                    cost += _NUMA_BROKEN
+                if group is not None and busy.isdisjoint(group):
+                    cost += _GROUP_BROKEN
+            if best is None or cost < best[0]:
+                best = (cost, i)
+        assert best is not None  # the caller checked that a GPU is eligible
+        return best[0], (best[1],), ()
 
     def _search(self, req: Request, state: NodeState, cand: Candidates) -> Entry | None:
         """Fill the cost tables bottom-up over the subtrees that hold an eligible device,

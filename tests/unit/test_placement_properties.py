@@ -76,3 +76,14 @@ def test_engine_equals_exhaustive_for_multi_gpu_nic_jobs(data: st.DataObject) ->
     state = data.draw(node_states(topo, CAP))
     req = data.draw(requests(len(topo.gpus), len(topo.nics), min_gpus=2, min_nics=1))
     check_against_exhaustive(topo, req, state)
+
+
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_single_gpu_fast_path_equals_exhaustive(data: st.DataObject) -> None:
+    """One GPU and no NIC skips the tree search (Placer._one_gpu): still the optimum."""
+    topo = data.draw(topologies())
+    state = data.draw(node_states(topo, CAP))
+    req = data.draw(requests(len(topo.gpus), 0, min_gpus=1))
+    assume(req.gpus == 1 and req.rdma == 0)
+    check_against_exhaustive(topo, req, state)

@@ -1,0 +1,202 @@
+"""Extender latency and throughput, over real HTTP to `gpulet scorer` in a process of its own.
+
+The cluster: N simulated dgx-h100 nodes (8 GPUs, 8 NICs) each about half full: every GPU is
+idle, held whole, or carries 1-3 slices (random, seeded), and NICs carry 0-3 pods.
+
+- Cold: for each pod shape, the first filter + prioritize of that shape against all N nodes
+  (every node decided).
+- Stream: a stream of pods of mixed shapes (an inference slice, 1, 2 and 8 whole GPUs, and
+  4 GPUs + 4 NICs `restricted`), each filtered, prioritized and bound to its best node, as
+  kube-scheduler would: p50/p99 of filter + prioritize, and pods bound per second.
+- Both request forms: names only (`nodeCacheCapable: true`) at every N, and full Node objects
+  (`nodeCacheCapable: false`) at the smallest N.
+
+Run: .venv/bin/python bench/scorer.py [--nodes 1000 5000] [--pods 300] [--object-pods 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import http.client
+import json
+import multiprocessing as mp
+import platform
+import random
+import socket
+import statistics
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.objects, tests.nodes
+
+from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
+from scorer.cluster import ClusterView
+from scorer.extender import Extender
+from scorer.server import ExtenderServer
+from tests.nodes import shipped
+from tests.objects import container, node_object, pod_object
+
+SHAPES = {
+    "slice 1 GPU 30% 8 GiB": lambda: [container(gpus=1, core=30, memory=8192)],
+    "1 whole GPU": lambda: [container(gpus=1)],
+    "2 whole GPUs": lambda: [container(gpus=2)],
+    "4 GPUs + 4 NICs restricted": lambda: [container(gpus=4, rdma=4)],
+    "8 whole GPUs": lambda: [container(gpus=8)],
+}
+RESTRICTED = {"gpulet.io/topology-policy": "restricted"}
+
+
+def build_cluster(n: int, seed: int) -> tuple[ClusterView, list[dict[str, Any]]]:
+    """N half-full dgx-h100 nodes; also their Node objects."""
+    topo = shipped("dgx-h100")
+    rng = random.Random(seed)
+    view = ClusterView()
+    objects = []
+    uid = 0
+    for i in range(n):
+        name = f"gpu-node-{i:05d}"
+        obj = node_object(name, topo)
+        objects.append(obj)
+        view.set_node_object(obj)
+        for gpu in topo.gpus:
+            roll = rng.random()
+            shares: list[AssignedGpu] = []
+            if roll < 0.25:
+                shares = [AssignedGpu(gpu.uuid, 100, gpu.memory_mib, True)]
+            elif roll < 0.5:
+                shares = [AssignedGpu(gpu.uuid, 20, 10_000, False)] * rng.randint(1, 3)
+            for share in shares:
+                nics = tuple(rng.sample([k.key for k in topo.nics], rng.randint(0, 1)))
+                assignment = Assignment(name, (ContainerAssignment("main", (share,), nics),))
+                view.set_pod(f"pod-{uid}", name, dump_assignment(assignment))
+                uid += 1
+    return view, objects
+
+
+def serve(n: int, seed: int, conn: Connection) -> None:
+    """The extender's process: build the cluster, freeze it out of GC (as the extender does
+    once synced), serve until told to stop."""
+    view, _ = build_cluster(n, seed)
+    server = ExtenderServer(Extender(view), "127.0.0.1", 0)
+    gc.collect()
+    gc.freeze()
+    server.start()
+    conn.send(server.port)
+    conn.recv()
+    server.stop()
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.conn.connect()
+        # As kube-scheduler's Go client does: no Nagle delay on the request's last segment.
+        self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def post(self, verb: str, body: bytes) -> Any:
+        self.conn.request("POST", f"/{verb}", body, {"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{verb}: HTTP {resp.status}: {data[:300]!r}")
+        return json.loads(data)
+
+
+def one_pod(
+    client: Client, shape: str, n: int, nodes: dict[str, Any]
+) -> tuple[float, dict[str, Any], str | None]:
+    """Filter + prioritize one new pod of `shape`: the milliseconds, the pod, its best node."""
+    annotations = RESTRICTED if "restricted" in shape else None
+    pod = pod_object(f"p-{random.random():.12f}", *SHAPES[shape](), annotations=annotations)
+    t0 = time.perf_counter()
+    passed = client.post("filter", json.dumps({"Pod": pod, **nodes}).encode())
+    if passed["NodeNames"] is not None:
+        names = passed["NodeNames"]
+    else:
+        names = [i["metadata"]["name"] for i in passed["Nodes"]["items"]]
+    scores = client.post("prioritize", json.dumps({"Pod": pod, "NodeNames": names}).encode())
+    elapsed = (time.perf_counter() - t0) * 1000
+    best = max(scores, key=lambda s: s["Score"])["Host"] if scores else None
+    return elapsed, pod, best
+
+
+def bind(client: Client, pod: dict[str, Any], node: str) -> None:
+    meta = pod["metadata"]
+    args = {"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"], "Node": node}
+    answer = client.post("bind", json.dumps(args).encode())
+    if answer["Error"]:
+        raise RuntimeError(answer["Error"])
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def run(n: int, pods: int, object_pods: int, seed: int) -> None:
+    ctx = mp.get_context("spawn")
+    mine, theirs = ctx.Pipe()
+    t0 = time.perf_counter()
+    proc = ctx.Process(target=serve, args=(n, seed, theirs))
+    proc.start()
+    port = mine.recv()
+    print(f"\n{n} nodes (built and served in {time.perf_counter() - t0:.1f} s)")
+    client = Client(port)
+    names = {"NodeNames": [f"gpu-node-{i:05d}" for i in range(n)]}
+    try:
+        for shape in SHAPES:
+            ms, _, _ = one_pod(client, shape, n, names)
+            print(f"  cold, names only   {shape:28} {ms:8.1f} ms")
+        rng = random.Random(seed)
+        samples: list[float] = []
+        started = time.perf_counter()
+        for _ in range(pods):
+            ms, pod, best = one_pod(client, rng.choice(list(SHAPES)), n, names)
+            samples.append(ms)
+            if best is not None:
+                bind(client, pod, best)
+        wall = time.perf_counter() - started
+        print(
+            f"  stream, names only {pods} pods: filter+prioritize p50 "
+            f"{statistics.median(samples):.1f} ms  p99 {percentile(samples, 99):.1f} ms  "
+            f"max {max(samples):.1f} ms;  {pods / wall:.1f} pods/s bound"
+        )
+        if object_pods:
+            _, objects = build_cluster(n, seed)
+            full = {"Nodes": {"apiVersion": "v1", "kind": "NodeList", "items": objects}}
+            size = len(json.dumps(full)) / 1e6
+            samples = [
+                one_pod(client, rng.choice(list(SHAPES)), n, full)[0] for _ in range(object_pods)
+            ]
+            print(
+                f"  full Node objects ({size:.0f} MB a request) {object_pods} pods: p50 "
+                f"{statistics.median(samples):.1f} ms  p99 {percentile(samples, 99):.1f} ms"
+            )
+    finally:
+        mine.send(None)
+        proc.join(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, nargs="+", default=[1000, 5000])
+    ap.add_argument("--pods", type=int, default=300, help="pods in the stream [300]")
+    ap.add_argument(
+        "--object-pods",
+        type=int,
+        default=20,
+        help="pods sent with full Node objects, at the smallest --nodes [20; 0: skip]",
+    )
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    print(f"gpulet scorer benchmark  python {platform.python_version()}  {platform.machine()}")
+    for i, n in enumerate(sorted(args.nodes)):
+        run(n, args.pods, args.object_pods if i == 0 else 0, args.seed)
+
+
+if __name__ == "__main__":
+    main()

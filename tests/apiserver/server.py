@@ -1,0 +1,137 @@
+"""HTTP/1.1 plumbing: requests decoded for CoreV1, replies with Content-Length, watches as
+chunked streams of JSON lines, injected faults, and the request log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tests.apiserver.faults import Faults
+from tests.apiserver.journal import Journal
+from tests.apiserver.rest import CoreV1, Request
+from tests.apiserver.status import ApiError
+from tests.apiserver.store import Store
+from tests.apiserver.watch import WatchRequest, watch_events
+
+
+class ApiHttpServer(ThreadingHTTPServer):
+    """Serves CoreV1 over HTTP, one daemon thread per connection, and keeps track of its
+    connections so that closing the server closes them too."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], api: CoreV1, store: Store) -> None:
+        super().__init__(address, _Handler)
+        self.api = api
+        self.store = store
+        self.faults = Faults()
+        self.requests: Journal[tuple[str, str]] = Journal()
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about clients that went away mid-request; loud about anything else."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+    def track(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(connection)
+
+    def untrack(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        """Shut every open connection, idle keep-alive ones included."""
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # the client closed it first
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ApiHttpServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: api.requests is the log."""
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.requests.append((self.command, self.path))
+        url = urlsplit(self.path)
+        request = Request(
+            self.command,
+            url.path,
+            {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()},
+            self.headers.get("Content-Type", ""),
+            body,
+        )
+        try:
+            injected = self.server.faults.take(self.command, self.path)
+            if injected is not None:
+                raise ApiError(injected, f"injected failure for {self.command} {self.path}")
+            reply = self.server.api.serve(request)
+        except ApiError as e:
+            self._send_json(e.code, e.status())
+            return
+        if isinstance(reply, WatchRequest):
+            self._stream(reply)
+        else:
+            self._send_json(reply.code, reply.body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    def _send_json(self, code: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, watch: WatchRequest) -> None:
+        """One event per line, each in its own chunk, sent at once; then the last chunk."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for event in watch_events(self.server.store, watch, self._client_gone):
+                self._write_chunk(json.dumps(event).encode() + b"\n")
+            self._write_chunk(b"")
+        except OSError:
+            self.close_connection = True
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed the connection (it sends nothing during a watch)."""
+        try:
+            peeked: bytes = self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return peeked == b""
