@@ -10,6 +10,7 @@ building the client's model objects for thousands of pods would cost more than t
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import socket
@@ -104,6 +105,7 @@ class ClusterSync:
         self._threads: list[threading.Thread] = []
         self._open: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._frozen = False
 
     def start(self) -> None:
         for kind in ("nodes", "pods"):
@@ -132,6 +134,16 @@ class ClusterSync:
         for thread in self._threads:
             thread.join(timeout=5)
 
+    def _freeze_once(self) -> None:
+        """Once both lists are in, move what they built out of the collector's sight: full
+        collections over thousands of assignments would land in some filter's latency."""
+        with self._lock:
+            if self.ready() and not self._frozen:
+                self._frozen = True
+                gc.collect()
+                gc.freeze()
+                log.info("event=synced nodes=%d", len(self._view.node_names()))
+
     # ---- one kind -----------------------------------------------------------------------
 
     def _run(self, kind: str) -> None:
@@ -142,6 +154,7 @@ class ClusterSync:
                 items = doc.get("items") or []
                 replace_all(items)
                 self._synced[kind].set()
+                self._freeze_once()
                 version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
                 log.info(
                     "event=listed kind=%s count=%d resource_version=%s", kind, len(items), version
