@@ -61,6 +61,8 @@ test: lint typecheck unit
 bench: install
 	$(BIN)/python bench/placement.py
 	$(BIN)/python bench/limiter_overhead.py
+	$(BIN)/python bench/deviceplugin.py
+	$(BIN)/python bench/scorer.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

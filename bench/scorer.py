@@ -9,9 +9,9 @@ idle, held whole, or carries 1-3 slices (random, seeded), and NICs carry 0-3 pod
   4 GPUs + 4 NICs `restricted`), each filtered, prioritized and bound to its best node, as
   kube-scheduler would: p50/p99 of filter + prioritize, and pods bound per second.
 - Both request forms: names only (`nodeCacheCapable: true`) at every N, and full Node objects
-  (`nodeCacheCapable: false`) at the smallest N.
+  (`nodeCacheCapable: false`), a few pods at each N (each request carries every Node).
 
-Run: .venv/bin/python bench/scorer.py [--nodes 1000 5000] [--pods 300] [--object-pods 20]
+Run: .venv/bin/python bench/scorer.py [--nodes 1000 5000] [--pods 300] [--object-pods 10]
 """
 
 from __future__ import annotations
@@ -194,8 +194,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     print(f"gpulet scorer benchmark  python {platform.python_version()}  {platform.machine()}")
-    for i, n in enumerate(sorted(args.nodes)):
-        run(n, args.pods, args.object_pods if i == 0 else 0, args.seed)
+    for n in sorted(args.nodes):
+        run(n, args.pods, args.object_pods, args.seed)
 
 
 if __name__ == "__main__":
