@@ -40,6 +40,9 @@ class NodeInfo:
     placer: Placer | None
     capacity: Capacity
     problem: str | None = None
+    #: What decides whether a request fits the node empty (devices, memory, NUMA, PCIe
+    #: placement, port state; not UUIDs): nodes of one hardware model share it.
+    shape: object = None
 
 
 @dataclass
@@ -160,7 +163,11 @@ class ClusterView:
         except (DocumentError, ValueError) as e:
             problem = f"its {TOPOLOGY_ANNOTATION} annotation cannot be read: {e}"
             return NodeInfo(name, None, None, self._capacity, problem)
-        return NodeInfo(name, topo, Placer(topo, self._capacity), self._capacity)
+        shape = (
+            tuple((g.index, g.memory_mib, g.mig, g.numa, g.location) for g in topo.gpus),
+            tuple((n.key, n.active, n.numa, n.location) for n in topo.nics),
+        )
+        return NodeInfo(name, topo, Placer(topo, self._capacity), self._capacity, None, shape)
 
     # ---- pods --------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpulet.api.assignment import ANNOTATION, dump_assignment
-from scorer.cluster import ClusterView, NodeInfo
+from scorer.cluster import ClusterView
 from scorer.decide import Decision, Refusal, decide
 from scorer.placement import NodeState
 from scorer.podspec import PodAsk, PodSpecError, pod_ask
@@ -73,9 +73,9 @@ class Extender:
         self.view = view
         self.api = api
         #: Per pod shape (`PodAsk.key`), per node: the decision and the node generation it
-        #: was made at; and whether the pod would fit the node empty, for the node info.
+        #: was made at; and per hardware shape, whether the pod could never fit.
         self._decisions: dict[object, dict[str, tuple[int, Decision | Refusal]]] = {}
-        self._empty: dict[object, dict[str, tuple[NodeInfo, bool]]] = {}
+        self._empty: dict[object, dict[object, bool]] = {}
         #: The pods seen in filter and prioritize, for a standalone bind (which names only).
         self._asks: dict[str, PodAsk] = {}
         self._bind_lock = threading.Lock()
@@ -295,7 +295,8 @@ class Extender:
         return out
 
     def _never_fits(self, name: str, ask: PodAsk) -> bool:
-        """Whether the pod would not fit even on the node empty (preemption cannot help)."""
+        """Whether the pod would not fit even on the node empty (preemption cannot help).
+        Known per hardware shape: one decision serves every node of a model."""
         info = self.view.node(name)
         if info is None or info.placer is None:
             return True
@@ -304,10 +305,10 @@ class Extender:
             if len(self._empty) > _SHAPES:
                 self._empty.clear()
             known = self._empty[ask.key] = {}
-        kept = known.get(name)
-        if kept is None or kept[0] is not info:
-            kept = known[name] = (info, isinstance(decide(info, NodeState(), ask), Refusal))
-        return kept[1]
+        never = known.get(info.shape)
+        if never is None:
+            never = known[info.shape] = isinstance(decide(info, NodeState(), ask), Refusal)
+        return never
 
 
 class BindFailed(Exception):
