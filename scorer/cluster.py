@@ -41,8 +41,8 @@ class NodeInfo:
     capacity: Capacity
     problem: str | None = None
     #: What decides whether a request fits the node empty (devices, memory, NUMA, PCIe
-    #: placement, port state; not UUIDs): nodes of one hardware model share it.
-    shape: object = None
+    #: placement, port state; not UUIDs), as a number: nodes of one hardware model share it.
+    shape: int = -1
 
 
 @dataclass
@@ -82,6 +82,7 @@ class ClusterView:
         #: (deadline, uid) of assumptions, soonest first; stale entries are skipped.
         self._deadlines: list[tuple[float, str]] = []
         self._generation = 0
+        self._shapes: dict[object, int] = {}
 
     # ---- nodes -------------------------------------------------------------------------
 
@@ -163,10 +164,11 @@ class ClusterView:
         except (DocumentError, ValueError) as e:
             problem = f"its {TOPOLOGY_ANNOTATION} annotation cannot be read: {e}"
             return NodeInfo(name, None, None, self._capacity, problem)
-        shape = (
+        hardware = (
             tuple((g.index, g.memory_mib, g.mig, g.numa, g.location) for g in topo.gpus),
             tuple((n.key, n.active, n.numa, n.location) for n in topo.nics),
         )
+        shape = self._shapes.setdefault(hardware, len(self._shapes))
         return NodeInfo(name, topo, Placer(topo, self._capacity), self._capacity, None, shape)
 
     # ---- pods --------------------------------------------------------------------------

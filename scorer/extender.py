@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,7 +75,7 @@ class Extender:
         #: Per pod shape (`PodAsk.key`), per node: the decision and the node generation it
         #: was made at; and per hardware shape, whether the pod could never fit.
         self._decisions: dict[object, dict[str, tuple[int, Decision | Refusal]]] = {}
-        self._empty: dict[object, dict[object, bool]] = {}
+        self._empty: dict[object, dict[int, bool]] = {}
         #: The pods seen in filter and prioritize, for a standalone bind (which names only).
         self._asks: dict[str, PodAsk] = {}
         self._bind_lock = threading.Lock()
@@ -96,10 +96,11 @@ class Extender:
         except PodSpecError as e:
             unresolvable = dict.fromkeys(nodes.names, str(e))
             return self._filter_answer(nodes, [], failed, unresolvable)
+        never = self._never_fits(ask)
         for name, result in self._decide_all(nodes.names, ask):
             if isinstance(result, Decision):
                 passed.append(name)
-            elif self._never_fits(name, ask):
+            elif never(name):
                 unresolvable[name] = result.reason
             else:
                 failed[name] = result.reason
@@ -294,20 +295,25 @@ class Extender:
             out.append((name, result))
         return out
 
-    def _never_fits(self, name: str, ask: PodAsk) -> bool:
-        """Whether the pod would not fit even on the node empty (preemption cannot help).
+    def _never_fits(self, ask: PodAsk) -> Callable[[str], bool]:
+        """Whether the pod would not fit a node even empty (preemption cannot help there).
         Known per hardware shape: one decision serves every node of a model."""
-        info = self.view.node(name)
-        if info is None or info.placer is None:
-            return True
         known = self._empty.get(ask.key)
         if known is None:
             if len(self._empty) > _SHAPES:
                 self._empty.clear()
             known = self._empty[ask.key] = {}
-        never = known.get(info.shape)
-        if never is None:
-            never = known[info.shape] = isinstance(decide(info, NodeState(), ask), Refusal)
+        table = known
+
+        def never(name: str) -> bool:
+            info = self.view.node(name)
+            if info is None or info.placer is None:
+                return True
+            found = table.get(info.shape)
+            if found is None:
+                found = table[info.shape] = isinstance(decide(info, NodeState(), ask), Refusal)
+            return found
+
         return never
 
 
