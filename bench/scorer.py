@@ -34,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.objects, tests.nodes
 
 from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
+from scorer.app import tune_gc
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from scorer.server import ExtenderServer
@@ -79,11 +80,12 @@ def build_cluster(n: int, seed: int) -> tuple[ClusterView, list[dict[str, Any]]]
 
 def serve(n: int, seed: int, conn: Connection) -> None:
     """The extender's process: build the cluster, freeze it out of GC (as the extender does
-    once synced), serve until told to stop."""
+    once synced), tune the collector as the extender does, serve until told to stop."""
     view, _ = build_cluster(n, seed)
     server = ExtenderServer(Extender(view), "127.0.0.1", 0)
     gc.collect()
     gc.freeze()
+    tune_gc()  # as Scorer.start does
     server.start()
     conn.send(server.port)
     conn.recv()

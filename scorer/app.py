@@ -3,6 +3,7 @@ the sync with the API server and the API bind needs."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 from kubernetes import client
@@ -21,6 +22,7 @@ class Scorer:
     sync: ClusterSync | None
 
     def start(self) -> None:
+        tune_gc()
         if self.sync is not None:
             self.sync.start()
         self.server.start()
@@ -29,6 +31,16 @@ class Scorer:
         self.server.stop()
         if self.sync is not None:
             self.sync.stop()
+
+
+def tune_gc() -> None:
+    """Fewer, smaller collections. The extender keeps a decision per node and pod shape
+    (tens of thousands of objects at 5,000 nodes); with the default thresholds the collector
+    walked them all every few requests, 100-150 ms each time, in the middle of a filter.
+    Young collections every 10,000 allocations, the middle generation kept small (5), and a
+    full collection only after 1,000 of those (bench/scorer.py: p99 at 5,000 nodes 190 -> 48
+    ms in process)."""
+    gc.set_threshold(10_000, 5, 1_000)
 
 
 def build(config: ScorerConfig, kube: client.Configuration | None) -> Scorer:
