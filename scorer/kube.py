@@ -1,28 +1,23 @@
 """The extender's link to the API server, through the official `kubernetes` client:
-`ClusterSync` keeps a `ClusterView` in step with nodes and bound pods (list, then watch from
-the list's resourceVersion; list again when the watch expires or breaks), and `KubePodApi` is
-what bind needs (read a pod, annotate it with a precondition, create its Binding).
-
-Objects are read as raw JSON (`_preload_content=False`): the view needs a few fields, and
-building the client's model objects for thousands of pods would cost more than the rest.
+`ClusterSync` keeps a `ClusterView` in step with nodes and bound pods (`gpulet.kube.Reflector`:
+list, watch, list again), and `KubePodApi` is what bind needs (read a pod, annotate it with a
+precondition, create its Binding). Objects are read as raw JSON (`_preload_content=False`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
-import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION
+from gpulet.kube.reflector import Reflector
 from scorer.cluster import ClusterView
 from scorer.extender import ApiConflict, ApiNotFound
 
@@ -86,7 +81,8 @@ def _status_message(e: ApiException) -> str:
 
 
 class ClusterSync:
-    """Keeps `view` in step with the API server from two background threads."""
+    """Keeps `view` in step with the API server: one `Reflector` for nodes, one for bound
+    pods."""
 
     def __init__(
         self,
@@ -96,43 +92,48 @@ class ClusterSync:
         watch_timeout_s: int = 300,
         retry_s: float = 1.0,
     ) -> None:
-        self._core = core
         self._view = view
-        self._watch_timeout = watch_timeout_s
-        self._retry = retry_s
-        self._stop = threading.Event()
-        self._synced = {"nodes": threading.Event(), "pods": threading.Event()}
-        self._threads: list[threading.Thread] = []
-        self._open: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._frozen = False
 
+        def list_bound_pods(**kwargs: Any) -> Any:
+            return core.list_pod_for_all_namespaces(field_selector=_BOUND, **kwargs)
+
+        self.reflectors = [
+            Reflector(
+                "nodes",
+                core.list_node,
+                self._replace_nodes,
+                self._apply_node,
+                watch_timeout_s=watch_timeout_s,
+                retry_s=retry_s,
+                on_synced=self._freeze_once,
+            ),
+            Reflector(
+                "pods",
+                list_bound_pods,
+                self._replace_pods,
+                self._apply_pod,
+                watch_timeout_s=watch_timeout_s,
+                retry_s=retry_s,
+                on_synced=self._freeze_once,
+            ),
+        ]
+
     def start(self) -> None:
-        for kind in ("nodes", "pods"):
-            thread = threading.Thread(target=self._run, args=(kind,), name=f"gpulet-sync-{kind}")
-            thread.daemon = True
-            thread.start()
-            self._threads.append(thread)
+        for reflector in self.reflectors:
+            reflector.start()
 
     def ready(self) -> bool:
         """Whether both lists have been read once (what /healthz reports)."""
-        return all(e.is_set() for e in self._synced.values())
+        return all(r.synced.is_set() for r in self.reflectors)
 
     def wait_ready(self, timeout: float) -> bool:
-        return all(e.wait(timeout) for e in self._synced.values())
+        return all(r.synced.wait(timeout) for r in self.reflectors)
 
     def stop(self) -> None:
-        self._stop.set()
-        with self._lock:
-            for resp in self._open.values():
-                # Not resp.close(): that waits for the lock of the thread reading it.
-                # Shutting the socket down ends that read at once.
-                sock = getattr(getattr(resp, "connection", None), "sock", None)
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
-            thread.join(timeout=5)
+        for reflector in self.reflectors:
+            reflector.stop()
 
     def _freeze_once(self) -> None:
         """Once both lists are in, move what they built out of the collector's sight: full
@@ -144,106 +145,38 @@ class ClusterSync:
                 gc.freeze()
                 log.info("event=synced nodes=%d", len(self._view.node_names()))
 
-    # ---- one kind -----------------------------------------------------------------------
+    # ---- nodes --------------------------------------------------------------------------
 
-    def _run(self, kind: str) -> None:
-        list_call, apply, replace_all = self._calls(kind)
-        while not self._stop.is_set():
-            try:
-                doc = json.loads(list_call(_preload_content=False).data)
-                items = doc.get("items") or []
-                replace_all(items)
-                self._synced[kind].set()
-                self._freeze_once()
-                version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
-                log.info(
-                    "event=listed kind=%s count=%d resource_version=%s", kind, len(items), version
-                )
-                self._watch(kind, list_call, apply, version)
-            except Exception as e:
-                if self._stop.is_set():
-                    return
-                log.warning("event=sync-error kind=%s error=%r", kind, str(e)[:300])
-                self._stop.wait(self._retry)
+    def _apply_node(self, event: str, node: Mapping[str, Any]) -> None:
+        name = (node.get("metadata") or {}).get("name")
+        if event == "DELETED" and isinstance(name, str):
+            self._view.remove_node(name)
+        else:
+            self._view.set_node_object(node)
 
-    def _watch(
-        self,
-        kind: str,
-        call: Callable[..., Any],
-        apply: Callable[[str, Mapping[str, Any]], None],
-        version: str,
-    ) -> None:
-        """Apply events from `version` on until the stream ends for good (then list again)."""
-        while not self._stop.is_set():
-            resp = call(
-                watch=True,
-                resource_version=version,
-                timeout_seconds=self._watch_timeout,
-                allow_watch_bookmarks=True,
-                _preload_content=False,
-            )
-            with self._lock:
-                self._open[kind] = resp
-            try:
-                for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
-                    event = json.loads(line)
-                    kind_of_event, obj = event.get("type"), event.get("object") or {}
-                    if kind_of_event == "ERROR":
-                        log.info("event=watch-expired kind=%s message=%r", kind, obj.get("message"))
-                        return  # 410 Gone, or another error: list again
-                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                    if kind_of_event != "BOOKMARK":
-                        apply(kind_of_event, obj)
-            finally:
-                with self._lock:
-                    self._open.pop(kind, None)
-                resp.release_conn()
+    def _replace_nodes(self, nodes: Sequence[Mapping[str, Any]]) -> None:
+        names = {self._view.set_node_object(n) for n in nodes}
+        for gone in set(self._view.node_names()) - names:
+            self._view.remove_node(gone)
 
-    def _calls(
-        self, kind: str
-    ) -> tuple[
-        Callable[..., Any],
-        Callable[[str, Mapping[str, Any]], None],
-        Callable[[Iterable[Mapping[str, Any]]], None],
-    ]:
-        view = self._view
-        if kind == "nodes":
+    # ---- pods ---------------------------------------------------------------------------
 
-            def apply_node(event: str, node: Mapping[str, Any]) -> None:
-                name = (node.get("metadata") or {}).get("name")
-                if event == "DELETED" and isinstance(name, str):
-                    view.remove_node(name)
-                else:
-                    view.set_node_object(node)
+    def _apply_pod(self, event: str, pod: Mapping[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        phase = (pod.get("status") or {}).get("phase")
+        if event == "DELETED" or phase in _FINISHED:
+            self._view.remove_pod(uid)
+            return
+        node = (pod.get("spec") or {}).get("nodeName") or None
+        text = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
+        self._view.set_pod(uid, node, text if isinstance(text, str) else None)
 
-            def replace_nodes(nodes: Iterable[Mapping[str, Any]]) -> None:
-                names = {view.set_node_object(n) for n in nodes}
-                for gone in set(view.node_names()) - names:
-                    view.remove_node(gone)
-
-            return self._core.list_node, apply_node, replace_nodes
-
-        def apply_pod(event: str, pod: Mapping[str, Any]) -> None:
-            meta = pod.get("metadata") or {}
-            uid = str(meta.get("uid") or "")
-            phase = (pod.get("status") or {}).get("phase")
-            if event == "DELETED" or phase in _FINISHED:
-                view.remove_pod(uid)
-                return
-            node = (pod.get("spec") or {}).get("nodeName") or None
-            text = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
-            view.set_pod(uid, node, text if isinstance(text, str) else None)
-
-        def replace_pods(pods: Iterable[Mapping[str, Any]]) -> None:
-            seen = set()
-            for pod in pods:
-                seen.add(str((pod.get("metadata") or {}).get("uid") or ""))
-                apply_pod("ADDED", pod)
-            for uid, _, assumed in list(view.pods()):
-                if uid not in seen and not assumed:
-                    view.remove_pod(uid)
-
-        def list_pods(**kwargs: Any) -> Any:
-            return self._core.list_pod_for_all_namespaces(field_selector=_BOUND, **kwargs)
-
-        return list_pods, apply_pod, replace_pods
+    def _replace_pods(self, pods: Sequence[Mapping[str, Any]]) -> None:
+        seen = set()
+        for pod in pods:
+            seen.add(str((pod.get("metadata") or {}).get("uid") or ""))
+            self._apply_pod("ADDED", pod)
+        for uid, _, assumed in list(self._view.pods()):
+            if uid not in seen and not assumed:
+                self._view.remove_pod(uid)

@@ -236,7 +236,8 @@ def test_healthz_waits_for_the_first_lists(api: ApiServerStandIn) -> None:
     api.fail_next("GET", r"^/api/v1/nodes", 500, times=2)
     scorer = build(ScorerConfig(host="127.0.0.1", port=0), api.configuration())
     assert scorer.sync is not None
-    scorer.sync._retry = 0.2
+    for reflector in scorer.sync.reflectors:
+        reflector.retry_s = 0.2  # quicker retries than in production
     scorer.start()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", scorer.server.port, timeout=10)
