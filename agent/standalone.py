@@ -18,6 +18,7 @@ import grpc
 from deviceplugin import ids
 from deviceplugin.api import podresources_v1_pb2 as podres
 from deviceplugin.api import podresources_v1_pb2_grpc as podres_grpc
+from deviceplugin.assignment import PodSource
 from deviceplugin.core import DevicePluginCore
 from deviceplugin.grants import GpuShare, Grant
 from deviceplugin.health import PortStates, XidSource
@@ -106,9 +107,10 @@ def load_ledger(path: Path) -> Ledger:
         return Ledger()
 
 
-def build(spec: Standalone) -> DevicePluginCore:
+def build(spec: Standalone, pods: PodSource | None = None) -> DevicePluginCore:
     """The core, with the checkpoint's grants, checked against what kubelet reports: grants
-    of containers that are gone are dropped, holdings the checkpoint lost are adopted."""
+    of containers that are gone are dropped, holdings the checkpoint lost are adopted.
+    `pods`: follow the extender's assignments of these pods (else whole GPUs, standalone)."""
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = spec.state_dir / CHECKPOINT
     ledger = load_ledger(checkpoint)
@@ -121,7 +123,7 @@ def build(spec: Standalone) -> DevicePluginCore:
         adopted = adopt(ledger, spec.topo, listed)
         if adopted:
             log.warning("event=adopted grants=%d reason=not-in-checkpoint", adopted)
-    core = DevicePluginCore(spec.topo, spec.config, ledger, pods=None, checkpoint=checkpoint)
+    core = DevicePluginCore(spec.topo, spec.config, ledger, pods=pods, checkpoint=checkpoint)
     if listed is not None:
         live: dict[str, set[str]] = {}
         for held in listed:

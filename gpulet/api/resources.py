@@ -20,6 +20,8 @@ ASSIGNMENT_ANNOTATION = "gpulet.io/assignment"
 TOPOLOGY_POLICY_ANNOTATION = "gpulet.io/topology-policy"
 GPU_POLICY_ANNOTATION = "gpulet.io/gpu-policy"
 NUMA_PIN_ANNOTATION = "gpulet.io/numa-pin"
+#: When the agent last published its node (RFC 3339, UTC); a stale one means the agent is gone.
+HEARTBEAT_ANNOTATION = "gpulet.io/heartbeat"
 
 
 class UnknownResourceError(ValueError):

@@ -1,0 +1,230 @@
+"""The agent's link to the API server: publishing its node (`NodePublisher`) and the pods
+bound to it (`ApiPodSource`, the device plugin's `PodSource`), both through the official
+`kubernetes` client."""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kubernetes import client
+
+from deviceplugin.assignment import ContainerRequest, PendingPod
+from gpulet.api.resources import (
+    ASSIGNMENT_ANNOTATION,
+    GPU_RESOURCE,
+    HEARTBEAT_ANNOTATION,
+    RDMA_RESOURCE,
+    TOPOLOGY_ANNOTATION,
+)
+from gpulet.kube.reflector import Reflector
+
+log = logging.getLogger("gpulet.agent")
+
+#: Phases after which a pod holds no device.
+_FINISHED = frozenset({"Succeeded", "Failed"})
+
+
+def _stamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+
+
+class NodePublisher:
+    """Puts the topology document on this agent's Node (`gpulet.io/topology`), with a
+    heartbeat (`gpulet.io/heartbeat`) renewed every `heartbeat_s`; the document again
+    whenever `set_topology` changes it."""
+
+    def __init__(
+        self,
+        core: client.CoreV1Api,
+        node: str,
+        topology_text: str,
+        *,
+        heartbeat_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._core = core
+        self._node = node
+        self._text = topology_text
+        self._published: str | None = None
+        self._heartbeat = heartbeat_s
+        self._clock = clock
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def set_topology(self, text: str) -> None:
+        if text != self._text:
+            self._text = text
+            self._wake.set()
+
+    def publish(self) -> None:
+        """One patch of the Node: the heartbeat, and the document when it changed."""
+        annotations = {HEARTBEAT_ANNOTATION: _stamp(self._clock())}
+        text = self._text
+        if text != self._published:
+            annotations[TOPOLOGY_ANNOTATION] = text
+        self._core.patch_node(
+            self._node, {"metadata": {"annotations": annotations}}, _preload_content=False
+        )
+        if text != self._published:
+            log.info("event=published node=%s bytes=%d", self._node, len(text))
+            self._published = text
+
+    def start(self) -> None:
+        self.publish()  # the first one in the caller's thread: an error there is fatal
+        self._thread = threading.Thread(target=self._run, name="gpulet-publish", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._heartbeat)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.publish()
+            except Exception as e:
+                log.warning("event=publish-failed node=%s error=%r", self._node, str(e)[:300])
+
+
+class ApiPodSource:
+    """The pods bound to this node, from a watch. `pending_pods` (the device plugin's
+    `PodSource`) lists those still Pending that ask for a gpulet resource; `on_gone(uid)` is
+    called once when a pod that was seen is deleted or finishes, so its devices, region and
+    checkpoint entries can be freed."""
+
+    def __init__(
+        self,
+        core: client.CoreV1Api,
+        node: str,
+        *,
+        on_gone: Callable[[str], None] = lambda uid: None,
+        watch_timeout_s: int = 300,
+    ) -> None:
+        self._node = node
+        self._on_gone = on_gone
+        self._lock = threading.Lock()
+        self._pods: dict[str, Mapping[str, Any]] = {}
+
+        def list_mine(**kwargs: Any) -> Any:
+            return core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node}", **kwargs
+            )
+
+        self.reflector = Reflector(
+            "pods-on-node", list_mine, self._replace, self._apply, watch_timeout_s=watch_timeout_s
+        )
+
+    def start(self) -> None:
+        self.reflector.start()
+
+    def stop(self) -> None:
+        self.reflector.stop()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.reflector.synced.wait(timeout)
+
+    def pod(self, uid: str) -> Mapping[str, Any] | None:
+        with self._lock:
+            return self._pods.get(uid)
+
+    def pending_pods(self) -> Sequence[PendingPod]:
+        with self._lock:
+            pods = list(self._pods.values())
+        out = []
+        for pod in pods:
+            pending = _pending(pod, self._node)
+            if pending is not None:
+                out.append(pending)
+        return tuple(out)
+
+    def _apply(self, event: str, pod: Mapping[str, Any]) -> None:
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        phase = (pod.get("status") or {}).get("phase")
+        if event == "DELETED" or phase in _FINISHED:
+            with self._lock:
+                seen = self._pods.pop(uid, None) is not None
+            if seen or phase in _FINISHED:
+                self._gone(uid)
+            return
+        with self._lock:
+            self._pods[uid] = pod
+
+    def _replace(self, pods: Sequence[Mapping[str, Any]]) -> None:
+        listed: dict[str, Mapping[str, Any]] = {}
+        for pod in pods:
+            uid = str((pod.get("metadata") or {}).get("uid") or "")
+            if (pod.get("status") or {}).get("phase") not in _FINISHED:
+                listed[uid] = pod
+        with self._lock:
+            gone = set(self._pods) - set(listed)
+            self._pods = listed
+        for uid in gone:
+            self._gone(uid)
+
+    def _gone(self, uid: str) -> None:
+        try:
+            self._on_gone(uid)
+        except Exception as e:
+            log.warning("event=cleanup-failed pod_uid=%s error=%r", uid, str(e))
+
+
+def _pending(pod: Mapping[str, Any], node: str) -> PendingPod | None:
+    """The pod as the device plugin's matching sees it, or None when it is not pending or
+    asks for no gpulet device."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    if (pod.get("status") or {}).get("phase", "Pending") != "Pending":
+        return None
+    containers = []
+    for field in ("initContainers", "containers"):
+        for c in spec.get(field) or []:
+            containers.append(
+                ContainerRequest(
+                    str(c.get("name") or ""), _count(c, GPU_RESOURCE), _count(c, RDMA_RESOURCE)
+                )
+            )
+    if not any(c.gpus or c.rdma for c in containers):
+        return None
+    text = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
+    return PendingPod(
+        uid=str(meta.get("uid") or ""),
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        node=node,
+        created=_seconds(meta.get("creationTimestamp")),
+        containers=tuple(containers),
+        assignment_text=text if isinstance(text, str) else None,
+    )
+
+
+def _count(container: Mapping[str, Any], resource: str) -> int:
+    resources = container.get("resources") or {}
+    raw = (resources.get("limits") or {}).get(resource)
+    if raw is None:
+        raw = (resources.get("requests") or {}).get(resource)
+    try:
+        return max(0, int(str(raw))) if raw is not None else 0
+    except ValueError:
+        return 0  # kubelet would not admit it either
+
+
+def _seconds(stamp: object) -> float:
+    """RFC 3339 (`2026-11-23T10:00:00Z`, as the API writes creationTimestamp) to epoch."""
+    if not isinstance(stamp, str):
+        return 0.0
+    try:
+        return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return 0.0

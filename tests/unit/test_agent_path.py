@@ -1,0 +1,167 @@
+"""One pod's whole path, on a simulated node with everything real but the cluster: the agent
+publishes its node on the API server (stand-in), the extender (watching it) places the pod and
+binds it, kubelet (stand-in) admits it and calls the agent's Allocate, which follows the
+assignment and writes the container's limits; the pod deleted, all of it goes away."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from agent.discovery import discover
+from agent.discovery.netlink import SysfsLinkState
+from agent.node_agent import NodeAgent, start
+from agent.simulate import open_simulated
+from agent.standalone import CHECKPOINT, Standalone
+from deviceplugin.ledger import Ledger
+from deviceplugin.resources import GPU_RESOURCE, PluginConfig
+from gpulet.api.assignment import parse_assignment
+from gpulet.topology.document import loads
+from native.region import read_limits
+from scorer.app import Scorer, build
+from scorer.config import ScorerConfig
+from tests.apiserver import ApiServerStandIn
+from tests.kubelet import KubeletStandIn, PodRef
+from tests.objects import container, pod_object
+
+NODE = "gpu-a"
+
+
+@dataclass
+class Cluster:
+    api: ApiServerStandIn
+    kubelet: KubeletStandIn
+    agent: NodeAgent
+    scorer: Scorer
+    state: Path
+
+
+def wait_for(what: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    short = Path(tempfile.mkdtemp(prefix="gp"))  # unix socket paths must stay short
+    sim = open_simulated("dgx-h100")
+    topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
+    lib = short / "libgpulet-limiter.so"
+    lib.touch()
+    preload = short / "ld.so.preload"
+    preload.write_text(f"{lib}\n")
+    with ApiServerStandIn() as api:
+        api.create_node({"metadata": {"name": NODE}, "spec": {}, "status": {}})
+        kubelet = KubeletStandIn(short / "dp", short / "pr", dial_timeout=2.0)
+        kubelet.start()
+        core_api = client.CoreV1Api(client.ApiClient(api.configuration()))
+        spec = Standalone(
+            topo=topo,
+            plugin_dir=kubelet.plugin_dir,
+            state_dir=short / "state",
+            config=PluginConfig(
+                node_name=NODE,
+                region_root=short / "regions",
+                limiter_host_path=lib,
+                preload_host_path=preload,
+            ),
+            pod_resources_socket=kubelet.pod_resources_socket,
+        )
+        agent = start(spec, core_api, None, None, heartbeat_s=0.2)
+        scorer = build(
+            ScorerConfig(host="127.0.0.1", port=0, watch_timeout_s=5), api.configuration()
+        )
+        scorer.start()
+        try:
+            assert scorer.sync is not None and scorer.sync.wait_ready(10)
+            assert kubelet.wait_for(lambda v: bool(v.devices(GPU_RESOURCE)), timeout=5)
+            yield Cluster(api, kubelet, agent, scorer, short / "state")
+        finally:
+            scorer.stop()
+            agent.stop()
+            kubelet.stop()
+            shutil.rmtree(short, ignore_errors=True)
+
+
+def post(scorer: Scorer, verb: str, body: Any) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", scorer.server.port, timeout=10)
+    conn.request(
+        "POST", f"/{verb}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    answer = json.loads(conn.getresponse().read())
+    conn.close()
+    return answer
+
+
+def schedule(c: Cluster, pod: dict[str, Any]) -> dict[str, Any]:
+    """kube-scheduler's part: filter, prioritize, bind (the extender writes the assignment)."""
+    stored = c.api.create_pod(pod)
+    passed = post(c.scorer, "filter", {"Pod": stored, "NodeNames": [NODE]})
+    assert passed["NodeNames"] == [NODE], passed
+    post(c.scorer, "prioritize", {"Pod": stored, "NodeNames": [NODE]})
+    meta = stored["metadata"]
+    args = {"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"], "Node": NODE}
+    assert post(c.scorer, "bind", args) == {"Error": ""}
+    bound = c.api.get_pod("default", meta["name"])
+    assert bound is not None
+    return bound
+
+
+def test_the_node_is_published_with_a_heartbeat(cluster: Cluster) -> None:
+    node = cluster.api.get_node(NODE)
+    assert node is not None
+    annotations = node["metadata"]["annotations"]
+    assert loads(annotations["gpulet.io/topology"]).node == NODE
+    first = annotations["gpulet.io/heartbeat"]
+    assert first.endswith("Z")
+    assert cluster.scorer.server.extender.view.node(NODE) is not None  # the extender saw it
+
+
+def test_a_slice_from_the_extender_to_the_container(cluster: Cluster) -> None:
+    pod = schedule(cluster, pod_object("infer", container("main", gpus=1, core=30, memory=8192)))
+    (main,) = parse_assignment(pod["metadata"]["annotations"]["gpulet.io/assignment"]).containers
+    (share,) = main.gpus
+    assert (share.core, share.memory_mib, share.exclusive) == (30, 8192, False)
+    # kubelet admits the pod: the agent must see it first (its watch), then Allocate follows it.
+    uid = pod["metadata"]["uid"]
+    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
+    ref = PodRef(uid=uid, namespace="default", name="infer")
+    response = cluster.kubelet.allocate(ref, "main", GPU_RESOURCE, 1)
+    (answer,) = response.container_responses
+    assert answer.envs["NVIDIA_VISIBLE_DEVICES"] == share.uuid
+    region = next(m.host_path for m in answer.mounts if m.container_path == "/run/gpulet")
+    limits = read_limits(Path(region) / "limits")
+    assert [(d.uuid, d.memory_mib, d.core_percent) for d in limits.devices] == [(share.uuid, 8192, 30)]
+    assert Ledger.load(cluster.state / CHECKPOINT).grants()
+    # Deleted: the agent frees the grant and the region, the extender the slice.
+    cluster.api.delete_pod("default", "infer")
+    wait_for(lambda: not Path(region).exists())
+    wait_for(lambda: not Ledger.load(cluster.state / CHECKPOINT).grants())
+    wait_for(lambda: not list(cluster.scorer.server.extender.view.pods()))
+
+
+def test_a_finished_pod_is_released_too(cluster: Cluster) -> None:
+    pod = schedule(cluster, pod_object("job", container("main", gpus=2)))
+    uid = pod["metadata"]["uid"]
+    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
+    cluster.kubelet.allocate(
+        PodRef(uid=uid, namespace="default", name="job"), "main", GPU_RESOURCE, 2
+    )
+    assert len(cluster.agent.core.grants()) == 1
+    done = cluster.api.get_pod("default", "job")
+    assert done is not None
+    done["status"]["phase"] = "Succeeded"
+    cluster.api.update_pod(done)
+    wait_for(lambda: not cluster.agent.core.grants())
