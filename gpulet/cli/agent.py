@@ -1,4 +1,4 @@
-"""`gpulet agent run`: the node agent. For now the device plugins alone (`--standalone`)."""
+"""`gpulet agent run`: the node agent, with the Kubernetes API or (`--standalone`) without."""
 
 from __future__ import annotations
 
@@ -6,27 +6,32 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import click
+from kubernetes import client
 
+from agent import node_agent
 from agent.discovery import discover
 from agent.discovery.netlink import NetlinkLinkState, SysfsLinkState
 from agent.discovery.pynvml_backend import PynvmlBackend
 from agent.health import FileXidSource, NvmlXidSource, SysfsPortStates
 from agent.health import xid_file as simulated_xid_file
+from agent.library import install_limiter
 from agent.simulate import open_simulated
 from agent.standalone import Standalone, start
 from deviceplugin.health import PortStates, XidSource
 from deviceplugin.resources import PluginConfig
-from gpulet.cli.common import simulate_option, user_errors
+from gpulet.cli.common import kube_configuration, simulate_option, user_errors
 from native import LibraryMissingError, library_path
 
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 DEFAULT_STATE_DIR = "/var/lib/gpulet"
 #: Regions are shared memory: on tmpfs they cost no disk I/O (docs/deviceplugin.md).
 DEFAULT_REGION_ROOT = "/run/gpulet/containers"
+DEFAULT_LIBRARY_DIR = "/var/lib/gpulet/lib"
 
 
 @click.group()
@@ -75,6 +80,31 @@ def agent() -> None:
     is_flag=True,
     help="No Kubernetes API: whole GPUs only, chosen by the placement engine.",
 )
+@click.option(
+    "--node-name",
+    envvar="NODE_NAME",
+    help="This node's name in Kubernetes [default: $NODE_NAME, else the host name].",
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="kubeconfig to reach the API server [default: in-cluster, else ~/.kube/config].",
+)
+@click.option(
+    "--library-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_LIBRARY_DIR,
+    show_default=True,
+    help="Host directory the limiter library and its ld.so.preload are copied to, for "
+    "containers to mount (same path inside the agent's container and out).",
+)
+@click.option(
+    "--heartbeat-seconds",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="How often the agent renews gpulet.io/heartbeat on its Node.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
 @user_errors
 def run(
@@ -87,14 +117,18 @@ def run(
     rdma_slots: int,
     xid_file: Path | None,
     standalone: bool,
+    node_name: str | None,
+    kubeconfig: Path | None,
+    library_dir: Path,
+    heartbeat_seconds: float,
     log_level: str,
 ) -> None:
-    """Serve gpulet.io/gpu and gpulet.io/rdma to kubelet until SIGTERM or SIGINT."""
-    if not standalone:
-        raise click.UsageError(
-            "only --standalone is available so far: the agent's Kubernetes side "
-            "(publication, assignments, cleanup) is not built yet"
-        )
+    """Serve gpulet.io/gpu and gpulet.io/rdma to kubelet until SIGTERM or SIGINT.
+
+    With the Kubernetes API (the default), it publishes the node's topology, follows the
+    scheduler extender's assignments, and frees what a pod held when it ends. With
+    --standalone, containers get whole GPUs and nothing needs the API."""
+    kube = None if standalone else kube_configuration(kubeconfig)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
@@ -112,10 +146,18 @@ def run(
         topo = discover(Path("/sys"), PynvmlBackend(), NetlinkLinkState(), socket.gethostname())
         xids = NvmlXidSource(pynvml)
         ports = SysfsPortStates(Path("/sys"), topo, NetlinkLinkState())
+    limiter: Path | None = None
+    preload: Path | None = None
     try:
-        limiter: Path | None = library_path()
+        built = library_path()
     except LibraryMissingError:
-        limiter = None
+        if not standalone:
+            raise
+    else:
+        if standalone:
+            limiter = built
+        else:
+            limiter, preload = install_limiter(built, library_dir)
     spec = Standalone(
         topo=topo,
         plugin_dir=kubelet_dir,
@@ -123,14 +165,26 @@ def run(
         config=PluginConfig(
             gpu_slots=gpu_slots,
             rdma_slots=rdma_slots,
-            node_name=topo.node,
+            node_name=topo.node if standalone else (node_name or socket.gethostname()),
             region_root=region_root,
             limiter_host_path=limiter,
+            preload_host_path=preload,
         ),
         pod_resources_socket=(pod_resources_dir or kubelet_dir.parent / "pod-resources")
         / "kubelet.sock",
     )
-    manager = start(spec, xids, ports)
+    stop_agent: Callable[[], None]
+    if kube is None:
+        stop_agent = start(spec, xids, ports).stop
+    else:
+        api = client.CoreV1Api(client.ApiClient(kube))
+        agent = node_agent.start(spec, api, xids, ports, heartbeat_s=heartbeat_seconds)
+        stop_agent = agent.stop
+        click.echo(
+            f"gpulet agent: node {spec.config.node_name} published; following the "
+            "extender's assignments",
+            err=True,
+        )
     click.echo(
         f"gpulet agent: serving {len(topo.gpus)} GPUs x {gpu_slots} slots and "
         f"{len(topo.nics)} RDMA ports x {rdma_slots} slots to kubelet at {kubelet_dir}",
@@ -146,4 +200,4 @@ def run(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     done.wait()
-    manager.stop()
+    stop_agent()

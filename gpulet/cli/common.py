@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
+from kubernetes import client, config
 
 from agent.discovery import DiscoveryError, discover
 from agent.discovery.netlink import NetlinkLinkState, SysfsLinkState
@@ -72,3 +73,25 @@ def read_node(simulate: str | None) -> Topology:
 
 def print_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2))
+
+
+def kube_configuration(kubeconfig: Path | None) -> client.Configuration:
+    """In-cluster when running in a pod (and no --kubeconfig), else the kubeconfig file."""
+    configuration = client.Configuration()
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+            return configuration
+        except config.ConfigException:
+            pass
+    try:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig) if kubeconfig else None,
+            client_configuration=configuration,
+        )
+    except (config.ConfigException, OSError) as e:
+        message = f"cannot reach the API server: {e} (or pass --standalone)"
+        raise click.ClickException(message) from None
+    return configuration

@@ -9,9 +9,8 @@ from pathlib import Path
 from types import FrameType
 
 import click
-from kubernetes import client, config
 
-from gpulet.cli.common import user_errors
+from gpulet.cli.common import kube_configuration, user_errors
 from scorer.app import build
 from scorer.config import ScorerConfig, load_config
 
@@ -62,7 +61,7 @@ def serve(
     )
     settings = load_config(config_file) if config_file else ScorerConfig()
     settings = settings.overridden(host=host, port=port, gpu_slots=gpu_slots, rdma_slots=rdma_slots)
-    kube = None if standalone else _kube_configuration(kubeconfig)
+    kube = None if standalone else kube_configuration(kubeconfig)
     app = build(settings, kube)
     done = threading.Event()
 
@@ -79,25 +78,3 @@ def serve(
     )
     done.wait()
     app.stop()
-
-
-def _kube_configuration(kubeconfig: Path | None) -> client.Configuration:
-    """In-cluster when running in a pod (and no --kubeconfig), else the kubeconfig file."""
-    configuration = client.Configuration()
-    if kubeconfig is None:
-        try:
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-            return configuration
-        except config.ConfigException:
-            pass
-    try:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig) if kubeconfig else None,
-            client_configuration=configuration,
-        )
-    except (config.ConfigException, OSError) as e:
-        message = f"cannot reach the API server: {e} (or pass --standalone)"
-        raise click.ClickException(message) from None
-    return configuration

@@ -143,7 +143,8 @@ def test_a_slice_from_the_extender_to_the_container(cluster: Cluster) -> None:
     assert answer.envs["NVIDIA_VISIBLE_DEVICES"] == share.uuid
     region = next(m.host_path for m in answer.mounts if m.container_path == "/run/gpulet")
     limits = read_limits(Path(region) / "limits")
-    assert [(d.uuid, d.memory_mib, d.core_percent) for d in limits.devices] == [(share.uuid, 8192, 30)]
+    got = [(d.uuid, d.memory_mib, d.core_percent) for d in limits.devices]
+    assert got == [(share.uuid, 8192, 30)]
     assert Ledger.load(cluster.state / CHECKPOINT).grants()
     # Deleted: the agent frees the grant and the region, the extender the slice.
     cluster.api.delete_pod("default", "infer")

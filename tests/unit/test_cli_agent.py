@@ -1,8 +1,10 @@
-"""`gpulet agent run --standalone` as a process: it registers with a kubelet (the stand-in),
-serves allocations, and stops cleanly on SIGTERM."""
+"""`gpulet agent run` as a process: it registers with a kubelet (the stand-in), serves
+allocations, publishes its node when it has an API server (the stand-in), and stops cleanly
+on SIGTERM."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -16,6 +18,8 @@ from click.testing import CliRunner
 
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE
 from gpulet.cli import main
+from gpulet.topology.document import loads
+from tests.apiserver import ApiServerStandIn
 from tests.kubelet import KubeletStandIn, PodRef
 
 
@@ -67,10 +71,62 @@ def test_agent_run_serves_a_simulated_node_until_sigterm(short: Path) -> None:
         assert not (short / "dp" / "gpulet-gpu.sock").exists()
 
 
-def test_agent_run_without_standalone_says_what_is_missing() -> None:
-    result = CliRunner().invoke(main, ["agent", "run", "--simulate", "dgx-h100"])
-    assert result.exit_code == 2
-    assert "--standalone" in result.output
+def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -> None:
+    """Without --standalone: the node is published on the API server and the device
+    plugins serve kubelet; SIGTERM stops both."""
+    with ApiServerStandIn() as api, KubeletStandIn(short / "dp", short / "pr") as kubelet:
+        api.create_node({"metadata": {"name": "gpu-7"}, "spec": {}, "status": {}})
+        api.write_kubeconfig(short / "kubeconfig")
+        agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from gpulet.cli import main; main()",
+                "agent",
+                "run",
+                "--simulate",
+                "pcie-4gpu",
+                "--kubeconfig",
+                str(short / "kubeconfig"),
+                "--kubelet-dir",
+                str(short / "dp"),
+                "--state-dir",
+                str(short / "state"),
+                "--region-root",
+                str(short / "regions"),
+                "--library-dir",
+                str(short / "lib"),
+            ],
+            env={**os.environ, "NODE_NAME": "gpu-7"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert kubelet.wait_for(lambda v: bool(v.devices(GPU_RESOURCE)), timeout=20)
+            node = api.get_node("gpu-7")
+            assert node is not None
+            assert loads(node["metadata"]["annotations"]["gpulet.io/topology"]).node == "gpu-7"
+            assert (
+                (short / "lib" / "ld.so.preload")
+                .read_text()
+                .strip()
+                .endswith("libgpulet-limiter.so")
+            )
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            _, err = agent.communicate(timeout=20)
+        assert agent.returncode == 0, err
+        assert "node gpu-7 published" in err
+
+
+def test_agent_run_without_an_api_server_says_what_to_do(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("not: a kubeconfig\n")
+    result = CliRunner().invoke(
+        main, ["agent", "run", "--simulate", "dgx-h100", "--kubeconfig", str(kubeconfig)]
+    )
+    assert result.exit_code == 1
+    assert "cannot reach the API server" in result.output and "--standalone" in result.output
 
 
 def test_agent_run_with_an_unknown_node_is_one_line() -> None:
