@@ -31,15 +31,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.objects, tests.nodes
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # gpulet.sim.objects, tests.nodes
 
 from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
+from gpulet.sim.objects import container, node_object, pod_object
 from scorer.app import tune_gc
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from scorer.server import ExtenderServer
 from tests.nodes import shipped
-from tests.objects import container, node_object, pod_object
 
 SHAPES = {
     "slice 1 GPU 30% 8 GiB": lambda: [container(gpus=1, core=30, memory=8192)],

@@ -26,13 +26,13 @@ from agent.standalone import CHECKPOINT, Standalone
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, PluginConfig
 from gpulet.api.assignment import parse_assignment
+from gpulet.sim.apiserver import ApiServerStandIn
+from gpulet.sim.kubelet import KubeletStandIn, PodRef
+from gpulet.sim.objects import container, pod_object
 from gpulet.topology.document import loads
 from native.region import read_limits
 from scorer.app import Scorer, build
 from scorer.config import ScorerConfig
-from tests.apiserver import ApiServerStandIn
-from tests.kubelet import KubeletStandIn, PodRef
-from tests.objects import container, pod_object
 
 NODE = "gpu-a"
 

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE
 from gpulet.cli import main
+from gpulet.sim.apiserver import ApiServerStandIn
+from gpulet.sim.kubelet import KubeletStandIn, PodRef
 from gpulet.topology.document import loads
-from tests.apiserver import ApiServerStandIn
-from tests.kubelet import KubeletStandIn, PodRef
 
 
 @pytest.fixture

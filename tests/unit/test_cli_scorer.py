@@ -16,9 +16,9 @@ from typing import Any
 from click.testing import CliRunner
 
 from gpulet.cli import main
-from tests.apiserver import ApiServerStandIn
+from gpulet.sim.apiserver import ApiServerStandIn
+from gpulet.sim.objects import container, node_object, pod_object
 from tests.nodes import shipped
-from tests.objects import container, node_object, pod_object
 
 
 def start(*args: str) -> tuple[subprocess.Popen[str], int]:

@@ -32,8 +32,8 @@ from deviceplugin.core import DevicePluginCore
 from deviceplugin.ledger import Ledger
 from deviceplugin.manager import PluginManager
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
+from gpulet.sim.kubelet import AllocateFailed, KubeletStandIn, PodRef, StandInView
 from gpulet.topology import Topology
-from tests.kubelet import AllocateFailed, KubeletStandIn, PodRef, StandInView
 
 SLOTS = 100
 

@@ -246,7 +246,7 @@ def test_struct_layouts_are_pynvml_layouts() -> None:
 def test_entry_points_are_the_symbols_pynvml_looks_up() -> None:
     pynvml_source = Path(pynvml.__file__).read_text(encoding="utf-8")
     names = _c_entry_points()
-    assert len(names) == 19
+    assert len(names) == 22
     # nvmlInit_v2 is for C callers and older pynvml; pynvml 13's nvmlInit is nvmlInitWithFlags(0).
     unused = [n for n in names if f'_nvmlGetFunctionPointer("{n}")' not in pynvml_source]
     assert unused == ["nvmlInit_v2"]

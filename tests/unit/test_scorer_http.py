@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from gpulet.sim.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from scorer.server import ExtenderServer
 from tests.nodes import shipped
-from tests.objects import container, node_object, pod_object
 
 H100 = shipped("dgx-h100")
 

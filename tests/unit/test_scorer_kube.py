@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from gpulet.api.assignment import parse_assignment
+from gpulet.sim.apiserver import ApiServerStandIn
+from gpulet.sim.objects import container, node_object, pod_object
 from scorer.app import Scorer, build
 from scorer.config import ScorerConfig
-from tests.apiserver import ApiServerStandIn
 from tests.nodes import shipped
-from tests.objects import container, node_object, pod_object
 
 H100 = shipped("dgx-h100")
 NODES = ("gpu-a", "gpu-b")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gpulet.sim.objects import container, pod_object
 from scorer.placement import GpuPolicy, Request, TopologyPolicy
 from scorer.podspec import PodSpecError, pod_ask
-from tests.objects import container, pod_object
 
 
 def test_containers_in_kubelet_order_with_their_requests() -> None:

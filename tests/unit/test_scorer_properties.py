@@ -9,11 +9,11 @@ from collections import Counter, defaultdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gpulet.sim.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from scorer.placement import Capacity
 from tests.nodes import shipped
-from tests.objects import container, node_object, pod_object
 from tests.strategies import examples
 
 CAPACITY = Capacity(gpu_slots=3, nic_slots=2)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tests.apiserver.resources import JsonObject
-from tests.apiserver.status import ApiError, bad_request
+from gpulet.sim.apiserver.resources import JsonObject
+from gpulet.sim.apiserver.status import ApiError, bad_request
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"

@@ -10,11 +10,11 @@ from types import TracebackType
 import kubernetes.client
 import yaml
 
-from tests.apiserver.journal import Journal
-from tests.apiserver.resources import NODES, PODS, JsonObject, Resource, key_of
-from tests.apiserver.rest import CoreV1
-from tests.apiserver.server import ApiHttpServer
-from tests.apiserver.store import Store
+from gpulet.sim.apiserver.journal import Journal
+from gpulet.sim.apiserver.resources import NODES, PODS, JsonObject, Resource, key_of
+from gpulet.sim.apiserver.rest import CoreV1
+from gpulet.sim.apiserver.server import ApiHttpServer
+from gpulet.sim.apiserver.store import Store
 
 
 class ApiServerStandIn:

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from tests.apiserver.patch import apply_patch
-from tests.apiserver.resources import NODES, PODS, JsonObject, Resource, metadata
-from tests.apiserver.selectors import selector
-from tests.apiserver.status import ApiError, bad_request, conflict, invalid, success
-from tests.apiserver.store import Store
-from tests.apiserver.watch import WatchRequest
+from gpulet.sim.apiserver.patch import apply_patch
+from gpulet.sim.apiserver.resources import NODES, PODS, JsonObject, Resource, metadata
+from gpulet.sim.apiserver.selectors import selector
+from gpulet.sim.apiserver.status import ApiError, bad_request, conflict, invalid, success
+from gpulet.sim.apiserver.store import Store
+from gpulet.sim.apiserver.watch import WatchRequest
 
 COLLECTION = "collection"
 OBJECT = "object"

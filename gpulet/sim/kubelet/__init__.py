@@ -1,8 +1,8 @@
 """A kubelet stand-in speaking the real device-plugin (v1beta1) and pod-resources (v1) APIs
 over unix sockets, for testing device plugins."""
 
-from tests.kubelet.admission import choose_devices
-from tests.kubelet.model import (
+from gpulet.sim.kubelet.admission import choose_devices
+from gpulet.sim.kubelet.model import (
     CHECKPOINT_FILE,
     HEALTHY,
     KUBELET_ERROR_CODE,
@@ -21,8 +21,8 @@ from tests.kubelet.model import (
     StandInView,
     StreamEnd,
 )
-from tests.kubelet.names import is_extended_resource_name
-from tests.kubelet.standin import KubeletStandIn
+from gpulet.sim.kubelet.names import is_extended_resource_name
+from gpulet.sim.kubelet.standin import KubeletStandIn
 
 __all__ = [
     "CHECKPOINT_FILE",

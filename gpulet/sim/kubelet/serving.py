@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from tests.kubelet.model import MAX_SOCKET_PATH, StandInError
+from gpulet.sim.kubelet.model import MAX_SOCKET_PATH, StandInError
 
 
 def check_socket_path(path: Path) -> None:

@@ -28,9 +28,9 @@ from types import MappingProxyType, TracebackType
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.api import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 from deviceplugin.api import podresources_v1_pb2_grpc as pr_grpc
-from tests.kubelet.admission import choose_devices, devices_to_allocate
-from tests.kubelet.checkpoint import write_checkpoint
-from tests.kubelet.model import (
+from gpulet.sim.kubelet.admission import choose_devices, devices_to_allocate
+from gpulet.sim.kubelet.checkpoint import write_checkpoint
+from gpulet.sim.kubelet.model import (
     DIAL_TIMEOUT_S,
     KUBELET_SOCKET,
     UNHEALTHY,
@@ -43,10 +43,10 @@ from tests.kubelet.model import (
     StandInView,
     StreamEnd,
 )
-from tests.kubelet.plugin_client import PluginClient
-from tests.kubelet.podresources import PodResourcesService
-from tests.kubelet.registration import RegistrationService
-from tests.kubelet.serving import UnixServer, check_socket_path
+from gpulet.sim.kubelet.plugin_client import PluginClient
+from gpulet.sim.kubelet.podresources import PodResourcesService
+from gpulet.sim.kubelet.registration import RegistrationService
+from gpulet.sim.kubelet.serving import UnixServer, check_socket_path
 
 _JOIN_TIMEOUT_S = 5.0
 

@@ -12,12 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.apiserver.faults import Faults
-from tests.apiserver.journal import Journal
-from tests.apiserver.rest import CoreV1, Request
-from tests.apiserver.status import ApiError
-from tests.apiserver.store import Store
-from tests.apiserver.watch import WatchRequest, watch_events
+from gpulet.sim.apiserver.faults import Faults
+from gpulet.sim.apiserver.journal import Journal
+from gpulet.sim.apiserver.rest import CoreV1, Request
+from gpulet.sim.apiserver.status import ApiError
+from gpulet.sim.apiserver.store import Store
+from gpulet.sim.apiserver.watch import WatchRequest, watch_events
 
 
 class ApiHttpServer(ThreadingHTTPServer):

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from tests.apiserver.resources import JsonObject, Resource, key_of
-from tests.apiserver.status import ApiError
-from tests.apiserver.store import ADDED, DELETED, MODIFIED, Change, Store
+from gpulet.sim.apiserver.resources import JsonObject, Resource, key_of
+from gpulet.sim.apiserver.status import ApiError
+from gpulet.sim.apiserver.store import ADDED, DELETED, MODIFIED, Change, Store
 
 # How often an idle watch checks whether its client is still there.
 POLL_SECONDS = 0.25

@@ -11,15 +11,15 @@ import grpc
 
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.api import deviceplugin_v1beta1_pb2_grpc as pb_grpc
-from tests.kubelet.model import (
+from gpulet.sim.kubelet.model import (
     KUBELET_ERROR_CODE,
     VERSION,
     PluginOptions,
     RegisterRecord,
     StandInError,
 )
-from tests.kubelet.names import is_extended_resource_name
-from tests.kubelet.plugin_client import PluginClient
+from gpulet.sim.kubelet.names import is_extended_resource_name
+from gpulet.sim.kubelet.plugin_client import PluginClient
 
 # Takes an accepted registration and its connected client; False if kubelet went away meanwhile.
 Accept = Callable[[RegisterRecord, PluginClient], bool]

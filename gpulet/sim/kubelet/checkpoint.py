@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from tests.kubelet.model import CHECKPOINT_FILE, StandInView
+from gpulet.sim.kubelet.model import CHECKPOINT_FILE, StandInView
 
 
 def checkpoint_json(view: StandInView) -> str:

@@ -12,7 +12,7 @@ import grpc
 
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.api import deviceplugin_v1beta1_pb2_grpc as pb_grpc
-from tests.kubelet.model import (
+from gpulet.sim.kubelet.model import (
     PRE_START_TIMEOUT_S,
     AllocateFailed,
     PreStartFailed,

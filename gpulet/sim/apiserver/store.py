@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import takewhile
 
-from tests.apiserver.resources import (
+from gpulet.sim.apiserver.resources import (
     NODES,
     PODS,
     JsonObject,
@@ -19,7 +19,7 @@ from tests.apiserver.resources import (
     metadata,
     stamp_new,
 )
-from tests.apiserver.status import already_exists, conflict, expired, invalid, not_found
+from gpulet.sim.apiserver.status import already_exists, conflict, expired, invalid, not_found
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.apiserver.status import bad_request
+from gpulet.sim.apiserver.status import bad_request
 
 JsonObject = dict[str, Any]
 

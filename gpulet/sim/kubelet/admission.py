@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from tests.kubelet.model import AllocationRecord, Device, PodRef, StandInError
+from gpulet.sim.kubelet.model import AllocationRecord, Device, PodRef, StandInError
 
 
 def devices_to_allocate(

@@ -8,7 +8,13 @@ import grpc
 
 from deviceplugin.api import podresources_v1_pb2 as pr
 from deviceplugin.api import podresources_v1_pb2_grpc as pr_grpc
-from tests.kubelet.model import KUBELET_ERROR_CODE, AllocationRecord, Device, PodRef, StandInView
+from gpulet.sim.kubelet.model import (
+    KUBELET_ERROR_CODE,
+    AllocationRecord,
+    Device,
+    PodRef,
+    StandInView,
+)
 
 
 def container_devices(resource: str, devices: Iterable[Device]) -> list[pr.ContainerDevices]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.apiserver.resources import NODES, PODS, JsonObject, Resource
-from tests.apiserver.status import bad_request
+from gpulet.sim.apiserver.resources import NODES, PODS, JsonObject, Resource
+from gpulet.sim.apiserver.status import bad_request
 
 Predicate = Callable[[JsonObject], bool]
 
