@@ -43,7 +43,7 @@ proto: $(PROTO_OUT)
 install: $(STAMP) native proto
 
 demo: install
-	$(BIN)/gpulet node inspect --simulate dgx-h100
+	$(BIN)/gpulet demo
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ import click
 
 from gpulet import __version__
 from gpulet.cli.agent import agent
+from gpulet.cli.demo import demo
 from gpulet.cli.limiter import limiter
 from gpulet.cli.node import node
 from gpulet.cli.place import place
@@ -20,6 +21,7 @@ def main() -> None:
 
 
 main.add_command(agent)
+main.add_command(demo)
 main.add_command(node)
 main.add_command(place)
 main.add_command(limiter)

@@ -1,0 +1,29 @@
+"""`gpulet demo` end to end: the sample pods are placed, allocated and shown, the one that
+cannot fit says why, and nothing is left behind."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from gpulet.demo.run import run_demo
+
+
+def test_demo_places_the_samples_and_explains_the_misfit() -> None:
+    before = set(Path(tempfile.gettempdir()).glob("gpulet-demo-*"))
+    lines: list[str] = []
+    assert run_demo(2, "dgx-h100", lines.append) == 0
+    text = "\n".join(lines)
+    assert text.count("agent registered 800 gpulet.io/gpu slots") == 2
+    inference = text.split("== pod inference")[1].split("== pod")[0]
+    assert "(30% core, 8192 MiB)" in inference and " 8192 MiB, 30% core" in inference
+    assert "mount /etc/ld.so.preload <-" in inference  # a slice gets the limiter
+    training = text.split("== pod training")[1].split("== pod")[0]
+    assert training.count("(whole)") == 4 and training.count("     NIC mlx5_") == 4
+    assert 'env NCCL_IB_HCA="=mlx5_' in training and "/dev/infiniband/rdma_cm" in training
+    assert "/etc/ld.so.preload" not in training  # whole GPUs get no limiter
+    pinned = text.split("== pod numa-pinned")[1].split("== pod")[0]
+    assert "NUMA pinning asked: CPUs of NUMA node(s)" in pinned
+    misfit = text.split("== pod too-big")[1]
+    assert "does not fit" in misfit and "single-numa: needs 8 whole GPUs" in misfit
+    assert set(Path(tempfile.gettempdir()).glob("gpulet-demo-*")) == before
