@@ -139,6 +139,11 @@ class ApiPodSource:
         with self._lock:
             return self._pods.get(uid)
 
+    def pods(self) -> list[Mapping[str, Any]]:
+        """Every pod bound to this node that has not finished, as the API shows it."""
+        with self._lock:
+            return list(self._pods.values())
+
     def pending_pods(self) -> Sequence[PendingPod]:
         with self._lock:
             pods = list(self._pods.values())

@@ -99,6 +99,20 @@ def agent() -> None:
     "containers to mount (same path inside the agent's container and out).",
 )
 @click.option(
+    "--cgroup-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/sys/fs/cgroup",
+    show_default=True,
+    help="The host's cgroup root, where NUMA pinning writes containers' cpusets.",
+)
+@click.option(
+    "--kubelet-state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/var/lib/kubelet",
+    show_default=True,
+    help="kubelet's root directory, for its CPU manager checkpoint (cpu_manager_state).",
+)
+@click.option(
     "--heartbeat-seconds",
     type=click.FloatRange(min=1),
     default=60.0,
@@ -120,6 +134,8 @@ def run(
     node_name: str | None,
     kubeconfig: Path | None,
     library_dir: Path,
+    cgroup_root: Path,
+    kubelet_state_dir: Path,
     heartbeat_seconds: float,
     log_level: str,
 ) -> None:
@@ -178,7 +194,10 @@ def run(
         stop_agent = start(spec, xids, ports).stop
     else:
         api = client.CoreV1Api(client.ApiClient(kube))
-        agent = node_agent.start(spec, api, xids, ports, heartbeat_s=heartbeat_seconds)
+        pinning = node_agent.Pinning(cgroup_root, kubelet_state_dir / "cpu_manager_state")
+        agent = node_agent.start(
+            spec, api, xids, ports, heartbeat_s=heartbeat_seconds, pinning=pinning
+        )
         stop_agent = agent.stop
         click.echo(
             f"gpulet agent: node {spec.config.node_name} published; following the "
