@@ -5,7 +5,8 @@ node described by the file named in `$GPULET_FAKE_NVML` (format: the comment at 
 `fake_nvml.c`), which `write_fake_config` writes from a simulated node's `nvml.json`.
 `run_pynvml` runs a scenario of `runner.py` in a fresh interpreter that loads the fake before
 pynvml's first `nvmlInit` (pynvml keeps its library and init count per process), and returns
-what the scenario printed.
+what the scenario printed. The `usage` scenario changes the node between two samples through
+the fake's own `fake_nvml_reload`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,32 @@ class CompilerNotFound(RuntimeError):
 
 @dataclass(frozen=True)
 class Failure:
-    """A `fail` line: `function` returns `code`, for every GPU or only for GPU `gpu`."""
+    """A `fail` line: `function` returns `code`, for every GPU or only for GPU `gpu`; for
+    every call, or only for the first `times`."""
 
     function: str
     code: int
     gpu: int | None = None
+    times: int | None = None
+
+
+@dataclass(frozen=True)
+class Process:
+    """A `process` line: a compute process on GPU `gpu`; `used_bytes` None is "-" (unknown)."""
+
+    gpu: int
+    pid: int
+    used_bytes: int | None
+
+
+@dataclass(frozen=True)
+class UtilSample:
+    """A `util` line: one per-process utilisation sample on GPU `gpu`."""
+
+    gpu: int
+    pid: int
+    sm_percent: int
+    timestamp_us: int
 
 
 @dataclass(frozen=True)
@@ -105,8 +127,14 @@ def _name(value: object, what: str) -> str:
     return value
 
 
-def config_text(nvml_json: Mapping[str, Any], failures: Iterable[Failure] = ()) -> str:
-    """The fake's config for a simulated node's `nvml.json` (version 1), plus `fail` lines."""
+def config_text(
+    nvml_json: Mapping[str, Any],
+    failures: Iterable[Failure] = (),
+    processes: Iterable[Process] = (),
+    samples: Iterable[UtilSample] = (),
+) -> str:
+    """The fake's config for a simulated node's `nvml.json` (version 1), plus `process`,
+    `util` and `fail` lines."""
     if nvml_json.get("version") != 1:
         raise ValueError(f"nvml.json version must be 1, not {nvml_json.get('version')!r}")
     lines = [
@@ -147,23 +175,41 @@ def config_text(nvml_json: Mapping[str, Any], failures: Iterable[Failure] = ()) 
                 kind,
             ]
             lines.append(" ".join(link_fields))
+    for proc in processes:
+        used = "-" if proc.used_bytes is None else str(_number(proc.used_bytes, "used_bytes"))
+        lines.append(f"process {_number(proc.gpu, 'gpu')} {_number(proc.pid, 'pid')} {used}")
+    for sample in samples:
+        util_fields = [
+            "util",
+            str(_number(sample.gpu, "gpu")),
+            str(_number(sample.pid, "pid")),
+            str(_number(sample.sm_percent, "sm_percent")),
+            str(_number(sample.timestamp_us, "timestamp_us")),
+        ]
+        lines.append(" ".join(util_fields))
     for failure in failures:
         fail_fields = [
             "fail",
             _word(failure.function, "function"),
             str(_number(failure.code, "code")),
         ]
-        if failure.gpu is not None:
-            fail_fields.append(str(_number(failure.gpu, "gpu")))
+        if failure.gpu is not None or failure.times is not None:
+            fail_fields.append("-" if failure.gpu is None else str(_number(failure.gpu, "gpu")))
+        if failure.times is not None:
+            fail_fields.append(str(_number(failure.times, "times")))
         lines.append(" ".join(fail_fields))
     return "\n".join(lines) + "\n"
 
 
 def write_fake_config(
-    nvml_json: Mapping[str, Any], path: Path, failures: Iterable[Failure] = ()
+    nvml_json: Mapping[str, Any],
+    path: Path,
+    failures: Iterable[Failure] = (),
+    processes: Iterable[Process] = (),
+    samples: Iterable[UtilSample] = (),
 ) -> Path:
-    """Writes `config_text(nvml_json, failures)` to `path` and returns `path`."""
-    path.write_text(config_text(nvml_json, failures), encoding="utf-8")
+    """Writes `config_text(nvml_json, failures, processes, samples)` to `path`; returns it."""
+    path.write_text(config_text(nvml_json, failures, processes, samples), encoding="utf-8")
     return path
 
 

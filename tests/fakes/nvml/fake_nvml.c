@@ -5,8 +5,8 @@
  * first nvmlInit, so pynvml's dlopen("libnvidia-ml.so.1") finds it by soname.
  *
  * It exports only the entry points in FAKE_NVML_ENTRY_POINTS below and nvmlErrorString,
- * with NVML's signatures, struct layouts and return codes as nvidia-ml-py 13 declares them.
- * Everything else is static.
+ * with NVML's signatures, struct layouts and return codes as nvidia-ml-py 13 declares them,
+ * and fake_nvml_reload, which is not NVML (see below). Everything else is static.
  *
  * The node it pretends to be is read at the first nvmlInit*() (and again after the last
  * nvmlShutdown) from the file named by the environment variable GPULET_FAKE_NVML.
@@ -22,7 +22,9 @@
  *   cuda <version>                        required; nvmlSystemGetCudaDriverVersion(_v2)
  *   gpu <index> <uuid> <memory_total_bytes> <bus_id> <minor> <mig 0|1> <nvlink 0|1> <name...>
  *   link <gpu_index> <link> <active 0|1> <remote_bus_id | -> <gpu|ibmnpu|switch|unknown>
- *   fail <entry point> <nvml return code> [<gpu_index>]
+ *   process <gpu_index> <pid> <used_bytes | ->
+ *   util <gpu_index> <pid> <sm_percent> <timestamp_us>
+ *   fail <entry point> <nvml return code> [<gpu_index> | - [<times>]]
  *
  * gpu: index is NVML's enumeration order; the indices must be 0..N-1, each once, N <= 64.
  *   The name is the rest of the line. Memory: total as given, free = total, used = 0
@@ -34,12 +36,39 @@
  *   >= 36, NVML_NVLINK_MAX_LINKS) returns NVML_ERROR_INVALID_ARGUMENT.
  * link: comes after the gpu line it names. remote bus id "-" reports an all-zero
  *   nvmlPciInfo_t (empty bus ids) for a link with nothing known behind it.
+ * process: a compute process on that GPU (after its gpu line), as
+ *   nvmlDeviceGetComputeRunningProcesses_v2/_v3 list them, in config order: usedGpuMemory
+ *   is used_bytes, or NVML_VALUE_NOT_AVAILABLE (ULLONG_MAX, which pynvml turns into None)
+ *   for "-"; gpuInstanceId = computeInstanceId = 0xFFFFFFFF (not in a MIG instance). A pid
+ *   may be given twice. At most 1024 process lines.
+ * util: a per-process utilisation sample on that GPU (after its gpu line), as
+ *   nvmlDeviceGetProcessUtilization returns it, in config order: smUtil is sm_percent (any
+ *   32-bit value: drivers have reported more than 100), memUtil = encUtil = decUtil = 0,
+ *   timeStamp is timestamp_us (NVML: CPU time in microseconds). The pid need not have a
+ *   process line. At most 1024 util lines.
+ * Both list calls follow NVML's two-call protocol; a NULL count pointer is
+ *   INVALID_ARGUMENT. Processes: infos NULL with *infoCount > 0 is INVALID_ARGUMENT; else
+ *   *infoCount below the number of processes gives NVML_ERROR_INSUFFICIENT_SIZE and sets
+ *   it to that number (so *infoCount = 0, infos NULL asks how many: SUCCESS if none); else
+ *   the processes are filled in and *infoCount set to their number. Utilisation: only
+ *   samples with timeStamp > lastSeenTimeStamp count; none is NVML_ERROR_NOT_FOUND;
+ *   utilization NULL or *processSamplesCount below their number gives INSUFFICIENT_SIZE
+ *   and sets it to the number; else they are filled in and it is set to their number.
  * fail: the named entry point returns the code (1..2147483647) instead of doing its work,
- *   for every GPU, or only for the GPU with that index. Device calls check "initialised?"
- *   and "valid handle?" first, then the failure, then their other arguments.
- *   `fail nvmlInitWithFlags 9` makes pynvml's nvmlInit fail.
+ *   for every GPU ("-" or no index), or only for the GPU with that index; with <times>
+ *   (1..4294967295), only for the first <times> calls it applies to (counted from init or
+ *   fake_nvml_reload), then never. Device calls check "initialised?" and "valid handle?"
+ *   first, then the failure, then their other arguments. Of several lines for a call, the
+ *   first that applies wins. `fail nvmlInitWithFlags 9` makes pynvml's nvmlInit fail.
  *
- * Not thread-safe: nvmlInit*() and nvmlShutdown() must not run while other calls do.
+ * int fake_nvml_reload(void), not an NVML call: while NVML is initialised, reads the node
+ *   from $GPULET_FAKE_NVML again (so a test can change processes and samples, or make a GPU
+ *   fail, between two calls), keeping the init count; handles stay valid for the GPU
+ *   indices the new file still has. Returns NVML_SUCCESS; NVML_ERROR_UNINITIALIZED; or,
+ *   for a file nvmlInit would refuse, nvmlInit's code, leaving NVML uninitialised.
+ *
+ * Not thread-safe: nvmlInit*(), nvmlShutdown() and fake_nvml_reload() must not run while
+ * other calls do.
  */
 
 #include <stddef.h>
@@ -55,6 +84,7 @@ typedef int nvmlReturn_t; /* a C enum in nvml.h: int-sized; pynvml reads it as c
 #define NVML_ERROR_UNINITIALIZED 1
 #define NVML_ERROR_INVALID_ARGUMENT 2
 #define NVML_ERROR_NOT_SUPPORTED 3
+#define NVML_ERROR_NOT_FOUND 6
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_ERROR_DRIVER_NOT_LOADED 9
 #define NVML_ERROR_ARGUMENT_VERSION_MISMATCH 25
@@ -106,10 +136,40 @@ _Static_assert(sizeof(nvmlMemory_v2_t) == 40, "pynvml c_nvmlMemory_v2_t is 40 by
 _Static_assert(offsetof(nvmlMemory_v2_t, total) == 8, "c_nvmlMemory_v2_t.total at 8");
 #define NVML_MEMORY_V2 ((unsigned int)sizeof(nvmlMemory_v2_t) | (2u << 24))
 
+/* pynvml.c_nvmlProcessInfo_v3_t (= _v2_t = c_nvmlProcessInfo_t): ..RunningProcesses_v2/3 */
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory; /* bytes; VALUE_NOT_AVAILABLE_ULL when unknown */
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlProcessInfo_t;
+_Static_assert(sizeof(nvmlProcessInfo_t) == 24, "pynvml c_nvmlProcessInfo_t is 24 bytes");
+_Static_assert(offsetof(nvmlProcessInfo_t, usedGpuMemory) == 8, "usedGpuMemory at 8");
+_Static_assert(offsetof(nvmlProcessInfo_t, gpuInstanceId) == 16, "gpuInstanceId at 16");
+
+/* pynvml.c_nvmlProcessUtilizationSample_t, for nvmlDeviceGetProcessUtilization */
+typedef struct {
+    unsigned int pid;
+    unsigned long long timeStamp; /* CPU time, microseconds */
+    unsigned int smUtil;
+    unsigned int memUtil;
+    unsigned int encUtil;
+    unsigned int decUtil;
+} nvmlProcessUtilizationSample_t;
+_Static_assert(sizeof(nvmlProcessUtilizationSample_t) == 32,
+               "pynvml c_nvmlProcessUtilizationSample_t is 32 bytes");
+_Static_assert(offsetof(nvmlProcessUtilizationSample_t, smUtil) == 16, "smUtil at 16");
+
+/* NVML_VALUE_NOT_AVAILABLE as an unsigned long long and as an unsigned int */
+#define VALUE_NOT_AVAILABLE_ULL (~0ULL)
+#define VALUE_NOT_AVAILABLE_UINT (~0u)
+
 /* ---- the node read from GPULET_FAKE_NVML ------------------------------------------ */
 
 #define MAX_GPUS 64
 #define MAX_FAILS 16
+#define MAX_PROCESSES 1024
+#define MAX_SAMPLES 1024
 #define LINE_SIZE 512
 #define FN_NAME_SIZE 64
 
@@ -139,10 +199,25 @@ struct nvmlDevice_st {
 };
 typedef struct nvmlDevice_st *nvmlDevice_t;
 
+struct process {
+    unsigned int gpu;
+    unsigned int pid;
+    unsigned long long used; /* bytes, or VALUE_NOT_AVAILABLE_ULL */
+};
+
+struct util_sample {
+    unsigned int gpu;
+    unsigned int pid;
+    unsigned int sm;
+    unsigned long long timestamp;
+};
+
 struct injected_failure {
     char fn[FN_NAME_SIZE];
     nvmlReturn_t code;
     int gpu; /* -1: every GPU and the system-wide calls */
+    int limited; /* 0: every call; 1: only while remaining > 0 */
+    unsigned int remaining;
 };
 
 static struct {
@@ -154,6 +229,10 @@ static struct {
     struct nvmlDevice_st gpus[MAX_GPUS];
     unsigned int fail_count;
     struct injected_failure fails[MAX_FAILS];
+    unsigned int process_count;
+    struct process processes[MAX_PROCESSES];
+    unsigned int sample_count;
+    struct util_sample samples[MAX_SAMPLES];
 } g_node;
 
 /* ---- the entry points, each declared once --------------------------------------------- */
@@ -185,11 +264,19 @@ static struct {
       (nvmlDevice_t device, unsigned int link, nvmlPciInfo_t *pci))                        \
     /* pNvLinkDeviceType: nvmlIntNvLinkDeviceType_t (pynvml: c_uint) */                    \
     X(nvmlDeviceGetNvLinkRemoteDeviceType,                                                 \
-      (nvmlDevice_t device, unsigned int link, unsigned int *pNvLinkDeviceType))
+      (nvmlDevice_t device, unsigned int link, unsigned int *pNvLinkDeviceType))             \
+    X(nvmlDeviceGetComputeRunningProcesses_v2,                                             \
+      (nvmlDevice_t device, unsigned int *infoCount, nvmlProcessInfo_t *infos))            \
+    X(nvmlDeviceGetComputeRunningProcesses_v3,                                             \
+      (nvmlDevice_t device, unsigned int *infoCount, nvmlProcessInfo_t *infos))            \
+    X(nvmlDeviceGetProcessUtilization,                                                     \
+      (nvmlDevice_t device, nvmlProcessUtilizationSample_t *utilization,                   \
+       unsigned int *processSamplesCount, unsigned long long lastSeenTimeStamp))
 
 #define DECLARE_ENTRY_POINT(name, params) nvmlReturn_t name params;
 FAKE_NVML_ENTRY_POINTS(DECLARE_ENTRY_POINT)
 const char *nvmlErrorString(nvmlReturn_t result);
+int fake_nvml_reload(void);
 
 #define ENTRY_POINT_NAME(name, params) #name,
 static const char *const k_entry_points[] = {FAKE_NVML_ENTRY_POINTS(ENTRY_POINT_NAME)};
@@ -394,31 +481,100 @@ static const char *parse_link(char *rest)
     return NULL;
 }
 
+/* A gpu index that has a gpu line above. */
+static int parse_gpu_ref(const char *s, unsigned int *out)
+{
+    unsigned long long gpu;
+
+    if (!parse_uint(s, MAX_GPUS - 1, &gpu) || !g_node.gpus[gpu].present)
+        return 0;
+    *out = (unsigned int)gpu;
+    return 1;
+}
+
+static const char *parse_process(char *rest)
+{
+    const char *f_gpu = next_field(&rest), *f_pid = next_field(&rest);
+    const char *f_used = next_field(&rest);
+    unsigned long long pid, used = VALUE_NOT_AVAILABLE_ULL;
+    struct process *p;
+    unsigned int gpu;
+
+    if (f_used == NULL || next_field(&rest) != NULL)
+        return "process: expected <gpu_index> <pid> <used_bytes|->";
+    if (!parse_gpu_ref(f_gpu, &gpu))
+        return "process: gpu index has no gpu line above";
+    if (!parse_uint(f_pid, 0xffffffffULL, &pid))
+        return "process: pid must be a 32-bit number";
+    if (strcmp(f_used, "-") != 0 && !parse_uint(f_used, VALUE_NOT_AVAILABLE_ULL - 1, &used))
+        return "process: used_bytes must be a number below 2^64-1, or -";
+    if (g_node.process_count == MAX_PROCESSES)
+        return "process: more than 1024 process lines";
+    p = &g_node.processes[g_node.process_count++];
+    p->gpu = gpu;
+    p->pid = (unsigned int)pid;
+    p->used = used;
+    return NULL;
+}
+
+static const char *parse_util(char *rest)
+{
+    const char *f_gpu = next_field(&rest), *f_pid = next_field(&rest);
+    const char *f_sm = next_field(&rest), *f_time = next_field(&rest);
+    unsigned long long pid, sm, timestamp;
+    struct util_sample *u;
+    unsigned int gpu;
+
+    if (f_time == NULL || next_field(&rest) != NULL)
+        return "util: expected <gpu_index> <pid> <sm_percent> <timestamp_us>";
+    if (!parse_gpu_ref(f_gpu, &gpu))
+        return "util: gpu index has no gpu line above";
+    if (!parse_uint(f_pid, 0xffffffffULL, &pid))
+        return "util: pid must be a 32-bit number";
+    if (!parse_uint(f_sm, 0xffffffffULL, &sm))
+        return "util: sm_percent must be a 32-bit number";
+    if (!parse_uint(f_time, ~0ULL, &timestamp))
+        return "util: timestamp_us must be a number";
+    if (g_node.sample_count == MAX_SAMPLES)
+        return "util: more than 1024 util lines";
+    u = &g_node.samples[g_node.sample_count++];
+    u->gpu = gpu;
+    u->pid = (unsigned int)pid;
+    u->sm = (unsigned int)sm;
+    u->timestamp = timestamp;
+    return NULL;
+}
+
 static const char *parse_fail(char *rest)
 {
     const char *f_fn = next_field(&rest), *f_code = next_field(&rest);
-    const char *f_gpu = next_field(&rest);
-    unsigned long long code, gpu = 0;
+    const char *f_gpu = next_field(&rest), *f_times = next_field(&rest);
+    unsigned long long code, gpu = 0, times = 0;
+    int every_gpu = f_gpu == NULL || strcmp(f_gpu, "-") == 0;
     struct injected_failure *f;
     size_t i;
     int known = 0;
 
     if (f_code == NULL || next_field(&rest) != NULL)
-        return "fail: expected <entry point> <code> [<gpu_index>]";
+        return "fail: expected <entry point> <code> [<gpu_index>|- [<times>]]";
     for (i = 0; i < sizeof(k_entry_points) / sizeof(k_entry_points[0]); i++)
         known |= strcmp(f_fn, k_entry_points[i]) == 0;
     if (!known)
         return "fail: not an entry point of this library";
     if (!parse_uint(f_code, 0x7fffffffULL, &code) || code == 0)
         return "fail: code must be a non-zero nvmlReturn_t";
-    if (f_gpu != NULL && !parse_uint(f_gpu, MAX_GPUS - 1, &gpu))
-        return "fail: gpu index must be a number below 64";
+    if (!every_gpu && !parse_uint(f_gpu, MAX_GPUS - 1, &gpu))
+        return "fail: gpu index must be - or a number below 64";
+    if (f_times != NULL && (!parse_uint(f_times, 0xffffffffULL, &times) || times == 0))
+        return "fail: times must be a number from 1 to 4294967295";
     if (g_node.fail_count == MAX_FAILS)
         return "fail: more than 16 fail lines";
     f = &g_node.fails[g_node.fail_count++];
     (void)copy_str(f->fn, sizeof(f->fn), f_fn); /* fits: it is one of k_entry_points */
     f->code = (nvmlReturn_t)code;
-    f->gpu = f_gpu != NULL ? (int)gpu : -1;
+    f->gpu = every_gpu ? -1 : (int)gpu;
+    f->limited = f_times != NULL;
+    f->remaining = (unsigned int)times;
     return NULL;
 }
 
@@ -437,6 +593,10 @@ static const char *parse_line(char *line)
         return parse_link(rest);
     if (strcmp(directive, "fail") == 0)
         return parse_fail(rest);
+    if (strcmp(directive, "process") == 0)
+        return parse_process(rest);
+    if (strcmp(directive, "util") == 0)
+        return parse_util(rest);
     value = next_field(&rest);
     if (value == NULL || next_field(&rest) != NULL)
         return "expected: <directive> <value>";
@@ -453,7 +613,7 @@ static const char *parse_line(char *line)
         g_node.have_cuda = 1;
         return NULL;
     }
-    return "unknown directive (driver, cuda, gpu, link, fail)";
+    return "unknown directive (driver, cuda, gpu, link, process, util, fail)";
 }
 
 static void config_error(const char *path, unsigned int line, const char *problem)
@@ -520,9 +680,14 @@ static nvmlReturn_t injected(const char *fn, int gpu)
     unsigned int i;
 
     for (i = 0; i < g_node.fail_count; i++) {
-        const struct injected_failure *f = &g_node.fails[i];
-        if (strcmp(f->fn, fn) == 0 && (f->gpu < 0 || f->gpu == gpu))
-            return f->code;
+        struct injected_failure *f = &g_node.fails[i];
+        if (strcmp(f->fn, fn) != 0 || (f->gpu >= 0 && f->gpu != gpu))
+            continue;
+        if (f->limited && f->remaining == 0)
+            continue; /* spent */
+        if (f->limited)
+            f->remaining--;
+        return f->code;
     }
     return NVML_SUCCESS;
 }
@@ -621,6 +786,22 @@ nvmlReturn_t nvmlInitWithFlags(unsigned int flags)
 {
     (void)flags; /* NO_GPUS, NO_ATTACH, FORCE_INIT change nothing here */
     return init(__func__);
+}
+
+int fake_nvml_reload(void)
+{
+    unsigned int refcount = g_node.refcount;
+    nvmlReturn_t rc;
+
+    if (refcount == 0)
+        return NVML_ERROR_UNINITIALIZED;
+    rc = load_config();
+    if (rc != NVML_SUCCESS) {
+        memset(&g_node, 0, sizeof(g_node));
+        return rc;
+    }
+    g_node.refcount = refcount;
+    return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlShutdown(void)
@@ -870,5 +1051,87 @@ nvmlReturn_t nvmlDeviceGetNvLinkRemoteDeviceType(nvmlDevice_t device, unsigned i
     if (pNvLinkDeviceType == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
     *pNvLinkDeviceType = l->remote_type;
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t get_processes(const char *fn, nvmlDevice_t device,
+                                  unsigned int *infoCount, nvmlProcessInfo_t *infos)
+{
+    const struct nvmlDevice_st *d = NULL;
+    nvmlReturn_t rc = enter_device(fn, device, &d);
+    unsigned int gpu, i, n = 0;
+
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (infoCount == NULL || (infos == NULL && *infoCount != 0))
+        return NVML_ERROR_INVALID_ARGUMENT;
+    gpu = (unsigned int)(d - g_node.gpus);
+    for (i = 0; i < g_node.process_count; i++)
+        n += g_node.processes[i].gpu == gpu;
+    if (*infoCount < n) {
+        *infoCount = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (i = 0, n = 0; i < g_node.process_count; i++) {
+        const struct process *p = &g_node.processes[i];
+        if (p->gpu != gpu)
+            continue;
+        infos[n].pid = p->pid;
+        infos[n].usedGpuMemory = p->used;
+        infos[n].gpuInstanceId = VALUE_NOT_AVAILABLE_UINT;
+        infos[n].computeInstanceId = VALUE_NOT_AVAILABLE_UINT;
+        n++;
+    }
+    *infoCount = n;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t device,
+                                                     unsigned int *infoCount,
+                                                     nvmlProcessInfo_t *infos)
+{
+    return get_processes(__func__, device, infoCount, infos);
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device,
+                                                     unsigned int *infoCount,
+                                                     nvmlProcessInfo_t *infos)
+{
+    return get_processes(__func__, device, infoCount, infos);
+}
+
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device,
+                                             nvmlProcessUtilizationSample_t *utilization,
+                                             unsigned int *processSamplesCount,
+                                             unsigned long long lastSeenTimeStamp)
+{
+    const struct nvmlDevice_st *d = NULL;
+    nvmlReturn_t rc = enter_device(__func__, device, &d);
+    unsigned int gpu, i, n = 0;
+
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (processSamplesCount == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    gpu = (unsigned int)(d - g_node.gpus);
+    for (i = 0; i < g_node.sample_count; i++)
+        n += g_node.samples[i].gpu == gpu && g_node.samples[i].timestamp > lastSeenTimeStamp;
+    if (n == 0)
+        return NVML_ERROR_NOT_FOUND;
+    if (utilization == NULL || *processSamplesCount < n) {
+        *processSamplesCount = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (i = 0, n = 0; i < g_node.sample_count; i++) {
+        const struct util_sample *u = &g_node.samples[i];
+        if (u->gpu != gpu || u->timestamp <= lastSeenTimeStamp)
+            continue;
+        memset(&utilization[n], 0, sizeof(utilization[n]));
+        utilization[n].pid = u->pid;
+        utilization[n].timeStamp = u->timestamp;
+        utilization[n].smUtil = u->sm;
+        n++;
+    }
+    *processSamplesCount = n;
     return NVML_SUCCESS;
 }

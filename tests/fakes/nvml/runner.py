@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -21,6 +22,9 @@ from dataclasses import asdict
 from typing import Any
 
 import pynvml
+
+#: The fake library, loaded by main() before the scenario runs.
+FAKE: ctypes.CDLL | None = None
 
 
 class Recorder:
@@ -186,6 +190,138 @@ def backend(args: list[str]) -> dict[str, Any]:
         return {"nvml_error": str(err)}
 
 
+def _process_list(rec: Recorder, fn: Callable[..., Any], handle: Any) -> Any:
+    """pynvml's process objects as dicts; a missing entry point as {"mismatch": message}."""
+    try:
+        procs = rec.call(fn, handle)
+    except pynvml.NVMLLibraryMismatchError as err:
+        return {"mismatch": str(err)}
+    return procs if _failed(procs) else [dict(vars(p)) for p in procs]
+
+
+def _samples(rec: Recorder, handle: Any, since: int) -> Any:
+    samples = rec.call(pynvml.nvmlDeviceGetProcessUtilization, handle, since)
+    if _failed(samples):
+        return samples
+    return [{name: getattr(s, name) for name, _ in s._fields_} for s in samples]
+
+
+def _protocol(handle: Any, since: int) -> dict[str, Any]:
+    """The two-call protocol of the process and utilisation calls, called directly: [return
+    code, count after the call, pids filled in (on success)] for each way of calling."""
+    lib = pynvml.nvmlLib
+
+    def procs(count: int, size: int | None, null_count: bool = False) -> list[Any]:
+        c_count = ctypes.c_uint(count)
+        buf = None if size is None else (pynvml.c_nvmlProcessInfo_v3_t * size)()
+        fn = lib.nvmlDeviceGetComputeRunningProcesses_v3
+        rc = fn(handle, None if null_count else ctypes.byref(c_count), buf)
+        pids = [b.pid for b in buf[: c_count.value]] if rc == 0 and buf is not None else None
+        return [rc, c_count.value, pids]
+
+    def util(count: int, size: int | None, null_count: bool = False) -> list[Any]:
+        c_count = ctypes.c_uint(count)
+        buf = None if size is None else (pynvml.c_nvmlProcessUtilizationSample_t * size)()
+        fn = lib.nvmlDeviceGetProcessUtilization
+        c_since = ctypes.c_ulonglong(since)
+        rc = fn(handle, buf, None if null_count else ctypes.byref(c_count), c_since)
+        pids = [b.pid for b in buf[: c_count.value]] if rc == 0 and buf is not None else None
+        return [rc, c_count.value, pids]
+
+    n_procs = procs(0, None)[1]
+    n_samples = util(0, None)[1]
+    return {
+        "procs": {
+            "sizing": procs(0, None),
+            "short": procs(1, 1),
+            "exact": procs(n_procs, n_procs),
+            "roomy": procs(n_procs + 3, n_procs + 3),
+            "null_buffer": procs(5, None),
+            "null_count": procs(0, 1, null_count=True),
+        },
+        "util": {
+            "sizing": util(0, None),
+            "short": util(1, 1),
+            "exact": util(n_samples, n_samples),
+            "roomy": util(n_samples + 3, n_samples + 3),
+            "null_buffer": util(n_samples + 3, None),
+            "null_count": util(0, 1, null_count=True),
+        },
+    }
+
+
+def processes(args: list[str]) -> dict[str, Any]:
+    """pynvml's process and utilisation calls on every GPU, utilisation once for each
+    lastSeenTimeStamp in args; and the two-call protocol called directly on GPU 0 (with the
+    first lastSeenTimeStamp, else 0)."""
+    rec = Recorder()
+    pynvml.nvmlInit()
+    gpus = []
+    for index in range(pynvml.nvmlDeviceGetCount()):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        gpus.append(
+            {
+                "procs": _process_list(rec, pynvml.nvmlDeviceGetComputeRunningProcesses, handle),
+                "procs_v2": _process_list(
+                    rec, pynvml.nvmlDeviceGetComputeRunningProcesses_v2, handle
+                ),
+                "util": {since: _samples(rec, handle, int(since)) for since in args},
+            }
+        )
+    out: dict[str, Any] = {"gpus": gpus, "errors": rec.errors}
+    if gpus:
+        out["protocol"] = _protocol(
+            pynvml.nvmlDeviceGetHandleByIndex(0), int(args[0]) if args else 0
+        )
+    return out
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[list[str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append([record.levelname, record.getMessage()])
+
+
+def usage(args: list[str]) -> dict[str, Any]:
+    """`PynvmlUsageSource.sample()`: args NOW_US [CONFIG...]. Samples once with the node of
+    $GPULET_FAKE_NVML, then, for each CONFIG, has the fake re-read its node from that file
+    (fake_nvml_reload) and samples again. The source's clock stands still at NOW_US. Gives
+    each reading (or the UsageError it raised), the reload codes, and the agent's log."""
+    from agent.usage import PynvmlUsageSource, UsageError  # noqa: PLC0415 - only here
+
+    assert FAKE is not None
+    logger = logging.getLogger("gpulet.agent")
+    handler = _ListHandler()
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    now_us = int(args[0])
+    source = PynvmlUsageSource(now_us=lambda: now_us)
+    readings: list[Any] = []
+    reloads: list[int] = []
+
+    def read() -> None:
+        try:
+            readings.append([asdict(u) for u in source.sample()])
+        except UsageError as err:
+            readings.append({"usage_error": str(err)})
+
+    read()
+    for path in args[1:]:
+        os.environ["GPULET_FAKE_NVML"] = path
+        reloads.append(int(FAKE.fake_nvml_reload()))
+        read()
+    source.close()
+    return {
+        "readings": readings,
+        "reloads": reloads,
+        "log": handler.lines,
+        "shutdown": Recorder().call(pynvml.nvmlShutdown),
+    }
+
+
 SCENARIOS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
     "raw": raw,
     "lifecycle": lifecycle,
@@ -193,6 +329,8 @@ SCENARIOS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
     "error_strings": error_strings,
     "init_each": init_each,
     "backend": backend,
+    "processes": processes,
+    "usage": usage,
 }
 
 
@@ -200,7 +338,8 @@ def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[2] not in SCENARIOS:
         print(f"usage: {argv[0]} LIB {{{','.join(SCENARIOS)}}} [ARG...]", file=sys.stderr)
         return 2
-    fake = ctypes.CDLL(argv[1], mode=ctypes.RTLD_GLOBAL)
+    global FAKE  # noqa: PLW0603 - set once, before any scenario runs
+    fake = FAKE = ctypes.CDLL(argv[1], mode=ctypes.RTLD_GLOBAL)
     result = SCENARIOS[argv[2]](argv[3:])
     lib = pynvml.nvmlLib
     result["fake_loaded"] = lib is not None and lib._handle == fake._handle
