@@ -15,6 +15,11 @@ from scorer.config import ScorerConfig, load_config
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
+def manifests() -> list[Path]:
+    """Every YAML file under deploy/ but the Helm chart's (templates, not YAML)."""
+    return [p for p in DEPLOY.rglob("*.yaml") if p.relative_to(DEPLOY).parts[0] != "helm"]
+
+
 def documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
@@ -22,7 +27,7 @@ def documents(path: Path) -> list[dict[str, Any]]:
 def one(kind: str, name: str) -> dict[str, Any]:
     found = [
         d
-        for f in DEPLOY.rglob("*.yaml")
+        for f in manifests()
         for d in documents(f)
         if d.get("kind") == kind and d["metadata"].get("name") == name
     ]
@@ -85,7 +90,7 @@ def test_kustomization_names_every_manifest() -> None:
     listed = set(kustomization["resources"]) | {
         f for g in kustomization["configMapGenerator"] for f in g["files"]
     }
-    on_disk = {str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*.yaml")} - {"kustomization.yaml"}
+    on_disk = {str(p.relative_to(DEPLOY)) for p in manifests()} - {"kustomization.yaml"}
     assert listed == on_disk
     generated = {g["name"] for g in kustomization["configMapGenerator"]}
     mounted = {
