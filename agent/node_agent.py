@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass, replace
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kubernetes import client
 
+from agent.cgroups import ProcessTable
 from agent.kube import ApiPodSource, NodePublisher
+from agent.metrics import AgentCollector, MetricsServer
+from agent.monitor import Monitor
 from agent.pinner import Pinner
 from agent.standalone import Standalone, build
+from agent.usage import UsageSource
 from deviceplugin.core import DevicePluginCore
 from deviceplugin.health import PortStates, XidSource
 from deviceplugin.manager import PluginManager
@@ -34,6 +40,43 @@ class Pinning:
     interval_s: float = 5.0
 
 
+@dataclass(frozen=True)
+class Monitoring:
+    """Per-process GPU usage (NVML, or a file on a simulated node), the host's /proc to map
+    processes to containers, what to do about a container over its cap, and where metrics
+    are served (port 0: a free one; None: not served)."""
+
+    usage: UsageSource
+    proc_root: Path
+    enforce: str = "report"
+    interval_s: float = 1.0
+    metrics_port: int | None = 9400
+
+
+class _Every:
+    """Calls `fn` every `interval_s` from a thread of its own, logging what it raises."""
+
+    def __init__(self, name: str, interval_s: float, fn: Callable[[], object]) -> None:
+        self._fn = fn
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._fn()
+            except Exception as e:
+                log.warning("event=loop-error loop=%s error=%r", self._thread.name, str(e))
+
+
 @dataclass
 class NodeAgent:
     core: DevicePluginCore
@@ -41,8 +84,15 @@ class NodeAgent:
     pods: ApiPodSource
     publisher: NodePublisher
     pinner: Pinner | None = None
+    monitor: Monitor | None = None
+    metrics: MetricsServer | None = None
+    loops: list[_Every] = field(default_factory=list)
 
     def stop(self) -> None:
+        for loop in self.loops:
+            loop.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.pinner is not None:
             self.pinner.stop()
         self.manager.stop()
@@ -59,6 +109,7 @@ def start(
     heartbeat_s: float = 60.0,
     sync_timeout_s: float = 30.0,
     pinning: Pinning | None = None,
+    monitoring: Monitoring | None = None,
 ) -> NodeAgent:
     """Publish, learn the node's pods, then serve kubelet (which may call Allocate at once,
     so the pods come first)."""
@@ -99,5 +150,24 @@ def start(
             interval_s=pinning.interval_s,
         )
         pinner.start()
+    agent = NodeAgent(core, manager, pods, publisher, pinner)
+    if monitoring is not None:
+        agent.monitor = Monitor(
+            monitoring.usage,
+            ProcessTable(monitoring.proc_root),
+            core.grants,
+            pods.pods,
+            enforce=monitoring.enforce,
+        )
+        loop = _Every("gpulet-monitor", monitoring.interval_s, agent.monitor.tick)
+        loop.start()
+        agent.loops.append(loop)
+        if monitoring.metrics_port is not None:
+            agent.metrics = MetricsServer(
+                AgentCollector(core, agent.monitor),
+                monitoring.metrics_port,
+                healthy=manager.serving,
+            )
+            agent.metrics.start()
     gc.freeze()  # as agent.standalone.start: keep the long-lived out of full collections
-    return NodeAgent(core, manager, pods, publisher, pinner)
+    return agent

@@ -160,6 +160,10 @@ class DevicePluginCore:
     def grants(self) -> tuple[Grant, ...]:
         return self._ledger.grants()
 
+    def node_state(self) -> NodeState:
+        """What the grants take of each GPU and port, as the placement engine counts it."""
+        return self._ledger.node_state(self._topo, self._config)
+
     # ---- GetPreferredAllocation ----------------------------------------------------------
 
     def preferred(

@@ -74,6 +74,11 @@ class PluginManager:
         """Block until stopped."""
         self._stop.wait()
 
+    def serving(self) -> bool:
+        """Whether every resource's socket is in place (what the agent's /healthz reports:
+        kubelet can reach the plugins)."""
+        return not self._stop.is_set() and all(s.socket.exists() for s in self.servers.values())
+
     def _watch(self) -> None:
         kubelet = self.plugin_dir / KUBELET_SOCKET
         registered_with: tuple[int, int] | None = None

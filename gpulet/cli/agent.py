@@ -22,6 +22,7 @@ from agent.health import xid_file as simulated_xid_file
 from agent.library import install_limiter
 from agent.simulate import open_simulated
 from agent.standalone import Standalone, start
+from agent.usage import FileUsageSource, PynvmlUsageSource, UsageSource
 from deviceplugin.health import PortStates, XidSource
 from deviceplugin.resources import PluginConfig
 from gpulet.cli.common import kube_configuration, simulate_option, user_errors
@@ -113,6 +114,34 @@ def agent() -> None:
     help="kubelet's root directory, for its CPU manager checkpoint (cpu_manager_state).",
 )
 @click.option(
+    "--proc-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/proc",
+    show_default=True,
+    help="The host's /proc (the agent needs hostPID): which container each GPU process is in.",
+)
+@click.option(
+    "--enforce",
+    type=click.Choice(["report", "kill"]),
+    default="report",
+    show_default=True,
+    help="A container over its GPU memory cap by NVML's count: report it, or also kill "
+    "its offending processes.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9400,
+    show_default=True,
+    help="Port of /metrics and /healthz (0: a free one).",
+)
+@click.option(
+    "--usage-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --simulate: the JSON file of GPU processes to read instead of NVML "
+    "[default: gpu-processes.json in the simulated node's directory].",
+)
+@click.option(
     "--heartbeat-seconds",
     type=click.FloatRange(min=1),
     default=60.0,
@@ -136,6 +165,10 @@ def run(
     library_dir: Path,
     cgroup_root: Path,
     kubelet_state_dir: Path,
+    proc_root: Path,
+    enforce: str,
+    metrics_port: int,
+    usage_file: Path | None,
     heartbeat_seconds: float,
     log_level: str,
 ) -> None:
@@ -151,17 +184,20 @@ def run(
     )
     xids: XidSource
     ports: PortStates
+    usage: UsageSource
     if simulate is not None:
         sim = open_simulated(simulate)
         topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
         xids = FileXidSource(xid_file or simulated_xid_file(sim.root))
         ports = SysfsPortStates(sim.sysfs, topo, SysfsLinkState(sim.sysfs))
+        usage = FileUsageSource(usage_file or sim.root / "gpu-processes.json")
     else:
         import pynvml  # noqa: PLC0415
 
         topo = discover(Path("/sys"), PynvmlBackend(), NetlinkLinkState(), socket.gethostname())
         xids = NvmlXidSource(pynvml)
         ports = SysfsPortStates(Path("/sys"), topo, NetlinkLinkState())
+        usage = PynvmlUsageSource()
     limiter: Path | None = None
     preload: Path | None = None
     try:
@@ -195,13 +231,23 @@ def run(
     else:
         api = client.CoreV1Api(client.ApiClient(kube))
         pinning = node_agent.Pinning(cgroup_root, kubelet_state_dir / "cpu_manager_state")
+        monitoring = node_agent.Monitoring(
+            usage, proc_root, enforce=enforce, metrics_port=metrics_port
+        )
         agent = node_agent.start(
-            spec, api, xids, ports, heartbeat_s=heartbeat_seconds, pinning=pinning
+            spec,
+            api,
+            xids,
+            ports,
+            heartbeat_s=heartbeat_seconds,
+            pinning=pinning,
+            monitoring=monitoring,
         )
         stop_agent = agent.stop
+        metrics = f"; metrics on :{agent.metrics.port}" if agent.metrics else ""
         click.echo(
             f"gpulet agent: node {spec.config.node_name} published; following the "
-            "extender's assignments",
+            f"extender's assignments{metrics}",
             err=True,
         )
     click.echo(

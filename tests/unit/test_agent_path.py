@@ -8,6 +8,8 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +19,14 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.discovery import discover
 from agent.discovery.netlink import SysfsLinkState
-from agent.node_agent import NodeAgent, start
+from agent.node_agent import Monitoring, NodeAgent, start
 from agent.simulate import open_simulated
 from agent.standalone import CHECKPOINT, Standalone
+from agent.usage import FileUsageSource
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, PluginConfig
 from gpulet.api.assignment import parse_assignment
@@ -30,11 +34,13 @@ from gpulet.sim.apiserver import ApiServerStandIn
 from gpulet.sim.kubelet import KubeletStandIn, PodRef
 from gpulet.sim.objects import container, pod_object
 from gpulet.topology.document import loads
-from native.region import read_limits
+from native.region import Region, read_limits
 from scorer.app import Scorer, build
 from scorer.config import ScorerConfig
+from tests.nodes import shipped
 
 NODE = "gpu-a"
+H100 = shipped("dgx-h100")
 
 
 @dataclass
@@ -44,6 +50,48 @@ class Cluster:
     agent: NodeAgent
     scorer: Scorer
     state: Path
+    root: Path
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """One sample of the agent's /metrics, parsed; None when there is no such series."""
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return None
+
+    def metrics(self) -> str:
+        assert self.agent.metrics is not None
+        conn = http.client.HTTPConnection("127.0.0.1", self.agent.metrics.port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        return text
+
+    def run_in(self, pod: dict[str, Any], container: str, pid: int, gpu: str, mib: int) -> None:
+        """Process `pid` runs in `container` (its cgroup under the stand-in /proc, the pod's
+        status naming the container ID) and holds `mib` of GPU `gpu` by NVML's count."""
+        uid = pod["metadata"]["uid"]
+        cid = f"{pid:064x}"
+        proc = self.root / "proc" / str(pid)
+        proc.mkdir(parents=True, exist_ok=True)
+        slice_ = f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
+        (proc / "cgroup").write_text(
+            f"0::/kubepods.slice/kubepods-burstable.slice/{slice_}/cri-containerd-{cid}.scope\n"
+        )
+        stored = self.api.get_pod("default", pod["metadata"]["name"])
+        assert stored is not None
+        stored["status"]["phase"] = "Running"
+        stored["status"]["containerStatuses"] = [
+            {"name": container, "containerID": f"containerd://{cid}", "ready": True}
+        ]
+        self.api.update_pod(stored)
+        doc = [{"gpu": gpu, "pid": pid, "used_mib": mib, "sm_percent": 40}]
+        tmp = self.root / "gpu-processes.json.tmp"
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.root / "gpu-processes.json")
 
 
 def wait_for(what: Callable[[], object], timeout: float = 5.0) -> None:
@@ -79,7 +127,15 @@ def cluster() -> Iterator[Cluster]:
             ),
             pod_resources_socket=kubelet.pod_resources_socket,
         )
-        agent = start(spec, core_api, None, None, heartbeat_s=0.2)
+        (short / "proc").mkdir()
+        monitoring = Monitoring(
+            FileUsageSource(short / "gpu-processes.json"),
+            short / "proc",
+            enforce="kill",
+            interval_s=0.1,
+            metrics_port=0,
+        )
+        agent = start(spec, core_api, None, None, heartbeat_s=0.2, monitoring=monitoring)
         scorer = build(
             ScorerConfig(host="127.0.0.1", port=0, watch_timeout_s=5), api.configuration()
         )
@@ -87,7 +143,7 @@ def cluster() -> Iterator[Cluster]:
         try:
             assert scorer.sync is not None and scorer.sync.wait_ready(10)
             assert kubelet.wait_for(lambda v: bool(v.devices(GPU_RESOURCE)), timeout=5)
-            yield Cluster(api, kubelet, agent, scorer, short / "state")
+            yield Cluster(api, kubelet, agent, scorer, short / "state", short)
         finally:
             scorer.stop()
             agent.stop()
@@ -146,9 +202,15 @@ def test_a_slice_from_the_extender_to_the_container(cluster: Cluster) -> None:
     got = [(d.uuid, d.memory_mib, d.core_percent) for d in limits.devices]
     assert got == [(share.uuid, 8192, 30)]
     assert Ledger.load(cluster.state / CHECKPOINT).grants()
-    # Deleted: the agent frees the grant and the region, the extender the slice.
+    # Metrics: the GPU's allocation, and the container's cap and share.
+    mine = {"pod_uid": uid, "container": "main", "uuid": share.uuid}
+    assert cluster.value("gpulet_container_memory_cap_bytes", **mine) == 8192 * 2**20
+    assert cluster.value("gpulet_container_core_percent", **mine) == 30
+    assert cluster.value("gpulet_gpu_allocated_core_percent", uuid=share.uuid) == 30
+    # Deleted: the agent frees the grant, the region and the series; the extender the slice.
     cluster.api.delete_pod("default", "infer")
     wait_for(lambda: not Path(region).exists())
+    assert uid not in cluster.metrics()
     wait_for(lambda: not Ledger.load(cluster.state / CHECKPOINT).grants())
     wait_for(lambda: not list(cluster.scorer.server.extender.view.pods()))
 
@@ -166,3 +228,53 @@ def test_a_finished_pod_is_released_too(cluster: Cluster) -> None:
     done["status"]["phase"] = "Succeeded"
     cluster.api.update_pod(done)
     wait_for(lambda: not cluster.agent.core.grants())
+
+
+def test_a_process_over_its_cap_by_nvmls_count_is_killed(cluster: Cluster) -> None:
+    """The limiter was got around (NVML says the container holds 9,000 MiB of an 8,192 MiB
+    cap): the agent reports it, counts it, and with --enforce=kill kills the process."""
+    pod = schedule(cluster, pod_object("rogue", container("main", gpus=1, core=30, memory=8192)))
+    uid = pod["metadata"]["uid"]
+    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
+    cluster.kubelet.allocate(
+        PodRef(uid=uid, namespace="default", name="rogue"), "main", GPU_RESOURCE, 1
+    )
+    (main,) = parse_assignment(pod["metadata"]["annotations"]["gpulet.io/assignment"]).containers
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        cluster.run_in(pod, "main", victim.pid, main.gpus[0].uuid, 9000)
+        assert victim.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        victim.kill()
+    wait_for(lambda: cluster.agent.monitor is not None and cluster.agent.monitor.violations)
+    violations = cluster.value(
+        "gpulet_container_backstop_violations_total", pod_uid=uid, container="main"
+    )
+    assert violations is not None and violations >= 1
+
+
+def test_usage_below_the_cap_is_fed_back_not_punished(cluster: Cluster) -> None:
+    pod = schedule(cluster, pod_object("calm", container("main", gpus=1, core=30, memory=8192)))
+    uid = pod["metadata"]["uid"]
+    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
+    cluster.kubelet.allocate(
+        PodRef(uid=uid, namespace="default", name="calm"), "main", GPU_RESOURCE, 1
+    )
+    (main,) = parse_assignment(pod["metadata"]["annotations"]["gpulet.io/assignment"]).containers
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        cluster.run_in(pod, "main", sleeper.pid, main.gpus[0].uuid, 4000)
+        mine = {"pod_uid": uid, "container": "main", "uuid": main.gpus[0].uuid}
+        wait_for(
+            lambda: cluster.value("gpulet_container_memory_used_bytes", **mine) == 4000 * 2**20
+        )
+        assert cluster.value("gpulet_container_utilization_percent", **mine) == 40
+        # ... and into the container's region, as the limiter's feedback.
+        (grant,) = cluster.agent.core.grants()
+        assert grant.region_dir is not None
+        with Region.open(grant.region_dir) as region:
+            assert region.snapshot().devices[0].util_percent == 40
+        assert sleeper.poll() is None  # under its cap: left alone
+    finally:
+        sleeper.kill()
+        sleeper.wait()

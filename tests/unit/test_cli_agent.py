@@ -4,6 +4,7 @@ on SIGTERM."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -96,13 +97,20 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
                 str(short / "regions"),
                 "--library-dir",
                 str(short / "lib"),
+                "--metrics-port",
+                "0",
             ],
             env={**os.environ, "NODE_NAME": "gpu-7"},
             stderr=subprocess.PIPE,
             text=True,
         )
         try:
+            assert agent.stderr is not None
+            line = next(x for x in agent.stderr if x.startswith("gpulet agent: node"))
+            port = int(line.rsplit(":", 1)[1])
             assert kubelet.wait_for(lambda v: bool(v.devices(GPU_RESOURCE)), timeout=20)
+            assert "gpulet_gpu_memory_total_bytes" in get(port, "/metrics")
+            assert get(port, "/healthz") == "ok\n"
             node = api.get_node("gpu-7")
             assert node is not None
             assert loads(node["metadata"]["annotations"]["gpulet.io/topology"]).node == "gpu-7"
@@ -116,7 +124,15 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
             agent.send_signal(signal.SIGTERM)
             _, err = agent.communicate(timeout=20)
         assert agent.returncode == 0, err
-        assert "node gpu-7 published" in err
+        assert "node gpu-7 published" in line
+
+
+def get(port: int, path: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path)
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return text
 
 
 def test_agent_run_without_an_api_server_says_what_to_do(tmp_path: Path) -> None:

@@ -1,0 +1,200 @@
+"""The agent's Prometheus metrics and health endpoint (`/metrics`, `/healthz`).
+
+Computed at scrape time from what the agent holds (the ledger's grants, device health, the
+monitor's latest sample, the containers' regions), so the series of a pod that is gone go
+with it: nothing has to be removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from agent.monitor import Monitor
+from deviceplugin.core import DevicePluginCore
+from gpulet.api.resources import GPU_RESOURCE
+from native.region import Region, RegionError
+
+log = logging.getLogger("gpulet.agent")
+MIB = 1 << 20
+
+
+class AgentCollector(Collector):
+    def __init__(self, core: DevicePluginCore, monitor: Monitor | None) -> None:
+        self._core = core
+        self._monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._gpus()
+        yield from self._containers()
+
+    def _gpus(self) -> Iterator[Metric]:
+        labels = ["gpu", "uuid"]
+        total = GaugeMetricFamily("gpulet_gpu_memory_total_bytes", "GPU memory", labels=labels)
+        used = GaugeMetricFamily(
+            "gpulet_gpu_memory_used_bytes", "GPU memory held by processes (NVML)", labels=labels
+        )
+        util = GaugeMetricFamily(
+            "gpulet_gpu_utilization_percent",
+            "SM utilisation of all processes (NVML)",
+            labels=labels,
+        )
+        core = GaugeMetricFamily(
+            "gpulet_gpu_allocated_core_percent", "Compute granted to containers", labels=labels
+        )
+        memory = GaugeMetricFamily(
+            "gpulet_gpu_allocated_memory_bytes", "Memory granted to containers", labels=labels
+        )
+        slots = GaugeMetricFamily("gpulet_gpu_slots_used", "Slots granted", labels=labels)
+        healthy = GaugeMetricFamily("gpulet_gpu_healthy", "1: in service, 0: lost", labels=labels)
+        state = self._core.node_state()
+        sick = self._core.unhealthy_gpus()
+        sample = self._monitor.latest if self._monitor is not None else None
+        for gpu in self._core.topo.gpus:
+            key = [str(gpu.index), gpu.uuid]
+            use = state.gpu(gpu.index)
+            total.add_metric(key, gpu.memory_mib * MIB)
+            core.add_metric(key, use.core)
+            memory.add_metric(key, use.memory_mib * MIB)
+            slots.add_metric(key, use.slots)
+            healthy.add_metric(key, 0 if gpu.index in sick else 1)
+            if sample is not None:
+                used.add_metric(key, sample.gpu_used_mib.get(gpu.uuid, 0) * MIB)
+                util.add_metric(key, sample.gpu_util.get(gpu.uuid, 0))
+        yield from (total, used, util, core, memory, slots, healthy)
+
+    def _containers(self) -> Iterator[Metric]:
+        labels = ["pod_uid", "container", "uuid"]
+        cap = GaugeMetricFamily(
+            "gpulet_container_memory_cap_bytes", "GPU memory cap", labels=labels
+        )
+        share = GaugeMetricFamily(
+            "gpulet_container_core_percent", "Compute share granted", labels=labels
+        )
+        used = GaugeMetricFamily(
+            "gpulet_container_memory_used_bytes", "GPU memory held (NVML)", labels=labels
+        )
+        util = GaugeMetricFamily(
+            "gpulet_container_utilization_percent", "SM utilisation measured (NVML)", labels=labels
+        )
+        throttled = CounterMetricFamily(
+            "gpulet_container_throttled_seconds",
+            "Time the limiter held kernel launches back",
+            labels=labels,
+        )
+        violations = CounterMetricFamily(
+            "gpulet_container_backstop_violations",
+            "Samples in which the container held more GPU memory than its cap by NVML's count",
+            labels=["pod_uid", "container"],
+        )
+        measured = {}
+        if self._monitor is not None:
+            measured = {
+                (c.pod_uid, c.container, c.gpu_uuid): c for c in self._monitor.latest.containers
+            }
+        for grant in self._core.grants():
+            if grant.resource != GPU_RESOURCE or not grant.pod_uid or not grant.container:
+                continue
+            throttle = _throttled(grant.region_dir)
+            for i, s in enumerate(grant.gpus):
+                key = [grant.pod_uid, grant.container, s.uuid]
+                cap.add_metric(key, s.memory_mib * MIB)
+                share.add_metric(key, s.core)
+                m = measured.get((grant.pod_uid, grant.container, s.uuid))
+                used.add_metric(key, (m.used_mib if m else 0) * MIB)
+                if m is not None and m.util_percent is not None:
+                    util.add_metric(key, m.util_percent)
+                if i < len(throttle):
+                    throttled.add_metric(key, throttle[i])
+        if self._monitor is not None:
+            for (pod_uid, container), n in self._monitor.violations.items():
+                violations.add_metric([pod_uid, container], n)
+        yield from (cap, share, used, util, throttled, violations)
+
+
+def _throttled(region_dir: str | None) -> list[float]:
+    """Seconds of launches held back, per device, from the container's region (none yet
+    before its first CUDA process)."""
+    if not region_dir or not (Path(region_dir) / "region").exists():
+        return []
+    try:
+        with Region.open(region_dir) as region:
+            return [d.throttled_ns / 1e9 for d in region.snapshot().devices]
+    except RegionError:
+        return []
+
+
+class MetricsServer:
+    """`/metrics` and `/healthz` on `port` (0: a free one), from a background thread."""
+
+    def __init__(
+        self,
+        collector: Collector,
+        port: int,
+        *,
+        host: str = "0.0.0.0",
+        healthy: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(collector)
+        registry, is_healthy = self.registry, healthy
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0].rstrip("/")
+                if path == "/metrics":
+                    self._send(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok = is_healthy()
+                    code = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
+                    self._send(code, b"ok\n" if ok else b"not serving kubelet\n", "text/plain")
+                else:
+                    self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+            def _send(self, code: int, data: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("event=http %s", format % args)
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="gpulet-metrics",
+            daemon=True,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,203 @@
+"""Every second: what NVML says each GPU process uses, per container.
+
+Each process is mapped to its container through `/proc/<pid>/cgroup` (agent.cgroups) and the
+pod's status (container ID -> name), then to the grant of that container (pod UID and name).
+Per container and GPU this gives the memory used and the utilisation measured, which
+
+- goes into the container's region as the limiter's feedback (`Region.set_feedback`);
+- is checked against the cap: a container whose processes hold more GPU memory than its cap
+  by NVML's count got around the limiter (a static binary, a cleared preload, direct ioctls).
+  That is reported (a log event, a metric, and a Kubernetes Event through `report`), and with
+  `enforce="kill"` the offending processes are killed. The limiter is the fence; this is the
+  alarm.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.cgroups import ContainerRef, ProcessTable, container_id_of
+from agent.usage import ProcessUsage, UsageError, UsageSource
+from deviceplugin.grants import Grant
+from gpulet.api.resources import GPU_RESOURCE
+from native.region import Region, RegionError
+
+log = logging.getLogger("gpulet.agent")
+
+ENFORCE = ("report", "kill")
+
+
+@dataclass(frozen=True)
+class ContainerGpu:
+    """One container's use of one GPU in one sample."""
+
+    pod_uid: str
+    container: str
+    gpu_uuid: str
+    used_mib: int
+    cap_mib: int
+    core_percent: int
+    util_percent: float | None
+    pids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Violation:
+    pod_uid: str
+    container: str
+    gpu_uuid: str
+    used_mib: int
+    cap_mib: int
+    pids: tuple[int, ...]
+    killed: bool
+
+
+@dataclass
+class Sample:
+    """The latest reading, for metrics and `gpulet node allocations`."""
+
+    containers: list[ContainerGpu] = field(default_factory=list)
+    #: Per GPU UUID: memory held by every process NVML lists (MiB), and utilisation (%).
+    gpu_used_mib: dict[str, int] = field(default_factory=dict)
+    gpu_util: dict[str, int] = field(default_factory=dict)
+
+
+class Monitor:
+    def __init__(
+        self,
+        usage: UsageSource,
+        processes: ProcessTable,
+        grants: Callable[[], Iterable[Grant]],
+        pods: Callable[[], Iterable[Mapping[str, Any]]],
+        *,
+        enforce: str = "report",
+        report: Callable[[Violation], None] = lambda v: None,
+        kill: Callable[[int, int], None] = os.kill,
+    ) -> None:
+        if enforce not in ENFORCE:
+            raise ValueError(f"enforce must be one of {', '.join(ENFORCE)}, got {enforce!r}")
+        self._usage = usage
+        self._processes = processes
+        self._grants = grants
+        self._pods = pods
+        self._enforce = enforce
+        self._report = report
+        self._kill = kill
+        self.latest = Sample()
+        #: Backstop violations so far, per (pod uid, container); forgotten with the pod.
+        self.violations: dict[tuple[str, str], int] = {}
+        self._usage_failed: str | None = None
+
+    def tick(self) -> list[Violation]:
+        """One pass: read usage, attribute it, feed it back, enforce caps."""
+        try:
+            processes = self._usage.sample()
+        except UsageError as e:
+            if str(e) != self._usage_failed:
+                log.warning("event=usage-unreadable reason=%r", str(e))
+                self._usage_failed = str(e)
+            return []
+        self._usage_failed = None
+        names = _container_names(self._pods())
+        grants = {
+            (g.pod_uid, g.container): g
+            for g in self._grants()
+            if g.resource == GPU_RESOURCE and g.gpus and g.pod_uid and g.container
+        }
+        per: dict[tuple[str, str, str], list[ProcessUsage]] = {}
+        sample = Sample()
+        for p in processes:
+            sample.gpu_used_mib[p.gpu_uuid] = sample.gpu_used_mib.get(p.gpu_uuid, 0) + (
+                p.used_mib or 0
+            )
+            sample.gpu_util[p.gpu_uuid] = min(
+                100, sample.gpu_util.get(p.gpu_uuid, 0) + (p.sm_percent or 0)
+            )
+            ref = self._processes.container_of(p.pid)
+            name = names.get(ref) if ref is not None else None
+            if ref is None or name is None:
+                continue
+            per.setdefault((ref.pod_uid, name, p.gpu_uuid), []).append(p)
+        violations: list[Violation] = []
+        for (pod_uid, name, uuid), procs in per.items():
+            grant = grants.get((pod_uid, name))
+            share = next((s for s in grant.gpus if s.uuid == uuid), None) if grant else None
+            if grant is None or share is None:
+                continue  # a process on a GPU its container was not given: not ours to cap
+            used = sum(p.used_mib or 0 for p in procs)
+            utils = [p.sm_percent for p in procs if p.sm_percent is not None]
+            util = float(min(100, sum(utils))) if utils else None
+            pids = tuple(sorted(p.pid for p in procs))
+            use = ContainerGpu(pod_uid, name, uuid, used, share.memory_mib, share.core, util, pids)
+            sample.containers.append(use)
+            if util is not None and grant.region_dir:
+                self._feedback(Path(grant.region_dir), grant, uuid, util)
+            if used > share.memory_mib:
+                violations.append(self._enforce_cap(use))
+        live = {(g.pod_uid, g.container) for g in grants.values()}
+        for gone in set(self.violations) - live:
+            del self.violations[gone]
+        self.latest = sample
+        return violations
+
+    def _feedback(self, region_dir: Path, grant: Grant, uuid: str, util: float) -> None:
+        dev = next(i for i, s in enumerate(grant.gpus) if s.uuid == uuid)
+        try:
+            with Region.open(region_dir) as region:
+                region.set_feedback(dev, util)
+        except RegionError as e:
+            log.debug("event=feedback-skipped region=%s reason=%r", region_dir, str(e))
+
+    def _enforce_cap(self, use: ContainerGpu) -> Violation:
+        pod_uid, name, uuid, pids = use.pod_uid, use.container, use.gpu_uuid, use.pids
+        used, cap = use.used_mib, use.cap_mib
+        killed = False
+        if self._enforce == "kill":
+            for pid in pids:
+                try:
+                    self._kill(pid, signal.SIGKILL)
+                    killed = True
+                except ProcessLookupError:
+                    pass
+        key = (pod_uid, name)
+        self.violations[key] = self.violations.get(key, 0) + 1
+        violation = Violation(pod_uid, name, uuid, used, cap, pids, killed)
+        log.warning(
+            "event=backstop-violation pod_uid=%s container=%s gpu=%s used_mib=%d cap_mib=%d "
+            "pids=%s action=%s",
+            pod_uid,
+            name,
+            uuid,
+            used,
+            cap,
+            ",".join(map(str, pids)),
+            "killed" if killed else "reported",
+        )
+        self._report(violation)
+        return violation
+
+
+def _container_names(pods: Iterable[Mapping[str, Any]]) -> dict[ContainerRef, str]:
+    """Container ID -> name, from the pods' statuses (init containers included)."""
+    out: dict[ContainerRef, str] = {}
+    for pod in pods:
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        status = pod.get("status") or {}
+        for s in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]:
+            raw = s.get("containerID")
+            if not isinstance(raw, str) or not raw:
+                continue
+            try:
+                out[ContainerRef(uid, container_id_of(raw))] = str(s.get("name"))
+            except ValueError:
+                continue
+    return out
