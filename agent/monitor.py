@@ -19,7 +19,6 @@ import os
 import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from agent.cgroups import ContainerRef, ProcessTable, container_id_of
@@ -93,6 +92,11 @@ class Monitor:
         #: Backstop violations so far, per (pod uid, container); forgotten with the pod.
         self.violations: dict[tuple[str, str], int] = {}
         self._usage_failed: str | None = None
+        #: Per pid NVML listed last time, its container: a process does not change
+        #: container, so /proc is read once per process, not once per second.
+        self._known: dict[int, ContainerRef | None] = {}
+        #: Open regions, per directory, while their grant lasts.
+        self._regions: dict[str, Region] = {}
 
     def tick(self) -> list[Violation]:
         """One pass: read usage, attribute it, feed it back, enforce caps."""
@@ -111,6 +115,7 @@ class Monitor:
             if g.resource == GPU_RESOURCE and g.gpus and g.pod_uid and g.container
         }
         per: dict[tuple[str, str, str], list[ProcessUsage]] = {}
+        seen: dict[int, ContainerRef | None] = {}
         sample = Sample()
         for p in processes:
             sample.gpu_used_mib[p.gpu_uuid] = sample.gpu_used_mib.get(p.gpu_uuid, 0) + (
@@ -119,7 +124,11 @@ class Monitor:
             sample.gpu_util[p.gpu_uuid] = min(
                 100, sample.gpu_util.get(p.gpu_uuid, 0) + (p.sm_percent or 0)
             )
-            ref = self._processes.container_of(p.pid)
+            if p.pid in self._known:
+                ref = self._known[p.pid]
+            else:
+                ref = self._processes.container_of(p.pid)
+            seen[p.pid] = ref
             name = names.get(ref) if ref is not None else None
             if ref is None or name is None:
                 continue
@@ -137,20 +146,26 @@ class Monitor:
             use = ContainerGpu(pod_uid, name, uuid, used, share.memory_mib, share.core, util, pids)
             sample.containers.append(use)
             if util is not None and grant.region_dir:
-                self._feedback(Path(grant.region_dir), grant, uuid, util)
+                self._feedback(grant.region_dir, grant, uuid, util)
             if used > share.memory_mib:
                 violations.append(self._enforce_cap(use))
+        self._known = seen
         live = {(g.pod_uid, g.container) for g in grants.values()}
-        for gone in set(self.violations) - live:
-            del self.violations[gone]
+        for ended in set(self.violations) - live:
+            del self.violations[ended]
+        dirs = {g.region_dir for g in grants.values()}
+        for closed in set(self._regions) - dirs:
+            self._regions.pop(closed).close()
         self.latest = sample
         return violations
 
-    def _feedback(self, region_dir: Path, grant: Grant, uuid: str, util: float) -> None:
+    def _feedback(self, region_dir: str, grant: Grant, uuid: str, util: float) -> None:
         dev = next(i for i, s in enumerate(grant.gpus) if s.uuid == uuid)
         try:
-            with Region.open(region_dir) as region:
-                region.set_feedback(dev, util)
+            region = self._regions.get(region_dir)
+            if region is None:
+                region = self._regions[region_dir] = Region.open(region_dir)
+            region.set_feedback(dev, util)
         except RegionError as e:
             log.debug("event=feedback-skipped region=%s reason=%r", region_dir, str(e))
 

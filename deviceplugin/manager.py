@@ -18,8 +18,10 @@ from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE
 from deviceplugin.server import KUBELET_SOCKET, PluginServer
 
 SOCKETS = {GPU_RESOURCE: "gpulet-gpu.sock", RDMA_RESOURCE: "gpulet-rdma.sock"}
-#: How often the kubelet socket and ours are looked at.
-WATCH_INTERVAL_S = 0.1
+#: How often the kubelet socket and ours are looked at: a kubelet restart is noticed within
+#: this, well inside the 2 s in which the plugins must be registered again; each look is
+#: three stat calls, and an idle agent wakes for little else.
+WATCH_INTERVAL_S = 0.25
 
 log = logging.getLogger("gpulet.deviceplugin")
 

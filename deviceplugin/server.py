@@ -24,8 +24,9 @@ from deviceplugin.core import AllocateError, DevicePluginCore
 VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
 HEALTHY, UNHEALTHY = "Healthy", "Unhealthy"
-#: How often an idle ListAndWatch stream checks that its client is still there.
-_STREAM_POLL_S = 0.5
+#: How often an idle ListAndWatch stream checks that its client is still there (a stream
+#: whose kubelet went away holds only a thread until then).
+_STREAM_POLL_S = 2.0
 
 log = logging.getLogger("gpulet.deviceplugin")
 

@@ -1,0 +1,169 @@
+"""The node agent's steady state: RSS and CPU of `gpulet agent run` on a simulated dgx-h100
+(8 GPUs) serving 64 containers, each with a GPU process NVML reports every second.
+
+In this process: an API server stand-in and a kubelet stand-in. The agent runs as its own
+process, as in its DaemonSet: published node and heartbeat, the pods' watch, the device
+plugins, the monitor reading usage every second and writing each container's feedback, the
+pinning pass, /metrics scraped every 15 s as Prometheus would. 64 pods are bound with
+assignments (8 slices of each GPU), allocated through kubelet, and given a running
+container and a GPU process; then the agent is measured for `--seconds`.
+
+Run: .venv/bin/python bench/agent.py [--seconds 60] [--containers 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.discovery import discover
+from agent.discovery.netlink import SysfsLinkState
+from agent.simulate import open_simulated
+from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
+from gpulet.sim.apiserver import ApiServerStandIn
+from gpulet.sim.kubelet import KubeletStandIn, PodRef
+from gpulet.sim.objects import container, pod_object
+from gpulet.topology import Topology
+
+NODE = "bench-node"
+
+
+def start_agent(
+    work: Path, api: ApiServerStandIn, kubelet: KubeletStandIn
+) -> subprocess.Popen[str]:
+    api.write_kubeconfig(work / "kubeconfig")
+    for d in ("proc", "cgroup", "kubelet"):
+        (work / d).mkdir()
+    args = [
+        sys.executable, "-c", "from gpulet.cli import main; main()", "agent", "run",
+        "--simulate", "dgx-h100", "--kubeconfig", str(work / "kubeconfig"),
+        "--node-name", NODE, "--kubelet-dir", str(kubelet.plugin_dir),
+        "--pod-resources-dir", str(work / "pr"), "--state-dir", str(work / "state"),
+        "--region-root", str(work / "regions"), "--library-dir", str(work / "lib"),
+        "--cgroup-root", str(work / "cgroup"), "--proc-root", str(work / "proc"),
+        "--kubelet-state-dir", str(work / "kubelet"), "--metrics-port", "0",
+        "--usage-file", str(work / "gpu-processes.json"), "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+
+
+def metrics_port(agent: subprocess.Popen[str]) -> int:
+    assert agent.stderr is not None
+    for line in agent.stderr:
+        if line.startswith("gpulet agent: node"):
+            return int(line.rsplit(":", 1)[1])
+    raise RuntimeError(f"the agent exited with {agent.wait()}")
+
+
+def populate(
+    work: Path, api: ApiServerStandIn, kubelet: KubeletStandIn, topo: Topology, count: int
+) -> None:
+    """`count` pods bound with assignments, allocated, each with a running container and a
+    GPU process (its cgroup under the stand-in /proc), and NVML's view of them."""
+    processes = []
+    for i in range(count):
+        gpu = topo.gpus[i % len(topo.gpus)]
+        share = AssignedGpu(gpu.uuid, 10, 4096)
+        assignment = Assignment(NODE, (ContainerAssignment("main", (share,), (), (gpu.numa,)),))
+        pod = pod_object(f"infer-{i}", container("main", gpus=1, core=10, memory=4096))
+        pod["spec"]["nodeName"] = NODE
+        pod["metadata"]["annotations"]["gpulet.io/assignment"] = dump_assignment(assignment)
+        pod["metadata"]["creationTimestamp"] = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + i)
+        )
+        stored = api.create_pod(pod)
+        uid = stored["metadata"]["uid"]
+        ref = PodRef(uid=uid, namespace="default", name=f"infer-{i}")
+        deadline = time.monotonic() + 10
+        while True:  # once the agent's watch has shown it the pod
+            try:
+                kubelet.allocate(ref, "main", "gpulet.io/gpu", 1)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        pid = 100_000 + i
+        cid = f"{pid:064x}"
+        cgroup = work / "proc" / str(pid)
+        cgroup.mkdir()
+        slice_ = f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
+        (cgroup / "cgroup").write_text(
+            f"0::/kubepods.slice/kubepods-burstable.slice/{slice_}/cri-containerd-{cid}.scope\n"
+        )
+        stored = api.get_pod("default", f"infer-{i}") or stored
+        stored["status"] = {
+            "phase": "Running",
+            "containerStatuses": [{"name": "main", "containerID": f"containerd://{cid}"}],
+        }
+        api.update_pod(stored)
+        processes.append({"gpu": gpu.uuid, "pid": pid, "used_mib": 2048, "sm_percent": 9})
+    (work / "gpu-processes.json").write_text(json.dumps(processes))
+
+
+def scrape(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    size = len(conn.getresponse().read())
+    conn.close()
+    return size
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--containers", type=int, default=64)
+    args = ap.parse_args()
+    sim = open_simulated("dgx-h100")
+    topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), NODE)
+    work = Path(tempfile.mkdtemp(prefix="gab"))
+    print(f"gpulet agent benchmark  python {platform.python_version()}  {platform.machine()}")
+    try:
+        with ApiServerStandIn() as api, KubeletStandIn(work / "dp", work / "pr") as kubelet:
+            api.create_node({"metadata": {"name": NODE}, "spec": {}, "status": {}})
+            agent = start_agent(work, api, kubelet)
+            try:
+                port = metrics_port(agent)
+                if not kubelet.wait_for(lambda v: bool(v.devices("gpulet.io/gpu")), timeout=30):
+                    raise RuntimeError("the agent did not register with kubelet")
+                populate(work, api, kubelet, topo, args.containers)
+                proc = psutil.Process(agent.pid)
+                time.sleep(5)  # settle: every container seen by the monitor, metrics warm
+                size = scrape(port)
+                rss: list[int] = []
+                cpu0, t0 = sum(proc.cpu_times()[:2]), time.monotonic()
+                next_scrape = t0 + 15
+                while time.monotonic() - t0 < args.seconds:
+                    time.sleep(1)
+                    rss.append(proc.memory_info().rss)
+                    if time.monotonic() >= next_scrape:
+                        size = scrape(port)
+                        next_scrape += 15
+                cpu1, t1 = sum(proc.cpu_times()[:2]), time.monotonic()
+            finally:
+                agent.terminate()
+                agent.wait(timeout=30)
+        share = (cpu1 - cpu0) / (t1 - t0) * 100
+        print(
+            f"{args.containers} containers on 8 GPUs, {args.seconds:.0f} s: "
+            f"RSS max {max(rss) / 2**20:.1f} MiB (target 80), "
+            f"CPU {share:.2f}% of one core (target 2); /metrics {size / 1024:.0f} KiB"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
