@@ -7,10 +7,11 @@ with it: nothing has to be removed.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -136,7 +137,8 @@ def _throttled(region_dir: str | None) -> list[float]:
 
 
 class MetricsServer:
-    """`/metrics` and `/healthz` on `port` (0: a free one), from a background thread."""
+    """`/metrics` and `/healthz` on `port` (0: a free one), from a background thread, and
+    JSON documents at the paths of `documents`."""
 
     def __init__(
         self,
@@ -145,10 +147,11 @@ class MetricsServer:
         *,
         host: str = "0.0.0.0",
         healthy: Callable[[], bool] = lambda: True,
+        documents: Mapping[str, Callable[[], Any]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(collector)
-        registry, is_healthy = self.registry, healthy
+        registry, is_healthy, docs = self.registry, healthy, dict(documents or {})
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -161,6 +164,9 @@ class MetricsServer:
                 path = self.path.split("?")[0].rstrip("/")
                 if path == "/metrics":
                     self._send(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path in docs:
+                    body = json.dumps(docs[path](), separators=(",", ":")).encode()
+                    self._send(HTTPStatus.OK, body, "application/json")
                 elif path == "/healthz":
                     ok = is_healthy()
                     code = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE

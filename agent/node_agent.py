@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kubernetes import client
 
+from agent.allocations import allocations
 from agent.cgroups import ProcessTable
 from agent.kube import ApiPodSource, NodePublisher
 from agent.metrics import AgentCollector, MetricsServer
@@ -163,10 +164,12 @@ def start(
         loop.start()
         agent.loops.append(loop)
         if monitoring.metrics_port is not None:
+            monitor = agent.monitor
             agent.metrics = MetricsServer(
-                AgentCollector(core, agent.monitor),
+                AgentCollector(core, monitor),
                 monitoring.metrics_port,
                 healthy=manager.serving,
+                documents={"/allocations": lambda: allocations(core, monitor, pods.pod)},
             )
             agent.metrics.start()
     gc.freeze()  # as agent.standalone.start: keep the long-lived out of full collections

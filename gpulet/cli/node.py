@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import urllib.parse
+
 import click
 
 from gpulet.cli.common import print_json, read_node, simulate_option, user_errors
-from gpulet.cli.render import topology_text
+from gpulet.cli.render import allocations_text, topology_text
 from gpulet.topology.document import to_document
 
 
@@ -33,3 +37,36 @@ def inspect(simulate: str | None, as_json: bool) -> None:
         print_json(to_document(topo))
     else:
         click.echo(topology_text(topo))
+
+
+@node.command()
+@click.option(
+    "--agent",
+    "agent_url",
+    default="http://127.0.0.1:9400",
+    show_default=True,
+    help="The node agent's metrics address (its --metrics-port).",
+)
+@click.option("--json", "as_json", is_flag=True, help="The agent's document (docs/cli.md).")
+@user_errors
+def allocations(agent_url: str, as_json: bool) -> None:
+    """What each GPU and RDMA port is serving, per container, with live usage (from the
+    running agent)."""
+    url = urllib.parse.urlsplit(agent_url)
+    if url.scheme != "http" or not url.hostname:
+        raise click.UsageError(f"--agent must be http://HOST:PORT, got {agent_url!r}")
+    try:
+        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=10)
+        conn.request("GET", "/allocations")
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+    except OSError as e:
+        raise click.ClickException(f"cannot reach the agent at {agent_url}: {e}") from None
+    if resp.status != 200:
+        raise click.ClickException(f"the agent at {agent_url} answered HTTP {resp.status}")
+    doc = json.loads(body)
+    if as_json:
+        print_json(doc)
+        return
+    click.echo(allocations_text(doc))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from gpulet.topology import Topology, format_cpulist
 from gpulet.topology.document import to_document
 from native.region import MIB, Usage
@@ -106,3 +109,34 @@ def usage_text(usage: Usage) -> str:
         proc_rows.append([str(p.pid), p.comm or "-", *(f"{b / MIB:.1f}" for b in p.used_bytes)])
     out.append(_table(proc_rows))
     return "\n".join(out)
+
+
+def allocations_text(doc: Mapping[str, Any]) -> str:
+    """`gpulet node allocations`: per GPU and port, who has what, and live use."""
+
+    def mib(value: object) -> str:
+        return "-" if value is None else f"{value} MiB"
+
+    lines = [f"node {doc['node']}"]
+    for g in doc["gpus"]:
+        a = g["allocated"]
+        health = "" if g["healthy"] else "  UNHEALTHY"
+        sm = "-" if g["utilization"] is None else g["utilization"]
+        lines.append(
+            f"GPU{g['index']} {g['uuid']} NUMA {g['numa']}{health}: allocated {a['core']}% core, "
+            f"{a['memory_mib']} of {g['memory_mib']} MiB, {a['slots']} slots; "
+            f"in use {mib(g['used_mib'])}, {sm}% SM"
+        )
+        for c in g["containers"]:
+            share = "whole" if c["exclusive"] else f"{c['core']}% core, {c['memory_mib']} MiB"
+            util = "-" if c["utilization"] is None else f"{c['utilization']:g}%"
+            lines.append(
+                f"  {c['namespace'] or '?'}/{c['pod'] or c['pod_uid']} {c['container']}: "
+                f"{share}; using {mib(c['used_mib'])}, {util} SM"
+            )
+    for n in doc["nics"]:
+        health = "" if n["healthy"] else "  DOWN"
+        lines.append(f"{n['key']} NUMA {n['numa']}{health}: {n['slots']} slots")
+        for c in n["containers"]:
+            lines.append(f"  {c['namespace'] or '?'}/{c['pod'] or c['pod_uid']} {c['container']}")
+    return "\n".join(lines)

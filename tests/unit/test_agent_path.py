@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,6 +31,7 @@ from agent.usage import FileUsageSource
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, PluginConfig
 from gpulet.api.assignment import parse_assignment
+from gpulet.cli import main as cli
 from gpulet.sim.apiserver import ApiServerStandIn
 from gpulet.sim.kubelet import KubeletStandIn, PodRef
 from gpulet.sim.objects import container, pod_object
@@ -278,3 +280,39 @@ def test_usage_below_the_cap_is_fed_back_not_punished(cluster: Cluster) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_node_allocations_shows_who_has_what(cluster: Cluster) -> None:
+    pod = schedule(cluster, pod_object("shown", container("main", gpus=1, core=25, memory=4096)))
+    uid = pod["metadata"]["uid"]
+    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
+    cluster.kubelet.allocate(
+        PodRef(uid=uid, namespace="default", name="shown"), "main", GPU_RESOURCE, 1
+    )
+    (main,) = parse_assignment(pod["metadata"]["annotations"]["gpulet.io/assignment"]).containers
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        cluster.run_in(pod, "main", sleeper.pid, main.gpus[0].uuid, 3000)
+        assert cluster.agent.metrics is not None
+        agent = f"http://127.0.0.1:{cluster.agent.metrics.port}"
+
+        def shown() -> dict[str, Any]:
+            result = CliRunner().invoke(cli, ["node", "allocations", "--agent", agent, "--json"])
+            assert result.exit_code == 0, result.output
+            doc: dict[str, Any] = json.loads(result.output)
+            return doc
+
+        wait_for(lambda: any(g["used_mib"] for g in shown()["gpus"]))
+        doc = shown()
+        (gpu,) = [g for g in doc["gpus"] if g["uuid"] == main.gpus[0].uuid]
+        assert gpu["allocated"] == {"core": 25, "memory_mib": 4096, "slots": 1}
+        (user,) = gpu["containers"]
+        assert (user["namespace"], user["pod"], user["container"]) == ("default", "shown", "main")
+        assert (user["core"], user["memory_mib"], user["used_mib"]) == (25, 4096, 3000)
+        text = CliRunner().invoke(cli, ["node", "allocations", "--agent", agent]).output
+        assert "default/shown main: 25% core, 4096 MiB; using 3000 MiB, 40% SM" in text
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    result = CliRunner().invoke(cli, ["node", "allocations", "--agent", "http://127.0.0.1:1"])
+    assert result.exit_code == 1 and "cannot reach the agent at http://127.0.0.1:1" in result.output
