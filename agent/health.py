@@ -34,16 +34,21 @@ class FileXidSource:
         self.path = path
         self._offset = path.stat().st_size if path.exists() else 0
 
+    #: How often the file is looked at while waiting: a stat, and a read only if it grew.
+    POLL_S = 0.25
+
     def events(self, timeout_s: float) -> list[XidEvent]:
         deadline = time.monotonic() + timeout_s
         while True:
             found = self._read()
             if found or time.monotonic() >= deadline:
                 return found
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(self.POLL_S, max(0.0, deadline - time.monotonic())))
 
     def _read(self) -> list[XidEvent]:
         try:
+            if self.path.stat().st_size <= self._offset:
+                return []
             with self.path.open("rb") as f:
                 f.seek(self._offset)
                 data = f.read()

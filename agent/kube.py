@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kubernetes import client
-
 from deviceplugin.assignment import ContainerRequest, PendingPod
 from gpulet.api.resources import (
     ASSIGNMENT_ANNOTATION,
@@ -21,6 +19,7 @@ from gpulet.api.resources import (
     RDMA_RESOURCE,
     TOPOLOGY_ANNOTATION,
 )
+from gpulet.kube.calls import CoreCalls
 from gpulet.kube.reflector import Reflector
 
 log = logging.getLogger("gpulet.agent")
@@ -40,7 +39,7 @@ class NodePublisher:
 
     def __init__(
         self,
-        core: client.CoreV1Api,
+        core: CoreCalls,
         node: str,
         topology_text: str,
         *,
@@ -68,9 +67,7 @@ class NodePublisher:
         text = self._text
         if text != self._published:
             annotations[TOPOLOGY_ANNOTATION] = text
-        self._core.patch_node(
-            self._node, {"metadata": {"annotations": annotations}}, _preload_content=False
-        )
+        self._core.patch_node(self._node, {"metadata": {"annotations": annotations}})
         if text != self._published:
             log.info("event=published node=%s bytes=%d", self._node, len(text))
             self._published = text
@@ -106,7 +103,7 @@ class ApiPodSource:
 
     def __init__(
         self,
-        core: client.CoreV1Api,
+        core: CoreCalls,
         node: str,
         *,
         on_gone: Callable[[str], None] = lambda uid: None,
@@ -118,9 +115,7 @@ class ApiPodSource:
         self._pods: dict[str, Mapping[str, Any]] = {}
 
         def list_mine(**kwargs: Any) -> Any:
-            return core.list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={node}", **kwargs
-            )
+            return core.list_pods(f"spec.nodeName={node}", **kwargs)
 
         self.reflector = Reflector(
             "pods-on-node", list_mine, self._replace, self._apply, watch_timeout_s=watch_timeout_s

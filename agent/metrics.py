@@ -188,7 +188,7 @@ class MetricsServer:
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            kwargs={"poll_interval": 0.5},  # how soon stop() is noticed; an idle wake-up
             name="gpulet-metrics",
             daemon=True,
         )

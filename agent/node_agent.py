@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kubernetes import client
-
 from agent.allocations import allocations
 from agent.cgroups import ProcessTable
 from agent.kube import ApiPodSource, NodePublisher
@@ -26,6 +24,7 @@ from agent.usage import UsageSource
 from deviceplugin.core import DevicePluginCore
 from deviceplugin.health import PortStates, XidSource
 from deviceplugin.manager import PluginManager
+from gpulet.kube.calls import CoreCalls
 from gpulet.topology.document import dumps
 
 log = logging.getLogger("gpulet.agent")
@@ -103,7 +102,7 @@ class NodeAgent:
 
 def start(
     spec: Standalone,
-    api: client.CoreV1Api,
+    api: CoreCalls,
     xids: XidSource | None,
     ports: PortStates | None,
     *,

@@ -105,13 +105,16 @@ class HealthMonitor:
 
     def _run(self) -> None:
         next_ports = 0.0
+        # XIDs are waited for this long at a time: an idle agent wakes twice a second, and a
+        # lost GPU still shows in the next ListAndWatch message well within 1 s.
+        wait_s = 0.5
         while not self._stop.is_set():
             try:
                 if self.xids is not None:
-                    if apply_xids(self.core, self.xids.events(0.2)):
+                    if apply_xids(self.core, self.xids.events(wait_s)):
                         self.on_change(GPU_RESOURCE)
                 else:
-                    self._stop.wait(0.2)
+                    self._stop.wait(wait_s)
                 if self.ports is not None and self.nics:
                     now = time.monotonic()
                     if now >= next_ports:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from kubernetes import client
 
+from gpulet.kube.calls import CoreCalls
 from scorer.cluster import ClusterView
 from scorer.config import ScorerConfig
 from scorer.extender import Extender
@@ -53,7 +54,7 @@ def build(config: ScorerConfig, kube: client.Configuration | None) -> Scorer:
         extender = Extender(view)
         server = ExtenderServer(extender, config.host, config.port, max_body=config.max_body)
         return Scorer(server, None)
-    core = client.CoreV1Api(client.ApiClient(kube))
+    core = CoreCalls(client.ApiClient(kube))
     sync = ClusterSync(core, view, watch_timeout_s=config.watch_timeout_s)
     extender = Extender(view, KubePodApi(core))
     server = ExtenderServer(

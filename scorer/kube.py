@@ -13,10 +13,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION
+from gpulet.kube.calls import CoreCalls
 from gpulet.kube.reflector import Reflector
 from scorer.cluster import ClusterView
 from scorer.extender import ApiConflict, ApiNotFound
@@ -30,12 +30,12 @@ _BOUND = "spec.nodeName!="
 
 
 class KubePodApi:
-    def __init__(self, core: client.CoreV1Api) -> None:
+    def __init__(self, core: CoreCalls) -> None:
         self._core = core
 
     def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]:
         try:
-            resp: Any = self._core.read_namespaced_pod(name, namespace, _preload_content=False)
+            resp: Any = self._core.read_pod(namespace, name)
         except ApiException as e:
             raise _translated(e) from None
         pod: Mapping[str, Any] = json.loads(resp.data)
@@ -48,18 +48,13 @@ class KubePodApi:
         when it changed since)."""
         body = {"metadata": {"resourceVersion": resource_version, "annotations": {key: value}}}
         try:
-            self._core.patch_namespaced_pod(name, namespace, body, _preload_content=False)
+            self._core.patch_pod(namespace, name, body)
         except ApiException as e:
             raise _translated(e) from None
 
     def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None:
-        binding = client.V1Binding(
-            metadata=client.V1ObjectMeta(name=name, namespace=namespace, uid=uid),
-            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
-        )
         try:
-            # Raw: the server answers a Status, which the client cannot read as a V1Binding.
-            self._core.create_namespaced_binding(namespace, binding, _preload_content=False)
+            self._core.create_binding(namespace, name, uid, node)
         except ApiException as e:
             raise _translated(e) from None
 
@@ -86,7 +81,7 @@ class ClusterSync:
 
     def __init__(
         self,
-        core: client.CoreV1Api,
+        core: CoreCalls,
         view: ClusterView,
         *,
         watch_timeout_s: int = 300,
@@ -97,12 +92,12 @@ class ClusterSync:
         self._frozen = False
 
         def list_bound_pods(**kwargs: Any) -> Any:
-            return core.list_pod_for_all_namespaces(field_selector=_BOUND, **kwargs)
+            return core.list_pods(_BOUND, **kwargs)
 
         self.reflectors = [
             Reflector(
                 "nodes",
-                core.list_node,
+                core.list_nodes,
                 self._replace_nodes,
                 self._apply_node,
                 watch_timeout_s=watch_timeout_s,

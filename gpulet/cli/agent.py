@@ -26,6 +26,7 @@ from agent.usage import FileUsageSource, PynvmlUsageSource, UsageSource
 from deviceplugin.health import PortStates, XidSource
 from deviceplugin.resources import PluginConfig
 from gpulet.cli.common import kube_configuration, simulate_option, user_errors
+from gpulet.kube.calls import CoreCalls
 from native import LibraryMissingError, library_path
 
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
@@ -229,7 +230,7 @@ def run(
     if kube is None:
         stop_agent = start(spec, xids, ports).stop
     else:
-        api = client.CoreV1Api(client.ApiClient(kube))
+        api = CoreCalls(client.ApiClient(kube))
         pinning = node_agent.Pinning(cgroup_root, kubelet_state_dir / "cpu_manager_state")
         monitoring = node_agent.Monitoring(
             usage, proc_root, enforce=enforce, metrics_port=metrics_port

@@ -33,6 +33,7 @@ from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.api.assignment import Assignment, parse_assignment
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION, NUMA_PIN_ANNOTATION
+from gpulet.kube.calls import CoreCalls
 from gpulet.sim.apiserver import ApiServerStandIn
 from gpulet.sim.kubelet import KubeletStandIn, PodRef
 from gpulet.sim.objects import container, pod_object
@@ -109,7 +110,7 @@ class Demo:
             with ExitStack() as stack:
                 api = stack.enter_context(ApiServerStandIn())
                 self.say(f"API server stand-in at {api.url}")
-                core_api = client.CoreV1Api(client.ApiClient(api.configuration()))
+                core_api = CoreCalls(client.ApiClient(api.configuration()))
                 limiter = install_limiter(library_path(), work / "lib")
                 for i in range(self.count):
                     name = f"{self.kind}-{i}"
@@ -140,7 +141,7 @@ class Demo:
     def _node(
         self,
         api: ApiServerStandIn,
-        core_api: client.CoreV1Api,
+        core_api: CoreCalls,
         name: str,
         work: Path,
         *,

@@ -23,9 +23,10 @@ Obj = Mapping[str, Any]
 class Reflector:
     """Keeps a caller's copy of one list current from a background thread.
 
-    `list_call` is a client list method (e.g. `CoreV1Api.list_node`, or a partial with a
-    field selector). `replace` receives every item after each (re)list; `apply` receives each
-    watch event's type (ADDED, MODIFIED, DELETED) and object.
+    `list_call` is a list call (`CoreCalls.list_nodes`, or one with a field selector) that
+    takes the list and watch options (`watch`, `resource_version`, `timeout_seconds`,
+    `allow_watch_bookmarks`, `_preload_content`). `replace` receives every item after each
+    (re)list; `apply` receives each watch event's type (ADDED, MODIFIED, DELETED) and object.
     """
 
     def __init__(

@@ -32,6 +32,7 @@ from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, PluginConfig
 from gpulet.api.assignment import parse_assignment
 from gpulet.cli import main as cli
+from gpulet.kube.calls import CoreCalls
 from gpulet.sim.apiserver import ApiServerStandIn
 from gpulet.sim.kubelet import KubeletStandIn, PodRef
 from gpulet.sim.objects import container, pod_object
@@ -116,7 +117,7 @@ def cluster() -> Iterator[Cluster]:
         api.create_node({"metadata": {"name": NODE}, "spec": {}, "status": {}})
         kubelet = KubeletStandIn(short / "dp", short / "pr", dial_timeout=2.0)
         kubelet.start()
-        core_api = client.CoreV1Api(client.ApiClient(api.configuration()))
+        core_api = CoreCalls(client.ApiClient(api.configuration()))
         spec = Standalone(
             topo=topo,
             plugin_dir=kubelet.plugin_dir,

@@ -222,7 +222,7 @@ def test_bind_errors_are_reported_not_raised(api: ApiServerStandIn, scorer: Scor
     api.update_pod(pod)
     args = {**args, "PodName": "bound-elsewhere", "PodUID": pod["metadata"]["uid"]}
     assert "is already bound to node gpu-b" in post(scorer, "bind", args)["Error"]
-    api.fail_next("POST", r"/bindings$", 409)
+    api.fail_next("POST", r"/bindings?$", 409)
     fresh = api.create_pod(inference("refused"))
     args = {**args, "PodName": "refused", "PodUID": fresh["metadata"]["uid"]}
     assert "was refused" in post(scorer, "bind", args)["Error"]

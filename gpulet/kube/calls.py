@@ -1,0 +1,100 @@
+"""The few core/v1 calls gpulet makes, through the official client's `ApiClient` (its
+configuration, authentication, TLS, connection pool and error type) but without the
+generated `CoreV1Api` class: that class's code alone is about 20 MiB of memory, which the
+node agent, on every GPU node, should not pay for five calls.
+
+Every call returns the raw urllib3 response (`.data` once read, or a stream for watches) and
+raises `kubernetes.client.ApiException` for a status other than 2xx, as the generated
+methods do with `_preload_content=False`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes.client import ApiClient, ApiException
+
+_AUTH = ["BearerToken"]
+
+
+class CoreCalls:
+    def __init__(self, api: ApiClient) -> None:
+        self._api = api
+
+    def list_nodes(self, **options: Any) -> Any:
+        return self._call("GET", "/api/v1/nodes", query=_list_query(options))
+
+    def list_pods(self, field_selector: str | None = None, **options: Any) -> Any:
+        query = _list_query(options)
+        if field_selector is not None:
+            query.append(("fieldSelector", field_selector))
+        return self._call("GET", "/api/v1/pods", query=query)
+
+    def read_pod(self, namespace: str, name: str) -> Any:
+        return self._call("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    def patch_pod(self, namespace: str, name: str, body: Mapping[str, Any]) -> Any:
+        """A JSON merge patch (RFC 7386): with `metadata.resourceVersion` in `body`, the API
+        server applies it only to that version of the pod (409 otherwise)."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        return self._call("PATCH", path, body=body, content_type="application/merge-patch+json")
+
+    def patch_node(self, name: str, body: Mapping[str, Any]) -> Any:
+        path = f"/api/v1/nodes/{name}"
+        return self._call("PATCH", path, body=body, content_type="application/merge-patch+json")
+
+    def create_binding(self, namespace: str, name: str, uid: str, node: str) -> Any:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        return self._call("POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", body=body)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=json.loads(json.dumps(body)) if body is not None else None,
+            auth_settings=_AUTH,
+        )
+        response = self._api.call_api(*request, _request_timeout=None)
+        if not 200 <= response.status <= 299:
+            response.read()  # type: ignore[no-untyped-call]
+            raise ApiException(http_resp=response)
+        return response.response
+
+
+def _list_query(options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The list and watch options the Reflector passes, as the API's query parameters."""
+    names = {
+        "watch": "watch",
+        "resource_version": "resourceVersion",
+        "timeout_seconds": "timeoutSeconds",
+        "allow_watch_bookmarks": "allowWatchBookmarks",
+    }
+    query = []
+    for key, value in options.items():
+        if key == "_preload_content" or value is None:
+            continue  # always raw here
+        if key not in names:
+            raise TypeError(f"unknown list option {key!r}")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        query.append((names[key], text))
+    return query
