@@ -228,3 +228,41 @@ def _seconds(stamp: object) -> float:
         return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
     except ValueError:
         return 0.0
+
+
+class EventReporter:
+    """Posts a Warning Event on a pod (what `kubectl describe pod` shows), as the agent on
+    `node`: for a backstop violation. A failure is logged, never raised."""
+
+    def __init__(self, core: CoreCalls, node: str, clock: Callable[[], float] = time.time) -> None:
+        self._core = core
+        self._node = node
+        self._clock = clock
+
+    def warn(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+        meta = pod.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "default")
+        now = _stamp(self._clock())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "gpulet-agent", "host": self._node},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self._core.create_event(namespace, body)
+        except Exception as e:
+            log.warning("event=event-post-failed pod=%s reason=%r", meta.get("name"), str(e)[:200])

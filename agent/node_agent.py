@@ -15,9 +15,9 @@ from pathlib import Path
 
 from agent.allocations import allocations
 from agent.cgroups import ProcessTable
-from agent.kube import ApiPodSource, NodePublisher
+from agent.kube import ApiPodSource, EventReporter, NodePublisher
 from agent.metrics import AgentCollector, MetricsServer
-from agent.monitor import Monitor
+from agent.monitor import Monitor, Violation
 from agent.pinner import Pinner
 from agent.standalone import Standalone, build
 from agent.usage import UsageSource
@@ -152,12 +152,27 @@ def start(
         pinner.start()
     agent = NodeAgent(core, manager, pods, publisher, pinner)
     if monitoring is not None:
+        events = EventReporter(api, node)
+
+        def report(v: Violation) -> None:
+            pod = pods.pod(v.pod_uid)
+            if pod is not None:
+                action = "killed its processes" if v.killed else "reported"
+                events.warn(
+                    pod,
+                    "GPUMemoryOverCap",
+                    f"container {v.container} holds {v.used_mib} MiB of GPU {v.gpu_uuid} by "
+                    f"NVML's count, over its cap of {v.cap_mib} MiB (the limiter was got "
+                    f"around); gpulet {action} (pids {', '.join(map(str, v.pids))})",
+                )
+
         agent.monitor = Monitor(
             monitoring.usage,
             ProcessTable(monitoring.proc_root),
             core.grants,
             pods.pods,
             enforce=monitoring.enforce,
+            report=report,
         )
         loop = _Every("gpulet-monitor", monitoring.interval_s, agent.monitor.tick)
         loop.start()

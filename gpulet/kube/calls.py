@@ -1,7 +1,7 @@
 """The few core/v1 calls gpulet makes, through the official client's `ApiClient` (its
 configuration, authentication, TLS, connection pool and error type) but without the
 generated `CoreV1Api` class: that class's code alone is about 20 MiB of memory, which the
-node agent, on every GPU node, should not pay for five calls.
+node agent, on every GPU node, should not pay for the calls it makes.
 
 Every call returns the raw urllib3 response (`.data` once read, or a stream for watches) and
 raises `kubernetes.client.ApiException` for a status other than 2xx, as the generated
@@ -53,6 +53,9 @@ class CoreCalls:
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         return self._call("POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", body=body)
+
+    def create_event(self, namespace: str, body: Mapping[str, Any]) -> Any:
+        return self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
 
     def _call(
         self,

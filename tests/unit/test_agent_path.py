@@ -254,6 +254,12 @@ def test_a_process_over_its_cap_by_nvmls_count_is_killed(cluster: Cluster) -> No
         "gpulet_container_backstop_violations_total", pod_uid=uid, container="main"
     )
     assert violations is not None and violations >= 1
+    # ... and an Event on the pod, which `kubectl describe pod` shows.
+    wait_for(cluster.api.events)
+    (event, *_) = cluster.api.events()
+    assert event["involvedObject"]["uid"] == uid and event["type"] == "Warning"
+    assert event["reason"] == "GPUMemoryOverCap"
+    assert "holds 9000 MiB" in event["message"] and "killed its processes" in event["message"]
 
 
 def test_usage_below_the_cap_is_fed_back_not_punished(cluster: Cluster) -> None:

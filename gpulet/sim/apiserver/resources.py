@@ -1,4 +1,4 @@
-"""The two kinds the stand-in serves, and the metadata every stored object carries."""
+"""The kinds the stand-in serves, and the metadata every stored object carries."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ class Resource:
 
 PODS = Resource("Pod", "pods", namespaced=True)
 NODES = Resource("Node", "nodes", namespaced=False)
+#: Events are stored and listed as they come; nothing reads them but tests.
+EVENTS = Resource("Event", "events", namespaced=True)
 
 
 def metadata(obj: JsonObject) -> JsonObject:

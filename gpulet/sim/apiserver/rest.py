@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from gpulet.sim.apiserver.patch import apply_patch
-from gpulet.sim.apiserver.resources import NODES, PODS, JsonObject, Resource, metadata
+from gpulet.sim.apiserver.resources import EVENTS, NODES, PODS, JsonObject, Resource, metadata
 from gpulet.sim.apiserver.selectors import selector
 from gpulet.sim.apiserver.status import ApiError, bad_request, conflict, invalid, success
 from gpulet.sim.apiserver.store import Store
@@ -34,6 +34,9 @@ _ROUTES: list[tuple[re.Pattern[str], Resource, str]] = [
     (re.compile(_NAMESPACE + r"/pods/(?P<name>[^/]+)/status"), PODS, STATUS),
     (re.compile(_NAMESPACE + r"/pods/(?P<name>[^/]+)/binding"), PODS, BINDING),
     (re.compile(_NAMESPACE + r"/bindings"), PODS, BINDING),
+    (re.compile(r"/api/v1/events"), EVENTS, COLLECTION),
+    (re.compile(_NAMESPACE + r"/events"), EVENTS, COLLECTION),
+    (re.compile(_NAMESPACE + r"/events/(?P<name>[^/]+)"), EVENTS, OBJECT),
 ]
 
 

@@ -11,7 +11,7 @@ import kubernetes.client
 import yaml
 
 from gpulet.sim.apiserver.journal import Journal
-from gpulet.sim.apiserver.resources import NODES, PODS, JsonObject, Resource, key_of
+from gpulet.sim.apiserver.resources import EVENTS, NODES, PODS, JsonObject, Resource, key_of
 from gpulet.sim.apiserver.rest import CoreV1
 from gpulet.sim.apiserver.server import ApiHttpServer
 from gpulet.sim.apiserver.store import Store
@@ -101,6 +101,9 @@ class ApiServerStandIn:
 
     def nodes(self) -> list[JsonObject]:
         return self._store.list_objects(NODES)[0]
+
+    def events(self) -> list[JsonObject]:
+        return self._store.list_objects(EVENTS)[0]
 
     def pods(self) -> list[JsonObject]:
         """Pods of every namespace."""
