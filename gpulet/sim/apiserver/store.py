@@ -45,7 +45,11 @@ class Store:
 
     def __init__(self, history_size: int) -> None:
         self._changed = threading.Condition()
-        self._objects: dict[Resource, dict[tuple[str, str], JsonObject]] = {PODS: {}, NODES: {}, EVENTS: {}}
+        self._objects: dict[Resource, dict[tuple[str, str], JsonObject]] = {
+            PODS: {},
+            NODES: {},
+            EVENTS: {},
+        }
         self._version = 0
         self._history: deque[Change] = deque(maxlen=history_size)
         self._compacted = 0  # the newest resourceVersion no longer in the history
