@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-import signal
 import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 import click
 from kubernetes import client
@@ -25,7 +22,7 @@ from agent.standalone import Standalone, start
 from agent.usage import FileUsageSource, PynvmlUsageSource, UsageSource
 from deviceplugin.health import PortStates, XidSource
 from deviceplugin.resources import PluginConfig
-from gpulet.cli.common import kube_configuration, simulate_option, user_errors
+from gpulet.cli.common import kube_configuration, simulate_option, until_signalled, user_errors
 from gpulet.kube.calls import CoreCalls
 from native import LibraryMissingError, library_path
 
@@ -258,12 +255,5 @@ def run(
     )
     if isinstance(xids, FileXidSource):
         click.echo(f"gpulet agent: inject XIDs with: echo 'GPU XID' >> {xids.path}", err=True)
-    done = threading.Event()
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    done.wait()
+    until_signalled().wait()
     stop_agent()

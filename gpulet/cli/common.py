@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -95,3 +98,16 @@ def kube_configuration(kubeconfig: Path | None) -> client.Configuration:
         message = f"cannot reach the API server: {e} (or pass --standalone)"
         raise click.ClickException(message) from None
     return configuration
+
+
+def until_signalled() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: a long-running command waits on it, then stops its
+    parts and exits 0."""
+    done = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return done

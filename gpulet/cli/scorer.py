@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 
 import click
 
-from gpulet.cli.common import kube_configuration, user_errors
+from gpulet.cli.common import kube_configuration, until_signalled, user_errors
 from scorer.app import build
 from scorer.config import ScorerConfig, load_config
 
@@ -63,13 +60,7 @@ def serve(
     settings = settings.overridden(host=host, port=port, gpu_slots=gpu_slots, rdma_slots=rdma_slots)
     kube = None if standalone else kube_configuration(kubeconfig)
     app = build(settings, kube)
-    done = threading.Event()
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    done = until_signalled()
     app.start()
     click.echo(
         f"gpulet scorer serving on {settings.host}:{app.server.port}"

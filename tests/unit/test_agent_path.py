@@ -28,9 +28,10 @@ from agent.node_agent import Monitoring, NodeAgent, start
 from agent.simulate import open_simulated
 from agent.standalone import CHECKPOINT, Standalone
 from agent.usage import FileUsageSource
+from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, PluginConfig
-from gpulet.api.assignment import parse_assignment
+from gpulet.api.assignment import ContainerAssignment, parse_assignment
 from gpulet.cli import main as cli
 from gpulet.kube.calls import CoreCalls
 from gpulet.sim.apiserver import ApiServerStandIn
@@ -178,6 +179,20 @@ def schedule(c: Cluster, pod: dict[str, Any]) -> dict[str, Any]:
     return bound
 
 
+def admit(c: Cluster, pod: dict[str, Any], gpus: int = 1) -> pb.AllocateResponse:
+    """kubelet's part, once the agent's watch has shown it the pod: Allocate its container
+    `main`'s GPUs."""
+    uid = pod["metadata"]["uid"]
+    wait_for(lambda: any(p.uid == uid for p in c.agent.pods.pending_pods()))
+    ref = PodRef(uid=uid, namespace="default", name=pod["metadata"]["name"])
+    return c.kubelet.allocate(ref, "main", GPU_RESOURCE, gpus)
+
+
+def assigned(pod: dict[str, Any]) -> ContainerAssignment:
+    (main,) = parse_assignment(pod["metadata"]["annotations"]["gpulet.io/assignment"]).containers
+    return main
+
+
 def test_the_node_is_published_with_a_heartbeat(cluster: Cluster) -> None:
     node = cluster.api.get_node(NODE)
     assert node is not None
@@ -190,14 +205,11 @@ def test_the_node_is_published_with_a_heartbeat(cluster: Cluster) -> None:
 
 def test_a_slice_from_the_extender_to_the_container(cluster: Cluster) -> None:
     pod = schedule(cluster, pod_object("infer", container("main", gpus=1, core=30, memory=8192)))
-    (main,) = parse_assignment(pod["metadata"]["annotations"]["gpulet.io/assignment"]).containers
-    (share,) = main.gpus
+    (share,) = assigned(pod).gpus
     assert (share.core, share.memory_mib, share.exclusive) == (30, 8192, False)
     # kubelet admits the pod: the agent must see it first (its watch), then Allocate follows it.
     uid = pod["metadata"]["uid"]
-    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
-    ref = PodRef(uid=uid, namespace="default", name="infer")
-    response = cluster.kubelet.allocate(ref, "main", GPU_RESOURCE, 1)
+    response = admit(cluster, pod)
     (answer,) = response.container_responses
     assert answer.envs["NVIDIA_VISIBLE_DEVICES"] == share.uuid
     region = next(m.host_path for m in answer.mounts if m.container_path == "/run/gpulet")
@@ -220,11 +232,7 @@ def test_a_slice_from_the_extender_to_the_container(cluster: Cluster) -> None:
 
 def test_a_finished_pod_is_released_too(cluster: Cluster) -> None:
     pod = schedule(cluster, pod_object("job", container("main", gpus=2)))
-    uid = pod["metadata"]["uid"]
-    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
-    cluster.kubelet.allocate(
-        PodRef(uid=uid, namespace="default", name="job"), "main", GPU_RESOURCE, 2
-    )
+    admit(cluster, pod, gpus=2)
     assert len(cluster.agent.core.grants()) == 1
     done = cluster.api.get_pod("default", "job")
     assert done is not None
@@ -238,11 +246,8 @@ def test_a_process_over_its_cap_by_nvmls_count_is_killed(cluster: Cluster) -> No
     cap): the agent reports it, counts it, and with --enforce=kill kills the process."""
     pod = schedule(cluster, pod_object("rogue", container("main", gpus=1, core=30, memory=8192)))
     uid = pod["metadata"]["uid"]
-    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
-    cluster.kubelet.allocate(
-        PodRef(uid=uid, namespace="default", name="rogue"), "main", GPU_RESOURCE, 1
-    )
-    (main,) = parse_assignment(pod["metadata"]["annotations"]["gpulet.io/assignment"]).containers
+    admit(cluster, pod)
+    main = assigned(pod)
     victim = subprocess.Popen(["sleep", "60"])
     try:
         cluster.run_in(pod, "main", victim.pid, main.gpus[0].uuid, 9000)
@@ -265,11 +270,8 @@ def test_a_process_over_its_cap_by_nvmls_count_is_killed(cluster: Cluster) -> No
 def test_usage_below_the_cap_is_fed_back_not_punished(cluster: Cluster) -> None:
     pod = schedule(cluster, pod_object("calm", container("main", gpus=1, core=30, memory=8192)))
     uid = pod["metadata"]["uid"]
-    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
-    cluster.kubelet.allocate(
-        PodRef(uid=uid, namespace="default", name="calm"), "main", GPU_RESOURCE, 1
-    )
-    (main,) = parse_assignment(pod["metadata"]["annotations"]["gpulet.io/assignment"]).containers
+    admit(cluster, pod)
+    main = assigned(pod)
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         cluster.run_in(pod, "main", sleeper.pid, main.gpus[0].uuid, 4000)
@@ -291,12 +293,8 @@ def test_usage_below_the_cap_is_fed_back_not_punished(cluster: Cluster) -> None:
 
 def test_node_allocations_shows_who_has_what(cluster: Cluster) -> None:
     pod = schedule(cluster, pod_object("shown", container("main", gpus=1, core=25, memory=4096)))
-    uid = pod["metadata"]["uid"]
-    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
-    cluster.kubelet.allocate(
-        PodRef(uid=uid, namespace="default", name="shown"), "main", GPU_RESOURCE, 1
-    )
-    (main,) = parse_assignment(pod["metadata"]["annotations"]["gpulet.io/assignment"]).containers
+    admit(cluster, pod)
+    main = assigned(pod)
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         cluster.run_in(pod, "main", sleeper.pid, main.gpus[0].uuid, 3000)
