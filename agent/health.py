@@ -15,7 +15,7 @@ from agent.discovery.infiniband import INFINIBAND, parse_port_state
 from agent.discovery.netlink import LinkStateReader
 from agent.discovery.sysfs import SysfsTree
 from deviceplugin.health import XidEvent
-from gpulet.topology import Topology
+from gpulet.topology import Nic, Topology
 
 log = logging.getLogger("gpulet.health")
 
@@ -112,13 +112,27 @@ class SysfsPortStates:
         self._tree = SysfsTree(sysfs_root)
         self._nics = topo.nics
         self._links = links
+        #: Each port's state file, resolved once (a safe resolution walks every symlink in
+        #: Python, and this runs every second), and again after a read fails.
+        self._files: dict[str, Path] = {}
+
+    def _state(self, nic: Nic) -> str:
+        path = INFINIBAND / nic.name / "ports" / str(nic.port) / "state"
+        known = self._files.get(nic.key)
+        if known is not None:
+            try:
+                return parse_port_state(known.read_text().strip(), str(path))
+            except OSError:
+                del self._files[nic.key]
+        state = parse_port_state(self._tree.read(path), str(path))
+        self._files[nic.key] = self._tree.path(path)
+        return state
 
     def unusable(self) -> frozenset[str]:
         down = set()
         for nic in self._nics:
-            path = INFINIBAND / nic.name / "ports" / str(nic.port) / "state"
             try:
-                state = parse_port_state(self._tree.read(path), str(path))
+                state = self._state(nic)
             except (OSError, DiscoveryError) as err:
                 log.warning("event=port-state-unreadable nic=%s error=%r", nic.key, str(err))
                 state = "UNKNOWN"

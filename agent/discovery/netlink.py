@@ -54,16 +54,31 @@ class NetlinkLinkState:
 
 
 class SysfsLinkState:
-    """`class/net/<ifname>/operstate` from a sysfs root."""
+    """`class/net/<ifname>/operstate` from a sysfs root.
+
+    Resolving a path safely under the root walks every symlink in Python; the agent asks
+    for each port's state every second, so each interface's directory is resolved once and
+    again only when reading it fails (the interface went away or was renamed).
+    """
 
     def __init__(self, sysfs_root: Path) -> None:
         self._tree = SysfsTree(sysfs_root)
+        self._dirs: dict[str, Path] = {}
 
     def operstate(self, ifname: str) -> str | None:
         if not is_ifname(ifname):
             return None
+        known = self._dirs.get(ifname)
+        if known is not None:
+            try:
+                state = (known / "operstate").read_text().strip()
+            except OSError:
+                del self._dirs[ifname]
+            else:
+                return state.upper() if state else "UNKNOWN"
         base = PurePosixPath("class/net") / ifname
         if not self._tree.is_dir(base):
             return None
-        state = self._tree.read_optional(base / "operstate", unreadable_as_missing=True)
-        return state.upper() if state else "UNKNOWN"
+        self._dirs[ifname] = self._tree.path(base)
+        found = self._tree.read_optional(base / "operstate", unreadable_as_missing=True)
+        return found.upper() if found else "UNKNOWN"

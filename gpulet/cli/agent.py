@@ -12,7 +12,7 @@ from kubernetes import client
 
 from agent import node_agent
 from agent.discovery import discover
-from agent.discovery.netlink import NetlinkLinkState, SysfsLinkState
+from agent.discovery.netlink import SysfsLinkState
 from agent.discovery.pynvml_backend import PynvmlBackend
 from agent.health import FileXidSource, NvmlXidSource, SysfsPortStates
 from agent.health import xid_file as simulated_xid_file
@@ -192,9 +192,13 @@ def run(
     else:
         import pynvml  # noqa: PLC0415
 
-        topo = discover(Path("/sys"), PynvmlBackend(), NetlinkLinkState(), socket.gethostname())
+        # Link state from the host's sysfs, not netlink: in its pod the agent has a network
+        # namespace of its own, where the host's netdevs are not (the DaemonSet mounts the
+        # host's /sys at /sys).
+        links = SysfsLinkState(Path("/sys"))
+        topo = discover(Path("/sys"), PynvmlBackend(), links, socket.gethostname())
         xids = NvmlXidSource(pynvml)
-        ports = SysfsPortStates(Path("/sys"), topo, NetlinkLinkState())
+        ports = SysfsPortStates(Path("/sys"), topo, links)
         usage = PynvmlUsageSource()
     limiter: Path | None = None
     preload: Path | None = None
