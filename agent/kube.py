@@ -5,14 +5,18 @@ bound to it (`ApiPodSource`, the device plugin's `PodSource`), both through the 
 from __future__ import annotations
 
 import calendar
+import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from deviceplugin.assignment import ContainerRequest, PendingPod
+from deviceplugin.grants import Grant
 from gpulet.api.resources import (
+    ALLOCATED_ANNOTATION,
     ASSIGNMENT_ANNOTATION,
     GPU_RESOURCE,
     HEARTBEAT_ANNOTATION,
@@ -266,3 +270,55 @@ class EventReporter:
             self._core.create_event(namespace, body)
         except Exception as e:
             log.warning("event=event-post-failed pod=%s reason=%r", meta.get("name"), str(e)[:200])
+
+
+class AllocatedRecorder:
+    """Writes `gpulet.io/allocated` on a pod after each grant: per container, the device IDs
+    of each resource it was allocated (`[]` once an init container's devices went to a
+    later container). It shows anyone looking at the pod what the agent matched; the
+    agent's own record is its checkpoint. Patches go out from a thread of their own, so an
+    Allocate never waits for the API server; a failed one is logged, and the next grant of
+    the pod writes the whole record again."""
+
+    def __init__(
+        self,
+        core: CoreCalls,
+        pod: Callable[[str], Mapping[str, Any] | None],
+        grants: Callable[[], Sequence[Grant]],
+    ) -> None:
+        self._core = core
+        self._pod = pod
+        self._grants = grants
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="gpulet-allocated", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def granted(self, grant: Grant) -> None:
+        if grant.pod_uid:
+            self._queue.put(grant.pod_uid)
+
+    def record(self, uid: str) -> dict[str, Any]:
+        containers: dict[str, dict[str, list[str]]] = {}
+        for g in self._grants():
+            if g.pod_uid == uid and g.container:
+                containers.setdefault(g.container, {})[g.resource] = list(g.device_ids)
+        return {"version": 1, "containers": containers}
+
+    def _run(self) -> None:
+        while (uid := self._queue.get()) is not None:
+            pod = self._pod(uid)
+            if pod is None:
+                continue  # gone already
+            meta = pod.get("metadata") or {}
+            text = json.dumps(self.record(uid), separators=(",", ":"), sort_keys=True)
+            body = {"metadata": {"annotations": {ALLOCATED_ANNOTATION: text}}}
+            try:
+                self._core.patch_pod(str(meta.get("namespace")), str(meta.get("name")), body)
+            except Exception as e:
+                log.warning("event=allocated-not-written pod_uid=%s error=%r", uid, str(e)[:200])

@@ -15,13 +15,14 @@ from pathlib import Path
 
 from agent.allocations import allocations
 from agent.cgroups import ProcessTable
-from agent.kube import ApiPodSource, EventReporter, NodePublisher
+from agent.kube import AllocatedRecorder, ApiPodSource, EventReporter, NodePublisher
 from agent.metrics import AgentCollector, MetricsServer
 from agent.monitor import Monitor, Violation
 from agent.pinner import Pinner
 from agent.standalone import Standalone, build
 from agent.usage import UsageSource
 from deviceplugin.core import DevicePluginCore
+from deviceplugin.grants import Grant
 from deviceplugin.health import PortStates, XidSource
 from deviceplugin.manager import PluginManager
 from gpulet.kube.calls import CoreCalls
@@ -87,8 +88,11 @@ class NodeAgent:
     monitor: Monitor | None = None
     metrics: MetricsServer | None = None
     loops: list[_Every] = field(default_factory=list)
+    recorder: AllocatedRecorder | None = None
 
     def stop(self) -> None:
+        if self.recorder is not None:
+            self.recorder.stop()
         for loop in self.loops:
             loop.stop()
         if self.metrics is not None:
@@ -134,7 +138,13 @@ def start(
     pods.start()
     if not pods.wait_ready(sync_timeout_s):
         log.warning("event=pods-not-listed timeout_s=%s", sync_timeout_s)
-    core = build(replace(spec, topo=topo), pods)
+
+    def grants() -> tuple[Grant, ...]:
+        return holder[0].grants()  # the core, once built (grants come only after that)
+
+    recorder = AllocatedRecorder(api, pods.pod, grants)
+    recorder.start()
+    core = build(replace(spec, topo=topo), pods, recorder.granted)
     holder.append(core)
     for uid in released:
         core.release_pod(uid)
@@ -150,7 +160,7 @@ def start(
             interval_s=pinning.interval_s,
         )
         pinner.start()
-    agent = NodeAgent(core, manager, pods, publisher, pinner)
+    agent = NodeAgent(core, manager, pods, publisher, pinner, recorder=recorder)
     if monitoring is not None:
         events = EventReporter(api, node)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,11 @@ def load_ledger(path: Path) -> Ledger:
         return Ledger()
 
 
-def build(spec: Standalone, pods: PodSource | None = None) -> DevicePluginCore:
+def build(
+    spec: Standalone,
+    pods: PodSource | None = None,
+    on_granted: Callable[[Grant], None] = lambda grant: None,
+) -> DevicePluginCore:
     """The core, with the checkpoint's grants, checked against what kubelet reports: grants
     of containers that are gone are dropped, holdings the checkpoint lost are adopted.
     `pods`: follow the extender's assignments of these pods (else whole GPUs, standalone)."""
@@ -123,7 +128,9 @@ def build(spec: Standalone, pods: PodSource | None = None) -> DevicePluginCore:
         adopted = adopt(ledger, spec.topo, listed)
         if adopted:
             log.warning("event=adopted grants=%d reason=not-in-checkpoint", adopted)
-    core = DevicePluginCore(spec.topo, spec.config, ledger, pods=pods, checkpoint=checkpoint)
+    core = DevicePluginCore(
+        spec.topo, spec.config, ledger, pods=pods, checkpoint=checkpoint, on_granted=on_granted
+    )
     if listed is not None:
         live: dict[str, set[str]] = {}
         for held in listed:

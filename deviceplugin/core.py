@@ -87,7 +87,10 @@ class DevicePluginCore:
         checkpoint: Path | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        on_granted: Callable[[Grant], None] = lambda grant: None,
     ) -> None:
+        """`on_granted` is told of every grant once it is recorded (it must not block:
+        Allocate is waiting)."""
         if pods is not None and not config.node_name:
             raise ValueError("matching pods needs config.node_name (the Kubernetes node's name)")
         self._topo = topo
@@ -96,6 +99,7 @@ class DevicePluginCore:
         self._pods = pods
         self._checkpoint = checkpoint
         self._clock = clock
+        self._on_granted = on_granted
         self._lock = threading.Lock()
         self._placer = Placer(topo, config.capacity)
         self._gpus = {g.uuid: g for g in shareable_gpus(topo)}
@@ -298,7 +302,8 @@ class DevicePluginCore:
             if region_dir is not None:
                 self._set_up_region(region_dir, decision.gpus)
             self._commit(grant, decision)
-            return result
+        self._on_granted(grant)
+        return result
 
     def _validate(self, resource: str, device_ids: Sequence[str]) -> list[str]:
         """The owner of each ID; AllocateError for an ID that is unknown or unhealthy."""

@@ -17,6 +17,8 @@ MANAGED_RESOURCES = (GPU_RESOURCE, CORE_RESOURCE, MEMORY_RESOURCE, RDMA_RESOURCE
 
 TOPOLOGY_ANNOTATION = "gpulet.io/topology"
 ASSIGNMENT_ANNOTATION = "gpulet.io/assignment"
+#: What the agent allocated to each container of the pod (written by the agent).
+ALLOCATED_ANNOTATION = "gpulet.io/allocated"
 TOPOLOGY_POLICY_ANNOTATION = "gpulet.io/topology-policy"
 GPU_POLICY_ANNOTATION = "gpulet.io/gpu-policy"
 NUMA_PIN_ANNOTATION = "gpulet.io/numa-pin"

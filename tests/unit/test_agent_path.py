@@ -217,6 +217,19 @@ def test_a_slice_from_the_extender_to_the_container(cluster: Cluster) -> None:
     got = [(d.uuid, d.memory_mib, d.core_percent) for d in limits.devices]
     assert got == [(share.uuid, 8192, 30)]
     assert Ledger.load(cluster.state / CHECKPOINT).grants()
+
+    # The agent's record of the match, on the pod.
+    def allocated() -> Any:
+        stored = cluster.api.get_pod("default", "infer")
+        text = (stored or {}).get("metadata", {}).get("annotations", {}).get("gpulet.io/allocated")
+        return json.loads(text) if text else None
+
+    wait_for(allocated)
+    ids = list(cluster.kubelet.allocations()[-1].devices)
+    assert allocated() == {
+        "version": 1,
+        "containers": {"main": {GPU_RESOURCE: [d.id for d in ids]}},
+    }
     # Metrics: the GPU's allocation, and the container's cap and share.
     mine = {"pod_uid": uid, "container": "main", "uuid": share.uuid}
     assert cluster.value("gpulet_container_memory_cap_bytes", **mine) == 8192 * 2**20
