@@ -19,6 +19,7 @@ from agent.kube import AllocatedRecorder, ApiPodSource, EventReporter, NodePubli
 from agent.metrics import AgentCollector, MetricsServer
 from agent.monitor import Monitor, Violation
 from agent.pinner import Pinner
+from agent.recover import recover_from_pods
 from agent.standalone import Standalone, build
 from agent.usage import UsageSource
 from deviceplugin.core import DevicePluginCore
@@ -144,7 +145,12 @@ def start(
 
     recorder = AllocatedRecorder(api, pods.pod, grants)
     recorder.start()
-    core = build(replace(spec, topo=topo), pods, recorder.granted)
+    core = build(
+        replace(spec, topo=topo),
+        pods,
+        recorder.granted,
+        recover=lambda ledger: recover_from_pods(ledger, pods.pods(), topo, spec.config),
+    )
     holder.append(core)
     for uid in released:
         core.release_pod(uid)

@@ -112,13 +112,20 @@ def build(
     spec: Standalone,
     pods: PodSource | None = None,
     on_granted: Callable[[Grant], None] = lambda grant: None,
+    recover: Callable[[Ledger], int] | None = None,
 ) -> DevicePluginCore:
     """The core, with the checkpoint's grants, checked against what kubelet reports: grants
     of containers that are gone are dropped, holdings the checkpoint lost are adopted.
-    `pods`: follow the extender's assignments of these pods (else whole GPUs, standalone)."""
+    `pods`: follow the extender's assignments of these pods (else whole GPUs, standalone).
+    `recover` adds what it can rebuild exactly (agent.recover) before kubelet's List is
+    adopted as whole GPUs."""
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = spec.state_dir / CHECKPOINT
     ledger = load_ledger(checkpoint)
+    if recover is not None:
+        recovered = recover(ledger)
+        if recovered:
+            log.warning("event=recovered grants=%d reason=not-in-checkpoint", recovered)
     listed = (
         listed_containers(spec.pod_resources_socket)
         if spec.pod_resources_socket is not None

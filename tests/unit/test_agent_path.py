@@ -55,6 +55,7 @@ class Cluster:
     scorer: Scorer
     state: Path
     root: Path
+    start_agent: Callable[[], NodeAgent]
 
     def value(self, name: str, **labels: str) -> float | None:
         """One sample of the agent's /metrics, parsed; None when there is no such series."""
@@ -139,7 +140,11 @@ def cluster() -> Iterator[Cluster]:
             interval_s=0.1,
             metrics_port=0,
         )
-        agent = start(spec, core_api, None, None, heartbeat_s=0.2, monitoring=monitoring)
+
+        def start_agent() -> NodeAgent:
+            return start(spec, core_api, None, None, heartbeat_s=0.2, monitoring=monitoring)
+
+        agent = start_agent()
         scorer = build(
             ScorerConfig(host="127.0.0.1", port=0, watch_timeout_s=5), api.configuration()
         )
@@ -147,10 +152,11 @@ def cluster() -> Iterator[Cluster]:
         try:
             assert scorer.sync is not None and scorer.sync.wait_ready(10)
             assert kubelet.wait_for(lambda v: bool(v.devices(GPU_RESOURCE)), timeout=5)
-            yield Cluster(api, kubelet, agent, scorer, short / "state", short)
+            cluster = Cluster(api, kubelet, agent, scorer, short / "state", short, start_agent)
+            yield cluster
         finally:
             scorer.stop()
-            agent.stop()
+            cluster.agent.stop()
             kubelet.stop()
             shutil.rmtree(short, ignore_errors=True)
 
@@ -334,3 +340,28 @@ def test_node_allocations_shows_who_has_what(cluster: Cluster) -> None:
         sleeper.wait()
     result = CliRunner().invoke(cli, ["node", "allocations", "--agent", "http://127.0.0.1:1"])
     assert result.exit_code == 1 and "cannot reach the agent at http://127.0.0.1:1" in result.output
+
+
+def test_a_lost_checkpoint_is_rebuilt_exactly_from_the_pods(cluster: Cluster) -> None:
+    """The agent restarts and its checkpoint is gone: the pod's assignment and the agent's
+    `gpulet.io/allocated` give back the slice as a slice (kubelet's List alone would only
+    allow holding its GPU whole)."""
+    pod = schedule(cluster, pod_object("kept", container("main", gpus=1, core=30, memory=8192)))
+    admit(cluster, pod)
+    before = cluster.agent.core.grants()
+
+    def recorded() -> bool:
+        stored = cluster.api.get_pod("default", "kept") or {}
+        return "gpulet.io/allocated" in stored.get("metadata", {}).get("annotations", {})
+
+    wait_for(recorded)
+    cluster.agent.stop()
+    for lost in cluster.state.glob("checkpoint.json*"):
+        lost.unlink()
+    cluster.agent = cluster.start_agent()
+    after = cluster.agent.core.grants()
+    assert [(g.device_ids, g.gpus, g.pod_uid, g.container, g.region_dir) for g in after] == [
+        (g.device_ids, g.gpus, g.pod_uid, g.container, g.region_dir) for g in before
+    ]
+    (share,) = after[0].gpus
+    assert (share.core, share.memory_mib, share.exclusive) == (30, 8192, False)
