@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from prometheus_client.registry import Collector
 from agent.monitor import Monitor
 from deviceplugin.core import DevicePluginCore
 from gpulet.api.resources import GPU_RESOURCE
+from gpulet.httpd import BackgroundServer, Handler
 from native.region import Region, RegionError
 
 log = logging.getLogger("gpulet.agent")
@@ -153,54 +151,30 @@ class MetricsServer:
         self.registry.register(collector)
         registry, is_healthy, docs = self.registry, healthy, dict(documents or {})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+        class MetricsHandler(Handler):
             def do_GET(self) -> None:
                 path = self.path.split("?")[0].rstrip("/")
                 if path == "/metrics":
-                    self._send(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)
+                    self.reply(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif path in docs:
                     body = json.dumps(docs[path](), separators=(",", ":")).encode()
-                    self._send(HTTPStatus.OK, body, "application/json")
+                    self.reply(HTTPStatus.OK, body, "application/json")
                 elif path == "/healthz":
                     ok = is_healthy()
                     code = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-                    self._send(code, b"ok\n" if ok else b"not serving kubelet\n", "text/plain")
+                    self.reply(code, b"ok\n" if ok else b"not serving kubelet\n", "text/plain")
                 else:
-                    self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+                    self.reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
-            def _send(self, code: int, data: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("event=http %s", format % args)
-
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.5},  # how soon stop() is noticed; an idle wake-up
-            name="gpulet-metrics",
-            daemon=True,
-        )
+        # Polls for shutdown twice a second: an idle agent's wake-ups are its CPU cost.
+        self._http = BackgroundServer(host, port, MetricsHandler, name="gpulet-metrics", poll_s=0.5)
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return self._http.port
 
     def start(self) -> None:
-        self._thread.start()
+        self._http.start()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        self._http.stop()

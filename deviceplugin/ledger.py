@@ -116,9 +116,6 @@ class Ledger:
         with self._lock:
             return tuple(self._grants)
 
-    def __len__(self) -> int:
-        return len(self._grants)
-
     def add(self, grant: Grant) -> None:
         with self._lock:
             if len(set(grant.device_ids)) != len(grant.device_ids):

@@ -137,13 +137,6 @@ class ClusterView:
                 for n in names
             ]
 
-    def generation(self, name: str) -> int:
-        """Changes whenever the node or what is allocated on it changes (-1: unknown)."""
-        with self._lock:
-            self._expire()
-            known = self._nodes.get(name)
-            return -1 if known is None else known.generation
-
     def state(self, name: str) -> NodeState:
         """What is allocated on the node, for the placement engine."""
         with self._lock:

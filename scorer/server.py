@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gpulet.httpd import BackgroundServer, Handler
 from scorer.extender import BadRequest, Extender
 
 log = logging.getLogger("gpulet.scorer")
@@ -78,33 +76,20 @@ class ExtenderServer:
         self.metrics = Metrics(extender)
         self.max_body = max_body
         self.ready = ready
-        self._httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._http = BackgroundServer(
+            host, port, _handler(self), name="gpulet-scorer-http", poll_s=0.05
+        )
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return self._http.port
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},  # how soon stop() is noticed
-            name="gpulet-scorer-http",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start()
         log.info("event=serving port=%d standalone=%s", self.port, self.extender.standalone)
-
-    def serve_forever(self) -> None:
-        log.info("event=serving port=%d standalone=%s", self.port, self.extender.standalone)
-        self._httpd.serve_forever()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._http.stop()
 
     def answer(self, verb: str, body: bytes) -> tuple[int, Any]:
         """The status and JSON answer to a POST of `body` to `verb`."""
@@ -122,16 +107,8 @@ class ExtenderServer:
             return HTTPStatus.BAD_REQUEST, {"Error": str(e)}
 
 
-def _handler(server: ExtenderServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self) -> None:
-            super().setup()
-            # An answer is written whole; Nagle's algorithm would hold its last segment
-            # until the client's delayed ACK (40 ms). Go's client sets this on its side too.
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+def _handler(server: ExtenderServer) -> type[Handler]:
+    class ExtenderHandler(Handler):
         def do_POST(self) -> None:
             verb = self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
             if verb not in _VERBS:
@@ -163,15 +140,15 @@ def _handler(server: ExtenderServer) -> type[BaseHTTPRequestHandler]:
             if path.endswith("/healthz"):
                 ok = server.ready()
                 data = b"ok\n" if ok else b"syncing with the API server\n"
-                self._raw(
+                self.reply(
                     HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, data, "text/plain"
                 )
             elif path.endswith("/metrics"):
-                self._raw(
+                self.reply(
                     HTTPStatus.OK, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST
                 )
             else:
-                self._raw(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+                self.reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
         def _drain(self) -> None:
             length = self.headers.get("Content-Length")
@@ -182,16 +159,6 @@ def _handler(server: ExtenderServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, code: int, answer: Any, verb: str) -> None:
             server.metrics.requests.labels(verb, str(int(code))).inc()
-            self._raw(code, json.dumps(answer, separators=(",", ":")).encode(), "application/json")
+            self.reply(code, json.dumps(answer, separators=(",", ":")).encode(), "application/json")
 
-        def _raw(self, code: int, data: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("event=http %s", format % args)
-
-    return Handler
+    return ExtenderHandler
