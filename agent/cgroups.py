@@ -9,9 +9,10 @@ cgroup v1 or v2, and containerd, CRI-O or docker. See docs/pinning.md for the la
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: A pod UID as kubelet writes it: a UUID, or 32 hex digits (a static pod's config hash).
 _UID = r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}|[0-9a-f]{32}"
@@ -77,6 +78,24 @@ def container_id_of(status_id: str) -> str:
     if not bare:
         raise ValueError(f"container status ID {status_id!r} has no ID (not created yet?)")
     return bare
+
+
+def running_containers(pod: Mapping[str, Any]) -> dict[str, str]:
+    """Name -> bare container ID of each container of `pod` (a v1.Pod as JSON) that has been
+    created, init containers included, from the pod's status."""
+    status = pod.get("status") or {}
+    out: dict[str, str] = {}
+    for s in [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]:
+        raw = s.get("containerID")
+        if isinstance(raw, str) and raw:
+            try:
+                out[str(s.get("name"))] = container_id_of(raw)
+            except ValueError:
+                continue  # not created yet
+    return out
 
 
 def container_of(cgroup_text: str) -> ContainerRef | None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.cgroups import ContainerRef, ProcessTable, container_id_of
+from agent.cgroups import ContainerRef, ProcessTable, running_containers
 from agent.usage import ProcessUsage, UsageError, UsageSource
 from deviceplugin.grants import Grant
 from gpulet.api.resources import GPU_RESOURCE
@@ -203,16 +203,9 @@ def _container_names(pods: Iterable[Mapping[str, Any]]) -> dict[ContainerRef, st
     out: dict[ContainerRef, str] = {}
     for pod in pods:
         uid = str((pod.get("metadata") or {}).get("uid") or "")
-        status = pod.get("status") or {}
-        for s in [
-            *(status.get("initContainerStatuses") or []),
-            *(status.get("containerStatuses") or []),
-        ]:
-            raw = s.get("containerID")
-            if not isinstance(raw, str) or not raw:
-                continue
+        for name, container_id in running_containers(pod).items():
             try:
-                out[ContainerRef(uid, container_id_of(raw))] = str(s.get("name"))
+                out[ContainerRef(uid, container_id)] = name
             except ValueError:
-                continue
+                continue  # an ID no cgroup can name (ContainerRef checks its form)
     return out

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.allocations import allocations
 from agent.cgroups import ProcessTable
 from agent.kube import AllocatedRecorder, ApiPodSource, EventReporter, NodePublisher
+from agent.loop import Every
 from agent.metrics import AgentCollector, MetricsServer
 from agent.monitor import Monitor, Violation
 from agent.pinner import Pinner
@@ -55,40 +54,15 @@ class Monitoring:
     metrics_port: int | None = 9400
 
 
-class _Every:
-    """Calls `fn` every `interval_s` from a thread of its own, logging what it raises."""
-
-    def __init__(self, name: str, interval_s: float, fn: Callable[[], object]) -> None:
-        self._fn = fn
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._fn()
-            except Exception as e:
-                log.warning("event=loop-error loop=%s error=%r", self._thread.name, str(e))
-
-
 @dataclass
 class NodeAgent:
     core: DevicePluginCore
     manager: PluginManager
     pods: ApiPodSource
     publisher: NodePublisher
-    pinner: Pinner | None = None
     monitor: Monitor | None = None
     metrics: MetricsServer | None = None
-    loops: list[_Every] = field(default_factory=list)
+    loops: list[Every] = field(default_factory=list)
     recorder: AllocatedRecorder | None = None
 
     def stop(self) -> None:
@@ -98,8 +72,6 @@ class NodeAgent:
             loop.stop()
         if self.metrics is not None:
             self.metrics.stop()
-        if self.pinner is not None:
-            self.pinner.stop()
         self.manager.stop()
         self.publisher.stop()
         self.pods.stop()
@@ -156,17 +128,12 @@ def start(
         core.release_pod(uid)
     manager = PluginManager(core, spec.plugin_dir, xids, ports)
     manager.start()
-    pinner = None
+    loops: list[Every] = []
     if pinning is not None:
-        pinner = Pinner(
-            topo,
-            pods.pods,
-            pinning.cgroup_root,
-            pinning.cpu_manager_state,
-            interval_s=pinning.interval_s,
-        )
-        pinner.start()
-    agent = NodeAgent(core, manager, pods, publisher, pinner, recorder=recorder)
+        pinner = Pinner(topo, pods.pods, pinning.cgroup_root, pinning.cpu_manager_state)
+        loops.append(Every("gpulet-pin", pinning.interval_s, pinner.reconcile))
+        loops[-1].start()
+    agent = NodeAgent(core, manager, pods, publisher, loops=loops, recorder=recorder)
     if monitoring is not None:
         events = EventReporter(api, node)
 
@@ -190,7 +157,7 @@ def start(
             enforce=monitoring.enforce,
             report=report,
         )
-        loop = _Every("gpulet-monitor", monitoring.interval_s, agent.monitor.tick)
+        loop = Every("gpulet-monitor", monitoring.interval_s, agent.monitor.tick)
         loop.start()
         agent.loops.append(loop)
         if monitoring.metrics_port is not None:

@@ -10,12 +10,11 @@ CPUs, or the container was restarted under a new ID).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.cgroups import ContainerRef, container_id_of
+from agent.cgroups import ContainerRef, running_containers
 from agent.pinning import PinningError, pin_container
 from gpulet.api.assignment import AssignmentError, parse_assignment
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION, NUMA_PIN_ANNOTATION
@@ -25,7 +24,8 @@ log = logging.getLogger("gpulet.agent")
 
 
 class Pinner:
-    """`pods()` gives the pods bound to this node (raw JSON); `reconcile` pins what needs it."""
+    """`pods()` gives the pods bound to this node (raw JSON); `reconcile`, called every few
+    seconds by the agent, pins what needs it."""
 
     def __init__(
         self,
@@ -33,32 +33,14 @@ class Pinner:
         pods: Callable[[], Iterable[Mapping[str, Any]]],
         cgroup_root: Path,
         cpu_manager_state: Path,
-        *,
-        interval_s: float = 5.0,
     ) -> None:
         self._node = topo.node
         self._numa_cpus = {n.id: n.cpus for n in topo.numa_nodes}
         self._pods = pods
         self._cgroup_root = cgroup_root
         self._state_file = cpu_manager_state
-        self._interval = interval_s
         #: (pod uid, container id) -> what was written there (cpus, mems), or the last error.
         self._done: dict[tuple[str, str], object] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="gpulet-pin", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.reconcile()
 
     def reconcile(self) -> int:
         """Pin every running container that asks for it and is not pinned as it should be;
@@ -117,24 +99,8 @@ class Pinner:
                 continue  # Allocate refused it already, with the reason
             if assignment.node != self._node:
                 continue
-            status = pod.get("status") or {}
-            running = {
-                s.get("name"): s.get("containerID")
-                for s in [
-                    *(status.get("initContainerStatuses") or []),
-                    *(status.get("containerStatuses") or []),
-                ]
-                if s.get("containerID")
-            }
+            running = running_containers(pod)
             for entry in assignment.containers:
                 container_id = running.get(entry.name)
-                if entry.numa and isinstance(container_id, str):
-                    try:
-                        yield (
-                            str(meta.get("uid")),
-                            entry.name,
-                            container_id_of(container_id),
-                            entry.numa,
-                        )
-                    except ValueError:
-                        continue
+                if entry.numa and container_id is not None:
+                    yield str(meta.get("uid")), entry.name, container_id, entry.numa
