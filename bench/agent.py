@@ -32,6 +32,7 @@ from agent.discovery import discover
 from agent.discovery.netlink import SysfsLinkState
 from agent.simulate import open_simulated
 from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
+from gpulet.demo.run import allocate_once_seen
 from gpulet.sim.apiserver import ApiServerStandIn
 from gpulet.sim.kubelet import KubeletStandIn, PodRef
 from gpulet.sim.objects import container, pod_object
@@ -86,15 +87,7 @@ def populate(
         stored = api.create_pod(pod)
         uid = stored["metadata"]["uid"]
         ref = PodRef(uid=uid, namespace="default", name=f"infer-{i}")
-        deadline = time.monotonic() + 10
-        while True:  # once the agent's watch has shown it the pod
-            try:
-                kubelet.allocate(ref, "main", "gpulet.io/gpu", 1)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        allocate_once_seen(kubelet, ref, "main", "gpulet.io/gpu", 1)
         pid = 100_000 + i
         cid = f"{pid:064x}"
         cgroup = work / "proc" / str(pid)

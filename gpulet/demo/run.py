@@ -232,7 +232,7 @@ class Demo:
                 (RDMA_RESOURCE, len(entry.nics)),
             ):
                 if count:
-                    response = _allocate(node.kubelet, ref, entry.name, resource, count)
+                    response = allocate_once_seen(node.kubelet, ref, entry.name, resource, count)
                     responses.append(response.container_responses[0])
             self._show(responses)
             if meta.get("annotations", {}).get(NUMA_PIN_ANNOTATION) == "true":
@@ -264,7 +264,7 @@ class Demo:
                 say(f"     limits: {d.uuid} {d.memory_mib} MiB, {d.core_percent}% core")
 
 
-def _allocate(
+def allocate_once_seen(
     kubelet: KubeletStandIn, ref: PodRef, container: str, resource: str, count: int
 ) -> pb.AllocateResponse:
     """Allocate once the agent's watch has shown it the pod (kubelet itself only admits
