@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpulet.api.assignment import ANNOTATION, dump_assignment
-from scorer.cluster import ClusterView
+from scorer.cluster import ClusterView, NodeInfo
 from scorer.decide import Decision, Refusal, decide
 from scorer.placement import NodeState
 from scorer.podspec import PodAsk, PodSpecError, pod_ask
@@ -97,10 +97,10 @@ class Extender:
             unresolvable = dict.fromkeys(nodes.names, str(e))
             return self._filter_answer(nodes, [], failed, unresolvable)
         never = self._never_fits(ask)
-        for name, result in self._decide_all(nodes.names, ask):
+        for name, info, result in self._decide_all(nodes.names, ask):
             if isinstance(result, Decision):
                 passed.append(name)
-            elif never(name):
+            elif never(info):
                 unresolvable[name] = result.reason
             else:
                 failed[name] = result.reason
@@ -135,7 +135,7 @@ class Extender:
         except PodSpecError:
             return [{"Host": name, "Score": 0} for name in nodes.names]
         scores = []
-        for name, result in self._decide_all(nodes.names, ask):
+        for name, _, result in self._decide_all(nodes.names, ask):
             score = result.score if isinstance(result, Decision) else 0
             scores.append({"Host": name, "Score": score})
         return scores
@@ -270,20 +270,22 @@ class Extender:
             self._asks[ask.uid] = ask
         return ask
 
-    def _decide_all(self, names: list[str], ask: PodAsk) -> list[tuple[str, Decision | Refusal]]:
-        """Each node's decision for `ask`: kept from an earlier request of the same shape
-        while the node has not changed, else made now."""
+    def _decide_all(
+        self, names: list[str], ask: PodAsk
+    ) -> list[tuple[str, NodeInfo | None, Decision | Refusal]]:
+        """Each node (None: unknown) and its decision for `ask`: kept from an earlier request
+        of the same shape while the node has not changed, else made now."""
         key = ask.key
         known = self._decisions.get(key)
         if known is None:
             if len(self._decisions) > _SHAPES:
                 self._decisions.clear()
             known = self._decisions[key] = {}
-        out: list[tuple[str, Decision | Refusal]] = []
+        out: list[tuple[str, NodeInfo | None, Decision | Refusal]] = []
         for name, (info, generation) in zip(names, self.view.nodes(names), strict=True):
             kept = known.get(name)
             if kept is not None and kept[0] == generation:
-                out.append((name, kept[1]))
+                out.append((name, info, kept[1]))
                 continue
             if info is None:
                 result: Decision | Refusal = Refusal(
@@ -292,10 +294,10 @@ class Extender:
             else:
                 result = decide(info, self.view.state(name), ask)
                 known[name] = (generation, result)
-            out.append((name, result))
+            out.append((name, info, result))
         return out
 
-    def _never_fits(self, ask: PodAsk) -> Callable[[str], bool]:
+    def _never_fits(self, ask: PodAsk) -> Callable[[NodeInfo | None], bool]:
         """Whether the pod would not fit a node even empty (preemption cannot help there).
         Known per hardware shape: one decision serves every node of a model."""
         known = self._empty.get(ask.key)
@@ -303,15 +305,13 @@ class Extender:
             if len(self._empty) > _SHAPES:
                 self._empty.clear()
             known = self._empty[ask.key] = {}
-        table = known
 
-        def never(name: str) -> bool:
-            info = self.view.node(name)
+        def never(info: NodeInfo | None) -> bool:
             if info is None or info.placer is None:
                 return True
-            found = table.get(info.shape)
+            found = known.get(info.shape)
             if found is None:
-                found = table[info.shape] = isinstance(decide(info, NodeState(), ask), Refusal)
+                found = known[info.shape] = isinstance(decide(info, NodeState(), ask), Refusal)
             return found
 
         return never
