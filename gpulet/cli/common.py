@@ -3,11 +3,12 @@ person can cause into one line and a non-zero exit."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import select
 import signal
 import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -100,14 +101,39 @@ def kube_configuration(kubeconfig: Path | None) -> client.Configuration:
     return configuration
 
 
-def until_signalled() -> threading.Event:
-    """An event set by SIGTERM or SIGINT: a long-running command waits on it, then stops its
-    parts and exits 0."""
-    done = threading.Event()
+class StopSignal:
+    """Set by SIGTERM or SIGINT; a long-running command waits on it, then stops its parts and
+    exits 0.
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        done.set()
+    The kernel hands a process's signal to any thread that does not block it (gRPC's own
+    threads among them), and Python runs the handler only when the main thread next runs
+    bytecode: a main thread asleep in `threading.Event.wait()` can sleep through SIGTERM.
+    Python's wakeup fd is written by whichever thread takes the signal, so `wait()` sleeps in
+    `select` on it instead."""
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    return done
+    def __init__(self) -> None:
+        self._set = False
+        self._wakeup, writer = socket.socketpair()
+        self._writer = writer  # kept open for as long as it is the wakeup fd
+        for end in (self._wakeup, writer):
+            end.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self) -> None:
+        while not self._set:
+            select.select([self._wakeup], [], [])
+            with contextlib.suppress(BlockingIOError):
+                self._wakeup.recv(4096)
+
+
+def until_signalled() -> StopSignal:
+    """From now on, SIGTERM and SIGINT set the returned signal instead of ending the process."""
+    return StopSignal()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,33 @@ def test_bad_allocations_file_is_one_line(tmp_path: Path, content: str, needle: 
     bad = tmp_path / "alloc.json"
     bad.write_text(content)
     one_line_error(gpulet("place", "--simulate", "pcie-4gpu", "--allocated", str(bad)), needle)
+
+
+STOPPED_BY_ANOTHER_THREADS_SIGNAL = """
+import signal, threading, time
+from gpulet.cli.common import until_signalled
+stop = until_signalled()
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+# The main thread blocks SIGTERM, so the kernel must hand it to the other thread: what
+# happens at random when gRPC's threads are running.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+print("waiting", flush=True)
+stop.wait()
+print("stopped", flush=True)
+"""
+
+
+def test_a_long_running_command_stops_on_sigterm_taken_by_another_thread() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_BY_ANOTHER_THREADS_SIGNAL],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "waiting\n"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out) == (0, "stopped\n")
