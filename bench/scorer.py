@@ -52,15 +52,18 @@ RESTRICTED = {"gpulet.io/topology-policy": "restricted"}
 
 
 def build_cluster(n: int, seed: int) -> tuple[ClusterView, list[dict[str, Any]]]:
-    """N half-full dgx-h100 nodes; also their Node objects."""
+    """N half-full dgx-h100 nodes; also their Node objects. Each carries a heartbeat, which
+    the extender judges on every request as in production; the limit is a day, so that no
+    node goes quiet during a run."""
     topo = shipped("dgx-h100")
     rng = random.Random(seed)
-    view = ClusterView()
+    view = ClusterView(stale_after=24 * 3600)
     objects = []
     uid = 0
+    beat = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for i in range(n):
         name = f"gpu-node-{i:05d}"
-        obj = node_object(name, topo)
+        obj = node_object(name, topo, heartbeat=beat)
         objects.append(obj)
         view.set_node_object(obj)
         for gpu in topo.gpus:

@@ -49,6 +49,7 @@ def build(config: ScorerConfig, kube: client.Configuration | None) -> Scorer:
     view = ClusterView(
         Capacity(gpu_slots=config.gpu_slots, nic_slots=config.rdma_slots),
         assume_ttl=config.assume_ttl_s,
+        stale_after=config.stale_heartbeat_s,
     )
     if kube is None:
         extender = Extender(view)

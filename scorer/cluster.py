@@ -6,6 +6,11 @@ bind time whose pod the watch has not yet shown bound. An assumption counts unti
 shows up bound (it then counts as that), it is forgotten (the bind failed), or it expires.
 So two pods decided back to back never get the same slice.
 
+A node whose agent has stopped reporting (its `gpulet.io/heartbeat` unchanged for longer than
+`stale_after`) is shown with a problem, so nothing new is placed on a node nobody serves.
+Liveness is judged by when the extender saw the heartbeat change, not by the clock of the
+node that wrote it; only a node seen for the first time is aged by its stamp.
+
 Everything here is in memory and thread-safe; feeding it from the API is `scorer.kube`.
 """
 
@@ -16,10 +21,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from gpulet.api.assignment import Assignment, AssignmentError, parse_assignment
-from gpulet.api.resources import TOPOLOGY_ANNOTATION
+from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
 from gpulet.topology import Topology
 from gpulet.topology.document import DocumentError, loads
 from scorer.placement import Capacity, GpuUsage, NodeState, Placer
@@ -28,6 +34,8 @@ log = logging.getLogger("gpulet.scorer")
 
 #: How long a decision counts without its pod showing up bound.
 ASSUME_TTL_S = 120.0
+#: How long a node's heartbeat may stay unchanged: three of the agent's default 60 s.
+STALE_HEARTBEAT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,10 @@ class _Node:
     pods: set[str] = field(default_factory=set)
     generation: int = 0
     state: NodeState | None = None  # cached for `generation`
+    #: The `gpulet.io/heartbeat` last seen (None: the node has none, so it is not judged)
+    #: and the monotonic time it was written, as far as the extender can tell.
+    heartbeat: str | None = None
+    heard: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,13 +81,18 @@ class ClusterView:
         capacity: Capacity | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         assume_ttl: float = ASSUME_TTL_S,
+        stale_after: float = STALE_HEARTBEAT_S,
     ) -> None:
         """`capacity`: slots per GPU and per RDMA port, as the agents advertise them (their
-        `--gpu-slots` and `--rdma-slots`; one setting for the cluster, in the Helm values)."""
+        `--gpu-slots` and `--rdma-slots`; one setting for the cluster, in the Helm values).
+        `stale_after` 0: heartbeats are not judged."""
         self._capacity = capacity or Capacity()
         self._clock = clock
+        self._wall_clock = wall_clock
         self._assume_ttl = assume_ttl
+        self._stale_after = stale_after
         self._lock = threading.RLock()
         self._nodes: dict[str, _Node] = {}
         self._pods: dict[str, _Pod] = {}
@@ -86,21 +103,26 @@ class ClusterView:
 
     # ---- nodes -------------------------------------------------------------------------
 
-    def set_node(self, name: str, topology_text: str | None) -> None:
-        """The node as its API object says: its topology annotation (None: it has none)."""
+    def set_node(self, name: str, topology_text: str | None, heartbeat: str | None = None) -> None:
+        """The node as its API object says: its topology and heartbeat annotations (None: it
+        has none)."""
         with self._lock:
             known = self._nodes.get(name)
-            if known is not None and known.source == topology_text:
-                return
-            info = self._node_info(name, topology_text)
             if known is None:
-                self._nodes[name] = _Node(info, topology_text)
-                for uid, pod in self._pods.items():
-                    if pod.node == name:
-                        self._nodes[name].pods.add(uid)
-            else:
-                known.info, known.source = info, topology_text
-            self._touch(name)
+                known = self._nodes[name] = _Node(
+                    self._node_info(name, topology_text), topology_text
+                )
+                known.pods = {uid for uid, pod in self._pods.items() if pod.node == name}
+                self._touch(name)
+            elif known.source != topology_text:
+                known.info, known.source = self._node_info(name, topology_text), topology_text
+                self._touch(name)
+            if heartbeat is not None and heartbeat != known.heartbeat:
+                # Seen change now; seen first: as old as its stamp says.
+                first = known.heartbeat is None
+                age = _age(heartbeat, self._wall_clock()) if first else 0.0
+                known.heard = self._clock() - age
+            known.heartbeat = heartbeat
 
     def set_node_object(self, node: Mapping[str, object]) -> str:
         """`set_node` from a v1.Node as JSON; its name."""
@@ -108,9 +130,13 @@ class ClusterView:
         if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
             raise ValueError("a Node has no metadata.name")
         annotations = meta.get("annotations")
-        text = annotations.get(TOPOLOGY_ANNOTATION) if isinstance(annotations, Mapping) else None
+        if not isinstance(annotations, Mapping):
+            annotations = {}
+        text, beat = (annotations.get(k) for k in (TOPOLOGY_ANNOTATION, HEARTBEAT_ANNOTATION))
         name = str(meta["name"])
-        self.set_node(name, text if isinstance(text, str) else None)
+        self.set_node(
+            name, text if isinstance(text, str) else None, beat if isinstance(beat, str) else None
+        )
         return name
 
     def remove_node(self, name: str) -> None:
@@ -120,22 +146,27 @@ class ClusterView:
     def node(self, name: str) -> NodeInfo | None:
         with self._lock:
             known = self._nodes.get(name)
-            return None if known is None else known.info
+            return None if known is None else self._judged(known, self._clock())[0]
 
     def node_names(self) -> list[str]:
         with self._lock:
             return list(self._nodes)
 
+    def quiet_nodes(self) -> list[str]:
+        """The nodes whose agent has stopped reporting (stale heartbeat)."""
+        with self._lock:
+            now = self._clock()
+            return [n for n, known in self._nodes.items() if self._judged(known, now)[1] < 0]
+
     def nodes(self, names: list[str]) -> list[tuple[NodeInfo | None, int]]:
-        """(info, generation) of each of `names` (None, -1: unknown), read at once."""
+        """(info, generation) of each of `names`, read at once. An unknown node is (None, -1);
+        a node whose agent went quiet has a problem and generation -1 (its verdict changes
+        with time alone, so it must not be kept)."""
         with self._lock:
             self._expire()
             unknown = (None, -1)
-            found = self._nodes
-            return [
-                (known.info, known.generation) if (known := found.get(n)) else unknown
-                for n in names
-            ]
+            found, now, judged = self._nodes, self._clock(), self._judged
+            return [judged(known, now) if (known := found.get(n)) else unknown for n in names]
 
     def state(self, name: str) -> NodeState:
         """What is allocated on the node, for the placement engine."""
@@ -147,6 +178,20 @@ class ClusterView:
             if known.state is None:
                 known.state = self._tally(known)
             return known.state
+
+    def _judged(self, known: _Node, now: float) -> tuple[NodeInfo, int]:
+        """(info, generation), or the node marked quiet when its heartbeat is stale."""
+        if not self._stale_after or known.heartbeat is None:
+            return known.info, known.generation
+        quiet = now - known.heard
+        if quiet <= self._stale_after:
+            return known.info, known.generation
+        problem = (
+            f"the gpulet agent on this node has not reported for {quiet:.0f} s (last "
+            f"{HEARTBEAT_ANNOTATION} {known.heartbeat}; stale after {self._stale_after:.0f} s): "
+            "is its DaemonSet pod running?"
+        )
+        return replace(known.info, topo=None, placer=None, problem=problem, shape=-1), -1
 
     def _node_info(self, name: str, text: str | None) -> NodeInfo:
         if text is None:
@@ -280,3 +325,15 @@ class ClusterView:
                 for key in container.nics:
                     nics[key] = nics.get(key, 0) + 1
         return NodeState(gpus=gpus, nic_slots=nics)
+
+
+def _age(stamp: str, now: float) -> float:
+    """Seconds since an RFC 3339 stamp, as far as this host's clock says (0 when the stamp
+    cannot be read or lies in the future)."""
+    try:
+        written = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if written.tzinfo is None:
+        return 0.0
+    return max(0.0, now - written.timestamp())

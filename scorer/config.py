@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from scorer.cluster import ASSUME_TTL_S
+from scorer.cluster import ASSUME_TTL_S, STALE_HEARTBEAT_S
 from scorer.server import DEFAULT_MAX_BODY
 
 #: The file's keys and the fields they set.
@@ -21,6 +21,7 @@ _KEYS = {
     "maxBodyBytes": "max_body",
     "assumeTTLSeconds": "assume_ttl_s",
     "watchTimeoutSeconds": "watch_timeout_s",
+    "staleHeartbeatSeconds": "stale_heartbeat_s",
 }
 
 
@@ -38,6 +39,8 @@ class ScorerConfig:
     max_body: int = DEFAULT_MAX_BODY
     assume_ttl_s: float = ASSUME_TTL_S
     watch_timeout_s: int = 300
+    #: A node whose agent's heartbeat is unchanged this long takes no pods (0: not judged).
+    stale_heartbeat_s: float = STALE_HEARTBEAT_S
 
     def __post_init__(self) -> None:
         for name in ("port", "gpu_slots", "rdma_slots", "max_body", "watch_timeout_s"):
@@ -48,6 +51,9 @@ class ScorerConfig:
             raise ConfigError("gpuSlots and rdmaSlots must be 1..1000")
         if not isinstance(self.assume_ttl_s, int | float) or self.assume_ttl_s <= 0:
             raise ConfigError(f"assumeTTLSeconds must be > 0, got {self.assume_ttl_s!r}")
+        stale = self.stale_heartbeat_s
+        if isinstance(stale, bool) or not isinstance(stale, int | float) or stale < 0:
+            raise ConfigError(f"staleHeartbeatSeconds must be >= 0 (0: off), got {stale!r}")
 
     def overridden(self, **flags: Any) -> ScorerConfig:
         """This config with the flags that were given (not None)."""

@@ -293,7 +293,8 @@ class Extender:
                 )
             else:
                 result = decide(info, self.view.state(name), ask)
-                known[name] = (generation, result)
+                if generation >= 0:
+                    known[name] = (generation, result)
             out.append((name, info, result))
         return out
 

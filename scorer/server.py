@@ -46,6 +46,12 @@ class Metrics:
         )
         nodes = Gauge("gpulet_scorer_nodes", "Nodes the extender knows", registry=self.registry)
         nodes.set_function(lambda: len(extender.view.node_names()))
+        quiet = Gauge(
+            "gpulet_scorer_nodes_quiet",
+            "Nodes whose gpulet agent stopped reporting (stale heartbeat): nothing new goes there",
+            registry=self.registry,
+        )
+        quiet.set_function(lambda: len(extender.view.quiet_nodes()))
         pods = Gauge(
             "gpulet_scorer_pods",
             "Pods whose assignment counts, bound or assumed (decided, not yet seen bound)",

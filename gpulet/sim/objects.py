@@ -11,6 +11,7 @@ from typing import Any
 from gpulet.api.resources import (
     CORE_RESOURCE,
     GPU_RESOURCE,
+    HEARTBEAT_ANNOTATION,
     MEMORY_RESOURCE,
     RDMA_RESOURCE,
     TOPOLOGY_ANNOTATION,
@@ -19,9 +20,15 @@ from gpulet.topology import Topology
 from gpulet.topology.document import dumps
 
 
-def node_object(name: str, topo: Topology, slots: int = 100) -> dict[str, Any]:
-    """A v1.Node for `topo` renamed `name`, as the agent publishes it."""
+def node_object(
+    name: str, topo: Topology, slots: int = 100, *, heartbeat: str | None = None
+) -> dict[str, Any]:
+    """A v1.Node for `topo` renamed `name`, as the agent publishes it (with `heartbeat` as
+    its `gpulet.io/heartbeat`, when given)."""
     text = dumps(replace(topo, node=name))
+    annotations = {TOPOLOGY_ANNOTATION: text}
+    if heartbeat is not None:
+        annotations[HEARTBEAT_ANNOTATION] = heartbeat
     shareable = sum(1 for g in topo.gpus if not g.mig)
     return {
         "apiVersion": "v1",
@@ -30,7 +37,7 @@ def node_object(name: str, topo: Topology, slots: int = 100) -> dict[str, Any]:
             "name": name,
             "uid": str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, name)),
             "labels": {"kubernetes.io/hostname": name},
-            "annotations": {TOPOLOGY_ANNOTATION: text},
+            "annotations": annotations,
         },
         "spec": {},
         "status": {

@@ -250,3 +250,39 @@ def test_healthz_waits_for_the_first_lists(api: ApiServerStandIn) -> None:
         assert conn.getresponse().status == 200
     finally:
         scorer.stop()
+
+
+def test_a_node_whose_agent_stopped_reporting_takes_no_pods_until_it_is_back(
+    api: ApiServerStandIn,
+) -> None:
+    """gpu-c's agent last wrote its heartbeat ten minutes ago: the extender, started now,
+    places nothing there and says why; once the agent renews it, the node takes pods again."""
+    old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
+    api.create_node(node_object("gpu-c", H100, heartbeat=old))
+    scorer = start_scorer(api)
+    try:
+        pod = api.create_pod(inference("p"))
+        answer = post(scorer, "filter", {"Pod": pod, "NodeNames": ["gpu-c", "gpu-a"]})
+        assert answer["NodeNames"] == ["gpu-a"]
+        reason = answer["FailedAndUnresolvableNodes"]["gpu-c"]
+        assert "has not reported for" in reason and old in reason, reason
+        meta = pod["metadata"]
+        args = {"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"]}
+        refused = post(scorer, "bind", {**args, "Node": "gpu-c"})
+        assert "has not reported for" in refused["Error"]
+        assert not api.bindings
+        conn = http.client.HTTPConnection("127.0.0.1", scorer.server.port, timeout=10)
+        conn.request("GET", "/metrics")
+        assert "gpulet_scorer_nodes_quiet 1.0" in conn.getresponse().read().decode()
+
+        node = api.get_node("gpu-c")
+        assert node is not None
+        node["metadata"]["annotations"]["gpulet.io/heartbeat"] = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()
+        )
+        api.update_node(node)
+        wait_for(lambda: not scorer.server.extender.view.quiet_nodes())
+        answer = post(scorer, "filter", {"Pod": pod, "NodeNames": ["gpu-c"]})
+        assert answer["NodeNames"] == ["gpu-c"]
+    finally:
+        scorer.stop()
