@@ -8,10 +8,12 @@ Pure: the topology, the settings and the grant in, a `ContainerView` out.
 - RDMA ports: `/dev/infiniband/uverbs<N>` per RDMA device and `/dev/infiniband/rdma_cm`;
   `NCCL_IB_HCA==<dev>[,<dev>...]` (`=`: exact names, so `mlx5_1` does not also pick
   `mlx5_10`; `dev:port` where the device has more than one port on the node).
-  Discovery does not record uverbs numbers, so N is the device's position among the node's
-  RDMA devices in natural order (mlx5_0, mlx5_1, ..., mlx5_10). That holds when the kernel
-  registered them in that order and every RDMA device is in the topology; discovery leaves
-  out devices with no PCI function (soft RoCE, siw), which would shift the numbers.
+  N is the number discovery read from `class/infiniband_verbs/uverbsN/ibdev` (the topology's
+  `uverbs`): the kernel numbers verbs devices in the order it registered them, which udev
+  renames and probe order make differ from the names. A topology with no numbers at all
+  (an older document, or a hand-written one) falls back to the device's position in natural
+  order (mlx5_0, mlx5_1, ..., mlx5_10). A device with no number on a node whose other devices
+  have one has no verbs device (`ib_uverbs` did not bind it): granting it is an error.
 - The region directory, read-write at `container_region_dir` (`GPULET_REGION_DIR`), and its
   `limits` file bind-mounted read-only on top of it: a read-only mount cannot be written,
   chmod-ed, replaced by rename or unlinked, even by root in the container (EROFS/EBUSY), and
@@ -61,7 +63,11 @@ class ContainerView:
 
 
 def uverbs_numbers(topo: Topology) -> dict[str, int]:
-    """RDMA device name -> the N of its /dev/infiniband/uverbsN (see the module's note)."""
+    """RDMA device name -> the N of its /dev/infiniband/uverbsN (see the module's note);
+    a device the node has no verbs device for is left out."""
+    recorded = {n.name: n.uverbs for n in topo.nics if n.uverbs is not None}
+    if recorded:
+        return recorded
     names = list(dict.fromkeys(n.name for n in topo.nics))  # natural order, ports together
     return {name: i for i, name in enumerate(names)}
 
@@ -103,6 +109,11 @@ def view(
             port = by_key.get(key)
             if port is None:
                 raise ValueError(f"RDMA port {key} is not on node {topo.node}")
+            if port.name not in uverbs:
+                raise ValueError(
+                    f"RDMA device {port.name} on node {topo.node} has no verbs device "
+                    "(no class/infiniband_verbs/uverbs*/ibdev names it; is ib_uverbs loaded?)"
+                )
             node = _dev(config, f"infiniband/uverbs{uverbs[port.name]}")
             if node not in devices:
                 devices.append(node)

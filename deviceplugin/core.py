@@ -288,7 +288,10 @@ class DevicePluginCore:
             else:
                 decision = self._assigned(resource, device_ids)
             region_dir = self._region_dir(resource, decision, device_ids)
-            result = view(self._topo, self._config, decision.gpus, decision.nics, region_dir)
+            try:
+                result = view(self._topo, self._config, decision.gpus, decision.nics, region_dir)
+            except ValueError as e:
+                raise AllocateError(str(e)) from None
             grant = Grant(
                 resource=resource,
                 device_ids=tuple(device_ids),

@@ -1,4 +1,5 @@
-"""RDMA ports from `class/infiniband`: state, rate, link layer, netdev and PCI function."""
+"""RDMA ports from `class/infiniband`: state, rate, link layer, netdev and PCI function; and
+each device's verbs node from `class/infiniband_verbs`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from agent.discovery.sysfs import SysfsTree
 log = logging.getLogger(__name__)
 
 INFINIBAND = PurePosixPath("class/infiniband")
+#: `uverbs<N>/ibdev` names the RDMA device behind `/dev/infiniband/uverbs<N>`.
+INFINIBAND_VERBS = PurePosixPath("class/infiniband_verbs")
+_UVERBS = re.compile(r"uverbs(\d+)")
 
 _STATE = re.compile(r"(?:\d+:\s*)?([A-Za-z_]+)")
 _RATE = re.compile(r"(\d+(?:\.\d+)?)\s*Gb/sec\b.*")
@@ -31,6 +35,8 @@ class RdmaPort:
     #: `InfiniBand` or `Ethernet`.
     link_layer: str
     netdev: str | None
+    #: The N of the device's `/dev/infiniband/uverbsN`; None: it has none.
+    uverbs: int | None = None
 
 
 def parse_port_state(text: str, source: str) -> str:
@@ -56,6 +62,7 @@ def read_rdma_ports(tree: SysfsTree) -> list[RdmaPort]:
     left out.
     """
     ports: list[RdmaPort] = []
+    verbs = read_uverbs(tree)
     for name in tree.listdir(INFINIBAND):
         base = INFINIBAND / name
         link = base / "device"
@@ -68,8 +75,34 @@ def read_rdma_ports(tree: SysfsTree) -> list[RdmaPort]:
             continue
         function = read_pci_function(tree, device_path, tree.display(link))
         for port in _port_numbers(tree, base / "ports"):
-            ports.append(_read_port(tree, name, port, base, function))
+            ports.append(_read_port(tree, name, port, base, function, uverbs=verbs.get(name)))
     return ports
+
+
+def read_uverbs(tree: SysfsTree) -> dict[str, int]:
+    """RDMA device name -> the N of its `/dev/infiniband/uverbsN` ({} without `ib_uverbs`).
+
+    The kernel numbers verbs devices in the order it registers them, which need not be the
+    order of the device names (udev renames them, probe order varies), so it is read, not
+    guessed.
+    """
+    found: dict[str, int] = {}
+    for entry in tree.listdir(INFINIBAND_VERBS):
+        m = _UVERBS.fullmatch(entry)
+        if not m:
+            continue  # `abi_version`
+        ibdev = INFINIBAND_VERBS / entry / "ibdev"
+        name = tree.read_optional(ibdev, unreadable_as_missing=True)
+        if not name:
+            log.debug("%s has no ibdev; skipped", tree.display(ibdev))
+            continue
+        if name in found:
+            raise DiscoveryError(
+                f"{tree.display(INFINIBAND_VERBS)}: {name} has two verbs devices, "
+                f"uverbs{found[name]} and {entry}"
+            )
+        found[name] = int(m[1])
+    return found
 
 
 def _port_numbers(tree: SysfsTree, ports_dir: PurePosixPath) -> list[int]:
@@ -86,6 +119,8 @@ def _read_port(
     port: int,
     base: PurePosixPath,
     function: PciFunction,
+    *,
+    uverbs: int | None,
 ) -> RdmaPort:
     where = base / "ports" / str(port)
     state_file, rate_file = where / "state", where / "rate"
@@ -99,6 +134,7 @@ def _read_port(
         rate_gbps=parse_rate(rate, tree.display(rate_file)) if rate else 0.0,
         link_layer=tree.read(where / "link_layer"),
         netdev=_netdev(tree, port, where, function.path),
+        uverbs=uverbs,
     )
 
 

@@ -28,6 +28,7 @@ def build_nics(
             link=links.operstate(p.netdev) if p.netdev else None,
             rate_gbps=p.rate_gbps,
             link_layer=p.link_layer,
+            uverbs=p.uverbs,
         )
         for p in ports
     ]

@@ -1,8 +1,9 @@
 """The sysfs subset of a simulated node, laid out and formatted as the kernel does.
 
 `devices/pciDDDD:BB/<bdf>/.../<bdf>` nests every function under its bridges; `bus/pci`,
-`class/infiniband` and `class/net` hold relative links into it; `devices/system` has the
-NUMA nodes and online CPUs.
+`class/infiniband`, `class/infiniband_verbs` and `class/net` hold relative links into it;
+`devices/system` has the NUMA nodes and online CPUs. Verbs devices are numbered in PCI order,
+as the kernel probes them, whatever the RDMA devices are named.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ DEVICES = PurePosixPath("devices")
 PCI_DEVICES = PurePosixPath("bus/pci/devices")
 CLASS_NET = PurePosixPath("class/net")
 CLASS_INFINIBAND = PurePosixPath("class/infiniband")
+CLASS_INFINIBAND_VERBS = PurePosixPath("class/infiniband_verbs")
+#: The character-device major of `/dev/infiniband/uverbsN` and the minor of uverbs0.
+UVERBS_MAJOR, UVERBS_BASE_MINOR = 231, 192
+#: The kernel's IB_USER_VERBS_ABI_VERSION.
+UVERBS_ABI = 6
 NODES = PurePosixPath("devices/system/node")
 VIRTUAL_NET = PurePosixPath("devices/virtual/net")
 
@@ -29,8 +35,13 @@ def sysfs_files(layout: Layout) -> Files:
     """Every file and link under the simulated `/sys`."""
     spec = layout.spec
     files: Files = {}
+    rdma = sorted(f.bdf for f in layout.functions if isinstance(f.payload, NicSpec))
     for function in layout.functions:
         _pci_function(files, function, _local_cpus(spec, function.numa))
+        if isinstance(function.payload, NicSpec):
+            _uverbs(files, function_dir(function), function.payload, rdma.index(function.bdf))
+    if rdma:
+        files[CLASS_INFINIBAND_VERBS / "abi_version"] = f"{UVERBS_ABI}\n"
     for name, state in (("lo", "unknown"), *spec.virtual_netdevs):
         _netdev(files, VIRTUAL_NET / name, state, device=None)
     _numa(files, spec)
@@ -90,6 +101,16 @@ def _rdma(files: Files, here: PurePosixPath, nic: NicSpec, netdevs: tuple[str | 
             _netdev(files, here / "net" / netdev, state, device=here, dev_port=number - 1)
     files[device / "device"] = kernel_link(device / "device", here)
     link = CLASS_INFINIBAND / nic.name
+    files[link] = kernel_link(link, device)
+
+
+def _uverbs(files: Files, here: PurePosixPath, nic: NicSpec, number: int) -> None:
+    device = here / "infiniband_verbs" / f"uverbs{number}"
+    files[device / "ibdev"] = f"{nic.name}\n"
+    files[device / "abi_version"] = f"{UVERBS_ABI}\n"
+    files[device / "dev"] = f"{UVERBS_MAJOR}:{UVERBS_BASE_MINOR + number}\n"
+    files[device / "device"] = kernel_link(device / "device", here)
+    link = CLASS_INFINIBAND_VERBS / device.name
     files[link] = kernel_link(link, device)
 
 

@@ -64,6 +64,7 @@ def to_document(topo: Topology) -> dict[str, Any]:
                 "link": n.link,
                 "rate_gbps": n.rate_gbps,
                 "link_layer": n.link_layer,
+                "uverbs": n.uverbs,
             }
             for n in topo.nics
         ],
@@ -103,6 +104,22 @@ def _opt(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     if obj.get(key) is None:
         return None
     return _req(obj, key, kind, where)
+
+
+def _check_uverbs(nics: list[Nic]) -> None:
+    """One uverbs number per RDMA device (all its ports), and no two devices on one."""
+    device_of: dict[int, str] = {}
+    number_of: dict[str, int | None] = {}
+    for n in nics:
+        if number_of.setdefault(n.name, n.uverbs) != n.uverbs:
+            raise DocumentError(f"nics: the ports of {n.name} name different uverbs devices")
+        if n.uverbs is None:
+            continue
+        if n.uverbs < 0:
+            raise DocumentError(f"nics: {n.key}: uverbs {n.uverbs} is negative")
+        other = device_of.setdefault(n.uverbs, n.name)
+        if other != n.name:
+            raise DocumentError(f"nics: uverbs{n.uverbs} is both {other} and {n.name}")
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -172,6 +189,7 @@ def from_document(doc: Any) -> Topology:
                 link=_opt(n, "link", str, where),
                 rate_gbps=float(_req(n, "rate_gbps", (int, float), where)),
                 link_layer=_req(n, "link_layer", str, where),
+                uverbs=_opt(n, "uverbs", int, where),
             )
         )
     numa: list[NumaNode] = []
@@ -188,6 +206,7 @@ def from_document(doc: Any) -> Topology:
         raise DocumentError("gpus: duplicate GPU index")
     if len({n.key for n in nics}) != len(nics):
         raise DocumentError("nics: duplicate NIC name")
+    _check_uverbs(nics)
     topo = Topology.build(
         node=_req(doc, "node", str, "topology"),
         gpus=gpus,

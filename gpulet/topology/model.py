@@ -73,6 +73,9 @@ class Nic:
     link: str | None
     rate_gbps: float
     link_layer: str
+    #: The N of the device's `/dev/infiniband/uverbsN`, as the kernel registered it; None
+    #: where it has no verbs device (`ib_uverbs` not loaded) or an older document.
+    uverbs: int | None = None
 
     @property
     def key(self) -> str:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.discovery import discover
+from agent.discovery.netlink import SysfsLinkState
+from agent.simulate import generate, load_directory, spec_from_data
 from deviceplugin.container import PRELOAD, DeviceNode, MountSpec, uverbs_numbers, view
 from deviceplugin.grants import GpuShare
 from deviceplugin.resources import PluginConfig
@@ -100,3 +103,47 @@ def test_unknown_devices() -> None:
         view(topo, CONFIG, [GpuShare("GPU-nope", 0, 100, 1, True)], [], None)
     with pytest.raises(ValueError, match="RDMA port mlx5_0 is not on node"):
         view(topo, CONFIG, [], ["mlx5_0"], None)
+
+
+def _without_verbs_numbers(topo: Topology) -> Topology:
+    nics = [replace(n, uverbs=None) for n in topo.nics]
+    return Topology.build(topo.node, topo.gpus, nics, topo.numa_nodes)
+
+
+def test_a_topology_without_verbs_numbers_falls_back_to_natural_order() -> None:
+    topo = _without_verbs_numbers(shipped("dgx-a100"))
+    assert uverbs_numbers(topo) == {f"mlx5_{i}": i for i in range(12)}
+
+
+def test_the_verbs_device_is_the_one_discovery_read(tmp_path: Path) -> None:
+    """The kernel numbered the verbs devices in PCI order; the names run the other way. The
+    container must get the device node of the port it was granted."""
+    spec = {
+        "name": "renamed",
+        "numa": [{"id": 0, "cpus": "0-3", "memory": "4 GiB"}],
+        "pcie": [
+            {
+                "host_bridge": 0,
+                "numa": 0,
+                "devices": [{"root_port": {"nic": f"mlx5_{i}"}} for i in (2, 1, 0)],
+            }
+        ],
+    }
+    sim = load_directory(generate(spec_from_data(spec), tmp_path / "node"))
+    topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
+    assert uverbs_numbers(topo) == {"mlx5_2": 0, "mlx5_1": 1, "mlx5_0": 2}
+    got = view(topo, PluginConfig(), [], ["mlx5_0"], None)
+    assert [d.container_path for d in got.devices] == [
+        "/dev/infiniband/uverbs2",
+        "/dev/infiniband/rdma_cm",
+    ]
+    assert got.envs["NCCL_IB_HCA"] == "=mlx5_0"
+
+
+def test_a_device_the_kernel_gave_no_verbs_device_is_refused() -> None:
+    base = shipped("dgx-h100")
+    nics = [replace(n, uverbs=None) if n.name == "mlx5_3" else n for n in base.nics]
+    topo = Topology.build(base.node, base.gpus, nics, base.numa_nodes)
+    assert view(topo, PluginConfig(), [], ["mlx5_2"], None).envs["NCCL_IB_HCA"] == "=mlx5_2"
+    with pytest.raises(ValueError, match=r"RDMA device mlx5_3 on node .* has no verbs device"):
+        view(topo, PluginConfig(), [], ["mlx5_3"], None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,16 @@ def test_standalone_rdma_follows_the_latest_gpus(tmp_path: Path) -> None:
     # With no GPU grant to follow, the engine's order.
     fresh = DevicePluginCore(A100, config(tmp_path), Ledger())
     assert fresh.preferred(RDMA_RESOURCE, free_ids(fresh, RDMA_RESOURCE), [], 1) == ["mlx5_0::00"]
+
+
+def test_a_port_with_no_verbs_device_is_refused_and_nothing_is_granted(tmp_path: Path) -> None:
+    nics = [replace(n, uverbs=None) if n.name == "mlx5_6" else n for n in A100.nics]
+    topo = Topology.build(A100.node, A100.gpus, nics, A100.numa_nodes)
+    core = DevicePluginCore(topo, config(tmp_path), Ledger())
+    with pytest.raises(AllocateError, match=r"RDMA device mlx5_6 .* has no verbs device"):
+        core.allocate(RDMA_RESOURCE, ["mlx5_6::00"])
+    assert core.grants() == ()
+    assert core.allocate(RDMA_RESOURCE, ["mlx5_7::00"]).envs == {"NCCL_IB_HCA": "=mlx5_7"}
 
 
 def test_preferred_keeps_to_what_kubelet_offers(tmp_path: Path) -> None:

@@ -398,3 +398,38 @@ def test_rdma_device_link_out_of_the_root(tree: SysfsTreeBuilder, tmp_path: Path
     (tree.root / "class/infiniband/mlx5_0/device").symlink_to("../../../../elsewhere")
     with pytest.raises(DiscoveryError, match="leads out of the sysfs root"):
         read_rdma_ports(SysfsTree(tree.root))
+
+
+# --- verbs devices ---------------------------------------------------------------------
+
+
+def test_verbs_numbers_are_read_from_the_kernel_not_from_the_names(
+    tree: SysfsTreeBuilder,
+) -> None:
+    """udev renamed the devices, so the names sort the other way from the kernel's numbers."""
+    tree.hca("ibp12s0", "pci0000:00/0000:00:01.0/0000:0c:00.0", uverbs=1)
+    tree.hca("ibp7s0", "pci0000:00/0000:00:02.0/0000:07:00.0", uverbs=0)
+    tree.write("class/infiniband_verbs/abi_version", "6")
+    got = {p.device: p.uverbs for p in read_rdma_ports(SysfsTree(tree.root))}
+    assert got == {"ibp12s0": 1, "ibp7s0": 0}
+
+
+def test_without_ib_uverbs_no_device_has_a_number(tree: SysfsTreeBuilder) -> None:
+    tree.hca("mlx5_0", "pci0000:00/0000:00:01.0")
+    (port,) = read_rdma_ports(SysfsTree(tree.root))
+    assert port.uverbs is None
+
+
+def test_a_verbs_device_without_ibdev_is_skipped(tree: SysfsTreeBuilder) -> None:
+    fn = tree.hca("mlx5_0", "pci0000:00/0000:00:01.0", uverbs=0)
+    (tree.root / fn / "infiniband_verbs/uverbs0/ibdev").unlink()
+    (port,) = read_rdma_ports(SysfsTree(tree.root))
+    assert port.uverbs is None
+
+
+def test_two_verbs_devices_for_one_rdma_device_are_refused(tree: SysfsTreeBuilder) -> None:
+    fn = tree.hca("mlx5_0", "pci0000:00/0000:00:01.0", uverbs=0)
+    tree.write(f"{fn}/infiniband_verbs/uverbs3/ibdev", "mlx5_0")
+    tree.link("class/infiniband_verbs/uverbs3", f"{fn}/infiniband_verbs/uverbs3")
+    with pytest.raises(DiscoveryError, match="mlx5_0 has two verbs devices, uverbs0 and uverbs3"):
+        read_rdma_ports(SysfsTree(tree.root))

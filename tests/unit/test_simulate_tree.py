@@ -46,6 +46,9 @@ KERNEL_FORMATS: dict[str, re.Pattern[str]] = {
     "link_layer": re.compile(r"(InfiniBand|Ethernet)\n"),
     "operstate": re.compile(r"(up|down|unknown)\n"),
     "dev_port": re.compile(r"\d+\n"),
+    "ibdev": re.compile(r"[A-Za-z][A-Za-z0-9_]*\n"),
+    "abi_version": re.compile(r"\d+\n"),
+    "dev": re.compile(r"\d+:\d+\n"),
     "meminfo": re.compile(
         r"Node (\d+) MemTotal: +\d+ kB\nNode \1 MemFree: +\d+ kB\nNode \1 MemUsed: +\d+ kB\n"
     ),
@@ -121,6 +124,22 @@ def test_rdma_devices_link_both_ways(shipped: Path) -> None:
         for netdev in os.listdir(function / "net"):
             assert Path(os.path.realpath(sysfs / "class/net" / netdev)) == function / "net" / netdev
             assert Path(os.path.realpath(function / "net" / netdev / "device")) == function
+
+
+def test_every_rdma_device_has_one_verbs_device_numbered_in_pci_order(shipped: Path) -> None:
+    sysfs = shipped / "sysfs"
+    rdma = sysfs / "class/infiniband"
+    names = os.listdir(rdma) if rdma.exists() else []
+    verbs = sysfs / "class/infiniband_verbs"
+    entries = sorted(e for e in os.listdir(verbs) if e != "abi_version") if names else []
+    ibdev = {(verbs / e / "ibdev").read_text().strip(): int(e[len("uverbs") :]) for e in entries}
+    assert sorted(ibdev) == sorted(names)
+    by_pci = sorted(names, key=lambda n: Path(os.path.realpath(rdma / n / "device")).name)
+    assert [ibdev[n] for n in by_pci] == list(range(len(names)))
+    for entry in entries:
+        device = Path(os.path.realpath(verbs / entry))
+        assert device.parent.name == "infiniband_verbs"
+        assert Path(os.path.realpath(device / "device")) == device.parent.parent
 
 
 def test_the_same_spec_gives_the_same_bytes(tmp_path: Path) -> None:
@@ -227,6 +246,23 @@ def test_ethernet_nics_are_ethernet_controllers() -> None:
     files = nic_files(render(spec_from_data(small(link_layer="Ethernet"))))
     assert files["class"] == "0x020000\n"
     assert files["infiniband/mlx5_0/ports/1/link_layer"] == "Ethernet\n"
+
+
+def test_verbs_numbers_follow_the_pci_order_not_the_names() -> None:
+    spec = small()
+    spec["pcie"][0]["devices"] = [
+        {"root_port": {"nic": "mlx5_1"}},
+        {"root_port": {"nic": "mlx5_0"}},
+    ]
+    files = render(spec_from_data(spec))
+    verbs = PurePosixPath("sysfs/class/infiniband_verbs")
+    links = {p.name: e for p, e in files.items() if p.parent == verbs}
+    assert links["abi_version"] == "6\n"
+    assert links["uverbs0"] == Symlink(
+        "../../devices/pci0000:00/0000:00:01.0/0000:01:00.0/infiniband_verbs/uverbs0"
+    )
+    assert nic_files(files)["infiniband_verbs/uverbs0/ibdev"] == "mlx5_1\n"
+    assert nic_files(files)["infiniband_verbs/uverbs0/dev"] == "231:192\n"
 
 
 def test_explicit_addresses_make_the_numbering_jump() -> None:
