@@ -10,6 +10,9 @@ NATIVE_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g -fPIC -Wall -Wextra -Werror -fvis
 LIMITER_SRC   := $(wildcard native/limiter/*.c)
 LIMITER_HDR   := $(wildcard native/limiter/*.h)
 LIMITER       := native/lib/libgpulet-limiter.so
+# Named by soname so they stay needed: before glibc 2.34 the symbol versions that
+# native/limiter/glibc_compat.h binds to live in them (since 2.34 they are stubs).
+LIMITER_LIBS  := -Wl,--no-as-needed -l:libdl.so.2 -l:libpthread.so.0
 REGION_EXT    := native/.region-ext-built
 
 .PHONY: help install native proto demo test lint typecheck unit bench clean
@@ -25,7 +28,7 @@ $(STAMP): pyproject.toml
 
 $(LIMITER): $(LIMITER_SRC) $(LIMITER_HDR)
 	@mkdir -p native/lib
-	$(CC) $(NATIVE_CFLAGS) -shared -o $@ $(LIMITER_SRC) -ldl -lpthread
+	$(CC) $(NATIVE_CFLAGS) -shared -o $@ $(LIMITER_SRC) $(LIMITER_LIBS)
 
 $(REGION_EXT): $(STAMP) native/build_region.py native/limiter/region.c native/limiter/region.h
 	$(BIN)/python native/build_region.py

@@ -42,8 +42,10 @@ def build_limiter(out_dir: Path, sanitize: bool = False) -> Path:
         "-o",
         str(out),
         *sorted(str(p) for p in LIMITER_DIR.glob("*.c")),
-        "-ldl",
-        "-lpthread",
+        # As the Makefile's LIMITER_LIBS (native/limiter/glibc_compat.h says why).
+        "-Wl,--no-as-needed",
+        "-l:libdl.so.2",
+        "-l:libpthread.so.0",
     ]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -86,6 +88,9 @@ class Container:
     fake_config: str = ""
     asan: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: A dynamic loader to start the client with (another glibc's `ld.so --library-path
+    #: ...`); empty: the client starts as it is.
+    loader: Sequence[str] = ()
 
     def env(self, preload: bool = True) -> dict[str, str]:
         env = dict(os.environ)
@@ -103,7 +108,7 @@ class Container:
         return env
 
     def command(self, mode: str, commands: Sequence[str]) -> list[str]:
-        return [str(self.client), *mode.split(), *commands]
+        return [*self.loader, str(self.client), *mode.split(), *commands]
 
     def run(
         self, mode: str, commands: Sequence[str], timeout: float = 30, preload: bool = True

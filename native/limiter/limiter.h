@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "cuda_api.h"
+#include "glibc_compat.h"
 #include "region.h"
 
 #define GL_EXPORT __attribute__((visibility("default")))

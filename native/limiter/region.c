@@ -7,6 +7,8 @@
  */
 #include "region.h"
 
+#include "glibc_compat.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -482,7 +484,6 @@ int gpulet_region_open(const char *path, struct gpulet_handle *h, char *err, siz
         uint32_t version;
         uint32_t size;
     } head;
-    struct stat st;
     const size_t want = sizeof(struct gpulet_region);
     if (h == NULL || path == NULL)
         return fail(err, errlen, -EINVAL, "no region path or handle");
@@ -493,19 +494,20 @@ int gpulet_region_open(const char *path, struct gpulet_handle *h, char *err, siz
     int rc = 0;
     /* Magic and version come first: another version may have another length. */
     ssize_t n = pread(fd, &head, sizeof head, 0);
-    if (n < 0 || fstat(fd, &st) != 0)
+    off_t size = n < 0 ? -1 : lseek(fd, 0, SEEK_END); /* not fstat: see glibc_compat.h */
+    if (n < 0 || size < 0)
         rc = fail(err, errlen, -errno, "cannot read region %s: %s", path, strerror(errno));
     else if ((size_t)n >= sizeof head.magic && head.magic != GPULET_REGION_MAGIC)
         rc = fail(err, errlen, -EINVAL, "%s is not a gpulet region", path);
     else if (n >= 12 && head.version != GPULET_REGION_VERSION)
         rc = fail(err, errlen, -EINVAL, "%s has region version %u; this build reads version %u",
                   path, head.version, GPULET_REGION_VERSION);
-    else if ((size_t)st.st_size < want)
+    else if ((size_t)size < want)
         rc = fail(err, errlen, -EINVAL, "region %s is truncated: %lld bytes, expected %zu", path,
-                  (long long)st.st_size, want);
-    else if ((size_t)st.st_size > want)
+                  (long long)size, want);
+    else if ((size_t)size > want)
         rc = fail(err, errlen, -EINVAL, "region %s is %lld bytes, expected %zu", path,
-                  (long long)st.st_size, want);
+                  (long long)size, want);
     if (rc != 0) {
         close(fd);
         return rc;
