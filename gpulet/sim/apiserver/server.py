@@ -35,6 +35,9 @@ class ApiHttpServer(ThreadingHTTPServer):
         self.requests: Journal[tuple[str, str]] = Journal()
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
+        #: Watch streams still being written; `drain_streams` waits for them to end.
+        self._streams = 0
+        self._streams_done = threading.Condition(self._lock)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Quiet about clients that went away mid-request; loud about anything else."""
@@ -48,6 +51,21 @@ class ApiHttpServer(ThreadingHTTPServer):
     def untrack(self, connection: socket.socket) -> None:
         with self._lock:
             self._connections.discard(connection)
+
+    def stream_started(self) -> None:
+        with self._lock:
+            self._streams += 1
+
+    def stream_ended(self) -> None:
+        with self._lock:
+            self._streams -= 1
+            self._streams_done.notify_all()
+
+    def drain_streams(self, timeout: float) -> bool:
+        """Wait until every watch stream has written its last chunk (they end once the store
+        is closed); False if some had not within `timeout` seconds."""
+        with self._lock:
+            return self._streams_done.wait_for(lambda: self._streams == 0, timeout)
 
     def close_connections(self) -> None:
         """Shut every open connection, idle keep-alive ones included."""
@@ -116,12 +134,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        self.server.stream_started()
         try:
             for event in watch_events(self.server.store, watch, self._client_gone):
                 self._write_chunk(json.dumps(event).encode() + b"\n")
             self._write_chunk(b"")
+            self.wfile.flush()
         except OSError:
             self.close_connection = True
+        finally:
+            self.server.stream_ended()
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))

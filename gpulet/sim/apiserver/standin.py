@@ -55,6 +55,9 @@ class ApiServerStandIn:
             return
         self._stopped.set()
         self._store.close()
+        # Closed, the store ends every watch; each stream then writes its last chunk. Shutting
+        # the connections before that would break streams that were ending cleanly.
+        self._server.drain_streams(timeout=2.0)
         self._server.shutdown()
         self._server.close_connections()
         self._server.server_close()
