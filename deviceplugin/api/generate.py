@@ -17,21 +17,21 @@ PROTOS = ("deviceplugin_v1beta1.proto", "podresources_v1.proto")
 
 
 def main() -> int:
-    # mypy-protobuf's plugins sit beside this interpreter (the virtualenv's bin/).
+    # mypy-protobuf's plugins sit beside this interpreter (the virtualenv's bin/). They come
+    # with the test extras: a runtime-only install (the image) gets the modules, no stubs.
     bindir = Path(sys.executable).parent
-    plugins = [
-        f"--plugin=protoc-gen-{kind}={bindir / f'protoc-gen-{kind}'}"
-        for kind in ("mypy", "mypy_grpc")
-    ]
+    stubs: list[str] = []
+    for kind in ("mypy", "mypy_grpc"):
+        plugin = bindir / f"protoc-gen-{kind}"
+        if plugin.exists():
+            stubs += [f"--plugin=protoc-gen-{kind}={plugin}", f"--{kind}_out={ROOT}"]
     for name in PROTOS:
         args = [
             "protoc",
-            *plugins,
             f"-I{ROOT}",
             f"--python_out={ROOT}",
             f"--grpc_python_out={ROOT}",
-            f"--mypy_out={ROOT}",
-            f"--mypy_grpc_out={ROOT}",
+            *stubs,
             str(ROOT / "deviceplugin" / "api" / name),
         ]
         if protoc.main(args) != 0:

@@ -12,9 +12,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The oldest glibc the limiter supports: CentOS 7's, the manylinux2014 baseline.
+FLOOR = (2, 17)
 #: Where tests find the layout: a directory made by tests/old_glibc/fetch.sh.
 ENV = "GPULET_OLD_GLIBC"
 _MULTIARCH = "x86_64-linux-gnu"
+
+
+def needed_glibc_versions(library: Path) -> set[tuple[int, ...]]:
+    """The GLIBC_x.y[.z] versions a shared object's version-needs section asks for (readelf,
+    from binutils)."""
+    out = subprocess.run(
+        ["readelf", "--version-info", "--wide", str(library)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    needs = out.split("Version needs section", 1)
+    if len(needs) != 2:
+        raise AssertionError(f"{library} has no version-needs section:\n{out}")
+    found = re.findall(r"Name: GLIBC_([\d.]+)", needs[1])
+    return {tuple(int(p) for p in version.split(".")) for version in found}
 
 
 @dataclass(frozen=True)

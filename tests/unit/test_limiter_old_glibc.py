@@ -12,7 +12,6 @@ preloaded into them is the one built with this machine's toolchain, as the image
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -25,27 +24,10 @@ import pytest
 from native.region import DeviceLimit, Limits, Region, setup
 from tests.fakes.cuda import build_cuda_client, build_fake_cuda, fake_uuid
 from tests.limiter_harness import MIB, Container, build_limiter, build_nvml, fake_nvml_config
-from tests.old_glibc import ENV, OldGlibc
+from tests.old_glibc import ENV, FLOOR, OldGlibc, needed_glibc_versions
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The oldest glibc the limiter supports: CentOS 7's, the manylinux2014 baseline.
-FLOOR = (2, 17)
 TOTAL_MIB = 16384
-
-
-def needed_glibc_versions(library: Path) -> set[tuple[int, ...]]:
-    """The GLIBC_x.y[.z] versions a shared object's version-needs section asks for."""
-    out = subprocess.run(
-        ["readelf", "--version-info", "--wide", str(library)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    needs = out.split("Version needs section", 1)
-    assert len(needs) == 2, f"{library} has no version-needs section:\n{out}"
-    return {
-        tuple(int(p) for p in m.split(".")) for m in re.findall(r"Name: GLIBC_([\d.]+)", needs[1])
-    }
 
 
 @pytest.mark.skipif(shutil.which("readelf") is None, reason="no readelf (binutils)")

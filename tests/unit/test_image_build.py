@@ -1,0 +1,87 @@
+"""The image's runtime, as deploy/image/Containerfile builds it: deploy/image/build-runtime.sh
+on a copy of the tree, into a fresh virtualenv with the runtime dependencies only. What the
+image then holds must run the product (the demo's whole path) without the test extras and
+without the source tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.old_glibc import FLOOR, needed_glibc_versions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _source_files() -> list[str]:
+    """What `docker build` would copy: the tracked files and the new ones git does not ignore."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return [name for name in out.decode().split("\0") if name and (ROOT / name).is_file()]
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no list of the files an image build copies")
+    base = tmp_path_factory.mktemp("image")
+    src, prefix = base / "src", base / "opt-gpulet"
+    for name in _source_files():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, src / name)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    # The same Python as the tests', from outside their virtualenv, as the image's is.
+    env["PYTHON"] = getattr(sys, "_base_executable", sys.executable)
+    proc = subprocess.run(
+        [str(src / "deploy/image/build-runtime.sh"), str(src), str(prefix)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, f"build-runtime.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    shutil.rmtree(src)  # the image has no source tree either
+    return prefix
+
+
+def _site_packages(prefix: Path) -> Path:
+    (site,) = prefix.glob("lib/python3*/site-packages")
+    return site
+
+
+def test_the_runtime_runs_the_demo_from_the_install_alone(runtime: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(runtime / "bin" / "gpulet"), "demo"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "NVIDIA_VISIBLE_DEVICES" in proc.stdout
+    assert "does not fit" in proc.stdout
+
+
+def test_the_runtime_has_no_test_extras(runtime: Path) -> None:
+    site = _site_packages(runtime)
+    for package in ("pytest", "hypothesis", "mypy", "kubernetes_validate", "helm_python"):
+        assert not (site / package).exists(), f"the image would carry {package}"
+
+
+def test_the_shipped_limiter_loads_on_old_glibc(runtime: Path) -> None:
+    if shutil.which("readelf") is None:
+        pytest.skip("no readelf (binutils)")
+    library = _site_packages(runtime) / "native" / "lib" / "libgpulet-limiter.so"
+    assert max(needed_glibc_versions(library)) <= FLOOR
