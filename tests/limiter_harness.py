@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.fakes.nvml import CompilerNotFound, build_fake_nvml, c_compiler
 
-LIMITER_DIR = Path(__file__).resolve().parent.parent / "native" / "limiter"
+ROOT = Path(__file__).resolve().parent.parent
+LIMITER_DIR = ROOT / "native" / "limiter"
 SONAME = "libgpulet-limiter.so"
 MIB = 1 << 20
 SANITIZE = ("-fsanitize=address,undefined", "-fno-omit-frame-pointer")
@@ -137,3 +140,31 @@ class Container:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+
+def die_holding_the_lock(region_dir: Path, reserve_bytes: int = 0) -> None:
+    """A process of this Python attaches to the region, reserves `reserve_bytes` on device 0
+    (if any), takes the region's lock and is killed with SIGKILL while holding it."""
+    script = (
+        "import time\n"
+        "from native.region import Region\n"
+        f"region = Region.open({str(region_dir)!r})\n"
+        "region.attach()\n"
+        f"assert {reserve_bytes} == 0 or region.reserve(0, {reserve_bytes}, {reserve_bytes})\n"
+        "region.lock()\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

@@ -4,10 +4,7 @@ Triton and CuPy do (plain dlsym), and through the 11.3 lookup: every path must l
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +13,14 @@ import pytest
 
 from native.region import DeviceLimit, Limits, Region, setup
 from tests.fakes.cuda import fake_uuid
-from tests.limiter_harness import MIB, Container, build_limiter, build_nvml, fake_nvml_config
+from tests.limiter_harness import (
+    MIB,
+    Container,
+    build_limiter,
+    build_nvml,
+    die_holding_the_lock,
+    fake_nvml_config,
+)
 
 MODES = ["runtime", "runtime --ptsz", "runtime-v1", "dlsym"]
 GRANULARITY = 2 * MIB
@@ -243,27 +247,7 @@ def test_a_process_killed_holding_the_region_lock_neither_wedges_nor_leaks(
     make_container: MakeContainer, mode: str
 ) -> None:
     box = make_container((1024, 100))
-    script = (
-        "import os, sys, time\n"
-        "from native.region import Region\n"
-        f"region = Region.open({str(box.region_dir)!r})\n"
-        "region.attach()\n"
-        f"assert region.reserve(0, {900 * MIB}, {1024 * MIB})\n"
-        "region.lock()\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "locked"
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    die_holding_the_lock(box.region_dir, reserve_bytes=900 * MIB)
     start = time.monotonic()
     assert box.lines(mode, ["alloc 900", "info"], timeout=10)[0] == "alloc 900 ok"
     assert time.monotonic() - start < 5

@@ -11,11 +11,7 @@ preloaded into them is the one built with this machine's toolchain, as the image
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +19,14 @@ import pytest
 
 from native.region import DeviceLimit, Limits, Region, setup
 from tests.fakes.cuda import build_cuda_client, build_fake_cuda, fake_uuid
-from tests.limiter_harness import MIB, Container, build_limiter, build_nvml, fake_nvml_config
+from tests.limiter_harness import (
+    MIB,
+    Container,
+    build_limiter,
+    build_nvml,
+    die_holding_the_lock,
+    fake_nvml_config,
+)
 from tests.old_glibc import ENV, FLOOR, OldGlibc, needed_glibc_versions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,24 +103,7 @@ def test_a_lock_left_by_a_dead_holder_on_the_new_glibc_is_taken_over(
 ) -> None:
     """The region's robust mutex, held by a process of this machine's glibc that is then
     killed, is recovered by a process of the old one (pthread_mutex_consistent@GLIBC_2.12)."""
-    script = (
-        "import time\n"
-        "from native.region import Region\n"
-        f"region = Region.open({str(old_box.region_dir)!r})\n"
-        "region.lock()\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "locked"
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    die_holding_the_lock(old_box.region_dir)
     start = time.monotonic()
     assert old_box.lines("runtime", ["alloc 900"], timeout=10) == ["alloc 900 ok"]
     assert time.monotonic() - start < 5
