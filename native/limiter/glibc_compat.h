@@ -13,6 +13,8 @@
 #ifndef GPULET_GLIBC_COMPAT_H
 #define GPULET_GLIBC_COMPAT_H
 
+#include <limits.h> /* any libc header: it defines __GLIBC__ on glibc */
+
 #if defined(__GLIBC__) && (defined(__x86_64__) || defined(__aarch64__))
 #if defined(__x86_64__)
 #define GL_V_BASE GLIBC_2.2.5 /* x86_64's first glibc */
