@@ -35,11 +35,13 @@ def topology_text(topo: Topology) -> str:
         )
     out += [_table(gpu_rows), ""]
     if doc["nics"]:
-        nic_rows = [["NIC", "NETDEV", "STATE", "LINK", "RATE", "PCI", "NUMA", "SWITCH"]]
+        nic_rows = [["NIC", "VERBS", "NETDEV", "STATE", "LINK", "RATE", "PCI", "NUMA", "SWITCH"]]
         for n in doc["nics"]:
+            verbs = n.get("uverbs")
             nic_rows.append(
                 [
                     n["name"],
+                    "-" if verbs is None else f"uverbs{verbs}",
                     n["netdev"] or "-",
                     n["state"],
                     n["link"] or "-",

@@ -54,6 +54,9 @@ def test_inspect_text_shows_the_matrix() -> None:
     proc = gpulet("node", "inspect", "--simulate", "dgx-h100")
     assert proc.returncode == 0, proc.stderr
     assert "CPU Affinity" in proc.stdout and "NV18" in proc.stdout and "mlx5_11" in proc.stdout
+    # Each NIC's verbs device, as a person checks it against /dev/infiniband.
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("mlx5_11 ")]
+    assert rows[0][1] == "uverbs11"  # the NIC table comes before the matrix
 
 
 def test_place_json_answer_and_no_fit() -> None:
