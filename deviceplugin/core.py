@@ -21,9 +21,7 @@ otherwise until the agent has seen that pod end.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
@@ -31,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from deviceplugin import ids
+from deviceplugin import ids, preference, regions
 from deviceplugin.assignment import (
     Assignment,
     AssignmentError,
@@ -54,12 +52,11 @@ from deviceplugin.resources import (
     check_resource,
 )
 from gpulet.topology import Nic, Topology
-from native.region import DeviceLimit, Limits, RegionError, setup
-from scorer.placement import GpuUsage, NodeState, Placement, Placer, Request
+from native.region import RegionError
+from scorer.placement import NodeState, Placer
 
 #: Pod UIDs and container names become directory names; anything else is refused.
 _PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
-STANDALONE_DIR = "standalone"
 
 
 class AllocateError(Exception):
@@ -225,52 +222,36 @@ class DevicePluginCore:
     def _pick_whole_gpus(
         self, size: int, slots: Mapping[str, list[str]], must: Sequence[str]
     ) -> list[str]:
-        """`size` whole GPUs by the placement engine, among those all of whose slots kubelet
-        offers and that no grant holds (and the GPUs of `must_include`)."""
-        must = [o for o in must if o in self._gpus]
-        state = self._ledger.node_state(self._topo, self._config)
-        free = {
-            uuid
-            for uuid, offered in slots.items()
-            if len(offered) == self._config.gpu_slots
-            and state.gpu(self._gpus[uuid].index).idle
-            and self._gpus[uuid].index not in self._sick_gpus
-        } | set(must)
-        blocked = {g.index: _HELD for g in self._topo.gpus if g.uuid not in free}
-        placed = self._placer.place(Request(gpus=max(size, 1)), NodeState(gpus=blocked))
-        chosen = [g.uuid for g in placed.gpus] if isinstance(placed, Placement) else []
-        by_index = sorted(free, key=lambda u: self._gpus[u].index)
-        return list(dict.fromkeys([*must, *chosen, *by_index]))
+        return preference.whole_gpus(
+            self._placer,
+            self._gpus,
+            self._ledger.node_state(self._topo, self._config),
+            size=size,
+            offered=slots,
+            slots_per_gpu=self._config.gpu_slots,
+            sick=set(self._sick_gpus),
+            must=must,
+        )
 
     def _pick_nics(
         self, size: int, slots: Mapping[str, list[str]], must: Sequence[str]
     ) -> list[str]:
-        """`size` ports by the placement engine, close to the GPUs of the latest grant when
-        that is a GPU grant (kubelet allocates one container's resources back to back, so
-        these are most likely the same container's GPUs), else by load and order alone."""
+        """Close to the GPUs of the latest grant when that is a GPU grant: kubelet allocates
+        one container's resources back to back, so these are most likely its GPUs."""
         must = [o for o in must if o in self._nics]
         usable = {k for k in slots if k not in self._sick_nics and port_down(self._nics[k]) is None}
-        usable |= set(must)
-        loads = self._ledger.node_state(self._topo, self._config).nic_slots
-        closed = frozenset(n.key for n in self._topo.nics if n.key not in usable)
         latest = next((g for g in reversed(self._ledger.grants()) if not g.spent), None)
-        anchor = (
+        near = (
             {s.index for s in latest.gpus} if latest and latest.resource == GPU_RESOURCE else set()
         )
-        chosen: list[str] = []
-        if anchor:
-            held = {g.index: _HELD for g in self._topo.gpus if g.index not in anchor}
-            state = NodeState(gpus=held, nic_slots=loads, unhealthy_nics=closed)
-            placed = self._placer.place(Request(gpus=len(anchor), rdma=max(size, 1)), state)
-            if isinstance(placed, Placement):
-                chosen = list(placed.nics)
-        if not chosen:
-            state = NodeState(nic_slots=loads, unhealthy_nics=closed)
-            placed = self._placer.place(Request(gpus=0, rdma=max(size, 1)), state)
-            if isinstance(placed, Placement):
-                chosen = list(placed.nics)
-        rest = [n.key for n in self._topo.nics if n.key in usable]
-        return list(dict.fromkeys([*must, *chosen, *rest]))
+        return preference.ports(
+            self._placer,
+            self._ledger.node_state(self._topo, self._config).nic_slots,
+            size=size,
+            usable=usable | set(must),
+            near=near,
+            must=must,
+        )
 
     # ---- Allocate -------------------------------------------------------------------------
 
@@ -535,14 +516,11 @@ class DevicePluginCore:
         if resource != GPU_RESOURCE or not decision.gpus:
             return None
         root = self._config.region_root
-        if decision.pod_uid is None or decision.container is None:
-            return root / STANDALONE_DIR / device_ids[0].replace(ids.SEPARATOR, "-")
-        return root / decision.pod_uid / decision.container
+        return regions.region_dir(root, decision.pod_uid, decision.container, device_ids[0])
 
     def _set_up_region(self, directory: Path, gpus: Sequence[GpuShare]) -> None:
-        limits = Limits(tuple(DeviceLimit(s.uuid, s.memory_mib, s.core) for s in gpus))
         try:
-            setup(directory, limits)
+            regions.set_up(directory, gpus)
         except RegionError as e:
             raise AllocateError(
                 f"cannot set up the container's limits in {directory}: {e}"
@@ -608,21 +586,10 @@ class DevicePluginCore:
                 self._remove_region(g.region_dir)
 
     def _remove_region(self, directory: str) -> None:
-        """Remove a region directory and its parent when empty; never outside region_root."""
-        root = self._config.region_root.resolve()
-        path = Path(directory).resolve()
-        if root not in path.parents:
-            return
-        shutil.rmtree(path, ignore_errors=True)
-        if path.parent != root:
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()
+        regions.remove(self._config.region_root, directory)
 
 
 K = TypeVar("K")
-
-#: A GPU the engine must not choose.
-_HELD = GpuUsage(exclusive=True)
 
 
 def _set(sick: dict[K, str], key: K, healthy: bool, reason: str | None) -> bool:
