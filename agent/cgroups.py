@@ -159,6 +159,21 @@ class ProcessTable:
             raise CgroupError(f"{path}: {err.strerror}") from None
         return container_of(text)
 
+    def namespace_pid(self, pid: int) -> int | None:
+        """The process's pid in its own (innermost) PID namespace: the last field of the
+        `NSpid:` line of /proc/<pid>/status (Linux 4.1+). None when it has exited or the line
+        cannot be read."""
+        path = self.proc_root / str(pid) / "status"
+        try:
+            text = path.read_bytes().decode("ascii", "replace")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("NSpid:"):
+                fields = line.split()[1:]
+                return int(fields[-1]) if fields and fields[-1].isdigit() else None
+        return None
+
 
 def cgroup_version(cgroup_root: Path) -> int:
     """2 for the unified hierarchy (`cgroup.controllers` at the root), else 1."""

@@ -97,6 +97,11 @@ class AgentCollector(Collector):
             "Samples in which the container held more GPU memory than its cap by NVML's count",
             labels=["pod_uid", "container"],
         )
+        unlimited = GaugeMetricFamily(
+            "gpulet_container_unlimited_processes",
+            "Processes using a GPU slice without the limiter (never attached to the region)",
+            labels=labels,
+        )
         measured = {}
         if self._monitor is not None:
             measured = {
@@ -114,12 +119,14 @@ class AgentCollector(Collector):
                 used.add_metric(key, (m.used_mib if m else 0) * MIB)
                 if m is not None and m.util_percent is not None:
                     util.add_metric(key, m.util_percent)
+                if not s.exclusive:
+                    unlimited.add_metric(key, len(m.unlimited) if m else 0)
                 if i < len(throttle):
                     throttled.add_metric(key, throttle[i])
         if self._monitor is not None:
             for (pod_uid, container), n in self._monitor.violations.items():
                 violations.add_metric([pod_uid, container], n)
-        yield from (cap, share, used, util, throttled, violations)
+        yield from (cap, share, used, util, throttled, violations, unlimited)
 
 
 def _throttled(region_dir: str | None) -> list[float]:

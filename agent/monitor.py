@@ -10,6 +10,10 @@ Per container and GPU this gives the memory used and the utilisation measured, w
   That is reported (a log event, a metric, and a Kubernetes Event through `report`), and with
   `enforce="kill"` the offending processes are killed. The limiter is the fence; this is the
   alarm.
+- is checked against the container's region: a process on a slice that has not attached to
+  the region for `UNLIMITED_AFTER_S` runs without the limiter (a static binary, a cleared
+  preload, a library the loader could not open), whatever memory it holds. That is reported
+  (a log event once per process, and a metric); compute is not capped for it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +35,9 @@ from native.region import Region, RegionError
 log = logging.getLogger("gpulet.agent")
 
 ENFORCE = ("report", "kill")
+#: How long a process on a slice may use its GPU without having attached to the region: the
+#: limiter attaches at the first allocation or launch, after the context is made.
+UNLIMITED_AFTER_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class ContainerGpu:
     core_percent: int
     util_percent: float | None
     pids: tuple[int, ...]
+    #: Those of `pids` that run without the limiter (see the module's note).
+    unlimited: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class Monitor:
         enforce: str = "report",
         report: Callable[[Violation], None] = lambda v: None,
         kill: Callable[[int, int], None] = os.kill,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if enforce not in ENFORCE:
             raise ValueError(f"enforce must be one of {', '.join(ENFORCE)}, got {enforce!r}")
@@ -88,6 +99,7 @@ class Monitor:
         self._enforce = enforce
         self._report = report
         self._kill = kill
+        self._clock = clock
         self.latest = Sample()
         #: Backstop violations so far, per (pod uid, container); forgotten with the pod.
         self.violations: dict[tuple[str, str], int] = {}
@@ -97,6 +109,11 @@ class Monitor:
         self._known: dict[int, ContainerRef | None] = {}
         #: Open regions, per directory, while their grant lasts.
         self._regions: dict[str, Region] = {}
+        #: Per pid on a slice and not attached to its region: since when (monotonic), and
+        #: whether it has been reported. Pids seen attached; each pid's pid in its container.
+        self._unattached: dict[int, tuple[float, bool]] = {}
+        self._attached: set[int] = set()
+        self._inner: dict[int, int | None] = {}
 
     def tick(self) -> list[Violation]:
         """One pass: read usage, attribute it, feed it back, enforce caps."""
@@ -116,6 +133,7 @@ class Monitor:
         }
         per: dict[tuple[str, str, str], list[ProcessUsage]] = {}
         seen: dict[int, ContainerRef | None] = {}
+        now = self._clock()
         sample = Sample()
         for p in processes:
             sample.gpu_used_mib[p.gpu_uuid] = sample.gpu_used_mib.get(p.gpu_uuid, 0) + (
@@ -143,13 +161,22 @@ class Monitor:
             utils = [p.sm_percent for p in procs if p.sm_percent is not None]
             util = float(min(100, sum(utils))) if utils else None
             pids = tuple(sorted(p.pid for p in procs))
-            use = ContainerGpu(pod_uid, name, uuid, used, share.memory_mib, share.core, util, pids)
+            unlimited: tuple[int, ...] = ()
+            if not share.exclusive and grant.region_dir:
+                unlimited = self._without_limiter(grant.region_dir, pod_uid, name, pids, now)
+            use = ContainerGpu(
+                pod_uid, name, uuid, used, share.memory_mib, share.core, util, pids, unlimited
+            )
             sample.containers.append(use)
             if util is not None and grant.region_dir:
                 self._feedback(grant.region_dir, grant, uuid, util)
             if used > share.memory_mib:
                 violations.append(self._enforce_cap(use))
         self._known = seen
+        for gone in set(self._unattached) - set(seen):
+            del self._unattached[gone]
+        self._attached &= set(seen)
+        self._inner = {pid: inner for pid, inner in self._inner.items() if pid in seen}
         live = {(g.pod_uid, g.container) for g in grants.values()}
         for ended in set(self.violations) - live:
             del self.violations[ended]
@@ -168,6 +195,55 @@ class Monitor:
             region.set_feedback(dev, util)
         except RegionError as e:
             log.debug("event=feedback-skipped region=%s reason=%r", region_dir, str(e))
+
+    def _without_limiter(
+        self, region_dir: str, pod_uid: str, name: str, pids: tuple[int, ...], now: float
+    ) -> tuple[int, ...]:
+        """Those of `pids` not attached to the region for UNLIMITED_AFTER_S, each logged once.
+        A process whose own pid cannot be read is not judged. A process seen attached stays
+        so until it exits, and its pid in the container does not change: both are read once,
+        so a container whose processes all have the limiter costs nothing per tick."""
+        doubtful: dict[int, int] = {}
+        for pid in pids:
+            if pid in self._attached:
+                continue
+            if pid not in self._inner:
+                self._inner[pid] = self._processes.namespace_pid(pid)
+            inner = self._inner[pid]
+            if inner is not None:
+                doubtful[pid] = inner
+        if not doubtful:
+            return ()
+        try:
+            region = self._regions.get(region_dir)
+            if region is None:
+                region = self._regions[region_dir] = Region.open(region_dir)
+            attached = {p.pid for p in region.snapshot().processes}
+        except RegionError as e:
+            log.debug("event=region-unreadable region=%s reason=%r", region_dir, str(e))
+            return ()
+        out: list[int] = []
+        for pid, inner in doubtful.items():
+            if inner in attached:
+                self._attached.add(pid)
+                self._unattached.pop(pid, None)
+                continue
+            since, reported = self._unattached.setdefault(pid, (now, False))
+            if now - since < UNLIMITED_AFTER_S:
+                continue
+            out.append(pid)
+            if not reported:
+                self._unattached[pid] = (since, True)
+                log.warning(
+                    "event=unlimited-process pod_uid=%s container=%s pid=%d reason=%r",
+                    pod_uid,
+                    name,
+                    pid,
+                    "uses its GPU slice but never attached to the container's region: the "
+                    "limiter is not loaded in it (static binary, cleared preload, or a library "
+                    "the loader could not open)",
+                )
+        return tuple(out)
 
     def _enforce_cap(self, use: ContainerGpu) -> Violation:
         pod_uid, name, uuid, pids = use.pod_uid, use.container, use.gpu_uuid, use.pids

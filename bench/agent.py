@@ -6,9 +6,11 @@ process, as in its DaemonSet: published node and heartbeat, the pods' watch, the
 plugins, the monitor reading usage every second and writing each container's feedback, the
 pinning pass, /metrics scraped every 15 s as Prometheus would. 64 pods are bound with
 assignments (8 slices of each GPU), allocated through kubelet, and given a running
-container and a GPU process; then the agent is measured for `--seconds`.
+container and a GPU process attached to its region, as the limiter would; then the agent is
+measured for `--seconds`. With `--unlimited` no process attaches, so the agent checks (and
+reports) every one of them every second: its worst case.
 
-Run: .venv/bin/python bench/agent.py [--seconds 60] [--containers 64]
+Run: .venv/bin/python bench/agent.py [--seconds 60] [--containers 64] [--unlimited]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from gpulet.sim.apiserver import ApiServerStandIn
 from gpulet.sim.kubelet import KubeletStandIn, PodRef
 from gpulet.sim.objects import container, pod_object
 from gpulet.topology import Topology
+from native.region import Region
 
 NODE = "bench-node"
 
@@ -69,11 +72,21 @@ def metrics_port(agent: subprocess.Popen[str]) -> int:
 
 
 def populate(
-    work: Path, api: ApiServerStandIn, kubelet: KubeletStandIn, topo: Topology, count: int
-) -> None:
+    work: Path,
+    api: ApiServerStandIn,
+    kubelet: KubeletStandIn,
+    topo: Topology,
+    count: int,
+    *,
+    limited: bool,
+) -> list[Region]:
     """`count` pods bound with assignments, allocated, each with a running container and a
-    GPU process (its cgroup under the stand-in /proc), and NVML's view of them."""
+    GPU process (its cgroup and status under the stand-in /proc: pid 1 in its container),
+    and NVML's view of them. With `limited`, each process is attached to its container's
+    region, as the limiter does (the regions returned must stay open for that to last);
+    without, every process runs without the limiter and the agent reports all 64."""
     processes = []
+    regions: list[Region] = []
     for i in range(count):
         gpu = topo.gpus[i % len(topo.gpus)]
         share = AssignedGpu(gpu.uuid, 10, 4096)
@@ -96,6 +109,11 @@ def populate(
         (cgroup / "cgroup").write_text(
             f"0::/kubepods.slice/kubepods-burstable.slice/{slice_}/cri-containerd-{cid}.scope\n"
         )
+        (cgroup / "status").write_text(f"Name:\tpython3\nNSpid:\t{pid}\t1\n")
+        if limited:
+            region = Region.open(work / "regions" / uid / "main")
+            region.attach(pid=1, comm="python3")
+            regions.append(region)
         stored = api.get_pod("default", f"infer-{i}") or stored
         stored["status"] = {
             "phase": "Running",
@@ -104,20 +122,32 @@ def populate(
         api.update_pod(stored)
         processes.append({"gpu": gpu.uuid, "pid": pid, "used_mib": 2048, "sm_percent": 9})
     (work / "gpu-processes.json").write_text(json.dumps(processes))
+    return regions
 
 
-def scrape(port: int) -> int:
+def scrape(port: int) -> tuple[int, int]:
+    """The size of /metrics, and how many processes it says run without the limiter."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/metrics")
-    size = len(conn.getresponse().read())
+    body = conn.getresponse().read()
     conn.close()
-    return size
+    unlimited = sum(
+        float(line.rsplit(b" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith(b"gpulet_container_unlimited_processes{")
+    )
+    return len(body), int(unlimited)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--containers", type=int, default=64)
+    ap.add_argument(
+        "--unlimited",
+        action="store_true",
+        help="no process attaches to its region: the agent finds every one without the limiter",
+    )
     args = ap.parse_args()
     sim = open_simulated("dgx-h100")
     topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), NODE)
@@ -127,14 +157,17 @@ def main() -> None:
         with ApiServerStandIn() as api, KubeletStandIn(work / "dp", work / "pr") as kubelet:
             api.create_node({"metadata": {"name": NODE}, "spec": {}, "status": {}})
             agent = start_agent(work, api, kubelet)
+            regions: list[Region] = []
             try:
                 port = metrics_port(agent)
                 if not kubelet.wait_for(lambda v: bool(v.devices("gpulet.io/gpu")), timeout=30):
                     raise RuntimeError("the agent did not register with kubelet")
-                populate(work, api, kubelet, topo, args.containers)
+                regions += populate(
+                    work, api, kubelet, topo, args.containers, limited=not args.unlimited
+                )
                 proc = psutil.Process(agent.pid)
                 time.sleep(5)  # settle: every container seen by the monitor, metrics warm
-                size = scrape(port)
+                size, unlimited = scrape(port)
                 rss: list[int] = []
                 cpu0, t0 = sum(proc.cpu_times()[:2]), time.monotonic()
                 next_scrape = t0 + 15
@@ -142,17 +175,21 @@ def main() -> None:
                     time.sleep(1)
                     rss.append(proc.memory_info().rss)
                     if time.monotonic() >= next_scrape:
-                        size = scrape(port)
+                        size, unlimited = scrape(port)
                         next_scrape += 15
                 cpu1, t1 = sum(proc.cpu_times()[:2]), time.monotonic()
             finally:
                 agent.terminate()
                 agent.wait(timeout=30)
+                for region in regions:
+                    region.close()
         share = (cpu1 - cpu0) / (t1 - t0) * 100
+        limiter = "without the limiter" if args.unlimited else "with the limiter"
         print(
-            f"{args.containers} containers on 8 GPUs, {args.seconds:.0f} s: "
+            f"{args.containers} containers on 8 GPUs ({limiter}), {args.seconds:.0f} s: "
             f"RSS max {max(rss) / 2**20:.1f} MiB (target 80), "
-            f"CPU {share:.2f}% of one core (target 2); /metrics {size / 1024:.0f} KiB"
+            f"CPU {share:.2f}% of one core (target 2); /metrics {size / 1024:.0f} KiB, "
+            f"{unlimited} processes reported without the limiter"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -313,3 +313,24 @@ def test_kubepods_deeper_than_one_level_is_not_searched(tmp_path: Path) -> None:
 def test_cgroup_version(tmp_path: Path) -> None:
     assert cgroup_version(v2_root(tmp_path / "a")) == 2
     assert cgroup_version(v1_root(tmp_path / "b")) == 1
+
+
+# --- ProcessTable: a process's own pid (/proc/<pid>/status) -----------------------------
+
+
+def test_namespace_pid_is_the_innermost_nspid(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    for pid, status in {
+        4242: "Name:\tpython3\nTgid:\t4242\nNSpid:\t4242\t17\nPPid:\t4200\n",
+        4243: "Name:\tsh\nNSpid:\t4243\n",  # in the host's namespace
+        4244: "Name:\told-kernel\nPid:\t4244\n",  # no NSpid line before Linux 4.1
+        4245: "NSpid:\t4245\tx\n",
+    }.items():
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "status").write_text(status)
+    table = ProcessTable(proc)
+    assert table.namespace_pid(4242) == 17
+    assert table.namespace_pid(4243) == 4243
+    assert table.namespace_pid(4244) is None
+    assert table.namespace_pid(4245) is None
+    assert table.namespace_pid(4246) is None  # exited

@@ -299,6 +299,8 @@ def test_usage_below_the_cap_is_fed_back_not_punished(cluster: Cluster) -> None:
             lambda: cluster.value("gpulet_container_memory_used_bytes", **mine) == 4000 * 2**20
         )
         assert cluster.value("gpulet_container_utilization_percent", **mine) == 40
+        # Within its first seconds a process not (yet) attached to the region is not judged.
+        assert cluster.value("gpulet_container_unlimited_processes", **mine) == 0
         # ... and into the container's region, as the limiter's feedback.
         (grant,) = cluster.agent.core.grants()
         assert grant.region_dir is not None
