@@ -189,12 +189,16 @@ class Monitor:
     def _feedback(self, region_dir: str, grant: Grant, uuid: str, util: float) -> None:
         dev = next(i for i, s in enumerate(grant.gpus) if s.uuid == uuid)
         try:
-            region = self._regions.get(region_dir)
-            if region is None:
-                region = self._regions[region_dir] = Region.open(region_dir)
-            region.set_feedback(dev, util)
+            self._region(region_dir).set_feedback(dev, util)
         except RegionError as e:
             log.debug("event=feedback-skipped region=%s reason=%r", region_dir, str(e))
+
+    def _region(self, region_dir: str) -> Region:
+        """The container's region, opened once and kept open while its grant lasts."""
+        region = self._regions.get(region_dir)
+        if region is None:
+            region = self._regions[region_dir] = Region.open(region_dir)
+        return region
 
     def _without_limiter(
         self, region_dir: str, pod_uid: str, name: str, pids: tuple[int, ...], now: float
@@ -215,10 +219,7 @@ class Monitor:
         if not doubtful:
             return ()
         try:
-            region = self._regions.get(region_dir)
-            if region is None:
-                region = self._regions[region_dir] = Region.open(region_dir)
-            attached = {p.pid for p in region.snapshot().processes}
+            attached = {p.pid for p in self._region(region_dir).snapshot().processes}
         except RegionError as e:
             log.debug("event=region-unreadable region=%s reason=%r", region_dir, str(e))
             return ()
