@@ -4,7 +4,6 @@ bound to it (`ApiPodSource`, the device plugin's `PodSource`), both through the 
 
 from __future__ import annotations
 
-import calendar
 import json
 import logging
 import queue
@@ -23,6 +22,7 @@ from gpulet.api.resources import (
     RDMA_RESOURCE,
     TOPOLOGY_ANNOTATION,
 )
+from gpulet.api.stamps import epoch, stamp
 from gpulet.kube.calls import CoreCalls
 from gpulet.kube.reflector import Reflector
 
@@ -30,10 +30,6 @@ log = logging.getLogger("gpulet.agent")
 
 #: Phases after which a pod holds no device.
 _FINISHED = frozenset({"Succeeded", "Failed"})
-
-
-def _stamp(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
 
 
 class NodePublisher:
@@ -67,7 +63,7 @@ class NodePublisher:
 
     def publish(self) -> None:
         """One patch of the Node: the heartbeat, and the document when it changed."""
-        annotations = {HEARTBEAT_ANNOTATION: _stamp(self._clock())}
+        annotations = {HEARTBEAT_ANNOTATION: stamp(self._clock())}
         text = self._text
         if text != self._published:
             annotations[TOPOLOGY_ANNOTATION] = text
@@ -207,7 +203,7 @@ def _pending(pod: Mapping[str, Any], node: str) -> PendingPod | None:
         namespace=str(meta.get("namespace") or "default"),
         name=str(meta.get("name") or ""),
         node=node,
-        created=_seconds(meta.get("creationTimestamp")),
+        created=epoch(meta.get("creationTimestamp")) or 0.0,
         containers=tuple(containers),
         assignment_text=text if isinstance(text, str) else None,
     )
@@ -224,16 +220,6 @@ def _count(container: Mapping[str, Any], resource: str) -> int:
         return 0  # kubelet would not admit it either
 
 
-def _seconds(stamp: object) -> float:
-    """RFC 3339 (`2026-11-23T10:00:00Z`, as the API writes creationTimestamp) to epoch."""
-    if not isinstance(stamp, str):
-        return 0.0
-    try:
-        return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return 0.0
-
-
 class EventReporter:
     """Posts a Warning Event on a pod (what `kubectl describe pod` shows), as the agent on
     `node`: for a backstop violation. A failure is logged, never raised."""
@@ -246,7 +232,7 @@ class EventReporter:
     def warn(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
         meta = pod.get("metadata") or {}
         namespace = str(meta.get("namespace") or "default")
-        now = _stamp(self._clock())
+        now = stamp(self._clock())
         body = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -34,6 +34,7 @@ from agent.discovery import discover
 from agent.discovery.netlink import SysfsLinkState
 from agent.simulate import open_simulated
 from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
+from gpulet.api.stamps import stamp
 from gpulet.demo.run import allocate_once_seen
 from gpulet.sim.apiserver import ApiServerStandIn
 from gpulet.sim.kubelet import KubeletStandIn, PodRef
@@ -94,9 +95,7 @@ def populate(
         pod = pod_object(f"infer-{i}", container("main", gpus=1, core=10, memory=4096))
         pod["spec"]["nodeName"] = NODE
         pod["metadata"]["annotations"]["gpulet.io/assignment"] = dump_assignment(assignment)
-        pod["metadata"]["creationTimestamp"] = time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + i)
-        )
+        pod["metadata"]["creationTimestamp"] = stamp(1_700_000_000 + i)
         stored = api.create_pod(pod)
         uid = stored["metadata"]["uid"]
         ref = PodRef(uid=uid, namespace="default", name=f"infer-{i}")

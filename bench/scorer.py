@@ -39,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # gpulet.sim.objects, tests.nodes
 
 from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
+from gpulet.api.stamps import stamp
 from gpulet.sim.objects import container, node_object, pod_object
 from scorer.app import tune_gc
 from scorer.cluster import ClusterView
@@ -65,7 +66,7 @@ def build_cluster(n: int, seed: int) -> tuple[ClusterView, list[dict[str, Any]]]
     view = ClusterView(stale_after=24 * 3600)
     objects = []
     uid = 0
-    beat = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    beat = stamp(time.time())
     for i in range(n):
         name = f"gpu-node-{i:05d}"
         obj = node_object(name, topo, heartbeat=beat)

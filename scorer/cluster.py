@@ -22,10 +22,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 
 from gpulet.api.assignment import Assignment, AssignmentError, parse_assignment
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
+from gpulet.api.stamps import epoch
 from gpulet.topology import Topology
 from gpulet.topology.document import DocumentError, loads
 from scorer.placement import Capacity, GpuUsage, NodeState, Placer
@@ -328,12 +328,7 @@ class ClusterView:
 
 
 def _age(stamp: str, now: float) -> float:
-    """Seconds since an RFC 3339 stamp, as far as this host's clock says (0 when the stamp
-    cannot be read or lies in the future)."""
-    try:
-        written = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    if written.tzinfo is None:
-        return 0.0
-    return max(0.0, now - written.timestamp())
+    """Seconds since a stamp, as far as this host's clock says (0 when the stamp cannot be
+    read or lies in the future)."""
+    written = epoch(stamp)
+    return 0.0 if written is None else max(0.0, now - written)

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
+from gpulet.api.stamps import stamp
 from gpulet.sim.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
@@ -37,10 +37,6 @@ def view(clocks: Clocks, stale_after: float = 180) -> ClusterView:
     return ClusterView(
         clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall, stale_after=stale_after
     )
-
-
-def stamp(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def filter_names(extender: Extender, *names: str) -> dict[str, Any]:

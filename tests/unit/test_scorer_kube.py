@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gpulet.api.assignment import parse_assignment
+from gpulet.api.stamps import stamp
 from gpulet.sim.apiserver import ApiServerStandIn
 from gpulet.sim.objects import container, node_object, pod_object
 from scorer.app import Scorer, build
@@ -257,7 +258,7 @@ def test_a_node_whose_agent_stopped_reporting_takes_no_pods_until_it_is_back(
 ) -> None:
     """gpu-c's agent last wrote its heartbeat ten minutes ago: the extender, started now,
     places nothing there and says why; once the agent renews it, the node takes pods again."""
-    old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
+    old = stamp(time.time() - 600)
     api.create_node(node_object("gpu-c", H100, heartbeat=old))
     scorer = start_scorer(api)
     try:
@@ -277,9 +278,7 @@ def test_a_node_whose_agent_stopped_reporting_takes_no_pods_until_it_is_back(
 
         node = api.get_node("gpu-c")
         assert node is not None
-        node["metadata"]["annotations"]["gpulet.io/heartbeat"] = time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()
-        )
+        node["metadata"]["annotations"]["gpulet.io/heartbeat"] = stamp(time.time())
         api.update_node(node)
         wait_for(lambda: not scorer.server.extender.view.quiet_nodes())
         answer = post(scorer, "filter", {"Pod": pod, "NodeNames": ["gpu-c"]})

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import secrets
 import string
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from gpulet.api.stamps import stamp
 from gpulet.sim.apiserver.status import bad_request
 
 JsonObject = dict[str, Any]
@@ -52,7 +53,7 @@ def key_of(obj: JsonObject) -> tuple[str, str]:
 
 def now_rfc3339() -> str:
     """The current time, as metadata.creationTimestamp spells it."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return stamp(time.time())
 
 
 def generated_name(prefix: str) -> str:
