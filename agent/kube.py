@@ -17,14 +17,13 @@ from deviceplugin.grants import Grant
 from gpulet.api.resources import (
     ALLOCATED_ANNOTATION,
     ASSIGNMENT_ANNOTATION,
-    GPU_RESOURCE,
     HEARTBEAT_ANNOTATION,
-    RDMA_RESOURCE,
     TOPOLOGY_ANNOTATION,
 )
 from gpulet.api.stamps import epoch, stamp
 from gpulet.kube.calls import CoreCalls
 from gpulet.kube.reflector import Reflector
+from scorer.podspec import ContainerAsk, PodSpecError, device_counts, pod_ask
 
 log = logging.getLogger("gpulet.agent")
 
@@ -144,7 +143,7 @@ class ApiPodSource:
             pods = list(self._pods.values())
         out = []
         for pod in pods:
-            pending = _pending(pod, self._node)
+            pending = pending_pod(pod, self._node)
             if pending is not None:
                 out.append(pending)
         return tuple(out)
@@ -180,21 +179,14 @@ class ApiPodSource:
             log.warning("event=cleanup-failed pod_uid=%s error=%r", uid, str(e))
 
 
-def _pending(pod: Mapping[str, Any], node: str) -> PendingPod | None:
+def pending_pod(pod: Mapping[str, Any], node: str) -> PendingPod | None:
     """The pod as the device plugin's matching sees it, or None when it is not pending or
-    asks for no gpulet device."""
+    asks for no gpulet device. A pod whose request cannot be read is still pending, with the
+    reason as its `problem`, so that its Allocate is refused saying why."""
     meta = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
     if (pod.get("status") or {}).get("phase", "Pending") != "Pending":
         return None
-    containers = []
-    for field in ("initContainers", "containers"):
-        for c in spec.get(field) or []:
-            containers.append(
-                ContainerRequest(
-                    str(c.get("name") or ""), _count(c, GPU_RESOURCE), _count(c, RDMA_RESOURCE)
-                )
-            )
+    containers, problem = container_requests(pod)
     if not any(c.gpus or c.rdma for c in containers):
         return None
     text = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
@@ -204,20 +196,48 @@ def _pending(pod: Mapping[str, Any], node: str) -> PendingPod | None:
         name=str(meta.get("name") or ""),
         node=node,
         created=epoch(meta.get("creationTimestamp")) or 0.0,
-        containers=tuple(containers),
+        containers=containers,
         assignment_text=text if isinstance(text, str) else None,
+        problem=problem,
     )
 
 
-def _count(container: Mapping[str, Any], resource: str) -> int:
-    resources = container.get("resources") or {}
-    raw = (resources.get("limits") or {}).get(resource)
-    if raw is None:
-        raw = (resources.get("requests") or {}).get(resource)
+def container_requests(
+    pod: Mapping[str, Any],
+) -> tuple[tuple[ContainerRequest, ...], str | None]:
+    """What each container of `pod` asks (kubelet's order), read as the extender reads it
+    (`scorer.podspec.pod_ask`), and None; or, for a pod that reader refuses, the device counts
+    alone (for matching its Allocate) and the reader's message."""
     try:
-        return max(0, int(str(raw))) if raw is not None else 0
-    except ValueError:
-        return 0  # kubelet would not admit it either
+        return tuple(_request(c) for c in pod_ask(pod).containers), None
+    except PodSpecError as e:
+        return _counts_only(pod), str(e)
+
+
+def _request(ask: ContainerAsk) -> ContainerRequest:
+    r = ask.request
+    if r is None:
+        return ContainerRequest(ask.name)
+    return ContainerRequest(ask.name, r.gpus, r.rdma, r.core, r.memory_mib)
+
+
+def _counts_only(pod: Mapping[str, Any]) -> tuple[ContainerRequest, ...]:
+    """The device counts of a pod `pod_ask` refuses (kubelet's order), for matching its
+    Allocate to it; a container whose counts cannot be read either asks none (an Allocate
+    then matches no pod, and is refused for that)."""
+    spec = pod.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    out = []
+    for field in ("initContainers", "containers"):
+        listed = spec.get(field) or []
+        for c in listed if isinstance(listed, list) else []:
+            name = str(c.get("name") or "") if isinstance(c, Mapping) else ""
+            try:
+                gpus, rdma = device_counts(c)
+            except PodSpecError:
+                gpus = rdma = 0
+            out.append(ContainerRequest(name, gpus, rdma))
+    return tuple(out)
 
 
 class EventReporter:

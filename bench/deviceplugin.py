@@ -205,7 +205,7 @@ def main() -> None:
                     name=f"pod-{i}",
                     node=topo.node,
                     created=float(i),
-                    containers=(ContainerRequest("main", gpus=1),),
+                    containers=(ContainerRequest("main", gpus=1, core=1, memory_mib=256),),
                     assignment_text=dump_assignment(assignment),
                 )
             )

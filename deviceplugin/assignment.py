@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +23,7 @@ from gpulet.api.assignment import (
     dump_assignment,
     parse_assignment,
 )
+from gpulet.api.resources import CORE_RESOURCE, MEMORY_RESOURCE
 
 __all__ = [
     "ANNOTATION",
@@ -33,10 +34,12 @@ __all__ = [
     "AssignmentError",
     "ContainerAssignment",
     "ContainerRequest",
+    "EntryError",
     "MatchError",
     "PendingPod",
     "PodSource",
     "StaticPodSource",
+    "check_entry",
     "dump_assignment",
     "match",
     "parse_assignment",
@@ -48,13 +51,37 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ContainerRequest:
+    """What one container's resources ask (as `scorer.podspec.pod_ask` reads them).
+
+    `core` (percent of each GPU) and `memory_mib` (MiB of each GPU) are None where the
+    container does not name them: with neither, its GPUs are whole and exclusive; with
+    either, each is a slice, an unnamed core being 100 and an unnamed memory the rest of the
+    GPU (docs/placement.md).
+    """
+
     name: str
     gpus: int = 0
     rdma: int = 0
+    core: int | None = None
+    memory_mib: int | None = None
 
     def count(self, resource: str) -> int:
         check_resource(resource)
         return self.gpus if resource == GPU_RESOURCE else self.rdma
+
+    @property
+    def whole(self) -> bool:
+        return self.core is None and self.memory_mib is None
+
+    def asks(self) -> str:
+        """The request as the pod spells it: `gpulet.io/gpu: 1, gpulet.io/gpu-core: 10`."""
+        named = (
+            (GPU_RESOURCE, self.gpus or None),
+            (CORE_RESOURCE, self.core),
+            (MEMORY_RESOURCE, self.memory_mib),
+            (RDMA_RESOURCE, self.rdma or None),
+        )
+        return ", ".join(f"{r}: {v}" for r, v in named if v is not None) or "no gpulet device"
 
 
 @dataclass(frozen=True)
@@ -72,10 +99,16 @@ class PendingPod:
     created: float
     containers: tuple[ContainerRequest, ...]
     assignment_text: str | None = None
+    #: Why the pod's request cannot be read (pod_ask's message): its Allocate is refused
+    #: with it. `containers` then hold only the device counts, for matching.
+    problem: str | None = None
 
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def container(self, name: str) -> ContainerRequest | None:
+        return next((c for c in self.containers if c.name == name), None)
 
 
 class PodSource(Protocol):
@@ -187,3 +220,75 @@ def match(
             f"time and each waits for {count} {resource}"
         )
     return first, container
+
+
+# ---- an assignment against the container's own request --------------------------------------
+
+
+class EntryError(ValueError):
+    """An assignment entry that gives other than its container asks, or devices this node
+    does not have; the message names the field and the request."""
+
+
+def check_entry(
+    request: ContainerRequest,
+    entry: ContainerAssignment,
+    gpus: Mapping[str, int],
+    nics: Set[str],
+) -> None:
+    """Refuse `entry` unless it gives exactly what `request` asks, on devices of this node:
+    `gpus` maps each GPU it shares (UUID) to its memory in MiB, `nics` holds its RDMA ports.
+
+    As many GPUs and ports as asked; a whole request gets every GPU exclusively, a slice
+    request none: each with the core asked (100 when not named) and the memory asked (when
+    not named, any up to the GPU's: the rest the extender found free).
+    """
+    problem = _problem(request, entry, gpus, nics)
+    if problem is not None:
+        raise EntryError(
+            f"{ANNOTATION} does not match the container's request ({request.asks()}): {problem}"
+        )
+
+
+def _problem(
+    request: ContainerRequest,
+    entry: ContainerAssignment,
+    gpus: Mapping[str, int],
+    nics: Set[str],
+) -> str | None:
+    for field, given, asked in (
+        ("gpus", len(entry.gpus), request.gpus),
+        ("nics", len(entry.nics), request.rdma),
+    ):
+        if given != asked:
+            return f'"{field}" has {given} {"entry" if given == 1 else "entries"}, not {asked}'
+    for g in entry.gpus:
+        memory = gpus.get(g.uuid)
+        if memory is None:
+            return f'"uuid" {g.uuid} is not a GPU this node shares'
+        problem = _share_problem(request, g, memory)
+        if problem is not None:
+            return f"GPU {g.uuid} has {problem}"
+    for key in entry.nics:
+        if key not in nics:
+            return f"NIC {key} is not an RDMA port of this node"
+    return None
+
+
+def _share_problem(request: ContainerRequest, g: AssignedGpu, memory: int) -> str | None:
+    """How one assigned GPU differs from the request (`memory`: the GPU's, MiB)."""
+    if request.whole:
+        if not g.exclusive:
+            return '"exclusive": false (a slice), but the container asks whole GPUs'
+        return None  # core 100 (the parser's rule); the grant takes all the GPU's memory
+    if g.exclusive:
+        return '"exclusive": true (a whole GPU), but the container asks a slice'
+    core = 100 if request.core is None else request.core
+    if g.core != core:
+        unnamed = f" (the container names no {CORE_RESOURCE})" if request.core is None else ""
+        return f'"core": {g.core}, not {core}{unnamed}'
+    if g.memory_mib > memory:
+        return f'"memory_mib": {g.memory_mib}, more than its {memory} MiB'
+    if request.memory_mib is not None and g.memory_mib != request.memory_mib:
+        return f'"memory_mib": {g.memory_mib}, not {request.memory_mib}'
+    return None

@@ -3,9 +3,11 @@ prefer, what an Allocate grants, and what is released. Thread-safe (one lock).
 
 Two modes. With a `PodSource` (the scheduler extender is deployed), every Allocate is matched
 to a pending pod (`assignment.match`) and follows that pod's `gpulet.io/assignment` exactly:
-the GPUs, shares and NICs named there, whatever slot IDs kubelet picked, as long as their
-number is right. Without one (standalone), every GPU Allocate gets the physical GPUs of its
-device IDs, whole and exclusively, and `preferred` picks them with the placement engine.
+the GPUs, shares and NICs named there, whatever slot IDs kubelet picked, as long as it
+gives exactly what the pod's own resources ask (`assignment.check_entry`: anyone who can
+create a pod can write the annotation). Without one (standalone), every GPU Allocate gets
+the physical GPUs of its device IDs, whole and exclusively, and `preferred` picks them with
+the placement engine.
 
 Kubelet and the ledger count differently. Kubelet counts device IDs (slots); a whole GPU
 holds one of its slot IDs in kubelet's books but all of the GPU in ours. Kubelet may then
@@ -34,9 +36,11 @@ from deviceplugin.assignment import (
     Assignment,
     AssignmentError,
     ContainerAssignment,
+    EntryError,
     MatchError,
     PendingPod,
     PodSource,
+    check_entry,
     match,
     parse_assignment,
 )
@@ -102,6 +106,7 @@ class DevicePluginCore:
         self._gpus = {g.uuid: g for g in shareable_gpus(topo)}
         self._gpu_index = {g.index: g for g in topo.gpus}
         self._nics = {n.key: n for n in topo.nics}
+        self._gpu_memory = {uuid: g.memory_mib for uuid, g in self._gpus.items()}
         #: Every ID of each device, lowest slot first (kubelet offers all of them with each
         #: GetPreferredAllocation: they are looked up, not parsed).
         self._slots = {
@@ -380,7 +385,14 @@ class DevicePluginCore:
         return found
 
     def _entry(self, pod: PendingPod, name: str) -> ContainerAssignment:
-        """The pod's assignment for container `name`, checked against this node."""
+        """The pod's assignment for container `name`, checked against this node and against
+        what the container itself asks (`check_entry`): the annotation is the pod owner's to
+        write, so it is trusted no further than the pod's own request."""
+        if pod.problem is not None:
+            raise AllocateError(pod.problem)
+        request = pod.container(name)
+        if request is None:
+            raise AllocateError(f"pod {pod.ref} has no container {name!r}")
         if pod.assignment_text is None:
             raise AllocateError(
                 f"pod {pod.ref} has no gpulet.io/assignment annotation: it was not scheduled "
@@ -400,17 +412,17 @@ class DevicePluginCore:
             raise AllocateError(
                 f"pod {pod.ref}'s gpulet.io/assignment has nothing for container {name!r}"
             )
+        try:
+            check_entry(request, entry, self._gpu_memory, self._nics.keys())
+        except EntryError as e:
+            raise AllocateError(f"pod {pod.ref} container {name!r}: {e}") from None
         return entry
 
     def _assigned(self, resource: str, device_ids: Sequence[str]) -> _Decision:
+        # The match asks as many devices as kubelet allocates, and the entry gives as many.
         pod, name = self._match(resource, len(device_ids))
         entry = self._entry(pod, name)
         where = f"pod {pod.ref} container {name!r}"
-        if entry.count(resource) != len(device_ids):
-            raise AllocateError(
-                f"{where} asks {len(device_ids)} {resource} but its gpulet.io/assignment gives "
-                f"{entry.count(resource)}"
-            )
         for part in (pod.uid, name):
             if not _PATH_PART.fullmatch(part) or part in {".", ".."}:
                 raise AllocateError(f"{where}: {part!r} cannot name a directory")
@@ -434,20 +446,12 @@ class DevicePluginCore:
         return _Decision(gpus, nics, pod.uid, name, superseded, spend=True)
 
     def _share(self, where: str, uuid: str, core: int, memory: int, whole: bool) -> GpuShare:
-        gpu = self._gpus.get(uuid)
-        if gpu is None:
-            raise AllocateError(
-                f"{where}: the assignment names GPU {uuid}, which node {self._topo.node} does "
-                "not have (or does not share)"
-            )
+        """The grant of one assigned GPU (one `check_entry` passed: the GPU is shared here,
+        and a slice's memory is at most the GPU's)."""
+        gpu = self._gpus[uuid]
         sick = self._sick_gpus.get(gpu.index)
         if sick is not None:
             raise AllocateError(f"{where}: assigned GPU{gpu.index} ({uuid}) is unhealthy ({sick})")
-        if memory > gpu.memory_mib:
-            raise AllocateError(
-                f"{where}: the assignment gives {memory} MiB of GPU{gpu.index}, which has "
-                f"{gpu.memory_mib} MiB"
-            )
         if not whole and not self._config.limiter:
             raise AllocateError(
                 f"{where} gets a slice of GPU{gpu.index} ({core}% core, {memory} MiB), but this "
@@ -457,12 +461,8 @@ class DevicePluginCore:
         return GpuShare(uuid, gpu.index, core, gpu.memory_mib if whole else memory, whole)
 
     def _port(self, where: str, key: str) -> Nic:
-        nic = self._nics.get(key)
-        if nic is None:
-            raise AllocateError(
-                f"{where}: the assignment names RDMA port {key}, which node {self._topo.node} "
-                "does not have"
-            )
+        """One assigned port (one `check_entry` passed: this node has it)."""
+        nic = self._nics[key]
         sick = self._sick_nics.get(key) or port_down(nic)
         if sick is not None:
             raise AllocateError(f"{where}: assigned RDMA port {key} is unhealthy ({sick})")
@@ -483,7 +483,7 @@ class DevicePluginCore:
             gpu = self._gpu_index[share.index]
             use = state.gpu(share.index)
             name = f"GPU{gpu.index}"
-            holders = _Holders(self._ledger, share.index, superseded)
+            holders = _Holders(self._ledger, superseded, _on_gpu(share.index))
             problem = None
             if use.exclusive:
                 problem = f"{name} is held whole by {holders}"
@@ -505,9 +505,10 @@ class DevicePluginCore:
                 raise AllocateError(f"{where}: {problem}{behind}")
         for key in nics:
             if state.nic_slots.get(key, 0) + 1 > self._config.rdma_slots:
+                holders = _Holders(self._ledger, superseded, _on_port(key))
                 raise AllocateError(
                     f"{where}: all {self._config.rdma_slots} slots of RDMA port {key} are "
-                    f"granted{behind}"
+                    f"granted ({holders}){behind}"
                 )
 
     def _region_dir(
@@ -602,17 +603,26 @@ def _set(sick: dict[K, str], key: K, healthy: bool, reason: str | None) -> bool:
 
 
 class _Holders:
-    """Who holds a GPU, named only when a refusal is written: finding them walks the ledger."""
+    """Who holds a device (the grants `holds`), named only when a refusal is written: finding
+    them walks the ledger."""
 
-    def __init__(self, ledger: Ledger, index: int, excluding: Sequence[Grant]) -> None:
-        self._ledger, self._index, self._excluding = ledger, index, excluding
+    def __init__(
+        self, ledger: Ledger, excluding: Sequence[Grant], holds: Callable[[Grant], bool]
+    ) -> None:
+        self._ledger, self._excluding, self._holds = ledger, excluding, holds
 
     def __str__(self) -> str:
         return ", ".join(
-            _who(g)
-            for g in self._ledger.grants()
-            if g not in self._excluding and any(s.index == self._index for s in g.gpus)
+            _who(g) for g in self._ledger.grants() if g not in self._excluding and self._holds(g)
         )
+
+
+def _on_gpu(index: int) -> Callable[[Grant], bool]:
+    return lambda grant: any(s.index == index for s in grant.gpus)
+
+
+def _on_port(key: str) -> Callable[[Grant], bool]:
+    return lambda grant: key in grant.nics
 
 
 def _who(grant: Grant) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -102,9 +102,17 @@ def pod_ask(pod: Any) -> PodAsk:
     )
 
 
-def _request(
-    container: Mapping[str, Any], where: str, topology: TopologyPolicy, gpu_policy: GpuPolicy
-) -> Request | None:
+def device_counts(container: Any) -> tuple[int, int]:
+    """One container's `gpulet.io/gpu` and `gpulet.io/rdma` counts, read as `pod_ask` reads
+    them: for a pod it refuses on other grounds, whose Allocate must still be matched (and
+    refused with pod_ask's message). PodSpecError where the counts themselves are bad."""
+    value = _reader(_mapping(container, "container"), "container")
+    return value(GPU_RESOURCE) or 0, value(RDMA_RESOURCE) or 0
+
+
+def _reader(container: Mapping[str, Any], where: str) -> Callable[[str], int | None]:
+    """The container's value of a gpulet resource (None: not given); PodSpecError for one
+    that is not a whole number."""
     resources = _mapping(container.get("resources"), f"{where}: resources")
     limits = _mapping(resources.get("limits"), f"{where}: resources.limits")
     requests = _mapping(resources.get("requests"), f"{where}: resources.requests")
@@ -122,6 +130,13 @@ def _request(
             )
         return int(text)
 
+    return value
+
+
+def _request(
+    container: Mapping[str, Any], where: str, topology: TopologyPolicy, gpu_policy: GpuPolicy
+) -> Request | None:
+    value = _reader(container, where)
     gpus, core, memory, rdma = (
         value(r) for r in (GPU_RESOURCE, CORE_RESOURCE, MEMORY_RESOURCE, RDMA_RESOURCE)
     )

@@ -249,7 +249,10 @@ def assigned(
         for i in gpus
     )
     text = dump_assignment(Assignment(node, (ContainerAssignment("main", shares, nics, (1,)),)))
-    request = ContainerRequest("main", gpus=len(gpus), rdma=len(nics))
+    # What the pod's resources ask: the slice (or whole GPUs) its assignment gives.
+    request = ContainerRequest(
+        "main", len(gpus), len(nics), None if whole else core, None if whole else memory
+    )
     return PendingPod(uid, "team", f"job-{uid}", NODE, created, (request,), text)
 
 
@@ -338,7 +341,9 @@ def test_assignment_for_another_node(tmp_path: Path) -> None:
         (
             '{"version": 1, "node": "node-7", "containers": {"main": {"gpus": [{"uuid": "GPU-1",'
             ' "core": 15, "memory_mib": 1, "exclusive": false}], "nics": [], "numa": []}}}',
-            "pod team/job-u container 'main': the assignment names GPU GPU-1, which node",
+            "pod team/job-u container 'main': gpulet.io/assignment does not match the "
+            "container's request (gpulet.io/gpu: 1, gpulet.io/gpu-core: 40, gpulet.io/gpu-memory: "
+            '10240): "uuid" GPU-1 is not a GPU this node shares',
         ),
     ],
 )

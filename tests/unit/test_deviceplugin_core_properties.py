@@ -155,7 +155,8 @@ def bind(source: StaticPodSource, op: Bind, n: int) -> str | None:
         return None
     text = dump_assignment(Assignment(NODE, (ContainerAssignment("main", shares, keys),)))
     uid = f"p{n}"
-    request = ContainerRequest("main", len(shares), len(keys))
+    asked = (None, None) if op.whole or not shares else (op.core, op.memory_mib)
+    request = ContainerRequest("main", len(shares), len(keys), *asked)
     source.add(PendingPod(uid, "ns", uid, NODE, float(n), (request,), text))
     return uid
 

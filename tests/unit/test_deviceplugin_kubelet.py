@@ -328,7 +328,7 @@ def _pending(topo: Topology, node_name: str, annotation: str) -> PendingPod:
         name="trainer",
         node=node_name,
         created=1.0,
-        containers=(ContainerRequest("main", gpus=2, rdma=0),),
+        containers=(ContainerRequest("main", gpus=2, core=30, memory_mib=8192),),
         assignment_text=annotation,
     )
 
