@@ -26,6 +26,8 @@ CDEF = """
 #define GPULET_UUID_LEN ...
 #define GPULET_COMM_LEN ...
 #define GPULET_ERR_LEN ...
+#define GPULET_MAX_PROBLEMS ...
+#define GPULET_READ_LOCK_NS ...
 
 struct gpulet_limit {
     char uuid[64];
@@ -91,6 +93,12 @@ struct gpulet_snapshot {
     uint64_t used[16];
     struct gpulet_proc_usage proc[256];
 };
+struct gpulet_inspection {
+    int32_t readable;
+    uint32_t problems;
+    struct gpulet_snapshot usage;
+    char problem[32][256];
+};
 
 int gpulet_limits_parse(const char *text, size_t len, struct gpulet_limits *out, char *err,
                         size_t errlen);
@@ -107,6 +115,7 @@ void gpulet_region_close(struct gpulet_handle *h);
 int gpulet_region_matches(const struct gpulet_handle *h, const struct gpulet_limits *l,
                           char *err, size_t errlen);
 int gpulet_region_lock(struct gpulet_handle *h);
+int gpulet_region_lock_within(struct gpulet_handle *h, uint64_t timeout_ns);
 void gpulet_region_unlock(struct gpulet_handle *h);
 int gpulet_region_attach(struct gpulet_handle *h, int32_t pid, const char *comm, char *err,
                          size_t errlen);
@@ -119,6 +128,11 @@ uint64_t gpulet_region_used(struct gpulet_handle *h, uint32_t dev);
 int gpulet_region_set_feedback(struct gpulet_handle *h, uint32_t dev, uint32_t util_permille,
                                uint64_t stamp_ns);
 int gpulet_region_snapshot(struct gpulet_handle *h, struct gpulet_snapshot *out);
+int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected,
+                          struct gpulet_inspection *out);
+int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *expected,
+                                 uint32_t dev, uint32_t util_permille, uint64_t stamp_ns,
+                                 char *err, size_t errlen);
 """
 
 ffibuilder = FFI()

@@ -3,6 +3,11 @@
 A typed layer over native/limiter/region.c (through the cffi extension `native._region`), so
 the agent, the CLI and the limiter share one parser and one implementation. The formats are in
 docs/limiter.md. Every refusal is a RegionError carrying one line that names the problem.
+
+Two ways in. `Region` maps the file and takes its lock: for the processes that attach (and for
+tests); it trusts the file's length and its mutex. The agent, root on the host, reads regions
+the containers can write to with `inspect` and `write_feedback`, which trust nothing in or
+about the file (docs/limiter.md, "How the agent reads a region").
 """
 
 from __future__ import annotations
@@ -73,6 +78,27 @@ class Usage:
     generation: int  # bumped on every attach, detach and reap
     devices: tuple[DeviceUsage, ...]
     processes: tuple[ProcessUsage, ...]
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """A region read as untrusted input (`inspect`)."""
+
+    #: What the region says, clamped (at most 16 devices and 256 processes; totals saturate
+    #: at 2^64 - 1); with the expected limits, exactly their devices, uuids and caps. None when
+    #: it could not be read at all: missing, not a regular file of the right size, not a
+    #: region of this version.
+    usage: Usage | None
+    #: Empty when the region is consistent with the expected limits (and with itself); else
+    #: one line per problem, naming the field ("devices is 300, granted 2", "device 0:
+    #: memory_bytes ..., granted ...", "slot 7: free (pid 0) but holds charges"). When usage
+    #: is None, the one line says why.
+    problems: tuple[str, ...]
+
+    @property
+    def trusted(self) -> bool:
+        """Read, and consistent with what was expected."""
+        return not self.problems and self.usage is not None
 
 
 def _extension() -> None:
@@ -250,7 +276,9 @@ class Region:
 
     @property
     def devices(self) -> int:
-        return int(self._region().devices)
+        """The region's device count, clamped to MAX_DEVICES: any process of the container
+        can write it."""
+        return min(int(self._region().devices), MAX_DEVICES)
 
     @property
     def slot(self) -> int | None:
@@ -329,40 +357,107 @@ class Region:
         self._region()
         return _check(lib.gpulet_region_reap(self._h), None, "reap")
 
-    def lock(self) -> None:
-        """Take the region lock (blocks); for tests and multi-step readers."""
+    def lock(self, timeout: float | None = None) -> None:
+        """Take the region lock, waiting at most `timeout` seconds (None: as long as it takes);
+        for tests and multi-step readers. RegionError when it was not released in time."""
         self._region()
-        _check(lib.gpulet_region_lock(self._h), None, "lock")
+        if timeout is None:
+            _check(lib.gpulet_region_lock(self._h), None, "lock")
+            return
+        rc = lib.gpulet_region_lock_within(self._h, _u64(round(timeout * 1e9), "timeout"))
+        if rc == -errno.ETIMEDOUT:
+            raise RegionError(f"region lock not released within {timeout:g} s")
+        _check(rc, None, "lock")
 
     def unlock(self) -> None:
         lib.gpulet_region_unlock(self._h)
 
     def snapshot(self) -> Usage:
-        """A consistent copy: per device, and per attached process."""
+        """A consistent copy: per device, and per attached process. Takes the lock, waiting
+        at most GPULET_READ_LOCK_NS (1 s): RegionError "region lock not released within 1 s"
+        when a holder keeps it, or the lock word was scribbled on."""
         self._region()
         s = ffi.new("struct gpulet_snapshot *")
-        _check(lib.gpulet_region_snapshot(self._h, s), None, "snapshot")
-        devices = tuple(
-            DeviceUsage(
-                uuid=ffi.string(d.uuid).decode("ascii", "replace"),
-                memory_bytes=d.memory_bytes,
-                core_percent=d.core_percent,
-                used_bytes=s.used[i],
-                util_percent=d.util_permille / 10 if d.util_stamp_ns else None,
-                util_stamp_ns=d.util_stamp_ns,
-                throttled_ns=d.throttled_ns,
-                launches=d.launches,
-                busy_ns=d.busy_ns,
+        rc = lib.gpulet_region_snapshot(self._h, s)
+        if rc == -errno.ETIMEDOUT:
+            raise RegionError(
+                f"region lock not released within {lib.GPULET_READ_LOCK_NS / 1e9:g} s"
             )
-            for i, d in ((i, s.dev[i]) for i in range(s.devices))
+        _check(rc, None, "snapshot")
+        return _usage(s)
+
+
+def _usage(s: Any) -> Usage:
+    """A struct gpulet_snapshot, whose counts the C code has clamped, as a Usage."""
+    devices = tuple(
+        DeviceUsage(
+            uuid=ffi.string(d.uuid).decode("ascii", "replace"),
+            memory_bytes=d.memory_bytes,
+            core_percent=d.core_percent,
+            used_bytes=s.used[i],
+            util_percent=min(d.util_permille, 1000) / 10 if d.util_stamp_ns else None,
+            util_stamp_ns=d.util_stamp_ns,
+            throttled_ns=d.throttled_ns,
+            launches=d.launches,
+            busy_ns=d.busy_ns,
         )
-        processes = tuple(
-            ProcessUsage(
-                pid=p.pid,
-                slot=p.slot,
-                comm=ffi.string(p.comm).decode("utf-8", "replace"),
-                used_bytes=tuple(p.used[0 : s.devices]),
-            )
-            for p in (s.proc[i] for i in range(s.procs))
+        for i, d in ((i, s.dev[i]) for i in range(s.devices))
+    )
+    processes = tuple(
+        ProcessUsage(
+            pid=p.pid,
+            slot=p.slot,
+            comm=ffi.string(p.comm).decode("utf-8", "replace"),
+            used_bytes=tuple(p.used[0 : s.devices]),
         )
-        return Usage(s.generation, devices, processes)
+        for p in (s.proc[i] for i in range(s.procs))
+    )
+    return Usage(s.generation, devices, processes)
+
+
+# ---- the agent's reader: a region as untrusted input ---------------------------------------
+
+
+def inspect(directory: StrPath, expected: Limits | None = None) -> Inspection:
+    """Read a container's region as untrusted input: never maps it, never takes its lock,
+    never follows a symlink or opens anything but a regular file of the right size, never
+    raises for anything the file holds (OSError/RegionError only for a missing extension).
+    With `expected` (the limits the agent granted), every disagreement is a problem; the
+    returned usage's per-device caps are the expected ones, not the region's.
+
+    Totals are saturating sums over the slots whose process is alive (holds its slot's
+    liveness lock), which are the processes listed; slots of dead processes are left out, as
+    the next reap would free them. Invalid `expected` limits are the caller's error:
+    RegionError, as from `setup`. About 50 us (docs/limiter.md)."""
+    c_expected = ffi.NULL if expected is None else _to_c(expected)
+    _extension()
+    out = ffi.new("struct gpulet_inspection *")
+    path = os.fsencode(Path(directory) / REGION_FILE)
+    lib.gpulet_region_inspect(path, c_expected, out)
+    kept = min(out.problems, lib.GPULET_MAX_PROBLEMS)
+    problems = [ffi.string(out.problem[i]).decode("utf-8", "replace") for i in range(kept)]
+    if out.problems > kept:
+        problems.append(f"... and {out.problems - kept} more problems")
+    return Inspection(_usage(out.usage) if out.readable else None, tuple(problems))
+
+
+def write_feedback(directory: StrPath, dev: int, util_percent: float, expected: Limits) -> None:
+    """The agent's utilisation feedback for device `dev` (0 <= dev < len(expected.devices)),
+    written without mapping or locking the region; RegionError when it cannot be.
+
+    One pwrite of util_permille and util_stamp_ns (now, CLOCK_MONOTONIC) at their offsets,
+    after the checks `inspect` makes of the file and of its magic and version; `dev` is
+    bounded by the grant, never by the region's own device count."""
+    n = len(expected.devices)
+    if not 0 <= dev < n:
+        raise RegionError(f"device index {dev} is not in 0..{n - 1} (the grant's devices)")
+    if not 0 <= util_percent <= 100:
+        raise RegionError(f"utilisation {util_percent}% is not in 0..100")
+    c = _to_c(expected)
+    err = _err()
+    path = os.fsencode(Path(directory) / REGION_FILE)
+    permille = round(util_percent * 10)
+    rc = lib.gpulet_region_write_feedback(
+        path, c, dev, permille, lib.gpulet_now_ns(), err, len(err)
+    )
+    _check(rc, err, "feedback")

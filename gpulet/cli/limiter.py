@@ -11,7 +11,17 @@ import click
 from gpulet.cli.common import print_json, user_errors
 from gpulet.cli.render import usage_text
 from native import library_path
-from native.region import DeviceLimit, Limits, Region, RegionError, Usage, check_limits, setup
+from native.region import (
+    LIMITS_FILE,
+    DeviceLimit,
+    Limits,
+    RegionError,
+    Usage,
+    check_limits,
+    inspect,
+    read_limits,
+    setup,
+)
 
 
 def _device(spec: str) -> DeviceLimit:
@@ -66,10 +76,19 @@ def setup_command(directory: Path, limits: Limits) -> None:
 def usage(directory: Path, as_json: bool) -> None:
     """What a container uses: per device and per attached process.
 
-    Slots of processes that have died are freed first, as the limiter itself would."""
-    with Region.open(directory) as region:
-        region.reap()
-        snapshot = region.snapshot()
+    The region is read as the agent reads it, as untrusted input (docs/limiter.md): slots of
+    processes that have died are left out, and what disagrees with DIRECTORY/limits is
+    printed on stderr, one `warning: region: ...` line each."""
+    try:
+        granted: Limits | None = read_limits(directory / LIMITS_FILE)
+    except RegionError:
+        granted = None  # the region is still checked against itself
+    seen = inspect(directory, granted)
+    if seen.usage is None:
+        raise RegionError(seen.problems[0])
+    for problem in seen.problems:
+        click.echo(f"warning: region: {problem}", err=True)
+    snapshot = seen.usage
     if as_json:
         print_json(usage_json(snapshot))
     else:

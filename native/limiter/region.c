@@ -19,8 +19,17 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+/* As glibc_compat.h does for the others: pthread_mutex_timedlock's first version, not the
+ * GLIBC_2.34 one, so the limiter still loads on glibc 2.17. */
+#if defined(__GLIBC__) && defined(__x86_64__)
+__asm__(".symver pthread_mutex_timedlock,pthread_mutex_timedlock@GLIBC_2.2.5");
+#elif defined(__GLIBC__) && defined(__aarch64__)
+__asm__(".symver pthread_mutex_timedlock,pthread_mutex_timedlock@GLIBC_2.17");
+#endif
 
 #define MIB (1ull << 20)
 #define MAX_MIB (1ull << 40)
@@ -41,6 +50,17 @@ __attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, 
         va_end(ap);
     }
     return rc;
+}
+
+/* fstat without glibc's fstat symbol (glibc_compat.h: it became one only in 2.33): the
+ * system call, whose struct is glibc's struct stat on x86_64 and aarch64. */
+static int stat_fd(int fd, struct stat *st)
+{
+#if defined(__GLIBC__) && (defined(__x86_64__) || defined(__aarch64__))
+    return syscall(SYS_fstat, fd, st) == 0 ? 0 : -errno;
+#else
+    return fstat(fd, st) == 0 ? 0 : -errno;
+#endif
 }
 
 uint64_t gpulet_now_ns(void)
@@ -226,9 +246,20 @@ int gpulet_limits_read(const char *path, struct gpulet_limits *out, char *err, s
     char msg[GPULET_ERR_LEN];
     size_t len = 0;
     int rc = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    /* O_NONBLOCK: a FIFO put in its place opens at once (and is refused below). */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
         return fail(err, errlen, -errno, "cannot open limits %s: %s", path, strerror(errno));
+    rc = stat_fd(fd, &st);
+    if (rc == 0 && !S_ISREG(st.st_mode))
+        rc = fail(err, errlen, -EINVAL, "limits %s is not a regular file", path);
+    else if (rc != 0)
+        rc = fail(err, errlen, rc, "cannot read limits %s: %s", path, strerror(-rc));
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
     char *buf = malloc(LIMITS_MAX_BYTES + 1);
     if (buf == NULL) {
         close(fd);
@@ -368,11 +399,9 @@ static int reap_locked(struct gpulet_handle *h)
     return reaped;
 }
 
-int gpulet_region_lock(struct gpulet_handle *h)
+/* What a lock call answered: 0 when the caller holds the lock. */
+static int locked(struct gpulet_handle *h, int rc)
 {
-    if (h == NULL || h->region == NULL)
-        return -EINVAL;
-    int rc = pthread_mutex_lock(&h->region->lock.mutex);
     if (rc == EOWNERDEAD) {
         /* Its holder died; every update under the lock is a single store, so the region is
          * whole. Its slot is freed with the other dead ones, here or, since the kernel wakes
@@ -382,6 +411,26 @@ int gpulet_region_lock(struct gpulet_handle *h)
         return 0;
     }
     return -rc;
+}
+
+int gpulet_region_lock(struct gpulet_handle *h)
+{
+    if (h == NULL || h->region == NULL)
+        return -EINVAL;
+    return locked(h, pthread_mutex_lock(&h->region->lock.mutex));
+}
+
+int gpulet_region_lock_within(struct gpulet_handle *h, uint64_t timeout_ns)
+{
+    struct timespec deadline;
+    if (h == NULL || h->region == NULL)
+        return -EINVAL;
+    /* pthread_mutex_clocklock (CLOCK_MONOTONIC) is glibc 2.30's; the limiter loads on 2.17. */
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    uint64_t ns = (uint64_t)deadline.tv_nsec + timeout_ns % 1000000000ull;
+    deadline.tv_sec += (time_t)(timeout_ns / 1000000000ull + ns / 1000000000ull);
+    deadline.tv_nsec = (long)(ns % 1000000000ull);
+    return locked(h, pthread_mutex_timedlock(&h->region->lock.mutex, &deadline));
 }
 
 void gpulet_region_unlock(struct gpulet_handle *h)
@@ -674,9 +723,17 @@ int gpulet_region_reap(struct gpulet_handle *h)
     return rc;
 }
 
+/* The region's device count, read once and clamped: the file is writable by every process
+ * of the container, and `dev` indexes arrays of GPULET_MAX_DEVICES. */
+static uint32_t region_devices(const struct gpulet_region *r)
+{
+    uint32_t n = __atomic_load_n(&r->devices, __ATOMIC_RELAXED);
+    return n < GPULET_MAX_DEVICES ? n : GPULET_MAX_DEVICES;
+}
+
 static bool valid_device(const struct gpulet_handle *h, uint32_t dev)
 {
-    return h != NULL && h->region != NULL && dev < h->region->devices;
+    return h != NULL && h->region != NULL && dev < region_devices(h->region);
 }
 
 /* The container's charge on `dev`, saturating; the caller holds the region lock. */
@@ -752,14 +809,14 @@ int gpulet_region_snapshot(struct gpulet_handle *h, struct gpulet_snapshot *out)
 {
     if (h == NULL || h->region == NULL || out == NULL)
         return -EINVAL;
-    int rc = gpulet_region_lock(h);
+    int rc = gpulet_region_lock_within(h, GPULET_READ_LOCK_NS);
     if (rc != 0)
         return rc;
     const struct gpulet_region *r = h->region;
     memset(out, 0, sizeof *out);
-    out->devices = r->devices;
+    out->devices = region_devices(r);
     out->generation = __atomic_load_n(&r->generation, __ATOMIC_ACQUIRE);
-    for (uint32_t i = 0; i < r->devices; i++) {
+    for (uint32_t i = 0; i < out->devices; i++) {
         const struct gpulet_device_shared *s = &r->dev[i];
         struct gpulet_device_shared *d = &out->dev[i];
         memcpy(d->uuid, s->uuid, GPULET_UUID_LEN); /* these three never change */
@@ -786,4 +843,349 @@ int gpulet_region_snapshot(struct gpulet_handle *h, struct gpulet_snapshot *out)
     }
     gpulet_region_unlock(h);
     return 0;
+}
+
+/* ---- the agent's reader: a region as untrusted input ---------------------------------- */
+
+_Static_assert(offsetof(struct gpulet_device_shared, util_stamp_ns) ==
+                   offsetof(struct gpulet_device_shared, util_permille) + 4,
+               "the feedback is one write of util_permille and util_stamp_ns");
+
+#define MAX_BYTES (MAX_MIB * MIB)
+
+/* What a file that is not a regular file is, for the problem line. */
+static const char *not_regular(mode_t mode)
+{
+    if (S_ISLNK(mode))
+        return "is a symbolic link";
+    if (S_ISFIFO(mode))
+        return "is a FIFO, not a regular file";
+    if (S_ISCHR(mode))
+        return "is a character device, not a regular file";
+    if (S_ISBLK(mode))
+        return "is a block device, not a regular file";
+    if (S_ISSOCK(mode))
+        return "is a socket, not a regular file";
+    if (S_ISDIR(mode))
+        return "is a directory, not a regular file";
+    return "is not a regular file";
+}
+
+/* pread all of `len` at `offset`, or -errno; a short count is returned as is. */
+static ssize_t pread_full(int fd, void *buf, size_t len, off_t offset)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, (char *)buf + done, len - done, offset + (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+/* Why the header's magic or version says this is not a region this build reads, or 0. */
+static int check_head(const char *path, uint64_t magic, uint32_t version, char *err,
+                      size_t errlen)
+{
+    if (magic != GPULET_REGION_MAGIC)
+        return fail(err, errlen, -EINVAL, "region %s is not a gpulet region (magic 0x%016llx)",
+                    path, (unsigned long long)magic);
+    if (version != GPULET_REGION_VERSION)
+        return fail(err, errlen, -EINVAL, "region %s has version %u; this build reads version %u",
+                    path, version, GPULET_REGION_VERSION);
+    return 0;
+}
+
+/* Open the region at `path` for `flags` (O_RDONLY or O_RDWR) when, and only when, it is a
+ * regular file of exactly sizeof(struct gpulet_region) bytes that starts with this build's
+ * magic and version. The last component is looked at without following it and without
+ * opening it for I/O (O_PATH | O_NOFOLLOW: nothing of a FIFO, a socket or a device node
+ * runs), and the file then opened is that same file, through its /proc/self/fd link rather
+ * than its name, which the container may change in between. O_NONBLOCK: a lease the
+ * container holds on a file of its own fails the open at once instead of blocking it for
+ * the lease-break time (45 s by default). As gpulet_region_open does, the magic and version
+ * are checked before the length: another version may have another length. Returns the
+ * descriptor, or -errno with one line in err. */
+static int open_untrusted(const char *path, int flags, char *err, size_t errlen)
+{
+    const size_t want = sizeof(struct gpulet_region);
+    struct stat st;
+    char link[64];
+    struct {
+        uint64_t magic;
+        uint32_t version;
+    } head;
+    if (path == NULL)
+        return fail(err, errlen, -EINVAL, "no region path");
+    int pfd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (pfd < 0)
+        return fail(err, errlen, -errno, "cannot open region %s: %s", path, strerror(errno));
+    int rc = stat_fd(pfd, &st);
+    if (rc != 0)
+        rc = fail(err, errlen, rc, "cannot open region %s: %s", path, strerror(-rc));
+    else if (!S_ISREG(st.st_mode))
+        rc = fail(err, errlen, S_ISLNK(st.st_mode) ? -ELOOP : -EINVAL, "region %s %s", path,
+                  not_regular(st.st_mode));
+    if (rc != 0) {
+        close(pfd);
+        return rc;
+    }
+    snprintf(link, sizeof link, "/proc/self/fd/%d", pfd);
+    int fd = open(link, flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    int saved = errno;
+    close(pfd);
+    if (fd < 0)
+        return fail(err, errlen, -saved, "cannot open region %s: %s%s", path, strerror(saved),
+                    saved == EWOULDBLOCK ? " (a lease is held on it)" : "");
+    ssize_t n = pread_full(fd, &head, sizeof head, 0);
+    rc = n < 0 ? (int)n : stat_fd(fd, &st);
+    if (rc != 0)
+        rc = fail(err, errlen, rc, "cannot read region %s: %s", path, strerror(-rc));
+    else if (n >= 8 && head.magic != GPULET_REGION_MAGIC)
+        rc = check_head(path, head.magic, head.version, err, errlen);
+    else if (n >= 12 && head.version != GPULET_REGION_VERSION)
+        rc = check_head(path, head.magic, head.version, err, errlen);
+    else if (st.st_size < 0 || (unsigned long long)st.st_size != want)
+        rc = fail(err, errlen, -EINVAL, "region %s is %lld bytes, expected %zu", path,
+                  (long long)st.st_size, want);
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+__attribute__((format(printf, 2, 3))) static void problem(struct gpulet_inspection *out,
+                                                          const char *fmt, ...)
+{
+    if (out->problems < GPULET_MAX_PROBLEMS) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(out->problem[out->problems], GPULET_ERR_LEN, fmt, ap);
+        va_end(ap);
+    }
+    if (out->problems < UINT32_MAX)
+        out->problems++;
+}
+
+/* The first `n` bytes of `s` (up to a NUL) with every byte outside printable ASCII, and the
+ * quote, as '?': the file's text is quoted back into logs and terminals. */
+static void printable(char *dst, const char *s, size_t n)
+{
+    size_t i = 0;
+    for (; i < n && s[i] != '\0'; i++)
+        dst[i] = s[i] >= 0x20 && s[i] < 0x7f && s[i] != '\'' ? s[i] : '?';
+    dst[i] = '\0';
+}
+
+static uint64_t add_saturating(uint64_t a, uint64_t b, bool *over)
+{
+    if (b > UINT64_MAX - a) {
+        *over = true;
+        return UINT64_MAX;
+    }
+    return a + b;
+}
+
+/* A device record against its grant `e`, or (NULL) against the limits file's rules. */
+static void check_device(const struct gpulet_device_shared *d, uint32_t i,
+                         const struct gpulet_limit *e, struct gpulet_device_shared *o,
+                         struct gpulet_inspection *out)
+{
+    char quoted[GPULET_UUID_LEN];
+    size_t n = strnlen(d->uuid, GPULET_UUID_LEN);
+    printable(quoted, d->uuid, n < GPULET_UUID_LEN ? n : GPULET_UUID_LEN - 1);
+    if (e != NULL) {
+        if (n == GPULET_UUID_LEN || strcmp(d->uuid, e->uuid) != 0)
+            problem(out, "device %u: uuid '%s%s', granted '%s'", i, quoted,
+                    n == GPULET_UUID_LEN ? "..." : "", e->uuid);
+        if (d->memory_bytes != e->memory_bytes)
+            problem(out, "device %u: memory_bytes %llu, granted %llu", i,
+                    (unsigned long long)d->memory_bytes, (unsigned long long)e->memory_bytes);
+        if (d->core_percent != e->core_percent)
+            problem(out, "device %u: core_percent %u, granted %u", i, d->core_percent,
+                    e->core_percent);
+        memcpy(o->uuid, e->uuid, GPULET_UUID_LEN);
+        o->memory_bytes = e->memory_bytes;
+        o->core_percent = e->core_percent;
+    } else {
+        const char *why = n == GPULET_UUID_LEN ? "is not NUL-terminated" : uuid_problem(d->uuid, n);
+        if (why != NULL)
+            problem(out, "device %u: uuid '%s' %s", i, quoted, why);
+        if (d->memory_bytes % MIB != 0 || d->memory_bytes < MIB || d->memory_bytes > MAX_BYTES)
+            problem(out, "device %u: memory_bytes %llu is not 1..%llu whole MiB", i,
+                    (unsigned long long)d->memory_bytes, MAX_MIB);
+        if (d->core_percent < 1 || d->core_percent > 100)
+            problem(out, "device %u: core_percent %u is not in 1..100", i, d->core_percent);
+        memcpy(o->uuid, quoted, sizeof quoted);
+        o->memory_bytes = d->memory_bytes;
+        o->core_percent = d->core_percent;
+    }
+    if (d->util_permille > 1000)
+        problem(out, "device %u: util_permille %u is not in 0..1000", i, d->util_permille);
+    o->util_permille = d->util_permille > 1000 ? 1000 : d->util_permille;
+    o->util_stamp_ns = d->util_stamp_ns;
+    o->pace_ns = d->pace_ns;
+    o->throttled_ns = d->throttled_ns;
+    o->launches = d->launches;
+    o->busy_ns = d->busy_ns;
+}
+
+/* Everything in the private copy `r`, against `expected` (or NULL); `fd` answers which
+ * slots' owners are alive. Only ever indexes below GPULET_MAX_DEVICES and GPULET_MAX_SLOTS,
+ * whatever the copy's counts say. */
+static void check_copy(const struct gpulet_region *r, const struct gpulet_limits *expected,
+                       int fd, struct gpulet_inspection *out)
+{
+    struct gpulet_snapshot *u = &out->usage;
+    uint32_t ndev = expected != NULL ? expected->count
+                    : r->devices < GPULET_MAX_DEVICES ? r->devices
+                                                       : GPULET_MAX_DEVICES;
+    bool over[GPULET_MAX_DEVICES] = {false};
+    u->devices = ndev;
+    u->generation = r->generation;
+    if (r->size != sizeof *r)
+        problem(out, "size is %u, expected %zu", r->size, sizeof *r);
+    if (expected != NULL && r->devices != expected->count)
+        problem(out, "devices is %u, granted %u", r->devices, expected->count);
+    else if (expected == NULL && (r->devices < 1 || r->devices > GPULET_MAX_DEVICES))
+        problem(out, "devices is %u, not in 1..%d", r->devices, GPULET_MAX_DEVICES);
+    if (r->slots != GPULET_MAX_SLOTS)
+        problem(out, "slots is %u, expected %d", r->slots, GPULET_MAX_SLOTS);
+    for (uint32_t i = 0; i < ndev; i++)
+        check_device(&r->dev[i], i, expected != NULL ? &expected->dev[i] : NULL, &u->dev[i],
+                     out);
+    for (int i = 0; i < GPULET_MAX_SLOTS; i++) {
+        const struct gpulet_slot *s = &r->slot[i];
+        bool charged = false;
+        for (int d = 0; d < GPULET_MAX_DEVICES; d++)
+            charged = charged || s->used[d] != 0;
+        if (s->pid == 0) {
+            if (charged)
+                problem(out, "slot %d: free (pid 0) but holds charges", i);
+            continue;
+        }
+        if (s->pid < 0)
+            problem(out, "slot %d: pid %d is not a process id", i, (int)s->pid);
+        for (uint32_t d = ndev; d < GPULET_MAX_DEVICES; d++) {
+            if (s->used[d] != 0) {
+                problem(out, "slot %d: %llu bytes charged on device %u, which is not %s", i,
+                        (unsigned long long)s->used[d], d,
+                        expected != NULL ? "granted" : "in the region");
+                break;
+            }
+        }
+        if (!slot_held(fd, i))
+            continue; /* its owner is gone: the next reap frees it, charges and all */
+        struct gpulet_proc_usage *p = &u->proc[u->procs++];
+        p->pid = s->pid;
+        p->slot = i;
+        printable(p->comm, s->comm, GPULET_COMM_LEN - 1);
+        for (uint32_t d = 0; d < ndev; d++) {
+            p->used[d] = s->used[d];
+            u->used[d] = add_saturating(u->used[d], s->used[d], &over[d]);
+        }
+    }
+    for (uint32_t d = 0; d < ndev; d++) {
+        if (over[d])
+            problem(out, "device %u: slots' charges add up past 2^64", d);
+        uint64_t cap = u->dev[d].memory_bytes;
+        if (u->used[d] > cap)
+            problem(out, "device %u: %llu bytes charged, over the %s %llu", d,
+                    (unsigned long long)u->used[d], expected != NULL ? "granted" : "cap",
+                    (unsigned long long)cap);
+    }
+}
+
+int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected,
+                          struct gpulet_inspection *out)
+{
+    /* One byte more than a region: a file that grew after the fstat reads long. */
+    struct copy {
+        struct gpulet_region r;
+        char more[1];
+    };
+    const size_t want = sizeof(struct gpulet_region);
+    char *line;
+    if (out == NULL)
+        return -EINVAL;
+    memset(out, 0, sizeof *out);
+    line = out->problem[0];
+    int rc = expected != NULL ? check_limits(expected, line, GPULET_ERR_LEN) : 0;
+    int fd = rc == 0 ? open_untrusted(path, O_RDONLY, line, GPULET_ERR_LEN) : rc;
+    if (fd < 0) {
+        out->problems = 1;
+        return fd;
+    }
+    struct copy *c = malloc(sizeof *c);
+    if (c == NULL) {
+        close(fd);
+        out->problems = 1;
+        return fail(line, GPULET_ERR_LEN, -ENOMEM, "cannot read region %s: out of memory", path);
+    }
+    /* Nothing is locked, so a read may meet a writer half-way (a slot being zeroed, a charge
+     * moving between two slots): a copy that shows problems is taken once more, and the
+     * second one is the answer. Tampering shows in both. */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        ssize_t n = pread_full(fd, c, want + 1, 0);
+        memset(out, 0, sizeof *out);
+        if (n < 0)
+            rc = fail(line, GPULET_ERR_LEN, (int)n, "cannot read region %s: %s", path,
+                      strerror((int)-n));
+        else if ((size_t)n != want)
+            rc = fail(line, GPULET_ERR_LEN, -EINVAL, "region %s is %zd bytes, expected %zu",
+                      path, n, want);
+        else
+            rc = check_head(path, c->r.magic, c->r.version, line, GPULET_ERR_LEN);
+        if (rc != 0) {
+            out->problems = 1;
+            break;
+        }
+        out->readable = 1;
+        check_copy(&c->r, expected, fd, out);
+        if (out->problems == 0)
+            break;
+    }
+    free(c);
+    close(fd);
+    return rc;
+}
+
+int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *expected,
+                                 uint32_t dev, uint32_t util_permille, uint64_t stamp_ns,
+                                 char *err, size_t errlen)
+{
+    unsigned char value[12];
+    int rc = check_limits(expected, err, errlen);
+    if (rc != 0)
+        return rc;
+    if (dev >= expected->count)
+        return fail(err, errlen, -EINVAL, "device index %u is not in 0..%u (the grant's devices)",
+                    dev, expected->count - 1);
+    if (util_permille > 1000)
+        return fail(err, errlen, -EINVAL, "utilisation %u permille is not in 0..1000",
+                    util_permille);
+    int fd = open_untrusted(path, O_RDWR, err, errlen);
+    if (fd < 0)
+        return fd;
+    off_t at = (off_t)(offsetof(struct gpulet_region, dev) +
+                       dev * sizeof(struct gpulet_device_shared) +
+                       offsetof(struct gpulet_device_shared, util_permille));
+    memcpy(value, &util_permille, 4);
+    memcpy(value + 4, &stamp_ns, 8);
+    ssize_t n;
+    do
+        n = pwrite(fd, value, sizeof value, at);
+    while (n < 0 && errno == EINTR);
+    int why = n < 0 ? errno : EIO; /* short, for 12 bytes inside the file: a full disk */
+    if (n != (ssize_t)sizeof value)
+        rc = fail(err, errlen, -why, "cannot write feedback to region %s: %s", path,
+                  strerror(why));
+    close(fd);
+    return rc;
 }

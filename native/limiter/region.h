@@ -119,7 +119,13 @@ int gpulet_region_matches(const struct gpulet_handle *h, const struct gpulet_lim
 /* The region lock, for callers that need several steps to be one (and for tests). When its
  * last holder died holding it, takes it over, makes it consistent and reaps. */
 int gpulet_region_lock(struct gpulet_handle *h);
+/* The same, waiting at most `timeout_ns` (CLOCK_REALTIME underneath: a clock step shortens or
+ * stretches the wait): -ETIMEDOUT when the lock was not released in time. The readers
+ * (snapshot, used) wait GPULET_READ_LOCK_NS, so a lock word a process of the container
+ * scribbled on cannot hold them for ever. */
+int gpulet_region_lock_within(struct gpulet_handle *h, uint64_t timeout_ns);
 void gpulet_region_unlock(struct gpulet_handle *h);
+#define GPULET_READ_LOCK_NS 1000000000ull
 
 /* Take a slot for this process (reaping dead ones when full); -ENOSPC when none is free. */
 int gpulet_region_attach(struct gpulet_handle *h, int32_t pid, const char *comm, char *err,
@@ -139,7 +145,7 @@ void gpulet_region_release(struct gpulet_handle *h, uint32_t dev, uint64_t bytes
 /* The container's total charge on `dev` (live slots). */
 uint64_t gpulet_region_used(struct gpulet_handle *h, uint32_t dev);
 
-/* The agent's utilisation feedback for `dev`. */
+/* The agent's utilisation feedback for `dev` (< the region's devices, at most 16). */
 int gpulet_region_set_feedback(struct gpulet_handle *h, uint32_t dev, uint32_t util_permille,
                                uint64_t stamp_ns);
 
@@ -160,6 +166,46 @@ struct gpulet_snapshot {
     struct gpulet_proc_usage proc[GPULET_MAX_SLOTS];
 };
 
+/* Takes the lock (waiting at most GPULET_READ_LOCK_NS); devices clamped to 16. */
 int gpulet_region_snapshot(struct gpulet_handle *h, struct gpulet_snapshot *out);
+
+/* ---- the agent's reader: a region as untrusted input ---------------------------------- */
+
+/* The region file and its directory are writable by the container, whose processes may be
+ * root there: for the agent (root on the host) everything in and about the file is input
+ * to check, not state to trust. These two never map the file (a truncation cannot SIGBUS
+ * them), never take its lock (a scribbled mutex cannot block them, nor steer their robust
+ * list), and never open anything but a regular file of exactly sizeof(struct gpulet_region)
+ * bytes: the path is opened O_PATH | O_NOFOLLOW, checked with fstat, and reopened through
+ * /proc/self/fd with O_NONBLOCK, so a symlink is never followed, a FIFO, socket or device
+ * node is never opened for I/O, and a lease cannot block the open. docs/limiter.md,
+ * "How the agent reads a region". */
+
+#define GPULET_MAX_PROBLEMS 32
+
+struct gpulet_inspection {
+    int32_t readable;  /* 1: `usage` holds what the file says, clamped; 0: nothing was read */
+    uint32_t problems; /* problems found; the first GPULET_MAX_PROBLEMS are in `problem` */
+    struct gpulet_snapshot usage;
+    char problem[GPULET_MAX_PROBLEMS][GPULET_ERR_LEN]; /* one line each, naming the field */
+};
+
+/* Read the region at `path` into `out`, checking it against `expected` (the limits the agent
+ * granted; NULL: only the region's own consistency). With `expected`, `usage` has exactly
+ * its devices, with its uuids and caps; without, the region's (at most 16). Totals are the
+ * saturating sums over the slots whose owner is alive (its liveness lock held), the ones
+ * listed in `usage.proc`. Returns 0 when the file was read (`out->readable`), else a
+ * negative errno with problem[0] saying why. Never blocks on anything the container
+ * controls; takes about 50 us. */
+int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected,
+                          struct gpulet_inspection *out);
+
+/* The agent's utilisation feedback for device `dev` of `expected` (dev < expected->count,
+ * whatever the region's `devices` says), written with one pwrite of `util_permille` and
+ * `util_stamp_ns` after the same checks as gpulet_region_inspect and of the magic and
+ * version. */
+int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *expected,
+                                 uint32_t dev, uint32_t util_permille, uint64_t stamp_ns,
+                                 char *err, size_t errlen);
 
 #endif
