@@ -7,7 +7,9 @@ the agent would have to hold their GPUs whole (`agent.standalone.adopt`).
 Both annotations are the pod owner's to edit, so they are trusted no further than Allocate
 trusts them: a pod whose assignment gives other than its own resources ask
 (`deviceplugin.assignment.check_entry`), or whose record does not fit its spec, is not
-recovered (`event=not-recovered`) and is left to kubelet's List."""
+recovered (`event=not-recovered`) and is left to kubelet's List. Where that List can be
+read, it is also the judge of which device IDs are whose: a record claiming IDs that kubelet
+does not show held by that very container is not recovered either."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.kube import container_requests
+from agent.standalone import ListedContainer
 from deviceplugin.assignment import ContainerRequest, EntryError, check_entry
 from deviceplugin.grants import GpuShare, Grant
 from deviceplugin.inventory import shareable_gpus
@@ -36,9 +39,15 @@ class NotRecovered(ValueError):
 
 
 def recover_from_pods(
-    ledger: Ledger, pods: Iterable[Mapping[str, Any]], topo: Topology, config: PluginConfig
+    ledger: Ledger,
+    pods: Iterable[Mapping[str, Any]],
+    topo: Topology,
+    config: PluginConfig,
+    listed: Iterable[ListedContainer] | None = None,
 ) -> int:
-    """Add to `ledger` the grants that pods record and it does not hold; how many."""
+    """Add to `ledger` the grants that pods record and it does not hold; how many.
+    `listed`: kubelet's pod-resources List, when it could be read."""
+    kubelet = _held_by(listed) if listed is not None else None
     held = {(g.resource, d) for g in ledger.grants() for d in g.device_ids}
     done = {(g.pod_uid, g.container, g.resource) for g in ledger.grants()}
     gpus = {g.uuid: g for g in shareable_gpus(topo)}
@@ -51,6 +60,8 @@ def recover_from_pods(
             continue  # nothing was allocated to it (or recorded): nothing to rebuild
         try:
             grants = pod_grants(pod, topo.node, gpus, ports, config.region_root)
+            if kubelet is not None:
+                _check_held(pod, grants, kubelet)
         except NotRecovered as e:
             log.warning("event=not-recovered pod_uid=%s reason=%r", uid, str(e))
             continue
@@ -138,6 +149,34 @@ def pod_grants(
                 nics = entry.nics
             grants.append(Grant(resource, device_ids, shares, nics, uid, name, region, time.time()))
     return grants
+
+
+def _held_by(listed: Iterable[ListedContainer]) -> dict[tuple[str, str, str, str], set[str]]:
+    """(namespace, pod, container, resource) -> the device IDs kubelet says it holds."""
+    out: dict[tuple[str, str, str, str], set[str]] = {}
+    for c in listed:
+        for resource, ids in c.devices.items():
+            out.setdefault((c.namespace, c.pod, c.container, resource), set()).update(ids)
+    return out
+
+
+def _check_held(
+    pod: Mapping[str, Any],
+    grants: Iterable[Grant],
+    kubelet: Mapping[tuple[str, str, str, str], set[str]],
+) -> None:
+    """NotRecovered unless kubelet's List shows each grant's IDs held by its container."""
+    meta = pod.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+    for g in grants:
+        held = kubelet.get((namespace, name, str(g.container), g.resource), set())
+        stray = sorted(set(g.device_ids) - held)
+        if stray:
+            raise NotRecovered(
+                f"container {g.container!r}: {ALLOCATED_ANNOTATION} records {g.resource} "
+                f"{', '.join(stray)}, which kubelet's pod-resources List does not show held "
+                "by that container"
+            )
 
 
 def _named(requests: Iterable[ContainerRequest], name: str) -> ContainerRequest | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +44,20 @@ class Standalone:
     pod_resources_socket: Path | None = None
 
 
-def listed_containers(socket: Path, timeout: float = 2.0) -> list[dict[str, list[str]]] | None:
-    """Per container kubelet reports, the device IDs it holds per resource (pod-resources
-    List); None when kubelet cannot be reached."""
+@dataclass(frozen=True)
+class ListedContainer:
+    """One container in kubelet's pod-resources List: whose it is, and the device IDs it
+    holds per resource."""
+
+    namespace: str
+    pod: str
+    container: str
+    devices: Mapping[str, tuple[str, ...]]
+
+
+def listed_containers(socket: Path, timeout: float = 2.0) -> list[ListedContainer] | None:
+    """Every container kubelet reports holding devices (pod-resources List); None when
+    kubelet cannot be reached."""
     if not socket.exists():
         return None
     try:
@@ -64,11 +75,14 @@ def listed_containers(socket: Path, timeout: float = 2.0) -> list[dict[str, list
             for devices in container.devices:
                 held.setdefault(devices.resource_name, []).extend(devices.device_ids)
             if held:
-                listed.append(held)
+                devices_held = {r: tuple(ids) for r, ids in held.items()}
+                listed.append(
+                    ListedContainer(pod.namespace, pod.name, container.name, devices_held)
+                )
     return listed
 
 
-def adopt(ledger: Ledger, topo: Topology, containers: list[dict[str, list[str]]]) -> int:
+def adopt(ledger: Ledger, topo: Topology, containers: Iterable[Mapping[str, Sequence[str]]]) -> int:
     """Grants for what kubelet says containers hold and the ledger does not know (a lost
     checkpoint): in standalone mode every GPU grant is whole GPUs, so each GPU behind such an
     ID is held whole again and never handed out twice. Returns how many were adopted."""
@@ -112,27 +126,28 @@ def build(
     spec: Standalone,
     pods: PodSource | None = None,
     on_granted: Callable[[Grant], None] = lambda grant: None,
-    recover: Callable[[Ledger], int] | None = None,
+    recover: Callable[[Ledger, list[ListedContainer] | None], int] | None = None,
 ) -> DevicePluginCore:
     """The core, with the checkpoint's grants, checked against what kubelet reports: grants
     of containers that are gone are dropped, holdings the checkpoint lost are adopted.
     `pods`: follow the extender's assignments of these pods (else whole GPUs, standalone).
-    `recover` adds what it can rebuild exactly (agent.recover) before kubelet's List is
-    adopted as whole GPUs."""
+    `recover` adds what it can rebuild exactly (agent.recover), checked against kubelet's
+    List (None: kubelet could not be reached), before the rest of that List is adopted as
+    whole GPUs."""
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = spec.state_dir / CHECKPOINT
     ledger = load_ledger(checkpoint)
-    if recover is not None:
-        recovered = recover(ledger)
-        if recovered:
-            log.warning("event=recovered grants=%d reason=not-in-checkpoint", recovered)
     listed = (
         listed_containers(spec.pod_resources_socket)
         if spec.pod_resources_socket is not None
         else None
     )
+    if recover is not None:
+        recovered = recover(ledger, listed)
+        if recovered:
+            log.warning("event=recovered grants=%d reason=not-in-checkpoint", recovered)
     if listed is not None:
-        adopted = adopt(ledger, spec.topo, listed)
+        adopted = adopt(ledger, spec.topo, (c.devices for c in listed))
         if adopted:
             log.warning("event=adopted grants=%d reason=not-in-checkpoint", adopted)
     core = DevicePluginCore(
@@ -141,7 +156,7 @@ def build(
     if listed is not None:
         live: dict[str, set[str]] = {}
         for held in listed:
-            for resource, device_ids in held.items():
+            for resource, device_ids in held.devices.items():
                 live.setdefault(resource, set()).update(device_ids)
         dropped = core.reconcile(live)
         if dropped:

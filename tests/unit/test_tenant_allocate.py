@@ -15,7 +15,7 @@ import pytest
 
 from agent.kube import pending_pod
 from agent.recover import recover_from_pods
-from agent.standalone import adopt
+from agent.standalone import ListedContainer, adopt
 from deviceplugin.assignment import (
     ANNOTATION,
     AssignedGpu,
@@ -361,6 +361,47 @@ def test_a_forged_pod_is_not_recovered_from_its_annotations(
     gpu7 = A100.gpus[7]
     assert held.pod_uid is None
     assert held.gpus == (GpuShare(gpu7.uuid, 7, 100, gpu7.memory_mib, True),)
+
+
+def listing(pod: dict[str, Any], ids: list[str], container_name: str = "main") -> ListedContainer:
+    """kubelet's pod-resources List entry: `pod`'s container holds `ids`."""
+    meta = pod["metadata"]
+    return ListedContainer(
+        meta["namespace"], meta["name"], container_name, {GPU_RESOURCE: tuple(ids)}
+    )
+
+
+def test_a_record_kubelet_confirms_is_recovered(tmp_path: Path) -> None:
+    ids = kubelet_ids(GPU_RESOURCE, 1)
+    pod = allocated(tenant_pod("honest", SMALL, (AssignedGpu(G0, 10, 1024),)), ids)
+    ledger = Ledger()
+    config = PluginConfig(node_name=NODE, region_root=tmp_path)
+    assert recover_from_pods(ledger, [pod], ON_NODE, config, [listing(pod, ids)]) == 1
+    (grant,) = ledger.grants()
+    assert grant.gpus == (GpuShare(G0, 0, 10, 1024, False),)
+
+
+@pytest.mark.parametrize("holder", ["other-pod", "other-container", "nobody"])
+def test_a_record_claiming_ids_kubelet_gives_another_is_not_recovered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, holder: str
+) -> None:
+    """An honest-looking assignment whose record names device IDs that kubelet's List shows
+    held by someone else (or by no one) is not rebuilt: the IDs' real holder keeps them."""
+    ids = kubelet_ids(GPU_RESOURCE, 1)
+    forged = allocated(tenant_pod("forged", SMALL, (AssignedGpu(G0, 10, 1024),)), ids)
+    victim = tenant_pod("victim", SMALL, (AssignedGpu(G1, 10, 1024),))
+    listed = {
+        "other-pod": [listing(victim, ids)],
+        "other-container": [listing(forged, ids, container_name="sidecar")],
+        "nobody": [],
+    }[holder]
+    ledger = Ledger()
+    config = PluginConfig(node_name=NODE, region_root=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="gpulet.agent"):
+        assert recover_from_pods(ledger, [forged], ON_NODE, config, listed) == 0
+    assert ledger.grants() == ()
+    (line,) = [r.getMessage() for r in caplog.records if "not-recovered" in r.getMessage()]
+    assert f"records {GPU_RESOURCE} {ids[0]}, which kubelet's pod-resources List" in line
 
 
 # ---- end to end, as a tenant would ---------------------------------------------------------
