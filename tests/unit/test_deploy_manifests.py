@@ -475,12 +475,13 @@ needs_helm = pytest.mark.skipif(
 )
 
 
-def render(*sets: str) -> list[Doc]:
-    """`helm template gpulet deploy/helm/gpulet --namespace kube-system --set ...`: with the
-    helm command where there is one, else with Helm's engine from helm-python-sdk (what the
-    test install brings), checking the values against the chart's schema as helm does."""
+def render(*sets: str, namespace: str = "kube-system") -> list[Doc]:
+    """`helm template gpulet deploy/helm/gpulet --namespace kube-system --set ...` (or another
+    namespace): with the helm command where there is one, else with Helm's engine from
+    helm-python-sdk (what the test install brings), checking the values against the chart's
+    schema as helm does."""
     if HELM is not None:
-        command = [HELM, "template", "gpulet", str(CHART), "--namespace", "kube-system"]
+        command = [HELM, "template", "gpulet", str(CHART), "--namespace", namespace]
         for s in sets:
             command += ["--set", s]
         out = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
@@ -491,7 +492,7 @@ def render(*sets: str) -> list[Doc]:
     chart = helm_python.Chart.load(CHART)
     values = helm_python.parse_set_string(",".join(sets)) if sets else {}
     chart.validate_schema(chart.merge_values(values))
-    rendered = chart.render(values, name="gpulet", namespace="kube-system", is_install=True)
+    rendered = chart.render(values, name="gpulet", namespace=namespace, is_install=True)
     texts = [text for path, text in sorted(rendered.items()) if path.endswith(".yaml")]
     return [d for text in texts for d in yaml.safe_load_all(text) if d]
 

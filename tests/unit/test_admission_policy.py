@@ -1,0 +1,780 @@
+"""The admission policy (deploy/admission/policy.yaml, and the Helm chart's rendering of it):
+its CEL evaluated, with celpy and the Kubernetes semantics of tests/cel_k8s.py, against
+admission requests built as the API server builds them. Only the extender writes
+`gpulet.io/assignment`, only the agent of a pod's node writes `gpulet.io/allocated`, and a pod
+that asks for gpulet resources is not created with `spec.nodeName` set (but a mirror pod)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+import pytest
+import yaml
+from celpy import celtypes
+from celpy.evaluation import CELEvalError
+from kubernetes_validate.utils import schema_contents  # type: ignore[import-untyped]
+
+from gpulet.api.resources import (
+    ALLOCATED_ANNOTATION,
+    ASSIGNMENT_ANNOTATION,
+    GPU_RESOURCE,
+    MANAGED_RESOURCES,
+    RDMA_RESOURCE,
+)
+from tests.cel_k8s import NODE_NAME_EXTRA, Policy, User, compile_expression, evaluate
+from tests.unit.test_deploy_manifests import needs_helm, render
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+POLICY_FILE = DEPLOY / "admission" / "policy.yaml"
+
+Doc = dict[str, Any]
+
+
+def static_documents() -> list[Doc]:
+    return [d for d in yaml.safe_load_all(POLICY_FILE.read_text()) if d]
+
+
+def of_kind(docs: list[Doc], kind: str) -> Doc:
+    (doc,) = [d for d in docs if d.get("kind") == kind]
+    return doc
+
+
+@functools.cache
+def rendered_documents(namespace: str = "kube-system") -> list[Doc]:
+    return [
+        d for d in render(namespace=namespace) if d["kind"].startswith("ValidatingAdmissionPolicy")
+    ]
+
+
+#: Where the policy comes from: deploy/ (kustomize) and the chart rendered (where Helm runs).
+SOURCES: dict[str, Callable[[], list[Doc]]] = {
+    "deploy": static_documents,
+    "chart": rendered_documents,
+}
+
+
+@functools.cache
+def compiled(source: str) -> Policy:
+    return Policy(of_kind(SOURCES[source](), "ValidatingAdmissionPolicy"))
+
+
+@pytest.fixture(params=["deploy", pytest.param("chart", marks=needs_helm)])
+def policy(request: pytest.FixtureRequest) -> Policy:
+    return compiled(request.param)
+
+
+# --- who asks ---------------------------------------------------------------------------------
+
+SA_GROUPS = ("system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated")
+
+
+def pod_token(account: str, node: str | None, namespace: str = "kube-system") -> User:
+    """A service account's pod-bound token; since 1.30 it names its pod's node."""
+    extra = {
+        "authentication.kubernetes.io/pod-name": [f"{account}-x1"],
+        "authentication.kubernetes.io/pod-uid": ["3f1c0d4e-0000-4000-8000-000000000001"],
+        "authentication.kubernetes.io/credential-id": ["JTI=5b0c4c0e-9c41-4d07-bb0e"],
+    }
+    if node is not None:
+        extra[NODE_NAME_EXTRA] = [node]
+        extra["authentication.kubernetes.io/node-uid"] = [f"uid-of-{node}"]
+    groups = (
+        "system:serviceaccounts",
+        f"system:serviceaccounts:{namespace}",
+        "system:authenticated",
+    )
+    return User(f"system:serviceaccount:{namespace}:{account}", groups, extra)
+
+
+EXTENDER = pod_token("gpulet-scorer", "control-1")
+AGENT_A = pod_token("gpulet-agent", "node-a")
+AGENT_B = pod_token("gpulet-agent", "node-b")
+#: An agent whose token names no node: a legacy Secret-based token, or a cluster before 1.30.
+AGENT_UNBOUND = User("system:serviceaccount:kube-system:gpulet-agent", SA_GROUPS)
+TENANT = User("alice@example.com", ("team-a", "system:authenticated"))
+#: A tenant's own pod, with its token (bound to node-a, where that pod runs).
+TENANT_POD = pod_token("default", "node-a", namespace="team-a")
+#: A service account named like the extender's, in a tenant's namespace.
+LOOKALIKE = pod_token("gpulet-scorer", "node-a", namespace="team-a")
+REPLICASET_CONTROLLER = User("system:serviceaccount:kube-system:replicaset-controller", SA_GROUPS)
+KUBELET_A = User("system:node:node-a", ("system:nodes", "system:authenticated"))
+#: A name that looks like a node's, without the nodes' group.
+NOT_A_NODE = User("system:node:node-a", ("system:authenticated",))
+
+
+# --- what is asked ----------------------------------------------------------------------------
+
+ASSIGNMENT = json.dumps(
+    {
+        "version": 1,
+        "node": "node-a",
+        "containers": {
+            "main": {
+                "gpus": [{"uuid": "GPU-1", "core": 30, "memory_mib": 8192, "exclusive": False}],
+                "nics": [],
+                "numa": [0],
+            }
+        },
+    }
+)
+OTHER_ASSIGNMENT = ASSIGNMENT.replace("GPU-1", "GPU-7")
+ALLOCATED = json.dumps({"version": 1, "containers": {"main": {GPU_RESOURCE: ["GPU-1::00"]}}})
+OTHER_ALLOCATED = ALLOCATED.replace("GPU-1", "GPU-7")
+SLICE = {"limits": {GPU_RESOURCE: "1", "gpulet.io/gpu-core": "30", "gpulet.io/gpu-memory": "8192"}}
+
+
+def pod(
+    annotations: dict[str, str] | None = None,
+    node: str | None = None,
+    resources: Doc | None = None,
+    init_resources: Doc | None = None,
+    labels: dict[str, str] | None = None,
+) -> Doc:
+    """A pod as the API server has it by validating admission (defaults applied)."""
+    meta: Doc = {"name": "trainer", "namespace": "team-a", "uid": "9d1c-0001"}
+    if annotations is not None:
+        meta["annotations"] = annotations
+    if labels is not None:
+        meta["labels"] = labels
+    spec: Doc = {
+        "containers": [
+            {"name": "main", "image": "cuda:12", "resources": resources or {}},
+            {"name": "sidecar", "image": "busybox", "resources": {}},
+        ],
+        "schedulerName": "gpulet-scheduler",
+        "restartPolicy": "Always",
+    }
+    if init_resources is not None:
+        spec["initContainers"] = [{"name": "init", "image": "busybox", "resources": init_resources}]
+    if node is not None:
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def bound(annotations: dict[str, str] | None = None, **kw: Any) -> Doc:
+    return pod(annotations, node="node-a", resources=SLICE, **kw)
+
+
+# --- the cases --------------------------------------------------------------------------------
+
+#: (case, operation, who, new object, old object, None if admitted else what the message says)
+Case = tuple[str, str, User, Doc, Doc | None, str | None]
+
+ASSIGNMENT_CASES: list[Case] = [
+    (
+        "extender sets the assignment at bind time",
+        "UPDATE",
+        EXTENDER,
+        pod({ASSIGNMENT_ANNOTATION: ASSIGNMENT}, resources=SLICE),
+        pod(resources=SLICE),
+        None,
+    ),
+    (
+        "extender changes an assignment",
+        "UPDATE",
+        EXTENDER,
+        pod({ASSIGNMENT_ANNOTATION: OTHER_ASSIGNMENT}, resources=SLICE),
+        pod({ASSIGNMENT_ANNOTATION: ASSIGNMENT}, resources=SLICE),
+        None,
+    ),
+    (
+        "user creates a pod with an assignment",
+        "CREATE",
+        TENANT,
+        pod({ASSIGNMENT_ANNOTATION: ASSIGNMENT}, resources=SLICE),
+        None,
+        "alice@example.com may not set the gpulet.io/assignment annotation: only the gpulet "
+        "extender (system:serviceaccount:kube-system:gpulet-scorer) writes it",
+    ),
+    (
+        "user sets an assignment on an update",
+        "UPDATE",
+        TENANT,
+        pod({ASSIGNMENT_ANNOTATION: ASSIGNMENT}, resources=SLICE),
+        pod(resources=SLICE),
+        "alice@example.com may not set the gpulet.io/assignment annotation",
+    ),
+    (
+        "user changes an assignment",
+        "UPDATE",
+        TENANT,
+        bound({ASSIGNMENT_ANNOTATION: OTHER_ASSIGNMENT}),
+        bound({ASSIGNMENT_ANNOTATION: ASSIGNMENT}),
+        "alice@example.com may not change the gpulet.io/assignment annotation",
+    ),
+    (
+        "user removes an assignment",
+        "UPDATE",
+        TENANT,
+        bound({"team": "a"}),
+        bound({ASSIGNMENT_ANNOTATION: ASSIGNMENT, "team": "a"}),
+        "alice@example.com may not remove the gpulet.io/assignment annotation",
+    ),
+    (
+        "user removes every annotation",
+        "UPDATE",
+        TENANT,
+        bound(),
+        bound({ASSIGNMENT_ANNOTATION: ASSIGNMENT}),
+        "alice@example.com may not remove the gpulet.io/assignment annotation",
+    ),
+    (
+        "user empties an assignment",
+        "UPDATE",
+        TENANT,
+        bound({ASSIGNMENT_ANNOTATION: ""}),
+        bound({ASSIGNMENT_ANNOTATION: ASSIGNMENT}),
+        "alice@example.com may not change the gpulet.io/assignment annotation",
+    ),
+    (
+        "user updates a bound pod, annotations kept",
+        "UPDATE",
+        TENANT,
+        bound(
+            {ASSIGNMENT_ANNOTATION: ASSIGNMENT, ALLOCATED_ANNOTATION: ALLOCATED, "team": "b"},
+            labels={"tier": "gold"},
+        ),
+        bound({ASSIGNMENT_ANNOTATION: ASSIGNMENT, ALLOCATED_ANNOTATION: ALLOCATED, "team": "a"}),
+        None,
+    ),
+    (
+        "user updates a pod that has no annotations",
+        "UPDATE",
+        TENANT,
+        pod(labels={"tier": "gold"}),
+        pod(),
+        None,
+    ),
+    (
+        "service account named like the extender's, in a tenant's namespace",
+        "UPDATE",
+        LOOKALIKE,
+        pod({ASSIGNMENT_ANNOTATION: ASSIGNMENT}, resources=SLICE),
+        pod(resources=SLICE),
+        "system:serviceaccount:team-a:gpulet-scorer may not set the gpulet.io/assignment",
+    ),
+    (
+        "agent sets an assignment",
+        "UPDATE",
+        AGENT_A,
+        bound({ASSIGNMENT_ANNOTATION: ASSIGNMENT}),
+        bound(),
+        "system:serviceaccount:kube-system:gpulet-agent may not set the gpulet.io/assignment",
+    ),
+    (
+        "controller creates a pod from a template that carries an assignment",
+        "CREATE",
+        REPLICASET_CONTROLLER,
+        pod({ASSIGNMENT_ANNOTATION: ASSIGNMENT}, resources=SLICE),
+        None,
+        "system:serviceaccount:kube-system:replicaset-controller may not set the "
+        "gpulet.io/assignment annotation",
+    ),
+]
+
+ALLOCATED_CASES: list[Case] = [
+    (
+        "agent of the pod's node sets allocated",
+        "UPDATE",
+        AGENT_A,
+        bound({ASSIGNMENT_ANNOTATION: ASSIGNMENT, ALLOCATED_ANNOTATION: ALLOCATED}),
+        bound({ASSIGNMENT_ANNOTATION: ASSIGNMENT}),
+        None,
+    ),
+    (
+        "agent of the pod's node rewrites allocated",
+        "UPDATE",
+        AGENT_A,
+        bound({ALLOCATED_ANNOTATION: OTHER_ALLOCATED}),
+        bound({ALLOCATED_ANNOTATION: ALLOCATED}),
+        None,
+    ),
+    (
+        "agent whose token names no node sets allocated",
+        "UPDATE",
+        AGENT_UNBOUND,
+        bound({ALLOCATED_ANNOTATION: ALLOCATED}),
+        bound(),
+        None,
+    ),
+    (
+        "agent of another node sets allocated",
+        "UPDATE",
+        AGENT_B,
+        bound({ALLOCATED_ANNOTATION: ALLOCATED}),
+        bound(),
+        "the gpulet agent of node node-b may not set the gpulet.io/allocated annotation of a "
+        "pod on node node-a: only the agent of the pod's own node writes it",
+    ),
+    (
+        "agent of another node removes allocated",
+        "UPDATE",
+        AGENT_B,
+        bound(),
+        bound({ALLOCATED_ANNOTATION: ALLOCATED}),
+        "the gpulet agent of node node-b may not remove the gpulet.io/allocated annotation",
+    ),
+    (
+        "agent sets allocated on a pod bound to no node",
+        "UPDATE",
+        AGENT_A,
+        pod({ALLOCATED_ANNOTATION: ALLOCATED}, resources=SLICE),
+        pod(resources=SLICE),
+        "the gpulet agent of node node-a may not set the gpulet.io/allocated annotation of a "
+        "pod bound to no node",
+    ),
+    (
+        "user creates a pod with allocated",
+        "CREATE",
+        TENANT,
+        pod({ALLOCATED_ANNOTATION: ALLOCATED}, resources=SLICE),
+        None,
+        "alice@example.com may not set the gpulet.io/allocated annotation: only the gpulet "
+        "agent (system:serviceaccount:kube-system:gpulet-agent) of the pod's node writes it",
+    ),
+    (
+        "user changes allocated",
+        "UPDATE",
+        TENANT,
+        bound({ALLOCATED_ANNOTATION: OTHER_ALLOCATED}),
+        bound({ALLOCATED_ANNOTATION: ALLOCATED}),
+        "alice@example.com may not change the gpulet.io/allocated annotation",
+    ),
+    (
+        "user removes allocated",
+        "UPDATE",
+        TENANT,
+        bound({ASSIGNMENT_ANNOTATION: ASSIGNMENT}),
+        bound({ASSIGNMENT_ANNOTATION: ASSIGNMENT, ALLOCATED_ANNOTATION: ALLOCATED}),
+        "alice@example.com may not remove the gpulet.io/allocated annotation",
+    ),
+    (
+        "tenant's pod, with a token of the pod's node, sets allocated",
+        "UPDATE",
+        TENANT_POD,
+        bound({ALLOCATED_ANNOTATION: ALLOCATED}),
+        bound(),
+        "system:serviceaccount:team-a:default may not set the gpulet.io/allocated annotation",
+    ),
+    (
+        "extender sets allocated",
+        "UPDATE",
+        EXTENDER,
+        bound({ALLOCATED_ANNOTATION: ALLOCATED}),
+        bound(),
+        "system:serviceaccount:kube-system:gpulet-scorer may not set the gpulet.io/allocated",
+    ),
+]
+
+NODE_NAME_CASES: list[Case] = [
+    (
+        "user creates a gpulet pod with nodeName set",
+        "CREATE",
+        TENANT,
+        pod(node="node-a", resources=SLICE),
+        None,
+        "a pod that asks for gpulet.io/gpu, gpulet.io/gpu-core, gpulet.io/gpu-memory may not "
+        "be created with spec.nodeName set (node-a): the scheduler and the gpulet extender "
+        "place it",
+    ),
+    (
+        "gpulet.io/gpu in requests only",
+        "CREATE",
+        TENANT,
+        pod(node="node-a", resources={"requests": {GPU_RESOURCE: "1"}}),
+        None,
+        "a pod that asks for gpulet.io/gpu may not be created with spec.nodeName set",
+    ),
+    (
+        "gpulet.io/rdma only",
+        "CREATE",
+        TENANT,
+        pod(node="node-a", resources={"limits": {RDMA_RESOURCE: "2", "cpu": "4"}}),
+        None,
+        "a pod that asks for gpulet.io/rdma may not be created",
+    ),
+    (
+        "gpulet resource in an init container only",
+        "CREATE",
+        TENANT,
+        pod(node="node-a", init_resources={"limits": {GPU_RESOURCE: "1"}}),
+        None,
+        "a pod that asks for gpulet.io/gpu may not be created",
+    ),
+    (
+        "controller creates a gpulet pod with nodeName set",
+        "CREATE",
+        REPLICASET_CONTROLLER,
+        pod(node="node-a", resources=SLICE),
+        None,
+        "a pod that asks for gpulet.io/gpu, gpulet.io/gpu-core, gpulet.io/gpu-memory may not",
+    ),
+    (
+        "non-gpulet pod with nodeName set",
+        "CREATE",
+        TENANT,
+        pod(node="node-a", resources={"limits": {"nvidia.com/gpu": "1", "cpu": "2"}}),
+        None,
+        None,
+    ),
+    (
+        "gpulet pod without nodeName",
+        "CREATE",
+        TENANT,
+        pod(resources=SLICE, init_resources={"requests": {"cpu": "1"}}),
+        None,
+        None,
+    ),
+    (
+        "mirror pod of a static gpulet pod, by its kubelet",
+        "CREATE",
+        KUBELET_A,
+        pod(
+            {"kubernetes.io/config.mirror": "0f3e", "kubernetes.io/config.source": "file"},
+            node="node-a",
+            resources=SLICE,
+        ),
+        None,
+        None,
+    ),
+    (
+        "node-like name without the nodes' group",
+        "CREATE",
+        NOT_A_NODE,
+        pod(node="node-a", resources=SLICE),
+        None,
+        "may not be created with spec.nodeName set (node-a)",
+    ),
+    (
+        "user updates a bound gpulet pod",
+        "UPDATE",
+        TENANT,
+        bound(labels={"tier": "gold"}),
+        bound(),
+        None,
+    ),
+]
+
+CASES = ASSIGNMENT_CASES + ALLOCATED_CASES + NODE_NAME_CASES
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_the_policy_decides(policy: Policy, case: Case) -> None:
+    _, operation, user, new, old, expected = case
+    decisions = policy.decide(operation, user, new, old)
+    # No expression fails on any of these: with failurePolicy Fail, an error would refuse the
+    # request whatever it is, and say nothing useful.
+    assert [d.error for d in decisions] == [""] * len(decisions)
+    message = policy.admit(operation, user, new, old)
+    if expected is None:
+        assert message is None
+    else:
+        assert message is not None
+        assert expected in message
+        # The messageExpression gave it (not the static fallback): it names who asked.
+        assert message.startswith(("a pod that", "the gpulet agent", user.username))
+
+
+def test_a_minimal_pod_passes_every_validation_without_error(policy: Policy) -> None:
+    """A pod with nothing but its containers (no annotations, resources, nodeName, init
+    containers), as every kind of user, on CREATE and UPDATE: admitted, and no expression
+    errs (an error would refuse every such pod in the cluster)."""
+    bare: Doc = {
+        "metadata": {"name": "p", "namespace": "ns"},
+        "spec": {"containers": [{"name": "c"}]},
+    }
+    users = [TENANT, EXTENDER, AGENT_A, AGENT_UNBOUND, KUBELET_A, User("system:anonymous")]
+    for user in users:
+        for operation, old in (("CREATE", None), ("UPDATE", bare)):
+            decisions = policy.decide(operation, user, bare, old)
+            assert decisions
+            assert all(not d.deny and not d.error for d in decisions), (user, operation)
+
+
+def test_every_expression_compiles(policy: Policy) -> None:
+    for program in policy.programs():
+        compile_expression(program.expression)  # raises on a syntax error
+
+
+# --- the policy's shape -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["deploy", pytest.param("chart", marks=needs_helm)])
+def test_the_binding_denies_with_the_policy(source: str) -> None:
+    docs = SOURCES[source]()
+    policy, binding = (
+        of_kind(docs, k) for k in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    )
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    # No narrowing of its own: the binding applies the policy wherever the policy matches.
+    assert set(binding["spec"]) == {"policyName", "validationActions"}
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert "paramKind" not in spec and "matchConditions" not in spec
+
+
+@pytest.mark.parametrize("source", ["deploy", pytest.param("chart", marks=needs_helm)])
+def test_the_policy_matches_pod_creates_and_updates_of_the_main_resource(source: str) -> None:
+    constraints = of_kind(SOURCES[source](), "ValidatingAdmissionPolicy")["spec"][
+        "matchConstraints"
+    ]
+    # Every namespace, every pod: no selectors, no exclusions.
+    assert set(constraints) == {"resourceRules"}
+    (rule,) = constraints["resourceRules"]
+    assert rule["apiGroups"] == [""]
+    assert rule["apiVersions"] in (["v1"], ["*"])
+    assert set(rule["operations"]) == {"CREATE", "UPDATE"}
+    # pods, not pods/status (kubelet's status updates) nor pods/*.
+    assert rule["resources"] == ["pods"]
+    assert rule.get("scope", "*") in ("*", "Namespaced")
+
+
+def literal(policy: Doc, variable: str) -> str:
+    (expression,) = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == variable]
+    value = evaluate(expression)
+    assert isinstance(value, celtypes.StringType), expression
+    return str(value)
+
+
+def deploy_objects() -> list[Doc]:
+    return [
+        d
+        for path in DEPLOY.rglob("*.yaml")
+        if path.relative_to(DEPLOY).parts[0] != "helm"
+        for d in yaml.safe_load_all(path.read_text())
+        if d and "kind" in d
+    ]
+
+
+def test_the_usernames_are_the_extenders_and_the_agents_service_accounts() -> None:
+    objects = deploy_objects()
+    (kustomization,) = yaml.safe_load_all((DEPLOY / "kustomization.yaml").read_text())
+    namespace = kustomization["namespace"]
+
+    def account(kind: str, name: str) -> str:
+        (workload,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+        assert workload["metadata"]["namespace"] == namespace
+        sa = workload["spec"]["template"]["spec"]["serviceAccountName"]
+        return f"system:serviceaccount:{namespace}:{sa}"
+
+    policy = of_kind(static_documents(), "ValidatingAdmissionPolicy")
+    assert literal(policy, "extender") == account("Deployment", "gpulet-scorer")
+    assert literal(policy, "agent") == account("DaemonSet", "gpulet-agent")
+
+
+@needs_helm
+def test_the_chart_names_the_accounts_of_its_own_namespace() -> None:
+    policy = of_kind(rendered_documents("gpu-system"), "ValidatingAdmissionPolicy")
+    assert literal(policy, "extender") == "system:serviceaccount:gpu-system:gpulet-scorer"
+    assert literal(policy, "agent") == "system:serviceaccount:gpu-system:gpulet-agent"
+    # ...and the policy follows them: the extender of gpu-system may, kube-system's may not.
+    checker = Policy(policy)
+    new = pod({ASSIGNMENT_ANNOTATION: ASSIGNMENT}, resources=SLICE)
+    old = pod(resources=SLICE)
+    assert checker.admit("UPDATE", pod_token("gpulet-scorer", "c", "gpu-system"), new, old) is None
+    assert checker.admit("UPDATE", EXTENDER, new, old) is not None
+
+
+@needs_helm
+def test_the_chart_can_leave_the_policy_out() -> None:
+    kinds = {d["kind"] for d in render("admissionPolicy.enabled=false")}
+    assert "ValidatingAdmissionPolicy" not in kinds
+    assert "ValidatingAdmissionPolicyBinding" not in kinds
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= {
+        d["kind"] for d in render()
+    }
+
+
+def test_the_chart_values_schema_takes_the_switch_and_nothing_else() -> None:
+    chart = DEPLOY / "helm" / "gpulet"
+    (values,) = yaml.safe_load_all((chart / "values.yaml").read_text())
+    schema = json.loads((chart / "values.schema.json").read_text())
+    assert values["admissionPolicy"] == {"enabled": True}
+    jsonschema.validate(values, schema)
+    for bad in ({"enabled": "yes"}, {"enable": False}, {}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**values, "admissionPolicy": bad}, schema)
+
+
+def test_the_policy_names_gpulets_own_resources_and_annotations() -> None:
+    policy = of_kind(static_documents(), "ValidatingAdmissionPolicy")
+    (expression,) = [
+        v["expression"] for v in policy["spec"]["variables"] if v["name"] == "gpuletResources"
+    ]
+    listed = re.findall(r"'(gpulet\.io/[\w-]+)'", expression)
+    assert sorted(listed) == sorted(MANAGED_RESOURCES)
+    text = POLICY_FILE.read_text()
+    assert f"'{ASSIGNMENT_ANNOTATION}'" in text and f"'{ALLOCATED_ANNOTATION}'" in text
+
+
+# --- the fields the expressions read exist where the API puts them ----------------------------
+
+#: The AdmissionRequest fields Kubernetes declares for `request` (BuildRequestType).
+REQUEST_FIELDS = {
+    "kind", "kind.group", "kind.version", "kind.kind",
+    "resource", "resource.group", "resource.version", "resource.resource",
+    "subResource", "requestKind", "requestResource", "requestSubResource",
+    "name", "namespace", "operation", "dryRun", "options",
+    "userInfo", "userInfo.username", "userInfo.uid", "userInfo.groups", "userInfo.extra",
+}  # fmt: skip
+
+
+def _definitions(version: str) -> Doc:
+    defs: Doc = schema_contents(
+        f"kubernetes-json-schema/v{version}.0-local-strict/_definitions.json", version
+    )["$defs"]
+    return defs
+
+
+def _resolve(schema: Doc, defs: Doc) -> Doc:
+    while "$ref" in schema:
+        schema = defs[schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _has_path(schema: Doc, path: list[str], defs: Doc) -> bool:
+    for part in path:
+        schema = _resolve(schema, defs)
+        if part in schema.get("properties", {}):
+            schema = schema["properties"][part]
+        else:
+            # A map's keys (annotations, requests) are data, not fields: nothing to check.
+            # (The strict schemas close every object with additionalProperties: false.)
+            return isinstance(schema.get("additionalProperties"), dict)
+    return True
+
+
+def _paths(expression: str, root: str) -> set[str]:
+    """The field paths `root.a.b...` an expression reads (string literals left out, a method
+    call's name too)."""
+    code = re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", "''", expression)
+    found = set()
+    for m in re.finditer(rf"(?<![\w.]){root}((?:\s*\.\s*\w+)+)(\s*\()?", code):
+        parts = [p.strip() for p in m.group(1).split(".") if p.strip()]
+        if m.group(2):
+            parts = parts[:-1]  # .startsWith(...), .exists(...)
+        if parts:
+            found.add(".".join(parts))
+    return found
+
+
+@pytest.mark.parametrize("version", ["1.30", "1.31"])
+def test_every_field_read_is_in_the_api_schema(version: str) -> None:
+    policy = Policy(of_kind(static_documents(), "ValidatingAdmissionPolicy"))
+    defs = _definitions(version)
+    pod_schema = defs["io.k8s.api.core.v1.Pod"]
+    container = defs["io.k8s.api.core.v1.Container"]
+    variables = {name for name, _ in policy.variables}
+    read: dict[str, set[str]] = {"object": set(), "request": set(), "c": set(), "variables": set()}
+    for program in policy.programs():
+        for root in read:
+            read[root] |= _paths(program.expression, root)
+    read["object"] |= {
+        p for program in policy.programs() for p in _paths(program.expression, "oldObject")
+    }
+    assert read["object"] and read["c"] and read["request"]
+    # The check itself catches a misspelt field (which has() would silently call absent).
+    assert not _has_path(pod_schema, ["spec", "initContainer"], defs)
+    assert not _has_path(container, ["resource", "limits"], defs)
+    for path in read["object"]:
+        assert _has_path(pod_schema, path.split("."), defs), f"object.{path}"
+    for path in read["c"]:
+        assert _has_path(container, path.split("."), defs), f"c.{path}"
+    for path in read["request"]:
+        assert path in REQUEST_FIELDS, f"request.{path}"
+    assert read["variables"] <= variables
+
+
+# --- Kubernetes' CEL as tests/cel_k8s.py gives it ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("['a', 'b', 'c'].join(', ')", "a, b, c"),
+        ("['a', 'b'].join()", "ab"),
+        ("['x'].join('-')", "x"),
+        ("[].join('-')", ""),
+        ("['a', 'b'].join('')", "ab"),
+    ],
+)
+def test_join_is_the_strings_librarys(expression: str, expected: str) -> None:
+    # cel-go's strings extension (ext/strings.go): the list's strings concatenated in order,
+    # with the optional separator between each two of them.
+    assert evaluate(expression) == celtypes.StringType(expected)
+
+
+@pytest.mark.parametrize("expression", ["[1, 2].join(',')", "['a'].join(1)", "'ab'.join(',')"])
+def test_join_of_anything_but_strings_is_an_error(expression: str) -> None:
+    assert isinstance(evaluate(expression), CELEvalError)
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("has(o.a)", True),
+        ("has(o.z)", False),
+        ("has(o.a.b)", True),
+        ("has(o.a.c)", False),
+        ("has(o.e.f)", False),  # an empty map
+    ],
+)
+def test_has_tests_a_maps_field(expression: str, expected: bool) -> None:
+    assert evaluate(expression, o={"a": {"b": 1}, "e": {}}) == celtypes.BoolType(expected)
+
+
+@pytest.mark.parametrize("expression", ["has(o.z.b)", "has(n.a)", "has(o.s.x)"])
+def test_has_on_a_missing_field_or_a_non_map_is_an_error(expression: str) -> None:
+    # cel-go: the operand is evaluated first and its error (no such key) is the result; a
+    # field test on null or on a string has no overload. celpy alone answers false.
+    assert isinstance(evaluate(expression, o={"a": {}, "s": "str"}, n=None), CELEvalError)
+
+
+def test_errors_are_absorbed_by_logical_operators_as_in_cel_go() -> None:
+    # CEL's && and || are commutative over errors: `true || error` and `error || true` are
+    # true, `false && error` and `error && false` false. The policy's guards rely on it.
+    o = {"a": 1}
+    assert evaluate("true || o.z == 1", o=o) == celtypes.BoolType(True)
+    assert evaluate("o.z == 1 || true", o=o) == celtypes.BoolType(True)
+    assert evaluate("o.z == 1 && false", o=o) == celtypes.BoolType(False)
+    assert isinstance(evaluate("o.z == 1 || false", o=o), CELEvalError)
+
+
+def test_variables_see_earlier_ones_and_errors_surface_where_used() -> None:
+    checker = Policy(
+        {
+            "spec": {
+                "variables": [
+                    {"name": "a", "expression": "object.metadata.name + '-a'"},
+                    {"name": "b", "expression": "variables.a + '-b'"},
+                    {"name": "broken", "expression": "object.spec.nodeName"},
+                ],
+                "validations": [
+                    {"expression": "variables.b == 'p-a-b'"},
+                    {"expression": "variables.broken == 'x'", "message": "m"},
+                    {"expression": "true || variables.broken == 'x'"},
+                    {
+                        "expression": "variables.a == 'nope'",
+                        "messageExpression": "'got ' + variables.a",
+                    },
+                    {"expression": "false", "messageExpression": "variables.broken"},
+                ],
+            }
+        }
+    )
+    bare: Doc = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}
+    first, broken, absorbed, message, fallback = checker.decide("CREATE", TENANT, bare)
+    assert first.deny is False and first.error == ""
+    assert broken.deny is True and "nodeName" in broken.error  # failurePolicy Fail
+    assert absorbed.deny is False and absorbed.error == ""
+    assert message.deny is True and message.message == "got p-a"
+    # A failing messageExpression falls back to the expression itself (no message given).
+    assert fallback.deny is True and fallback.message == "failed expression: false"
