@@ -19,11 +19,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from agent.backstop import ShareStatus
 from agent.monitor import Monitor
 from deviceplugin.core import DevicePluginCore
+from deviceplugin.grants import Grant
 from gpulet.api.resources import GPU_RESOURCE
 from gpulet.httpd import BackgroundServer, Handler
-from native.region import Region, RegionError
+from native.region import DeviceLimit, Limits, RegionError, inspect
 
 log = logging.getLogger("gpulet.agent")
 MIB = 1 << 20
@@ -102,15 +104,35 @@ class AgentCollector(Collector):
             "Processes using a GPU slice without the limiter (never attached to the region)",
             labels=labels,
         )
+        over_share = GaugeMetricFamily(
+            "gpulet_container_over_share",
+            "1 while the container keeps the GPU busier than its share (its mean over the "
+            "window past the tolerance, or held to its share by the duty cycle)",
+            labels=labels,
+        )
+        frozen = GaugeMetricFamily(
+            "gpulet_container_frozen_ratio",
+            "Fraction of each duty-cycle period the container's cgroup is frozen (enforcement)",
+            labels=["pod_uid", "container"],
+        )
+        untrusted = GaugeMetricFamily(
+            "gpulet_container_region_untrusted",
+            "1 while the container's region is not what its grant made it (or unreadable)",
+            labels=["pod_uid", "container"],
+        )
         measured = {}
+        compute: Mapping[tuple[str, str, str], ShareStatus] = {}
+        bad: Mapping[tuple[str, str], tuple[str, ...]] = {}
         if self._monitor is not None:
             measured = {
                 (c.pod_uid, c.container, c.gpu_uuid): c for c in self._monitor.latest.containers
             }
+            compute, bad = self._monitor.compute.status, self._monitor.untrusted
         for grant in self._core.grants():
             if grant.resource != GPU_RESOURCE or not grant.pod_uid or not grant.container:
                 continue
-            throttle = _throttled(grant.region_dir)
+            throttle = _throttled(grant)
+            fraction = 0.0
             for i, s in enumerate(grant.gpus):
                 key = [grant.pod_uid, grant.container, s.uuid]
                 cap.add_metric(key, s.memory_mib * MIB)
@@ -123,22 +145,32 @@ class AgentCollector(Collector):
                     unlimited.add_metric(key, len(m.unlimited) if m else 0)
                 if i < len(throttle):
                     throttled.add_metric(key, throttle[i])
+                status = compute.get((grant.pod_uid, grant.container, s.uuid))
+                if status is not None:
+                    over_share.add_metric(key, 1 if status.over else 0)
+                    fraction = max(fraction, status.frozen)
+            if self._monitor is not None and grant.gpus:
+                who = [grant.pod_uid, grant.container]
+                frozen.add_metric(who, fraction)
+                untrusted.add_metric(who, 1 if (grant.pod_uid, grant.container) in bad else 0)
         if self._monitor is not None:
-            for (pod_uid, container), n in self._monitor.violations.items():
+            for (pod_uid, container), n in dict(self._monitor.violations).items():
                 violations.add_metric([pod_uid, container], n)
         yield from (cap, share, used, util, throttled, violations, unlimited)
+        yield from (over_share, frozen, untrusted)
 
 
-def _throttled(region_dir: str | None) -> list[float]:
-    """Seconds of launches held back, per device, from the container's region (none yet
-    before its first CUDA process)."""
-    if not region_dir or not (Path(region_dir) / "region").exists():
+def _throttled(grant: Grant) -> list[float]:
+    """Seconds of launches held back, per device, from the container's region read as
+    untrusted input (clamped; none when it cannot be read)."""
+    if not grant.region_dir or not (Path(grant.region_dir) / "region").exists():
         return []
+    expected = Limits(tuple(DeviceLimit(s.uuid, s.memory_mib, s.core) for s in grant.gpus))
     try:
-        with Region.open(region_dir) as region:
-            return [d.throttled_ns / 1e9 for d in region.snapshot().devices]
+        seen = inspect(grant.region_dir, expected)
     except RegionError:
         return []
+    return [] if seen.usage is None else [d.throttled_ns / 1e9 for d in seen.usage.devices]
 
 
 class MetricsServer:

@@ -12,11 +12,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.allocations import allocations
-from agent.cgroups import ProcessTable
+from agent.backstop import (
+    CgroupFreezer,
+    ComputeSettings,
+    DutyCycle,
+    Freezing,
+    OverShare,
+    locate_freezer,
+    thaw_left_frozen,
+)
+from agent.cgroups import ContainerRef, ProcessTable
 from agent.kube import AllocatedRecorder, ApiPodSource, EventReporter, NodePublisher
 from agent.loop import Every
 from agent.metrics import AgentCollector, MetricsServer
-from agent.monitor import Monitor, Violation
+from agent.monitor import Finding, Monitor, Violation
 from agent.pinner import Pinner
 from agent.recover import recover_from_pods
 from agent.standalone import Standalone, build
@@ -41,17 +50,27 @@ class Pinning:
     interval_s: float = 5.0
 
 
+#: In the state directory: the cgroups the compute backstop's duty cycle may have frozen, so
+#: that an agent that died mid-cycle has them thawed by the next one.
+DUTY_LEDGER = "frozen-cgroups.json"
+
+
 @dataclass(frozen=True)
 class Monitoring:
     """Per-process GPU usage (NVML, or a file on a simulated node), the host's /proc to map
-    processes to containers, what to do about a container over its cap, and where metrics
-    are served (port 0: a free one; None: not served)."""
+    processes to containers, what to do about a container over its cap or its share
+    (`enforce`: report, or on; `kill` is on's old name), where containers' cgroups are
+    frozen with enforcement on (the host's cgroup root; None: compute is only reported), how
+    over-share is judged, and where metrics are served (port 0: a free one; None: not
+    served)."""
 
     usage: UsageSource
     proc_root: Path
     enforce: str = "report"
     interval_s: float = 1.0
     metrics_port: int | None = 9400
+    cgroup_root: Path | None = None
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
 
 
 @dataclass
@@ -70,6 +89,8 @@ class NodeAgent:
             self.recorder.stop()
         for loop in self.loops:
             loop.stop()
+        if self.monitor is not None:
+            self.monitor.stop()  # thaws every container the compute backstop holds
         if self.metrics is not None:
             self.metrics.stop()
         self.manager.stop()
@@ -121,7 +142,9 @@ def start(
         replace(spec, topo=topo),
         pods,
         recorder.granted,
-        recover=lambda ledger: recover_from_pods(ledger, pods.pods(), topo, spec.config),
+        recover=lambda ledger, listed: recover_from_pods(
+            ledger, pods.pods(), topo, spec.config, listed
+        ),
     )
     holder.append(core)
     for uid in released:
@@ -137,18 +160,12 @@ def start(
     if monitoring is not None:
         events = EventReporter(api, node)
 
-        def report(v: Violation) -> None:
-            pod = pods.pod(v.pod_uid)
+        def report(found: Finding) -> None:
+            pod = pods.pod(found.pod_uid)
             if pod is not None:
-                action = "killed its processes" if v.killed else "reported"
-                events.warn(
-                    pod,
-                    "GPUMemoryOverCap",
-                    f"container {v.container} holds {v.used_mib} MiB of GPU {v.gpu_uuid} by "
-                    f"NVML's count, over its cap of {v.cap_mib} MiB (the limiter was got "
-                    f"around); gpulet {action} (pids {', '.join(map(str, v.pids))})",
-                )
+                events.warn(pod, *_event(found))
 
+        freezing = _freezing(monitoring, spec.state_dir / DUTY_LEDGER)
         agent.monitor = Monitor(
             monitoring.usage,
             ProcessTable(monitoring.proc_root),
@@ -156,6 +173,8 @@ def start(
             pods.pods,
             enforce=monitoring.enforce,
             report=report,
+            compute=replace(monitoring.compute, sample_s=monitoring.interval_s),
+            freezing=freezing,
         )
         loop = Every("gpulet-monitor", monitoring.interval_s, agent.monitor.tick)
         loop.start()
@@ -171,3 +190,57 @@ def start(
             agent.metrics.start()
     gc.freeze()  # as agent.standalone.start: keep the long-lived out of full collections
     return agent
+
+
+def _freezing(monitoring: Monitoring, ledger: Path) -> Freezing | None:
+    """The duty cycle, started, with enforcement on and a cgroup root; else None. What an
+    agent that died mid-cycle left frozen is thawed first, whatever the setting now."""
+    if monitoring.enforce == "report" or monitoring.cgroup_root is None:
+        thaw_left_frozen(ledger)
+        if monitoring.enforce != "report":
+            log.warning(
+                "event=compute-report-only reason=%r",
+                "no cgroup root: containers over their compute share are reported, not frozen",
+            )
+        return None
+    root = monitoring.cgroup_root
+    duty = DutyCycle(monitoring.compute.period_s, ledger=ledger)
+    duty.start()
+
+    def locate(ref: ContainerRef) -> CgroupFreezer:
+        return locate_freezer(root, ref)
+
+    return Freezing(locate, duty)
+
+
+def _event(found: Finding) -> tuple[str, str]:
+    """The Warning Event for a finding: its reason and message."""
+    if isinstance(found, OverShare):
+        action = (
+            "holds it to its share by freezing its cgroup in a duty cycle"
+            if found.action == "throttled"
+            else "reported" + (f" (it cannot be throttled: {found.note})" if found.note else "")
+        )
+        return (
+            "GPUComputeOverShare",
+            f"container {found.container} kept GPU {found.gpu_uuid} {found.mean_percent:.0f}% "
+            f"busy over {found.window_s:g} s by NVML's count, over its share of {found.share}% "
+            f"by more than {found.tolerance:g} points (the limiter's pacing was got around); "
+            f"gpulet {action}",
+        )
+    v: Violation = found
+    pids = ", ".join(map(str, v.pids))
+    action = "killed its processes" if v.killed else "reported"
+    if v.cause == "region":
+        return (
+            "GPURegionUntrusted",
+            f"container {v.container}'s region is not what gpulet granted it "
+            f"({'; '.join(v.problems)}): its limits cannot be relied on, so it is treated as "
+            f"over its cap; gpulet {action} (pids {pids})",
+        )
+    return (
+        "GPUMemoryOverCap",
+        f"container {v.container} holds {v.used_mib} MiB of GPU {v.gpu_uuid} by NVML's count, "
+        f"over its cap of {v.cap_mib} MiB (the limiter was got around); gpulet {action} "
+        f"(pids {pids})",
+    )

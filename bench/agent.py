@@ -10,7 +10,14 @@ container and a GPU process attached to its region, as the limiter would; then t
 measured for `--seconds`. With `--unlimited` no process attaches, so the agent checks (and
 reports) every one of them every second: its worst case.
 
+With `--over-share` every container's process uses 25% of its GPU against a share of 10%,
+and the agent runs with `--enforce`: after the first 10 s window each container is judged
+over its share and put on the duty cycle, whose cgroups are files under the stand-in cgroup
+root (a v2 layout). NVML's figure does not move, so each is held at the largest frozen
+fraction: the duty cycle's worst case, every container frozen and thawed every 100 ms.
+
 Run: .venv/bin/python bench/agent.py [--seconds 60] [--containers 64] [--unlimited]
+        [--over-share]
 """
 
 from __future__ import annotations
@@ -46,11 +53,12 @@ NODE = "bench-node"
 
 
 def start_agent(
-    work: Path, api: ApiServerStandIn, kubelet: KubeletStandIn
+    work: Path, api: ApiServerStandIn, kubelet: KubeletStandIn, *, enforce: bool = False
 ) -> subprocess.Popen[str]:
     api.write_kubeconfig(work / "kubeconfig")
     for d in ("proc", "cgroup", "kubelet"):
         (work / d).mkdir()
+    (work / "cgroup" / "cgroup.controllers").write_text("cpuset cpu memory\n")  # v2
     args = [
         sys.executable, "-c", "from gpulet.cli import main; main()", "agent", "run",
         "--simulate", "dgx-h100", "--kubeconfig", str(work / "kubeconfig"),
@@ -60,6 +68,7 @@ def start_agent(
         "--cgroup-root", str(work / "cgroup"), "--proc-root", str(work / "proc"),
         "--kubelet-state-dir", str(work / "kubelet"), "--metrics-port", "0",
         "--usage-file", str(work / "gpu-processes.json"), "--log-level", "warning",
+        *(["--enforce"] if enforce else []),
     ]  # fmt: skip
     return subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
 
@@ -80,6 +89,7 @@ def populate(
     count: int,
     *,
     limited: bool,
+    over_share: bool = False,
 ) -> list[Region]:
     """`count` pods bound with assignments, allocated, each with a running container and a
     GPU process (its cgroup and status under the stand-in /proc: pid 1 in its container),
@@ -105,9 +115,10 @@ def populate(
         cgroup = work / "proc" / str(pid)
         cgroup.mkdir()
         slice_ = f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
-        (cgroup / "cgroup").write_text(
-            f"0::/kubepods.slice/kubepods-burstable.slice/{slice_}/cri-containerd-{cid}.scope\n"
-        )
+        path = f"kubepods.slice/kubepods-burstable.slice/{slice_}/cri-containerd-{cid}.scope"
+        (cgroup / "cgroup").write_text(f"0::/{path}\n")
+        (work / "cgroup" / path).mkdir(parents=True)
+        (work / "cgroup" / path / "cgroup.freeze").write_text("0\n")
         (cgroup / "status").write_text(f"Name:\tpython3\nNSpid:\t{pid}\t1\n")
         if limited:
             region = Region.open(work / "regions" / uid / "main")
@@ -119,23 +130,30 @@ def populate(
             "containerStatuses": [{"name": "main", "containerID": f"containerd://{cid}"}],
         }
         api.update_pod(stored)
-        processes.append({"gpu": gpu.uuid, "pid": pid, "used_mib": 2048, "sm_percent": 9})
+        util = 25 if over_share else 9
+        processes.append({"gpu": gpu.uuid, "pid": pid, "used_mib": 2048, "sm_percent": util})
     (work / "gpu-processes.json").write_text(json.dumps(processes))
     return regions
 
 
-def scrape(port: int) -> tuple[int, int]:
-    """The size of /metrics, and how many processes it says run without the limiter."""
+def scrape(port: int) -> tuple[int, int, int]:
+    """The size of /metrics, how many processes it says run without the limiter, and how
+    many containers it says are frozen part of the time."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/metrics")
     body = conn.getresponse().read()
     conn.close()
-    unlimited = sum(
-        float(line.rsplit(b" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith(b"gpulet_container_unlimited_processes{")
-    )
-    return len(body), int(unlimited)
+
+    def values(name: bytes) -> list[float]:
+        return [
+            float(line.rsplit(b" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith(name + b"{")
+        ]
+
+    unlimited = sum(values(b"gpulet_container_unlimited_processes"))
+    frozen = sum(1 for v in values(b"gpulet_container_frozen_ratio") if v > 0)
+    return len(body), int(unlimited), frozen
 
 
 def main() -> None:
@@ -147,6 +165,12 @@ def main() -> None:
         action="store_true",
         help="no process attaches to its region: the agent finds every one without the limiter",
     )
+    ap.add_argument(
+        "--over-share",
+        action="store_true",
+        help="every container over its compute share, and the agent enforcing: all of them "
+        "on the duty cycle",
+    )
     args = ap.parse_args()
     sim = open_simulated("dgx-h100")
     topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), NODE)
@@ -155,18 +179,26 @@ def main() -> None:
     try:
         with ApiServerStandIn() as api, KubeletStandIn(work / "dp", work / "pr") as kubelet:
             api.create_node({"metadata": {"name": NODE}, "spec": {}, "status": {}})
-            agent = start_agent(work, api, kubelet)
+            agent = start_agent(work, api, kubelet, enforce=args.over_share)
             regions: list[Region] = []
             try:
                 port = metrics_port(agent)
                 if not kubelet.wait_for(lambda v: bool(v.devices("gpulet.io/gpu")), timeout=30):
                     raise RuntimeError("the agent did not register with kubelet")
                 regions += populate(
-                    work, api, kubelet, topo, args.containers, limited=not args.unlimited
+                    work,
+                    api,
+                    kubelet,
+                    topo,
+                    args.containers,
+                    limited=not args.unlimited,
+                    over_share=args.over_share,
                 )
                 proc = psutil.Process(agent.pid)
-                time.sleep(5)  # settle: every container seen by the monitor, metrics warm
-                size, unlimited = scrape(port)
+                # Settle: every container seen by the monitor, metrics warm; over its share,
+                # a whole window judged and the duty cycle at its largest fraction.
+                time.sleep(20 if args.over_share else 5)
+                size, unlimited, frozen = scrape(port)
                 rss: list[int] = []
                 cpu0, t0 = sum(proc.cpu_times()[:2]), time.monotonic()
                 next_scrape = t0 + 15
@@ -174,7 +206,7 @@ def main() -> None:
                     time.sleep(1)
                     rss.append(proc.memory_info().rss)
                     if time.monotonic() >= next_scrape:
-                        size, unlimited = scrape(port)
+                        size, unlimited, frozen = scrape(port)
                         next_scrape += 15
                 cpu1, t1 = sum(proc.cpu_times()[:2]), time.monotonic()
             finally:
@@ -184,11 +216,13 @@ def main() -> None:
                     region.close()
         share = (cpu1 - cpu0) / (t1 - t0) * 100
         limiter = "without the limiter" if args.unlimited else "with the limiter"
+        over = ", all over their share, enforcing" if args.over_share else ""
         print(
-            f"{args.containers} containers on 8 GPUs ({limiter}), {args.seconds:.0f} s: "
+            f"{args.containers} containers on 8 GPUs ({limiter}{over}), {args.seconds:.0f} s: "
             f"RSS max {max(rss) / 2**20:.1f} MiB (target 80), "
             f"CPU {share:.2f}% of one core (target 2); /metrics {size / 1024:.0f} KiB, "
-            f"{unlimited} processes reported without the limiter"
+            f"{unlimited} processes reported without the limiter, {frozen} containers on "
+            f"the duty cycle"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

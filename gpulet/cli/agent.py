@@ -120,11 +120,16 @@ def agent() -> None:
 )
 @click.option(
     "--enforce",
-    type=click.Choice(["report", "kill"]),
+    type=click.Choice(["report", "on", "kill"]),
+    is_flag=False,
+    flag_value="on",
     default="report",
     show_default=True,
-    help="A container over its GPU memory cap by NVML's count: report it, or also kill "
-    "its offending processes.",
+    help="What the backstops do about a container that got around its limiter: `report` "
+    "(log, metric, Event) only, or `on` (`--enforce` alone; `kill` is its old name): also "
+    "kill its processes when it holds more GPU memory than its cap or its region was "
+    "tampered with, and freeze its cgroup in a duty cycle when it uses more compute than its "
+    "share (under --cgroup-root).",
 )
 @click.option(
     "--metrics-port",
@@ -234,7 +239,7 @@ def run(
         api = CoreCalls(client.ApiClient(kube))
         pinning = node_agent.Pinning(cgroup_root, kubelet_state_dir / "cpu_manager_state")
         monitoring = node_agent.Monitoring(
-            usage, proc_root, enforce=enforce, metrics_port=metrics_port
+            usage, proc_root, enforce=enforce, metrics_port=metrics_port, cgroup_root=cgroup_root
         )
         agent = node_agent.start(
             spec,

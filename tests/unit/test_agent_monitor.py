@@ -1,15 +1,21 @@
-"""The monitor's check for processes on a slice that run without the limiter: a real region,
-a /proc under a temp root, NVML's list from a fake, and a clock the test moves."""
+"""The monitor: its check for processes on a slice that run without the limiter, its reading
+of regions as untrusted input, its compute judge, and its guard around each container. A real
+region, a /proc under a temp root, NVML's list from a fake, and a clock the test moves."""
 
 from __future__ import annotations
 
 import logging
+import mmap
+import signal
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agent.backstop import OverShare
 from agent.cgroups import ProcessTable
-from agent.monitor import UNLIMITED_AFTER_S, Monitor
+from agent.monitor import UNLIMITED_AFTER_S, Finding, Monitor, Violation
 from agent.usage import ProcessUsage
 from deviceplugin.grants import GpuShare, Grant
 from gpulet.api.resources import GPU_RESOURCE
@@ -55,20 +61,40 @@ def run_in_container(proc: Path, host_pid: int, own_pid: int) -> None:
 
 
 def monitor(
-    tmp_path: Path, region_dir: Path, usage: Usage, clock: Clock, exclusive: bool = False
+    tmp_path: Path,
+    region_dir: Path,
+    usage: Usage,
+    clock: Clock,
+    exclusive: bool = False,
+    *,
+    core: int = 30,
+    enforce: str = "report",
+    report: Callable[[Finding], None] = lambda f: None,
+    kill: Callable[[int, int], None] = lambda pid, sig: None,
+    processes: ProcessTable | None = None,
 ) -> Monitor:
-    share = GpuShare(GPU, 0, 100 if exclusive else 30, 4096, exclusive)
+    share = GpuShare(GPU, 0, 100 if exclusive else core, 4096, exclusive)
     grant = Grant(GPU_RESOURCE, ("x::00",), (share,), (), UID, "main", str(region_dir))
-    pod = {
-        "metadata": {"uid": UID, "name": "p", "namespace": "default"},
+    return Monitor(
+        usage,
+        processes or ProcessTable(tmp_path / "proc"),
+        lambda: [grant],
+        lambda: [pod(UID, CID)],
+        clock=clock,
+        enforce=enforce,
+        report=report,
+        kill=kill,
+    )
+
+
+def pod(uid: str, cid: str, name: str = "main") -> dict[str, object]:
+    return {
+        "metadata": {"uid": uid, "name": "p", "namespace": "default"},
         "status": {
             "phase": "Running",
-            "containerStatuses": [{"name": "main", "containerID": f"containerd://{CID}"}],
+            "containerStatuses": [{"name": name, "containerID": f"containerd://{cid}"}],
         },
     }
-    return Monitor(
-        usage, ProcessTable(tmp_path / "proc"), lambda: [grant], lambda: [pod], clock=clock
-    )
 
 
 def unlimited(m: Monitor) -> tuple[int, ...]:
@@ -122,3 +148,157 @@ def test_whole_gpus_and_unreadable_pids_are_not_judged(tmp_path: Path, region_di
     clock.now += 2 * UNLIMITED_AFTER_S
     sliced.tick()
     assert unlimited(sliced) == ()
+
+
+# ---- compute over the share ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("core", "exclusive", "judged"), [(30, False, True), (100, False, False),
+                                                             (30, True, False)])  # fmt: skip
+def test_a_container_over_its_share_for_a_window_is_reported(
+    tmp_path: Path, region_dir: Path, core: int, exclusive: bool, judged: bool
+) -> None:
+    """Whole GPUs and shares of 100% are never judged."""
+    usage, clock, found = Usage(), Clock(), list[Finding]()
+    run_in_container(tmp_path / "proc", 5004, 10)
+    usage.processes = [ProcessUsage(GPU, 5004, 900, 60)]
+    m = monitor(tmp_path, region_dir, usage, clock, exclusive, core=core, report=found.append)
+    for _ in range(12):
+        clock.now += 1.0
+        m.tick()
+    over = [f for f in found if isinstance(f, OverShare)]
+    if not judged:
+        assert over == [] and m.compute.status == {}
+        return
+    (caught,) = over
+    assert (caught.share, round(caught.mean_percent), caught.action) == (30, 60, "reported")
+    assert m.compute.status[(UID, "main", GPU)].over
+
+
+# ---- the region as untrusted input -----------------------------------------------------------
+
+#: In the region file: device 0's core_percent (docs/limiter.md).
+CORE_AT = 96 + 72
+
+
+def tamper(region_dir: Path, at: int, fmt: str, value: int) -> None:
+    with (region_dir / "region").open("r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        struct.pack_into(fmt, m, at, value)
+
+
+@pytest.mark.parametrize("enforce", ["report", "on", "kill"])
+def test_a_tampered_region_is_reported_once_and_treated_as_over_its_cap(
+    tmp_path: Path, region_dir: Path, enforce: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    usage, clock, found = Usage(), Clock(), list[Finding]()
+    killed: list[tuple[int, int]] = []
+    run_in_container(tmp_path / "proc", 5005, 11)
+    usage.processes = [ProcessUsage(GPU, 5005, 900, 20)]
+    m = monitor(
+        tmp_path,
+        region_dir,
+        usage,
+        clock,
+        enforce=enforce,
+        report=found.append,
+        kill=lambda pid, sig: killed.append((pid, sig)),
+    )
+    m.tick()
+    assert not found and m.untrusted == {}
+    tamper(region_dir, CORE_AT, "<I", 100)  # the tenant raises its own share
+    with caplog.at_level(logging.WARNING, logger="gpulet.agent"):
+        m.tick()  # one doubtful sample could be a torn read of an honest region
+        assert not found and m.untrusted == {}
+        m.tick()
+        m.tick()
+    (violation,) = found  # once per container
+    assert isinstance(violation, Violation) and violation.cause == "region"
+    assert violation.problems == ("device 0: core_percent 100, granted 30",)
+    assert m.untrusted == {(UID, "main"): violation.problems}
+    assert m.violations[(UID, "main")] == 2  # counted every sample, as over its cap
+    logged = [r.getMessage() for r in caplog.records if "region-untrusted" in r.getMessage()]
+    assert len(logged) == 1 and "core_percent 100, granted 30" in logged[0]
+    if enforce == "report":
+        assert killed == [] and not violation.killed
+    else:
+        assert killed == [(5005, signal.SIGKILL)] * 2 and violation.killed
+    tamper(region_dir, CORE_AT, "<I", 30)  # put back: trusted again, not reported again
+    m.tick()
+    assert m.untrusted == {} and len(found) == 1
+
+
+def test_a_region_in_doubt_while_its_grant_lasts_is_untrusted_from_its_second_sample(
+    tmp_path: Path, region_dir: Path
+) -> None:
+    usage, clock, found = Usage(), Clock(), list[Finding]()
+    run_in_container(tmp_path / "proc", 5006, 12)
+    usage.processes = [ProcessUsage(GPU, 5006, 900, 20)]
+    m = monitor(tmp_path, region_dir, usage, clock, report=found.append)
+    (region_dir / "region").unlink()  # or a pod being deleted, in the first sample
+    m.tick()
+    assert not found
+    (region_dir / "region").symlink_to("/etc/shadow")  # the tenant's swap
+    m.tick()
+    (violation,) = found
+    assert isinstance(violation, Violation) and violation.cause == "region"
+    assert violation.problems and "region" in violation.problems[0]
+
+
+def test_no_mapping_of_a_region_is_kept_and_feedback_still_goes_in(
+    tmp_path: Path, region_dir: Path
+) -> None:
+    usage, clock = Usage(), Clock()
+    run_in_container(tmp_path / "proc", 5007, 13)
+    usage.processes = [ProcessUsage(GPU, 5007, 900, 42)]
+    m = monitor(tmp_path, region_dir, usage, clock)
+    m.tick()
+    maps = Path("/proc/self/maps").read_text()
+    assert str(region_dir / "region") not in maps
+    with Region.open(region_dir) as region:
+        assert region.snapshot().devices[0].util_percent == 42
+
+
+# ---- one container's trouble ------------------------------------------------------------------
+
+
+class FlakyTable(ProcessTable):
+    """/proc as usual, but reading one process's own pid raises what nothing expects."""
+
+    def namespace_pid(self, pid: int) -> int | None:
+        if pid == 5008:
+            raise RuntimeError("injected")
+        return super().namespace_pid(pid)
+
+
+def test_an_unexpected_error_in_one_container_is_logged_and_the_pass_goes_on(
+    tmp_path: Path, region_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    usage, clock = Usage(), Clock()
+    other_uid, other_cid = "1c9d4f6e-1111-4222-8333-444455556666", "cd" * 32
+    run_in_container(tmp_path / "proc", 5008, 14)
+    here = tmp_path / "proc" / "5009"
+    here.mkdir(parents=True)
+    (here / "cgroup").write_text(f"0::/kubepods/pod{other_uid}/{other_cid}\n")
+    (here / "status").write_text("NSpid:\t5009\t15\n")
+    other_dir = tmp_path / "other"
+    setup(other_dir, Limits((DeviceLimit(GPU, 4096, 30),)))
+    share = GpuShare(GPU, 0, 30, 4096, False)
+    grants = [
+        Grant(GPU_RESOURCE, ("x::00",), (share,), (), UID, "main", str(region_dir)),
+        Grant(GPU_RESOURCE, ("x::01",), (share,), (), other_uid, "main", str(other_dir)),
+    ]
+    usage.processes = [ProcessUsage(GPU, 5008, 900, 20), ProcessUsage(GPU, 5009, 800, 25)]
+    m = Monitor(
+        usage,
+        FlakyTable(tmp_path / "proc"),
+        lambda: grants,
+        lambda: [pod(UID, CID), pod(other_uid, other_cid)],
+        clock=clock,
+    )
+    with caplog.at_level(logging.WARNING, logger="gpulet.agent"):
+        assert m.tick() == []
+    assert [c.pod_uid for c in m.latest.containers] == [other_uid]  # the other one was seen
+    errors = [r.getMessage() for r in caplog.records if "event=monitor-error" in r.getMessage()]
+    assert len(errors) == 1 and f"pod_uid={UID}" in errors[0] and "injected" in errors[0]
+    with Region.open(other_dir) as region:
+        assert region.snapshot().devices[0].util_percent == 25
