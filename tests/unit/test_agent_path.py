@@ -78,6 +78,12 @@ class Cluster:
     def run_in(self, pod: dict[str, Any], container: str, pid: int, gpu: str, mib: int) -> None:
         """Process `pid` runs in `container` (its cgroup under the stand-in /proc, the pod's
         status naming the container ID) and holds `mib` of GPU `gpu` by NVML's count."""
+        self.place(pod, container, pid)
+        self.nvml_shows((pid, gpu, mib))
+
+    def place(self, pod: dict[str, Any], container: str, pid: int) -> None:
+        """Process `pid` runs in `container`: its cgroup under the stand-in /proc, the pod's
+        status naming the container ID."""
         uid = pod["metadata"]["uid"]
         cid = f"{pid:064x}"
         proc = self.root / "proc" / str(pid)
@@ -93,7 +99,10 @@ class Cluster:
             {"name": container, "containerID": f"containerd://{cid}", "ready": True}
         ]
         self.api.update_pod(stored)
-        doc = [{"gpu": gpu, "pid": pid, "used_mib": mib, "sm_percent": 40}]
+
+    def nvml_shows(self, *processes: tuple[int, str, int]) -> None:
+        """NVML's process list from now on: each (pid, GPU uuid, MiB held), 40% busy."""
+        doc = [{"gpu": g, "pid": p, "used_mib": m, "sm_percent": 40} for p, g, m in processes]
         tmp = self.root / "gpu-processes.json.tmp"
         tmp.write_text(json.dumps(doc))
         tmp.replace(self.root / "gpu-processes.json")

@@ -309,8 +309,8 @@ def test_the_agent_has_no_privilege_it_does_not_use() -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["readOnlyRootFilesystem"] is True
     assert security["capabilities"]["drop"] == ["ALL"]
-    # CAP_KILL only for --enforce=kill (signalling other users' processes).
-    kill = agent_flags(docs)["--enforce"] == "kill"
+    # CAP_KILL only with enforcement on (signalling other users' processes).
+    kill = agent_flags(docs)["--enforce"] != "report"
     assert security["capabilities"].get("add", []) == (["KILL"] if kill else [])
     # The GPUs through the NVIDIA runtime, not a hostPath /dev.
     env = {e["name"]: e.get("value") for e in agent_container(docs)["env"]}
