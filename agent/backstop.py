@@ -178,7 +178,11 @@ def _clamp(value: float, low: float, high: float) -> float:
 
 
 class Freezer(Protocol):
-    """Pauses and resumes every process of one container."""
+    """Pauses and resumes every process of one container.
+
+    A freezer may keep what it writes open between writes (`CgroupFreezer` does); if it has
+    a `close()` method the duty cycle calls it when it lets the freezer go (the container left
+    the plan, a write failed, the cycle stopped). A write after `close` opens it again."""
 
     @property
     def name(self) -> str:
@@ -194,38 +198,102 @@ class Freezer(Protocol):
         ...
 
 
+def _close(fz: Freezer) -> None:
+    """Let go of what `fz` keeps open, if it keeps anything (see Freezer)."""
+    close = getattr(fz, "close", None)
+    if callable(close):
+        close()
+
+
 #: The file each cgroup version freezes through, and what it takes to freeze and to thaw.
 _FREEZE_FILES = {"cgroup.freeze": (b"1", b"0"), "freezer.state": (b"FROZEN", b"THAWED")}
 
 
-@dataclass(frozen=True)
 class CgroupFreezer:
     """A container's cgroup freezer: `cgroup.freeze` (v2, 1/0) or `freezer.state` of the v1
-    freezer hierarchy (FROZEN/THAWED). Both freeze the cgroup and every cgroup below it."""
+    freezer hierarchy (FROZEN/THAWED). Both freeze the cgroup and every cgroup below it.
+    Two freezers of the same file are equal (each keeps a descriptor of its own).
 
-    file: Path
+    The file is opened (O_WRONLY, never created: a missing file is an error) at the first
+    write and kept open until `close()`, so that a write is one pwrite(2) rather than an
+    open, a write and a close: the duty cycle writes each held container's file twice a
+    period. A kernel whose cgroup files take no pwrite (ESPIPE) gets write(2), which a
+    cgroup file takes whole whatever its offset. A failed write closes it, and the next one
+    opens the path again: a cgroup that was removed (its container gone) fails with ENODEV,
+    then ENOENT; a container that restarts gets another cgroup, and the backstop another
+    freezer for it. One lock, shared by every freezer (one thread writes them all; a lock
+    of each freezer's own is a cache miss a write), orders writes and `close`, so that a
+    descriptor is never written after it was closed (and its number perhaps reused); one
+    dropped without `close` is closed when the freezer goes."""
 
-    def __post_init__(self) -> None:
-        if self.file.name not in _FREEZE_FILES:
-            raise ValueError(f"{self.file} is neither cgroup.freeze nor freezer.state")
+    __slots__ = ("_fd", "_freeze", "_positional", "_thaw", "file", "name")
 
-    @property
-    def name(self) -> str:
-        return str(self.file)
+    _lock = threading.Lock()
+
+    def __init__(self, file: Path) -> None:
+        if file.name not in _FREEZE_FILES:
+            raise ValueError(f"{file} is neither cgroup.freeze nor freezer.state")
+        self.file = file
+        #: What to call it in logs and in the ledger.
+        self.name = str(file)
+        self._freeze, self._thaw = _FREEZE_FILES[file.name]
+        self._fd = -1
+        self._positional = True
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CgroupFreezer) and other.file == self.file
+
+    def __hash__(self) -> int:
+        return hash(self.file)
+
+    def __repr__(self) -> str:
+        return f"CgroupFreezer(file={self.file!r})"
 
     def freeze(self) -> None:
-        self._write(_FREEZE_FILES[self.file.name][0])
+        self._write(self._freeze)
 
     def thaw(self) -> None:
-        self._write(_FREEZE_FILES[self.file.name][1])
+        self._write(self._thaw)
 
     def _write(self, value: bytes) -> None:
-        """One write(2), no O_CREAT: a missing file (the container went) is an error."""
-        fd = os.open(self.file, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, value)
-        finally:
+        with self._lock:
+            fd = self._fd
+            if fd < 0:
+                fd = self._fd = os.open(self.file, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                if self._positional:
+                    try:
+                        os.pwrite(fd, value, 0)
+                        return
+                    except OSError as e:
+                        if e.errno != errno.ESPIPE:
+                            raise
+                        self._positional = False
+                os.write(fd, value)
+            except OSError:
+                self._close()
+                raise
+
+    def close(self) -> None:
+        """Close the file if it is open; a later write opens it again."""
+        with self._lock:
+            self._close()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the file is held open (for tests)."""
+        return self._fd >= 0
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
             os.close(fd)
+
+    def __del__(self) -> None:
+        # No other reference is left, so no write can be under way.
+        if getattr(self, "_fd", -1) >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
 
 def locate_freezer(cgroup_root: Path, ref: ContainerRef) -> CgroupFreezer:
@@ -253,6 +321,24 @@ def locate_freezer(cgroup_root: Path, ref: ContainerRef) -> CgroupFreezer:
 Plan = Mapping[Hashable, tuple[Freezer, float]]
 
 
+class _Wake:
+    """An event that clears itself when a wait returns, on a bare lock (locked: not set):
+    `wait` is one lock acquire with a timeout, where threading.Event's goes through a
+    Condition and costs about twice the CPU. The duty cycle waits twice a period."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # set already
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until `set` (then cleared), or `timeout` seconds."""
+        self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+
+
 class DutyCycle:
     """One thread that freezes every container of the plan at the start of each period and
     thaws each after its fraction of it.
@@ -261,6 +347,10 @@ class DutyCycle:
     made under it). A container taken out of the plan, or whose fraction shrank below the
     time already spent, is thawed at once. An error writing a cgroup thaws it, takes it out
     of the plan, and is handed back by `failures`. `stop` thaws everything.
+
+    A freezer that keeps its file open (`CgroupFreezer`) is closed when the cycle lets it
+    go: its container left the plan or got another freezer (restarted: another cgroup), a
+    write failed, or the cycle stopped.
 
     `ledger` (a file) lists the freezers of the plan while it is not empty, so that an agent
     that died with containers frozen has them thawed by the next one (`start`)."""
@@ -279,13 +369,21 @@ class DutyCycle:
         self._ledger = ledger
         self._clock = clock
         self._lock = threading.Lock()
+        #: Replaced whole on every change, never changed in place: a reference to it is a
+        #: snapshot (taken under the lock).
         self._plan: dict[Hashable, tuple[Freezer, float]] = {}
         self._failures: dict[Hashable, str] = {}
-        self._wake = threading.Event()
+        self._wake = _Wake()
         self._stopping = threading.Event()
         self._pause = pause or self._wait
         self._recorded: tuple[str, ...] = ()
         self._thread: threading.Thread | None = None
+        #: The plan the last period started from, and the freezers it held (each closed
+        #: once the cycle lets it go). Only the cycle's thread uses them (and `stop`, after
+        #: the thread ended).
+        self._started: Mapping[Hashable, tuple[Freezer, float]] = {}
+        self._held: dict[Hashable, Freezer] = {}
+        self._names: tuple[str, ...] = ()
         #: Freezes and thaws written so far (for tests and the bench).
         self.writes = 0
 
@@ -295,7 +393,8 @@ class DutyCycle:
         new = {key: (fz, _clamp(f, 0.0, 1.0)) for key, (fz, f) in plan.items() if f > _EPS}
         with self._lock:
             changed = new != self._plan
-            self._plan = new
+            if changed:
+                self._plan = new
         if changed:
             self._wake.set()
 
@@ -309,6 +408,11 @@ class DutyCycle:
         with self._lock:
             return dict(self._plan)
 
+    def _current(self) -> dict[Hashable, tuple[Freezer, float]]:
+        """The plan itself, not a copy (never changed in place): for the cycle's thread."""
+        with self._lock:
+            return self._plan
+
     # The thread.
 
     def start(self) -> None:
@@ -317,7 +421,8 @@ class DutyCycle:
         self._thread.start()
 
     def stop(self) -> None:
-        """Thaw everything, end the thread, and clear the ledger."""
+        """Thaw everything, end the thread, close what the freezers keep open, and clear the
+        ledger."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -326,6 +431,9 @@ class DutyCycle:
             plan, self._plan = self._plan, {}
         for key, (fz, _) in plan.items():
             self._write(key, fz, freeze=False)
+        self._let_go({})
+        for fz, _ in plan.values():
+            _close(fz)
         self._record(())
 
     def recover(self) -> None:
@@ -336,10 +444,10 @@ class DutyCycle:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            if not self.plan():
+            if not self._current():
+                self._let_go({})
                 self._record(())  # nothing held: nothing for a next agent to thaw
                 self._wake.wait()
-                self._wake.clear()
                 continue
             try:
                 self.cycle()
@@ -347,31 +455,51 @@ class DutyCycle:
                 log.warning("event=duty-cycle-error error=%r", str(e))
 
     def _wait(self, seconds: float) -> None:
-        self._wake.wait(max(seconds, 0.0))
-        self._wake.clear()
+        self._wake.wait(seconds)
+
+    def _let_go(self, plan: Mapping[Hashable, tuple[Freezer, float]]) -> None:
+        """Close the freezers held before that `plan` no longer holds (its container left
+        it, or has another freezer now), and remember the plan's as held."""
+        for key, fz in self._held.items():
+            entry = plan.get(key)
+            if entry is None or entry[0] is not fz:
+                _close(fz)
+        self._held = {key: fz for key, (fz, _) in plan.items()}
+        self._started = plan
 
     def cycle(self) -> None:
         """One period: freeze the plan's containers, thaw each when its fraction is spent
         (or at once when it leaves the plan), then wait out the rest of the period."""
-        plan = self.plan()
-        self._record(tuple(sorted({fz.name for fz, _ in plan.values()})))
-        start = self._clock()
+        plan = self._current()
+        if plan is not self._started:
+            self._let_go(plan)
+            self._names = tuple(sorted({fz.name for fz, _ in plan.values()}))
+        self._record(self._names)
+        period, start = self.period_s, self._clock()
         frozen: dict[Hashable, Freezer] = {}
         try:
             for key, (fz, _) in plan.items():
-                if self._write(key, fz, freeze=True):
-                    frozen[key] = fz
+                try:
+                    fz.freeze()
+                except OSError as e:
+                    self._failed(key, fz, e, freeze=True)
+                    continue
+                frozen[key] = fz
+                self.writes += 1
             while frozen and not self._stopping.is_set():
-                now, current = self._clock(), self.plan()
+                now, current = self._clock(), self._current()
                 due: list[float] = []
-                for key, fz in list(frozen.items()):
+                thaw: list[Hashable] = []
+                for key, fz in frozen.items():
                     entry = current.get(key)
-                    until = start + entry[1] * self.period_s if entry and entry[0] == fz else now
-                    if until <= now + _EPS:
-                        self._write(key, fz, freeze=False)
-                        del frozen[key]
-                    else:
-                        due.append(until)
+                    if entry is not None and (entry[0] is fz or entry[0] == fz):
+                        until = start + entry[1] * period
+                        if until > now + _EPS:
+                            due.append(until)
+                            continue
+                    thaw.append(key)
+                for key in thaw:
+                    self._write(key, frozen.pop(key), freeze=False)
                 if due:
                     self._pause(min(due) - now)
         finally:
@@ -384,30 +512,38 @@ class DutyCycle:
             self._pause(left)
 
     def _write(self, key: Hashable, fz: Freezer, *, freeze: bool) -> bool:
-        """Freeze or thaw; False (logged, thawed, out of the plan) when it failed."""
+        """Freeze or thaw; False (logged, thawed, out of the plan, closed) when it failed."""
         try:
             fz.freeze() if freeze else fz.thaw()
-            self.writes += 1
-            return True
         except OSError as e:
-            gone = e.errno in {errno.ENOENT, errno.ENODEV}
-            reason = f"{fz.name}: {e.strerror or e}"
-            if freeze or not gone:
-                log.warning(
-                    "event=%s container=%s reason=%r",
-                    "freeze-failed" if freeze else "thaw-failed",
-                    "/".join(map(str, key)) if isinstance(key, tuple) else key,
-                    reason,
-                )
-            if freeze:
-                with contextlib.suppress(OSError):
-                    fz.thaw()
-            with self._lock:
-                if key in self._plan and self._plan[key][0] == fz:
-                    del self._plan[key]
-                if freeze or not gone:
-                    self._failures[key] = reason
+            self._failed(key, fz, e, freeze=freeze)
             return False
+        self.writes += 1
+        return True
+
+    def _failed(self, key: Hashable, fz: Freezer, e: OSError, *, freeze: bool) -> None:
+        """A write failed: logged, thawed, out of the plan, closed, handed to `failures`
+        (a thaw of a cgroup that is gone is none of these but the last two: its container
+        went, and nothing is frozen)."""
+        gone = e.errno in {errno.ENOENT, errno.ENODEV}
+        reason = f"{fz.name}: {e.strerror or e}"
+        if freeze or not gone:
+            log.warning(
+                "event=%s container=%s reason=%r",
+                "freeze-failed" if freeze else "thaw-failed",
+                "/".join(map(str, key)) if isinstance(key, tuple) else key,
+                reason,
+            )
+        if freeze:
+            with contextlib.suppress(OSError):
+                fz.thaw()
+        with contextlib.suppress(OSError):
+            _close(fz)
+        with self._lock:
+            if key in self._plan and self._plan[key][0] == fz:
+                self._plan = {k: v for k, v in self._plan.items() if k != key}
+            if freeze or not gone:
+                self._failures[key] = reason
 
     def _record(self, names: tuple[str, ...]) -> None:
         if self._ledger is None or names == self._recorded:
@@ -569,7 +705,6 @@ class ComputeBackstop:
         if share is None:
             share = self._shares[key] = _Share(Window(s.window_s, s.sample_s, s.max_gap_s))
         share.window.add(now, use.util)
-        mean = share.window.mean()
         if ref is not None and share.ref not in (None, ref) and share.controller is None:
             share.over = False  # restarted while only reported: it may be held this time
         if ref is not None:
@@ -584,6 +719,7 @@ class ComputeBackstop:
                     use.share,
                 )
             return None
+        mean = share.window.mean()  # not while held: the controller goes by each sample
         over = mean is not None and mean > use.share + s.tolerance
         if not over:
             if share.over:

@@ -4,7 +4,8 @@ Each process is mapped to its container through `/proc/<pid>/cgroup` (agent.cgro
 pod's status (container ID -> name), then to the grant of that container (pod UID and name).
 Per container and GPU this gives the memory used and the utilisation measured, which
 
-- goes into the container's region as the limiter's feedback (`native.region.write_feedback`);
+- goes into the container's region as the limiter's feedback (written by the same
+  `native.region.inspect` call that reads the region, to a region found trusted);
 - is checked against the cap: a container whose processes hold more GPU memory than its cap
   by NVML's count got around the limiter (a static binary, a cleared preload, direct ioctls).
   That is reported (a log event, a metric, and a Kubernetes Event through `report`), and with
@@ -42,8 +43,7 @@ from agent.cgroups import ContainerRef, ProcessTable, running_containers
 from agent.usage import ProcessUsage, UsageError, UsageSource
 from deviceplugin.grants import GpuShare, Grant
 from gpulet.api.resources import GPU_RESOURCE
-from native.region import DeviceLimit, Inspection, Limits, RegionError, inspect, write_feedback
-from native.region import Usage as RegionUsage
+from native.region import DeviceLimit, Inspection, Limits, RegionError, inspect
 
 log = logging.getLogger("gpulet.agent")
 
@@ -195,7 +195,12 @@ class Monitor:
             per.setdefault((ref.pod_uid, name, p.gpu_uuid), []).append(p)
             refs[(ref.pod_uid, name)] = ref
         violations: list[Violation] = []
-        tick = _Tick(now, sample, {}, {}, set())
+        feedback: dict[tuple[str, str], dict[str, float]] = {}
+        for (pod_uid, name, uuid), procs in per.items():
+            util = _utilisation(procs)
+            if util is not None:
+                feedback.setdefault((pod_uid, name), {})[uuid] = util
+        tick = _Tick(now, sample, {}, {}, set(), feedback)
         for key, procs in per.items():
             try:
                 violations += self._container(key, procs, grants.get(key[:2]), tick)
@@ -238,20 +243,17 @@ class Monitor:
         if grant is None or share is None:
             return []  # a process on a GPU its container was not given: not ours to cap
         used = sum(p.used_mib or 0 for p in procs)
-        utils = [p.sm_percent for p in procs if p.sm_percent is not None]
-        util = float(min(100, sum(utils))) if utils else None
+        util = tick.feedback.get((pod_uid, name), {}).get(uuid)
         pids = tuple(sorted(p.pid for p in procs))
         seen = self._inspect(grant, tick) if grant.region_dir else None
         unlimited: tuple[int, ...] = ()
-        if not share.exclusive and seen is not None and seen.usage is not None:
-            unlimited = self._without_limiter(seen.usage, pod_uid, name, pids, tick.now)
+        if not share.exclusive and seen is not None and seen.readable:
+            unlimited = self._without_limiter(seen, pod_uid, name, pids, tick.now)
         use = ContainerGpu(
             pod_uid, name, uuid, used, share.memory_mib, share.core, util, pids, unlimited
         )
         tick.sample.containers.append(use)
         out: list[Violation] = []
-        if grant.region_dir and seen is not None and seen.trusted and util is not None:
-            self._feedback(grant.region_dir, grant, uuid, util)
         if used > share.memory_mib:
             out.append(self._enforce_cap(use))
         problems = self._distrust(grant, seen, tick)
@@ -261,16 +263,28 @@ class Monitor:
         return out
 
     def _inspect(self, grant: Grant, tick: _Tick) -> Inspection | None:
-        """The container's region read anew, once per sample; None when it cannot be
-        judged (an error of the agent's, not of the region: logged)."""
+        """The container's region read anew, once per sample, and given the utilisation
+        measured on each of its GPUs as feedback in the same pass (written only to a region
+        found trusted); None when it cannot be judged (an error of the agent's, not of the
+        region: logged)."""
         assert grant.region_dir is not None
         if grant.region_dir in tick.inspected:
             return tick.inspected[grant.region_dir]
         seen: Inspection | None = None
+        measured = tick.feedback.get((grant.pod_uid or "", grant.container or ""), {})
+        feedback = {
+            dev: measured[s.uuid]
+            for dev, s in enumerate(grant.gpus)
+            if 0 <= measured.get(s.uuid, -1.0) <= 100
+        }
         try:
-            seen = inspect(grant.region_dir, self._expected(grant))
+            seen = inspect(grant.region_dir, self._expected(grant), feedback)
         except (RegionError, ValueError) as e:
             log.debug("event=region-not-judged region=%s reason=%r", grant.region_dir, str(e))
+        if seen is not None and seen.trusted and seen.feedback_error:
+            log.debug(
+                "event=feedback-skipped region=%s reason=%r", grant.region_dir, seen.feedback_error
+            )
         tick.inspected[grant.region_dir] = seen
         return seen
 
@@ -317,20 +331,14 @@ class Monitor:
                 out.append(ShareUse(grant.pod_uid, grant.container, s.uuid, s.core, util, ref))
         return out
 
-    def _feedback(self, region_dir: str, grant: Grant, uuid: str, util: float) -> None:
-        dev = next(i for i, s in enumerate(grant.gpus) if s.uuid == uuid)
-        try:
-            write_feedback(region_dir, dev, util, self._expected(grant))
-        except RegionError as e:
-            log.debug("event=feedback-skipped region=%s reason=%r", region_dir, str(e))
-
     def _without_limiter(
-        self, usage: RegionUsage, pod_uid: str, name: str, pids: tuple[int, ...], now: float
+        self, seen: Inspection, pod_uid: str, name: str, pids: tuple[int, ...], now: float
     ) -> tuple[int, ...]:
         """Those of `pids` not attached to the region for UNLIMITED_AFTER_S, each logged once.
         A process whose own pid cannot be read is not judged. A process seen attached stays
         so until it exits, and its pid in the container does not change: both are read once,
-        so a container whose processes all have the limiter costs nothing more per tick."""
+        so a container whose processes all have the limiter costs nothing more per tick (its
+        region's processes are not even converted: `seen.usage` is made when first read)."""
         doubtful: dict[int, int] = {}
         for pid in pids:
             if pid in self._attached:
@@ -342,7 +350,8 @@ class Monitor:
                 doubtful[pid] = inner
         if not doubtful:
             return ()
-        attached = {p.pid for p in usage.processes}
+        usage = seen.usage
+        attached = {p.pid for p in usage.processes} if usage is not None else set()
         out: list[int] = []
         for pid, inner in doubtful.items():
             if inner in attached:
@@ -452,6 +461,16 @@ class _Tick:
     untrusted: dict[tuple[str, str], tuple[str, ...]]
     #: Region directories that could not be read at all.
     doubted: set[str]
+    #: Per (pod uid, container): the utilisation measured on each of its GPUs (by uuid),
+    #: where NVML gave one: the feedback its region is given.
+    feedback: dict[tuple[str, str], dict[str, float]]
+
+
+def _utilisation(procs: list[ProcessUsage]) -> float | None:
+    """A container's utilisation of one GPU: its processes' SM percent, summed (at most
+    100); None where NVML gave none."""
+    utils = [p.sm_percent for p in procs if p.sm_percent is not None]
+    return float(min(100, sum(utils))) if utils else None
 
 
 def _container_names(pods: Iterable[Mapping[str, Any]]) -> dict[ContainerRef, str]:

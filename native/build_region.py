@@ -133,6 +133,11 @@ int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected
 int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *expected,
                                  uint32_t dev, uint32_t util_permille, uint64_t stamp_ns,
                                  char *err, size_t errlen);
+#define GPULET_NO_FEEDBACK ...
+int gpulet_region_inspect_feedback(const char *path, const struct gpulet_limits *expected,
+                                   const uint32_t *util_permille, uint64_t stamp_ns,
+                                   struct gpulet_inspection *out, int *fed_back, char *err,
+                                   size_t errlen);
 """
 
 ffibuilder = FFI()

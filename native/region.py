@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -80,25 +82,87 @@ class Usage:
     processes: tuple[ProcessUsage, ...]
 
 
-@dataclass(frozen=True)
 class Inspection:
-    """A region read as untrusted input (`inspect`)."""
+    """A region read as untrusted input (`inspect`). Immutable; compared by value.
+
+    `inspect` converts `usage` when it is first asked for: the agent reads every region every
+    second and looks at the processes only while it has a process to check."""
+
+    __slots__ = ("_raw", "_usage", "feedback_error", "problems", "readable")
 
     #: What the region says, clamped (at most 16 devices and 256 processes; totals saturate
     #: at 2^64 - 1); with the expected limits, exactly their devices, uuids and caps. None when
     #: it could not be read at all: missing, not a regular file of the right size, not a
-    #: region of this version.
-    usage: Usage | None
+    #: region of this version. (A property: see `readable`.)
+    _usage: Usage | None
     #: Empty when the region is consistent with the expected limits (and with itself); else
     #: one line per problem, naming the field ("devices is 300, granted 2", "device 0:
     #: memory_bytes ..., granted ...", "slot 7: free (pid 0) but holds charges"). When usage
     #: is None, the one line says why.
     problems: tuple[str, ...]
+    #: With feedback asked of `inspect`: why it was not written (one line: the region could
+    #: not be opened for writing, had problems, or a write failed); empty when it was, or
+    #: when none was asked for.
+    feedback_error: str
+    #: Whether the region could be read: `usage is not None`, without converting it.
+    readable: bool
+    #: `inspect`'s copy of the live part of the C snapshot, until `usage` converts it.
+    _raw: bytes | None
+
+    def __init__(
+        self, usage: Usage | None, problems: tuple[str, ...], feedback_error: str = ""
+    ) -> None:
+        self._set(usage, None, problems, feedback_error)
+
+    @classmethod
+    def _of_snapshot(
+        cls, raw: bytes | None, problems: tuple[str, ...], feedback_error: str
+    ) -> Inspection:
+        """From the bytes of a struct gpulet_snapshot up to its last listed process (None:
+        unreadable), converted into `usage` when that is first asked for."""
+        self = cls.__new__(cls)
+        self._set(None, raw, problems, feedback_error)
+        return self
+
+    def _set(
+        self, usage: Usage | None, raw: bytes | None, problems: tuple[str, ...], why: str
+    ) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "_usage", usage)
+        setattr_(self, "_raw", raw)
+        setattr_(self, "problems", problems)
+        setattr_(self, "feedback_error", why)
+        setattr_(self, "readable", usage is not None or raw is not None)
+
+    @property
+    def usage(self) -> Usage | None:
+        raw = self._raw
+        if raw is not None:  # two threads may both convert it: the same answer
+            snapshot = ffi.cast("struct gpulet_snapshot *", ffi.from_buffer(raw))
+            object.__setattr__(self, "_usage", _usage(snapshot))
+            object.__setattr__(self, "_raw", None)
+        return self._usage
 
     @property
     def trusted(self) -> bool:
         """Read, and consistent with what was expected."""
-        return not self.problems and self.usage is not None
+        return not self.problems and self.readable
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Inspection is immutable: cannot set {name}")
+
+    def _key(self) -> tuple[Usage | None, tuple[str, ...], str]:
+        return (self.usage, self.problems, self.feedback_error)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Inspection) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        usage, problems, why = self._key()
+        return f"Inspection(usage={usage!r}, problems={problems!r}, feedback_error={why!r})"
 
 
 def _extension() -> None:
@@ -133,6 +197,23 @@ def check_limits(limits: Limits) -> None:
         if d.uuid in seen:
             raise RegionError(f"duplicate device {d.uuid}")
         seen.add(d.uuid)
+
+
+#: Per Limits, its C struct, built once (and never written to after: the C code takes it
+#: const). The agent asks with the same few limits every second; bounded all the same.
+_C_LIMITS: dict[Limits, Any] = {}
+_C_LIMITS_MAX = 4096
+
+
+def _c_limits(limits: Limits) -> Any:
+    """`_to_c(limits)`, from the cache when it was built before."""
+    c = _C_LIMITS.get(limits)
+    if c is None:
+        c = _to_c(limits)
+        if len(_C_LIMITS) >= _C_LIMITS_MAX:
+            _C_LIMITS.clear()
+        _C_LIMITS[limits] = c
+    return c
 
 
 def _to_c(limits: Limits) -> Any:
@@ -418,7 +499,50 @@ def _usage(s: Any) -> Usage:
 # ---- the agent's reader: a region as untrusted input ---------------------------------------
 
 
-def inspect(directory: StrPath, expected: Limits | None = None) -> Inspection:
+class _Scratch(threading.local):
+    """What one thread's `inspect` calls fill, allocated once per thread rather than per
+    call (the inspection is about 50 KB). Each call converts what it needs before it
+    returns, so the next call may overwrite it."""
+
+    out: Any
+    permille: Any
+    fed_back: Any
+    err: Any
+
+    def __init__(self) -> None:
+        if lib is None:
+            return  # not built: inspect says so before it looks here
+        self.out = ffi.new("struct gpulet_inspection *")
+        self.permille = ffi.new("uint32_t[]", MAX_DEVICES)
+        self.fed_back = ffi.new("int *")
+        self.err = _err()
+
+
+_scratch = _Scratch()
+#: A struct gpulet_snapshot up to its processes, and one process.
+_SNAPSHOT_HEAD = 0 if ffi is None else ffi.offsetof("struct gpulet_snapshot", "proc")
+_PROC_SIZE = 0 if ffi is None else ffi.sizeof("struct gpulet_proc_usage")
+
+
+#: Per directory, its region file's path as the C code takes it (bounded, as _C_LIMITS).
+_REGION_PATHS: dict[StrPath, bytes] = {}
+
+
+def _region_path(directory: StrPath) -> bytes:
+    path = _REGION_PATHS.get(directory)
+    if path is None:
+        path = os.fsencode(os.path.join(directory, REGION_FILE))
+        if len(_REGION_PATHS) >= _C_LIMITS_MAX:
+            _REGION_PATHS.clear()
+        _REGION_PATHS[directory] = path
+    return path
+
+
+def inspect(
+    directory: StrPath,
+    expected: Limits | None = None,
+    feedback: Mapping[int, float] | None = None,
+) -> Inspection:
     """Read a container's region as untrusted input: never maps it, never takes its lock,
     never follows a symlink or opens anything but a regular file of the right size, never
     raises for anything the file holds (OSError/RegionError only for a missing extension).
@@ -428,17 +552,60 @@ def inspect(directory: StrPath, expected: Limits | None = None) -> Inspection:
     Totals are saturating sums over the slots whose process is alive (holds its slot's
     liveness lock), which are the processes listed; slots of dead processes are left out, as
     the next reap would free them. Invalid `expected` limits are the caller's error:
-    RegionError, as from `setup`. About 50 us (docs/limiter.md)."""
-    c_expected = ffi.NULL if expected is None else _to_c(expected)
+    RegionError, as from `setup`. About 50 us (docs/limiter.md).
+
+    `feedback` (device index of `expected` -> utilisation %, as `write_feedback` takes
+    them; checked the same way, RegionError before anything is opened) is written in the
+    same pass, to the file just inspected, and only when the inspection found nothing wrong
+    (`trusted`): one open of the region for both. Why it was not written is in the answer's
+    `feedback_error`."""
+    c_expected = ffi.NULL if expected is None else _c_limits(expected)
     _extension()
-    out = ffi.new("struct gpulet_inspection *")
-    path = os.fsencode(Path(directory) / REGION_FILE)
-    lib.gpulet_region_inspect(path, c_expected, out)
-    kept = min(out.problems, lib.GPULET_MAX_PROBLEMS)
-    problems = [ffi.string(out.problem[i]).decode("utf-8", "replace") for i in range(kept)]
-    if out.problems > kept:
-        problems.append(f"... and {out.problems - kept} more problems")
-    return Inspection(_usage(out.usage) if out.readable else None, tuple(problems))
+    scratch = _scratch
+    out, permille = scratch.out, ffi.NULL
+    if feedback:
+        if expected is None:
+            raise RegionError("feedback needs the granted limits")
+        permille = scratch.permille
+        for dev in range(len(expected.devices)):
+            permille[dev] = lib.GPULET_NO_FEEDBACK
+        for dev, util in feedback.items():
+            permille[dev] = _permille(dev, util, expected)
+    lib.gpulet_region_inspect_feedback(
+        _region_path(directory),
+        c_expected,
+        permille,
+        lib.gpulet_now_ns(),
+        out,
+        scratch.fed_back,
+        scratch.err,
+        len(scratch.err),
+    )
+    problems: list[str] = []
+    if out.problems:
+        kept = min(out.problems, lib.GPULET_MAX_PROBLEMS)
+        problems = [ffi.string(out.problem[i]).decode("utf-8", "replace") for i in range(kept)]
+        if out.problems > kept:
+            problems.append(f"... and {out.problems - kept} more problems")
+    raw = None
+    if out.readable:  # what _usage reads: the header, the devices, the totals, the processes
+        size = _SNAPSHOT_HEAD + out.usage.procs * _PROC_SIZE
+        raw = ffi.buffer(ffi.addressof(out, "usage"), size)[:]
+    fed_back = ""
+    if permille != ffi.NULL and scratch.fed_back[0] != 0:
+        why = ffi.string(scratch.err).decode("utf-8", "replace")
+        fed_back = why or f"feedback: {os.strerror(-scratch.fed_back[0])}"
+    return Inspection._of_snapshot(raw, tuple(problems), fed_back)
+
+
+def _permille(dev: int, util_percent: float, expected: Limits) -> int:
+    """The feedback's value for `dev`, after write_feedback's checks: RegionError."""
+    n = len(expected.devices)
+    if not 0 <= dev < n:
+        raise RegionError(f"device index {dev} is not in 0..{n - 1} (the grant's devices)")
+    if not 0 <= util_percent <= 100:
+        raise RegionError(f"utilisation {util_percent}% is not in 0..100")
+    return round(util_percent * 10)
 
 
 def write_feedback(directory: StrPath, dev: int, util_percent: float, expected: Limits) -> None:
@@ -447,17 +614,12 @@ def write_feedback(directory: StrPath, dev: int, util_percent: float, expected: 
 
     One pwrite of util_permille and util_stamp_ns (now, CLOCK_MONOTONIC) at their offsets,
     after the checks `inspect` makes of the file and of its magic and version; `dev` is
-    bounded by the grant, never by the region's own device count."""
-    n = len(expected.devices)
-    if not 0 <= dev < n:
-        raise RegionError(f"device index {dev} is not in 0..{n - 1} (the grant's devices)")
-    if not 0 <= util_percent <= 100:
-        raise RegionError(f"utilisation {util_percent}% is not in 0..100")
-    c = _to_c(expected)
+    bounded by the grant, never by the region's own device count. (The agent's monitor
+    writes its feedback through `inspect(..., feedback=...)`: one open for both.)"""
+    permille = _permille(dev, util_percent, expected)
+    c = _c_limits(expected)
     err = _err()
-    path = os.fsencode(Path(directory) / REGION_FILE)
-    permille = round(util_percent * 10)
     rc = lib.gpulet_region_write_feedback(
-        path, c, dev, permille, lib.gpulet_now_ns(), err, len(err)
+        _region_path(directory), c, dev, permille, lib.gpulet_now_ns(), err, len(err)
     )
     _check(rc, err, "feedback")

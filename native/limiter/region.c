@@ -1062,11 +1062,11 @@ static void check_copy(const struct gpulet_region *r, const struct gpulet_limits
                      out);
     for (int i = 0; i < GPULET_MAX_SLOTS; i++) {
         const struct gpulet_slot *s = &r->slot[i];
-        bool charged = false;
+        uint64_t any = 0; /* every charge or'ed: one pass the compiler vectorises */
         for (int d = 0; d < GPULET_MAX_DEVICES; d++)
-            charged = charged || s->used[d] != 0;
+            any |= s->used[d];
         if (s->pid == 0) {
-            if (charged)
+            if (any != 0)
                 problem(out, "slot %d: free (pid 0) but holds charges", i);
             continue;
         }
@@ -1102,8 +1102,10 @@ static void check_copy(const struct gpulet_region *r, const struct gpulet_limits
     }
 }
 
-int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected,
-                          struct gpulet_inspection *out)
+/* Read the region open at `fd` into `out`, which the caller zeroed, checked against
+ * `expected`. */
+static int inspect_fd(const char *path, int fd, const struct gpulet_limits *expected,
+                      struct gpulet_inspection *out)
 {
     /* One byte more than a region: a file that grew after the fstat reads long. */
     struct copy {
@@ -1111,20 +1113,10 @@ int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected
         char more[1];
     };
     const size_t want = sizeof(struct gpulet_region);
-    char *line;
-    if (out == NULL)
-        return -EINVAL;
-    memset(out, 0, sizeof *out);
-    line = out->problem[0];
-    int rc = expected != NULL ? check_limits(expected, line, GPULET_ERR_LEN) : 0;
-    int fd = rc == 0 ? open_untrusted(path, O_RDONLY, line, GPULET_ERR_LEN) : rc;
-    if (fd < 0) {
-        out->problems = 1;
-        return fd;
-    }
+    char *line = out->problem[0];
+    int rc = 0;
     struct copy *c = malloc(sizeof *c);
     if (c == NULL) {
-        close(fd);
         out->problems = 1;
         return fail(line, GPULET_ERR_LEN, -ENOMEM, "cannot read region %s: out of memory", path);
     }
@@ -1133,7 +1125,8 @@ int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected
      * second one is the answer. Tampering shows in both. */
     for (int attempt = 0; attempt < 2; attempt++) {
         ssize_t n = pread_full(fd, c, want + 1, 0);
-        memset(out, 0, sizeof *out);
+        if (attempt > 0)
+            memset(out, 0, sizeof *out); /* the callers hand it over zeroed */
         if (n < 0)
             rc = fail(line, GPULET_ERR_LEN, (int)n, "cannot read region %s: %s", path,
                       strerror((int)-n));
@@ -1152,40 +1145,148 @@ int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected
             break;
     }
     free(c);
+    return rc;
+}
+
+int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected,
+                          struct gpulet_inspection *out)
+{
+    if (out == NULL)
+        return -EINVAL;
+    memset(out, 0, sizeof *out);
+    char *line = out->problem[0];
+    int rc = expected != NULL ? check_limits(expected, line, GPULET_ERR_LEN) : 0;
+    int fd = rc == 0 ? open_untrusted(path, O_RDONLY, line, GPULET_ERR_LEN) : rc;
+    if (fd < 0) {
+        out->problems = 1;
+        return fd;
+    }
+    rc = inspect_fd(path, fd, expected, out);
     close(fd);
     return rc;
 }
 
-int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *expected,
-                                 uint32_t dev, uint32_t util_permille, uint64_t stamp_ns,
-                                 char *err, size_t errlen)
+/* The feedback's offset in the file for device `dev` (< GPULET_MAX_DEVICES). */
+static off_t feedback_offset(uint32_t dev)
+{
+    return (off_t)(offsetof(struct gpulet_region, dev) + dev * sizeof(struct gpulet_device_shared) +
+                   offsetof(struct gpulet_device_shared, util_permille));
+}
+
+/* One pwrite of util_permille and util_stamp_ns for device `dev` to the region open at `fd`. */
+static int write_feedback_fd(const char *path, int fd, uint32_t dev, uint32_t util_permille,
+                             uint64_t stamp_ns, char *err, size_t errlen)
 {
     unsigned char value[12];
-    int rc = check_limits(expected, err, errlen);
-    if (rc != 0)
-        return rc;
+    memcpy(value, &util_permille, 4);
+    memcpy(value + 4, &stamp_ns, 8);
+    ssize_t n;
+    do
+        n = pwrite(fd, value, sizeof value, feedback_offset(dev));
+    while (n < 0 && errno == EINTR);
+    int why = n < 0 ? errno : EIO; /* short, for 12 bytes inside the file: a full disk */
+    if (n != (ssize_t)sizeof value)
+        return fail(err, errlen, -why, "cannot write feedback to region %s: %s", path,
+                    strerror(why));
+    return 0;
+}
+
+/* The checks of a feedback's device and value against the grant (already checked). */
+static int check_feedback(const struct gpulet_limits *expected, uint32_t dev,
+                          uint32_t util_permille, char *err, size_t errlen)
+{
     if (dev >= expected->count)
         return fail(err, errlen, -EINVAL, "device index %u is not in 0..%u (the grant's devices)",
                     dev, expected->count - 1);
     if (util_permille > 1000)
         return fail(err, errlen, -EINVAL, "utilisation %u permille is not in 0..1000",
                     util_permille);
+    return 0;
+}
+
+int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *expected,
+                                 uint32_t dev, uint32_t util_permille, uint64_t stamp_ns,
+                                 char *err, size_t errlen)
+{
+    int rc = check_limits(expected, err, errlen);
+    if (rc == 0)
+        rc = check_feedback(expected, dev, util_permille, err, errlen);
+    if (rc != 0)
+        return rc;
     int fd = open_untrusted(path, O_RDWR, err, errlen);
     if (fd < 0)
         return fd;
-    off_t at = (off_t)(offsetof(struct gpulet_region, dev) +
-                       dev * sizeof(struct gpulet_device_shared) +
-                       offsetof(struct gpulet_device_shared, util_permille));
-    memcpy(value, &util_permille, 4);
-    memcpy(value + 4, &stamp_ns, 8);
-    ssize_t n;
-    do
-        n = pwrite(fd, value, sizeof value, at);
-    while (n < 0 && errno == EINTR);
-    int why = n < 0 ? errno : EIO; /* short, for 12 bytes inside the file: a full disk */
-    if (n != (ssize_t)sizeof value)
-        rc = fail(err, errlen, -why, "cannot write feedback to region %s: %s", path,
-                  strerror(why));
+    rc = write_feedback_fd(path, fd, dev, util_permille, stamp_ns, err, errlen);
+    close(fd);
+    return rc;
+}
+
+/* Whether an open for writing that failed with `rc` may still succeed for reading: the file
+ * is read-only to us (mode, attribute, mount), being executed, or leased for reading. */
+static bool read_only_may_open(int rc)
+{
+    return rc == -EACCES || rc == -EPERM || rc == -EROFS || rc == -ETXTBSY ||
+           rc == -EWOULDBLOCK;
+}
+
+int gpulet_region_inspect_feedback(const char *path, const struct gpulet_limits *expected,
+                                   const uint32_t *util_permille, uint64_t stamp_ns,
+                                   struct gpulet_inspection *out, int *fed_back, char *err,
+                                   size_t errlen)
+{
+    int ignored;
+    bool asked = false;
+    if (fed_back == NULL)
+        fed_back = &ignored;
+    *fed_back = 0;
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (out == NULL)
+        return *fed_back = fail(err, errlen, -EINVAL, "no inspection to fill");
+    memset(out, 0, sizeof *out);
+    char *line = out->problem[0];
+    int rc = expected != NULL ? check_limits(expected, line, GPULET_ERR_LEN) : 0;
+    if (rc == 0 && util_permille != NULL && expected == NULL)
+        rc = fail(line, GPULET_ERR_LEN, -EINVAL, "feedback without the granted limits");
+    for (uint32_t d = 0; rc == 0 && util_permille != NULL && d < expected->count; d++) {
+        if (util_permille[d] == GPULET_NO_FEEDBACK)
+            continue;
+        rc = check_feedback(expected, d, util_permille[d], line, GPULET_ERR_LEN);
+        asked = true;
+    }
+    if (rc != 0) {
+        out->problems = 1;
+        *fed_back = fail(err, errlen, rc, "%s", line);
+        return rc;
+    }
+    /* For writing only when there is something to write; a file that cannot be opened for
+     * writing but can for reading is still inspected (gpulet_region_inspect's answer). */
+    int fd = open_untrusted(path, asked ? O_RDWR : O_RDONLY, line, GPULET_ERR_LEN);
+    if (fd < 0 && asked) {
+        *fed_back = fail(err, errlen, fd, "%s", line);
+        asked = false;
+        if (read_only_may_open(fd))
+            fd = open_untrusted(path, O_RDONLY, line, GPULET_ERR_LEN);
+        if (fd >= 0)
+            line[0] = '\0'; /* readable after all: `out` is as zeroed as inspect_fd wants */
+    }
+    if (fd < 0) {
+        out->problems = 1;
+        return fd;
+    }
+    rc = inspect_fd(path, fd, expected, out);
+    if (asked && rc != 0)
+        *fed_back = fail(err, errlen, rc, "%s", line);
+    else if (asked && out->problems != 0)
+        *fed_back = fail(err, errlen, -EBADMSG,
+                         "feedback not written to region %s: it is not what was granted", path);
+    asked = asked && rc == 0 && out->problems == 0;
+    for (uint32_t d = 0; asked && d < expected->count; d++) {
+        if (util_permille[d] == GPULET_NO_FEEDBACK)
+            continue;
+        *fed_back = write_feedback_fd(path, fd, d, util_permille[d], stamp_ns, err, errlen);
+        asked = *fed_back == 0;
+    }
     close(fd);
     return rc;
 }

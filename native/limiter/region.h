@@ -208,4 +208,22 @@ int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *e
                                  uint32_t dev, uint32_t util_permille, uint64_t stamp_ns,
                                  char *err, size_t errlen);
 
+/* Both in one, for the agent's every-second pass: the region is opened once (for reading
+ * and writing when there is feedback to write), inspected as gpulet_region_inspect does,
+ * and then, only when that found it readable and without a problem, given the feedback:
+ * for each device d < expected->count whose util_permille[d] is not GPULET_NO_FEEDBACK,
+ * the one pwrite gpulet_region_write_feedback makes, to the file just inspected.
+ * `util_permille` has expected->count entries (NULL: no feedback; it needs `expected`),
+ * each checked (0..1000) before anything is opened. A region that cannot be opened for
+ * writing but can for reading (a read lease, a read-only file) is still inspected. Returns
+ * what gpulet_region_inspect returns and leaves `out` as it does; *fed_back (when not NULL)
+ * is 0 when everything asked for was written (or nothing was), else a negative errno with
+ * one line in err: the open's or the write's, or -EBADMSG when the inspection found
+ * problems (nothing written). */
+#define GPULET_NO_FEEDBACK 0xffffffffu
+int gpulet_region_inspect_feedback(const char *path, const struct gpulet_limits *expected,
+                                   const uint32_t *util_permille, uint64_t stamp_ns,
+                                   struct gpulet_inspection *out, int *fed_back, char *err,
+                                   size_t errlen);
+
 #endif
