@@ -53,17 +53,7 @@ def directory(tmp_path: Path) -> Path:
 
 # A process of the container: two handles (two slots), charged on both devices; it sleeps
 # until the test kills it, so its slots stay live (their liveness locks held).
-TENANT = """
-import sys, time
-from native.region import Region
-a, b = Region.open(sys.argv[1]), Region.open(sys.argv[1])
-a.attach(comm="trainer")
-b.attach(comm="loader")
-assert a.reserve(0, 300 * 2**20, 1024 * 2**20) and a.reserve(1, 5 * 2**20, 2048 * 2**20)
-assert b.reserve(0, 100 * 2**20, 1024 * 2**20)
-print("ready", flush=True)
-time.sleep(300)
-"""
+TENANT = region_fuzz.TENANT
 
 
 @pytest.fixture
