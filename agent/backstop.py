@@ -170,6 +170,10 @@ class DutyController:
         return quiet is not None and now - quiet >= self._s.window_s - _EPS
 
 
+def _due(entry: tuple[float, Hashable, Freezer]) -> float:
+    return entry[0]
+
+
 def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
@@ -256,7 +260,7 @@ class CgroupFreezer:
         self._write(self._thaw)
 
     def _write(self, value: bytes) -> None:
-        with self._lock:
+        with CgroupFreezer._lock:
             fd = self._fd
             if fd < 0:
                 fd = self._fd = os.open(self.file, os.O_WRONLY | os.O_CLOEXEC)
@@ -276,7 +280,7 @@ class CgroupFreezer:
 
     def close(self) -> None:
         """Close the file if it is open; a later write opens it again."""
-        with self._lock:
+        with CgroupFreezer._lock:
             self._close()
 
     @property
@@ -431,9 +435,8 @@ class DutyCycle:
             plan, self._plan = self._plan, {}
         for key, (fz, _) in plan.items():
             self._write(key, fz, freeze=False)
-        self._let_go({})
-        for fz, _ in plan.values():
-            _close(fz)
+        self._let_go(plan)  # those held before and not now
+        self._let_go({})  # and the plan's
         self._record(())
 
     def recover(self) -> None:
@@ -460,7 +463,7 @@ class DutyCycle:
     def _let_go(self, plan: Mapping[Hashable, tuple[Freezer, float]]) -> None:
         """Close the freezers held before that `plan` no longer holds (its container left
         it, or has another freezer now), and remember the plan's as held."""
-        for key, fz in self._held.items():
+        for key, fz in list(self._held.items()):
             entry = plan.get(key)
             if entry is None or entry[0] is not fz:
                 _close(fz)
@@ -476,40 +479,57 @@ class DutyCycle:
             self._names = tuple(sorted({fz.name for fz, _ in plan.values()}))
         self._record(self._names)
         period, start = self.period_s, self._clock()
-        frozen: dict[Hashable, Freezer] = {}
+        #: Frozen in this period: when each is due to be thawed, in that order (a stable
+        #: sort: the plan's order among equals); those before `done` are thawed.
+        frozen: list[tuple[float, Hashable, Freezer]] = []
+        done = 0
         try:
-            for key, (fz, _) in plan.items():
+            for key, (fz, f) in plan.items():
                 try:
                     fz.freeze()
                 except OSError as e:
                     self._failed(key, fz, e, freeze=True)
-                    continue
-                frozen[key] = fz
-                self.writes += 1
-            while frozen and not self._stopping.is_set():
+                else:
+                    frozen.append((start + f * period, key, fz))
+            self.writes += len(frozen)
+            frozen.sort(key=_due)
+            while done < len(frozen) and not self._stopping.is_set():
                 now, current = self._clock(), self._current()
-                due: list[float] = []
-                thaw: list[Hashable] = []
-                for key, fz in frozen.items():
-                    entry = current.get(key)
-                    if entry is not None and (entry[0] is fz or entry[0] == fz):
-                        until = start + entry[1] * period
-                        if until > now + _EPS:
-                            due.append(until)
-                            continue
-                    thaw.append(key)
-                for key in thaw:
-                    self._write(key, frozen.pop(key), freeze=False)
-                if due:
-                    self._pause(min(due) - now)
+                if current is not plan:  # a new plan (or a failure) since: each judged again
+                    plan, frozen, done = current, self._again(frozen[done:], current, start), 0
+                thawed = done
+                while done < len(frozen) and frozen[done][0] <= now + _EPS:
+                    _, key, fz = frozen[done]
+                    done += 1
+                    try:
+                        fz.thaw()
+                    except OSError as e:
+                        self._failed(key, fz, e, freeze=False)
+                        thawed += 1  # not written
+                self.writes += done - thawed
+                if done < len(frozen):
+                    self._pause(frozen[done][0] - now)
         finally:
-            for key, fz in frozen.items():  # stopping, or an error above
+            for _, key, fz in frozen[done:]:  # stopping, or an error above
                 self._write(key, fz, freeze=False)
         while not self._stopping.is_set():
             left = start + self.period_s - self._clock()
             if left <= _EPS:
                 break
             self._pause(left)
+
+    def _again(
+        self, frozen: list[tuple[float, Hashable, Freezer]], plan: Plan, start: float
+    ) -> list[tuple[float, Hashable, Freezer]]:
+        """The containers still frozen, each due when the new plan says (at once when it
+        left the plan, or has another freezer: restarted), in that order."""
+        out = []
+        for _, key, fz in frozen:
+            entry = plan.get(key)
+            same = entry is not None and (entry[0] is fz or entry[0] == fz)
+            out.append((start + entry[1] * self.period_s if entry and same else start, key, fz))
+        out.sort(key=_due)
+        return out
 
     def _write(self, key: Hashable, fz: Freezer, *, freeze: bool) -> bool:
         """Freeze or thaw; False (logged, thawed, out of the plan, closed) when it failed."""
@@ -539,6 +559,8 @@ class DutyCycle:
                 fz.thaw()
         with contextlib.suppress(OSError):
             _close(fz)
+        if self._held.get(key) is fz:
+            del self._held[key]  # closed: not again when the cycle lets it go
         with self._lock:
             if key in self._plan and self._plan[key][0] == fz:
                 self._plan = {k: v for k, v in self._plan.items() if k != key}
@@ -572,7 +594,11 @@ def thaw_left_frozen(ledger: Path) -> None:
         names = []
     for name in names if isinstance(names, list) else []:
         try:
-            CgroupFreezer(Path(str(name))).thaw()
+            fz = CgroupFreezer(Path(str(name)))
+            try:
+                fz.thaw()
+            finally:
+                fz.close()
             log.info("event=thawed-after-restart cgroup=%s", name)
         except (OSError, ValueError) as e:
             log.info("event=thaw-after-restart-skipped cgroup=%s reason=%r", name, str(e))

@@ -288,6 +288,14 @@ static int inspect(const struct gpulet_limits *expected)
     return gpulet_region_inspect(region_path, expected, seen);
 }
 
+/* The monitor's one pass: inspect, and give `util` (per device of `expected`) as feedback;
+ * *fed gets what the feedback came to. */
+static int inspect_feedback(const struct gpulet_limits *expected, const uint32_t *util, int *fed)
+{
+    return gpulet_region_inspect_feedback(region_path, expected, util, 77, seen, fed, err,
+                                          sizeof err);
+}
+
 static int has_problem(const char *needle)
 {
     for (uint32_t i = 0; i < seen->problems && i < GPULET_MAX_PROBLEMS; i++)
@@ -327,6 +335,23 @@ static void test_untrusted(const struct gpulet_limits *l)
     CHECK(gpulet_region_write_feedback(region_path, l, 2, 1, 1, err, sizeof err) == -EINVAL);
     CHECK(strstr(err, "device index 2 is not in 0..1") != NULL);
 
+    /* The monitor's one pass: the devices asked for, written to the file it inspected. */
+    int fed = 1;
+    uint32_t util[2] = {GPULET_NO_FEEDBACK, 610};
+    CHECK(inspect_feedback(l, util, &fed) == 0 && fed == 0 && seen->problems == 0);
+    CHECK(seen->usage.procs == 1 && seen->usage.dev[1].util_permille == 420); /* read first */
+    CHECK(h.region->dev[1].util_permille == 610 && h.region->dev[1].util_stamp_ns == 77);
+    CHECK(h.region->dev[0].util_permille == 0 && h.region->dev[0].util_stamp_ns == 0);
+    CHECK(inspect_feedback(l, NULL, &fed) == 0 && fed == 0 && seen->problems == 0);
+    util[0] = 1001; /* refused before anything is opened */
+    CHECK(inspect_feedback(l, util, &fed) == -EINVAL && fed == -EINVAL && !seen->readable);
+    CHECK(seen->problems == 1 && strstr(seen->problem[0], "1001 permille") != NULL);
+    CHECK(strstr(err, "1001 permille") != NULL && h.region->dev[0].util_stamp_ns == 0);
+    util[0] = 5;
+    CHECK(inspect_feedback(NULL, util, &fed) == -EINVAL && fed == -EINVAL);
+    CHECK(strstr(err, "without the granted limits") != NULL);
+    CHECK(h.region->dev[0].util_stamp_ns == 0 && h.region->dev[1].util_permille == 610);
+
     /* A device count changed under a mapping reader: clamped, never past the arrays. */
     put32(fd, offsetof(struct gpulet_region, devices), 300);
     CHECK(gpulet_region_snapshot(&h, snap) == 0 && snap->devices == GPULET_MAX_DEVICES);
@@ -337,6 +362,11 @@ static void test_untrusted(const struct gpulet_limits *l)
     CHECK(seen->usage.devices == 2 && seen->usage.used[0] == 300 * MIB);
     CHECK(inspect(NULL) == 0 && has_problem("devices is 300, not in 1..16"));
     CHECK(seen->usage.devices == GPULET_MAX_DEVICES);
+    util[0] = 5; /* a region with problems is inspected, and given no feedback */
+    CHECK(inspect_feedback(l, util, &fed) == 0 && fed == -EBADMSG);
+    CHECK(has_problem("devices is 300, granted 2") && seen->readable);
+    CHECK(strstr(err, "it is not what was granted") != NULL);
+    CHECK(h.region->dev[0].util_stamp_ns == 0 && h.region->dev[1].util_permille == 610);
     CHECK(gpulet_region_write_feedback(region_path, l, 1, 5, 5, err, sizeof err) == 0);
     put32(fd, offsetof(struct gpulet_region, devices), 2);
 
@@ -370,6 +400,10 @@ static void test_untrusted(const struct gpulet_limits *l)
     CHECK(inspect(l) == -ELOOP && !seen->readable && seen->problems == 1);
     CHECK(strstr(seen->problem[0], "is a symbolic link") != NULL);
     CHECK(gpulet_region_write_feedback(region_path, l, 0, 1, 1, err, sizeof err) == -ELOOP);
+    util[0] = 9; /* never written through the link: the file it names is the region itself */
+    CHECK(inspect_feedback(l, util, &fed) == -ELOOP && fed == -ELOOP && !seen->readable);
+    CHECK(strstr(seen->problem[0], "is a symbolic link") != NULL);
+    CHECK(strstr(err, "is a symbolic link") != NULL && h.region->dev[0].util_stamp_ns == 0);
     CHECK(unlink(region_path) == 0 && mkfifo(region_path, 0666) == 0);
     CHECK(inspect(l) == -EINVAL && strstr(seen->problem[0], "is a FIFO") != NULL);
     CHECK(unlink(region_path) == 0 && mkdir(region_path, 0777) == 0);
@@ -381,7 +415,9 @@ static void test_untrusted(const struct gpulet_limits *l)
     CHECK(strcmp(seen->problem[0], other) == 0);
     CHECK(gpulet_region_write_feedback(region_path, l, 0, 1, 1, err, sizeof err) == -EINVAL);
     CHECK(strcmp(err, other) == 0);
-    CHECK(inspect(l) == -EINVAL); /* and it wrote nothing */
+    CHECK(inspect_feedback(l, util, &fed) == -EINVAL && fed == -EINVAL && !seen->readable);
+    CHECK(strcmp(seen->problem[0], other) == 0 && strcmp(err, other) == 0);
+    CHECK(inspect(l) == -EINVAL); /* and they wrote nothing */
     CHECK(ftruncate(fd, SIZE) == 0);
     put64(fd, 0, 42);
     CHECK(inspect(l) == -EINVAL && strstr(seen->problem[0], "is not a gpulet region") != NULL);
@@ -548,6 +584,13 @@ static void test_fuzz(const struct gpulet_limits *l, unsigned iterations, uint64
         int rc = gpulet_region_write_feedback(region_path, l, (uint32_t)below(l->count), 500,
                                               gpulet_now_ns(), err, sizeof err);
         CHECK(rc == 0 || rc == -EINVAL || rc == -ELOOP);
+        uint32_t util[GPULET_MAX_DEVICES] = {500, GPULET_NO_FEEDBACK};
+        int fed = 1;
+        rc = inspect_feedback(l, util, &fed);
+        CHECK(rc == 0 || seen->problems == 1);
+        /* Written only to a region found readable and without a problem. */
+        CHECK(fed != 0 || (rc == 0 && seen->readable && seen->problems == 0));
+        CHECK(fed == 0 || err[0] != '\0');
         restore(fd, pristine);
     }
     CHECK(inspect(l) == 0 && seen->problems == 0 && seen->usage.used[0] == 300 * MIB);

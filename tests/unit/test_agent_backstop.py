@@ -9,6 +9,7 @@ import errno
 import itertools
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -238,6 +239,93 @@ def test_a_failed_freeze_thaws_drops_and_reports_the_container() -> None:
     assert duty.failures() == {}  # handed over once
 
 
+class ClosingFreezer(FakeFreezer):
+    """A FakeFreezer that keeps something open, as CgroupFreezer does: counts its closes."""
+
+    def __init__(self, name: str, clock: Clock, log: Log) -> None:
+        super().__init__(name, clock, log)
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_freezer_is_closed_when_the_cycle_lets_it_go() -> None:
+    """Closed when its container leaves the plan, when the container gets another freezer
+    (restarted: another cgroup), after a failed write, and when the cycle stops; never
+    while it is held."""
+    clock, log = Clock(), Log()
+    a, b, c = (ClosingFreezer(n, clock, log) for n in "abc")
+    duty = fake_duty(clock)
+    duty.set_plan({"a": (a, 0.5), "b": (b, 0.5), "c": (c, 0.5)})
+    duty.cycle()
+    duty.cycle()
+    assert (a.closed, b.closed, c.closed) == (0, 0, 0)
+    b2 = ClosingFreezer("b2", clock, log)
+    duty.set_plan({"b": (b2, 0.5), "c": (c, 0.7)})  # a went; b restarted; c's fraction moved
+    duty.cycle()
+    assert (a.closed, b.closed, c.closed, b2.closed) == (1, 1, 0, 0)
+    c.fail = OSError(errno.EACCES, "Permission denied")
+    duty.cycle()
+    assert c.closed == 1 and set(duty.plan()) == {"b"}
+    duty.stop()
+    assert (a.closed, b.closed, c.closed, b2.closed) == (1, 1, 1, 1)
+    assert not b2.frozen
+
+
+def test_each_held_container_is_written_twice_a_period() -> None:
+    """A freeze at the start and a thaw after its fraction, nothing more: 64 held at the
+    largest fraction are 1,280 writes a second, none of them repeated."""
+    clock, log = Clock(), Log()
+    freezers = [FakeFreezer(str(i), clock, log) for i in range(64)]
+    duty = fake_duty(clock)
+    duty.set_plan({fz.name: (fz, 0.95) for fz in freezers})
+    for _ in range(10):
+        duty.cycle()
+    assert duty.writes == len(log) == 1280
+    assert clock.now - 1000.0 == pytest.approx(1.0)
+    for fz in freezers:
+        mine = [(t, what) for t, what, name in log if name == fz.name]
+        assert mine[:2] == [(0.0, "freeze"), (0.095, "thaw")] and len(mine) == 20
+
+
+def test_a_cgroup_file_is_kept_open_and_written_in_place(tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    file = tmp_path / "c" / "cgroup.freeze"
+    file.write_text("0\n")
+    freezer = CgroupFreezer(file)
+    assert not freezer.is_open
+    freezer.freeze()
+    assert freezer.is_open and file.read_text() == "1\n"
+    file.rename(tmp_path / "c" / "moved")  # the same file, whatever its name now
+    freezer.thaw()
+    assert (tmp_path / "c" / "moved").read_text() == "0\n"
+    freezer.close()
+    assert not freezer.is_open
+    with pytest.raises(FileNotFoundError):  # opened by its path again
+        freezer.freeze()
+    assert not freezer.is_open
+    assert freezer == CgroupFreezer(file) and hash(freezer) == hash(CgroupFreezer(file))
+
+
+def test_a_cgroup_file_that_takes_no_pwrite_is_written_whole(tmp_path: Path) -> None:
+    """A kernel whose cgroup files are streams refuses pwrite (ESPIPE): written with write,
+    as a FIFO shows."""
+    (tmp_path / "c").mkdir()
+    file = tmp_path / "c" / "cgroup.freeze"
+    os.mkfifo(file)
+    reader = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        freezer = CgroupFreezer(file)
+        freezer.freeze()
+        freezer.thaw()
+        freezer.freeze()
+        assert os.read(reader, 16) == b"101"
+        freezer.close()
+    finally:
+        os.close(reader)
+
+
 def test_stopping_thaws_everything_and_clears_the_ledger(tmp_path: Path) -> None:
     files = []
     for name in ("a", "b"):
@@ -252,8 +340,10 @@ def test_stopping_thaws_everything_and_clears_the_ledger(tmp_path: Path) -> None
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert sorted(json.loads((tmp_path / "frozen.json").read_text())) == sorted(map(str, files))
+    freezers = [fz for fz, _ in duty.plan().values()]
     duty.stop()
-    assert [f.read_text() for f in files] == ["0", "0"]
+    assert [f.read_text() for f in files] == ["0", "0"]  # written in place, never appended
+    assert not any(fz.is_open for fz in freezers if isinstance(fz, CgroupFreezer))
     assert not (tmp_path / "frozen.json").exists()
 
 
@@ -497,6 +587,28 @@ def test_a_real_cgroup_is_frozen_and_thawed(tmp_path: Path, version: int) -> Non
             CgroupFreezer(file).thaw()
             sleeper.kill()
             sleeper.wait()
+
+
+@needs_cgroups
+@pytest.mark.parametrize("version", usable_versions() or [0])
+def test_a_freezer_kept_open_fails_once_its_cgroup_is_removed(tmp_path: Path, version: int) -> None:
+    """The descriptor kept open is of the cgroup that was there: once it is removed (its
+    container gone) a write fails with ENODEV and closes it, and the next one finds no path
+    (ENOENT), as a restarted container's old cgroup does: the duty cycle lets it go."""
+    with container_cgroup(version, tmp_path) as group:
+        freezer = locate_freezer(group.root, group.ref)
+        freezer.freeze()
+        freezer.thaw()
+        assert freezer.is_open
+        group.freezer.rmdir()
+        try:
+            with pytest.raises(OSError, match="No such device") as gone:
+                freezer.freeze()
+            assert gone.value.errno == errno.ENODEV and not freezer.is_open
+            with pytest.raises(FileNotFoundError):
+                freezer.freeze()
+        finally:
+            group.freezer.mkdir()  # for container_cgroup to remove
 
 
 def _reaches(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

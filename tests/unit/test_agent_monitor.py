@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import logging
 import mmap
+import os
 import signal
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from agent.monitor import UNLIMITED_AFTER_S, Finding, Monitor, Violation
 from agent.usage import ProcessUsage
 from deviceplugin.grants import GpuShare, Grant
 from gpulet.api.resources import GPU_RESOURCE
-from native.region import DeviceLimit, Limits, Region, setup
+from native.region import DeviceLimit, Inspection, Limits, Region, StrPath, inspect, setup
 
 UID = "0c9d4f6e-1111-4222-8333-444455556666"
 CID = "ab" * 32
@@ -256,6 +257,66 @@ def test_no_mapping_of_a_region_is_kept_and_feedback_still_goes_in(
     assert str(region_dir / "region") not in maps
     with Region.open(region_dir) as region:
         assert region.snapshot().devices[0].util_percent == 42
+
+
+def test_each_gpu_gets_its_feedback_from_one_read_of_the_region(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container on two GPUs: its region is inspected once a sample, and that one call
+    writes the utilisation measured on each GPU, each to its own device."""
+    other = "GPU-22222222-2222-3333-4444-555555555555"
+    directory = tmp_path / "region"
+    setup(directory, Limits((DeviceLimit(GPU, 4096, 30), DeviceLimit(other, 2048, 50))))
+    usage, clock = Usage(), Clock()
+    run_in_container(tmp_path / "proc", 5010, 16)
+    usage.processes = [ProcessUsage(GPU, 5010, 900, 42), ProcessUsage(other, 5010, 100, 17)]
+    shares = (GpuShare(GPU, 0, 30, 4096, False), GpuShare(other, 1, 50, 2048, False))
+    grant = Grant(GPU_RESOURCE, ("x::00", "x::10"), shares, (), UID, "main", str(directory))
+    calls: list[Mapping[int, float] | None] = []
+
+    def counting(
+        where: StrPath, expected: Limits | None = None, feedback: Mapping[int, float] | None = None
+    ) -> Inspection:
+        calls.append(feedback)
+        return inspect(where, expected, feedback)
+
+    monkeypatch.setattr("agent.monitor.inspect", counting)
+    m = Monitor(
+        usage,
+        ProcessTable(tmp_path / "proc"),
+        lambda: [grant],
+        lambda: [pod(UID, CID)],
+        clock=clock,
+    )
+    m.tick()
+    assert calls == [{0: 42.0, 1: 17.0}]
+    assert not m.untrusted
+    with Region.open(directory) as region:
+        assert [d.util_percent for d in region.snapshot().devices] == [42.0, 17.0]
+
+
+def test_no_feedback_goes_into_a_region_that_is_not_what_its_grant_made_it(
+    tmp_path: Path, region_dir: Path
+) -> None:
+    """The feedback is written by the call that inspects the region, to the file it just
+    read, and only when that found nothing wrong."""
+    usage, clock = Usage(), Clock()
+    run_in_container(tmp_path / "proc", 5011, 17)
+    usage.processes = [ProcessUsage(GPU, 5011, 900, 42)]
+    m = monitor(tmp_path, region_dir, usage, clock)
+    fd = os.open(region_dir / "region", os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 0) as mem:  # the tenant writes 3 devices over its 1
+            struct.pack_into("<I", mem, 16, 3)
+            m.tick()
+            util_permille, stamp = struct.unpack_from("<IQ", mem, 96 + 76)
+            assert (util_permille, stamp) == (0, 0)  # never written
+            struct.pack_into("<I", mem, 16, 1)  # put back: trusted again
+            m.tick()
+            util_permille, stamp = struct.unpack_from("<IQ", mem, 96 + 76)
+            assert util_permille == 420 and stamp > 0
+    finally:
+        os.close(fd)
 
 
 # ---- one container's trouble ------------------------------------------------------------------

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,10 @@ class Tenant:
 # What the agent does with a region. `mapping`: the agent before this change (and any reader
 # still using `Region`): the region opened once, then a snapshot and the feedback every
 # second. `inspect`: `native.region.inspect` and `write_feedback`, which open the file anew
-# each time. The reader starts, opens what it keeps open, says "ready", waits for a line on
-# stdin (the tenant's attack comes in between), reads, and prints what it saw as JSON.
+# each time. `monitor`: what the agent's monitor does, both in one call (`inspect` with
+# `feedback`), which writes the feedback only to a region it found trusted. The reader
+# starts, opens what it keeps open, says "ready", waits for a line on stdin (the tenant's
+# attack comes in between), reads, and prints what it saw as JSON.
 READER = """
 import json, sys, time
 mode, directory, feedback_dev = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -119,7 +122,11 @@ if mode == "mapping":
         out["feedback"] = str(e)
 else:
     from native.region import inspect, write_feedback
-    seen = inspect(directory, granted)
+    try:
+        seen = inspect(directory, granted, {feedback_dev: 50.0} if mode == "monitor" else None)
+    except RegionError as e:  # the feedback's device: refused before anything is opened
+        print(json.dumps({"refused": str(e)}), flush=True)
+        sys.exit()
     out["problems"] = list(seen.problems)
     out["trusted"] = seen.trusted
     if seen.usage is None:
@@ -131,11 +138,14 @@ else:
             "processes": [[p.pid, p.slot, list(p.used_bytes)] for p in seen.usage.processes],
         }
     out["seconds"] = time.monotonic() - start
-    try:
-        write_feedback(directory, feedback_dev, 50.0, granted)
-        out["feedback"] = "ok"
-    except RegionError as e:
-        out["feedback"] = str(e)
+    if mode == "monitor":
+        out["feedback"] = seen.feedback_error or "ok"
+    else:
+        try:
+            write_feedback(directory, feedback_dev, 50.0, granted)
+            out["feedback"] = "ok"
+        except RegionError as e:
+            out["feedback"] = str(e)
 out["total_seconds"] = time.monotonic() - start
 print(json.dumps(out), flush=True)
 """
@@ -432,12 +442,13 @@ SWAPS: dict[str, tuple[Callable[[Path], object], str]] = {
 }
 
 
+@pytest.mark.parametrize("mode", ["inspect", "monitor"])
 @pytest.mark.parametrize("swap", sorted(SWAPS))
 def test_inspect_refuses_anything_but_a_regular_file_of_the_right_size(
-    directory: Path, swap: str
+    directory: Path, swap: str, mode: str
 ) -> None:
     make, message = SWAPS[swap]
-    seen = agent_reads(directory, "inspect", lambda: _swap(directory, make))
+    seen = agent_reads(directory, mode, lambda: _swap(directory, make))
     assert seen["usage"] is None and not seen["trusted"]
     assert len(seen["problems"]) == 1 and message in seen["problems"][0], seen["problems"]
     assert seen["problems"][0].startswith(f"region {directory / 'region'} ")
@@ -456,12 +467,13 @@ def test_the_usage_command_refuses_anything_but_a_regular_file(directory: Path, 
     assert message in proc.stderr
 
 
+@pytest.mark.parametrize("mode", ["inspect", "monitor"])
 def test_a_symlink_to_a_host_file_is_neither_read_nor_written(
-    tmp_path: Path, directory: Path
+    tmp_path: Path, directory: Path, mode: str
 ) -> None:
     host = _host_file(tmp_path, directory)
     before = host.read_bytes()
-    seen = agent_reads(directory, "inspect", lambda: _swap(directory, lambda p: p.symlink_to(host)))
+    seen = agent_reads(directory, mode, lambda: _swap(directory, lambda p: p.symlink_to(host)))
     assert seen["usage"] is None
     assert seen["problems"] == [f"region {directory / 'region'} is a symbolic link"]
     assert "symbolic link" in seen["feedback"]
@@ -470,43 +482,48 @@ def test_a_symlink_to_a_host_file_is_neither_read_nor_written(
     assert proc.returncode == 1 and "is a symbolic link" in proc.stderr
 
 
+@pytest.mark.parametrize("mode", ["inspect", "monitor"])
 @pytest.mark.parametrize("length", [0, 1000, SIZE - 1, SIZE + 1, SIZE + 4096])
 def test_a_region_truncated_or_extended_under_its_processes(
-    directory: Path, tenant: subprocess.Popen[str], length: int
+    directory: Path, tenant: subprocess.Popen[str], length: int, mode: str
 ) -> None:
     """The tenant's processes keep it mapped; a reader that mapped it would die of SIGBUS."""
-    seen = agent_reads(directory, "inspect", lambda: os.truncate(directory / "region", length))
+    seen = agent_reads(directory, mode, lambda: os.truncate(directory / "region", length))
     assert seen["usage"] is None
     assert seen["problems"] == [f"region {directory / 'region'} is {length} bytes, expected {SIZE}"]
     assert "bytes, expected" in seen["feedback"]
     assert (directory / "region").stat().st_size == length  # the feedback wrote nothing
 
 
-def test_a_lease_on_the_region_does_not_block_the_reader(directory: Path) -> None:
-    """The tenant swaps in a file of its own and takes a write lease on it: an open for
-    reading or writing then blocks for /proc/sys/fs/lease-break-time (45 s by default)."""
+# The tenant swaps in a file of its own (a copy of the region, or an empty one of its size)
+# and takes a lease on it: a write lease fails (O_NONBLOCK) every other open, a read lease
+# every open for writing. Without O_NONBLOCK the open would block for
+# /proc/sys/fs/lease-break-time (45 s by default).
+LEASE_HOLDER = """
+import fcntl, os, shutil, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)
+d, kind = sys.argv[1], sys.argv[2]
+os.rename(d + "/region", d + "/region.orig")
+shutil.copyfile(d + "/region.orig", d + "/region")
+if kind == "write":
+    os.truncate(d + "/region", 0)
+    os.truncate(d + "/region", int(sys.argv[3]))
+fd = os.open(d + "/region", os.O_RDONLY)
+try:
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK if kind == "write" else fcntl.F_RDLCK)
+except OSError as e:
+    print("no lease:", e, flush=True)
+    sys.exit()
+print("leased", flush=True)
+time.sleep(300)
+"""
+
+
+@contextmanager
+def leased(directory: Path, kind: str) -> Iterator[None]:
+    """The tenant's lease (`kind` "write" or "read") while the block runs."""
     holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, signal, sys, time\n"
-            "signal.signal(signal.SIGIO, signal.SIG_IGN)\n"
-            "d = sys.argv[1]\n"
-            "os.rename(d + '/region', d + '/region.orig')\n"
-            "fd = os.open(d + '/region', os.O_RDONLY | os.O_CREAT, 0o666)\n"
-            "os.close(fd)\n"
-            "os.truncate(d + '/region', int(sys.argv[2]))\n"
-            "fd = os.open(d + '/region', os.O_RDONLY)\n"
-            "try:\n"
-            "    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)\n"
-            "except OSError as e:\n"
-            "    print('no lease:', e, flush=True)\n"
-            "    sys.exit()\n"
-            "print('leased', flush=True)\n"
-            "time.sleep(300)\n",
-            str(directory),
-            str(SIZE),
-        ],
+        [sys.executable, "-c", LEASE_HOLDER, str(directory), kind, str(SIZE)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -516,16 +533,34 @@ def test_a_lease_on_the_region_does_not_block_the_reader(directory: Path) -> Non
         if answer.startswith("no lease"):
             pytest.skip(f"this kernel gives no lease: {answer.strip()}")
         assert answer == "leased\n"
-        seen = agent_reads(directory, "inspect")
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("mode", ["inspect", "monitor"])
+def test_a_lease_on_the_region_does_not_block_the_reader(directory: Path, mode: str) -> None:
+    with leased(directory, "write"):
+        seen = agent_reads(directory, mode)
         assert seen["usage"] is None and seen["seconds"] < 1
         assert "cannot open region" in seen["problems"][0]
         assert "cannot open region" in seen["feedback"]
         start = time.monotonic()
         proc = usage_command(directory)
         assert proc.returncode == 1 and time.monotonic() - start < HANG_S
-    finally:
-        holder.kill()
-        holder.wait()
+
+
+def test_a_region_that_cannot_be_opened_for_writing_is_still_inspected(directory: Path) -> None:
+    """A read lease refuses the monitor's open for writing (the feedback) but not an open
+    for reading: the region is inspected as `inspect` alone would, and nothing written."""
+    before = (directory / "region").read_bytes()
+    with leased(directory, "read"):
+        seen = agent_reads(directory, "monitor")
+        assert seen["trusted"] and seen["usage"] is not None and seen["seconds"] < 1
+        assert "cannot open region" in seen["feedback"]
+        assert "a lease is held on it" in seen["feedback"]
+        assert (directory / "region").read_bytes() == before
 
 
 # ---- the feedback's device ----------------------------------------------------------------
@@ -536,6 +571,41 @@ def test_feedback_is_bounded_by_the_grant(directory: Path, dev: int) -> None:
     Tenant(directory).write(offset("devices"), "<I", 16)  # the region claims more
     seen = agent_reads(directory, "inspect", feedback_dev=dev)
     assert seen["feedback"] == f"device index {dev} is not in 0..1 (the grant's devices)"
+
+
+@pytest.mark.parametrize("dev", [-1, 2, 16, 300])
+def test_the_monitors_feedback_is_bounded_by_the_grant(directory: Path, dev: int) -> None:
+    """Refused before the region is opened, whatever the region says of its devices."""
+    Tenant(directory).write(offset("devices"), "<I", 16)
+    before = (directory / "region").read_bytes()
+    seen = agent_reads(directory, "monitor", feedback_dev=dev)
+    assert seen == {"refused": f"device index {dev} is not in 0..1 (the grant's devices)"}
+    assert (directory / "region").read_bytes() == before
+
+
+def _feedback_of(directory: Path, dev: int) -> tuple[int, int]:
+    """util_permille and util_stamp_ns of device `dev`, as the file has them."""
+    data = (directory / "region").read_bytes()
+    permille, stamp = struct.unpack_from("<IQ", data, offset("dev", dev, "util_permille"))
+    return permille, stamp
+
+
+def test_the_monitor_writes_feedback_only_to_a_region_it_found_trusted(
+    directory: Path, tenant: subprocess.Popen[str]
+) -> None:
+    seen = agent_reads(directory, "monitor", feedback_dev=1)
+    assert seen["trusted"] and seen["feedback"] == "ok"
+    permille, stamp = _feedback_of(directory, 1)
+    assert permille == 500 and stamp > 0
+    assert _feedback_of(directory, 0) == (0, 0)  # only the device asked for
+    seen = agent_reads(
+        directory, "monitor", lambda: Tenant(directory).write(offset("devices"), "<I", 3)
+    )
+    assert not seen["trusted"] and seen["usage"] is not None
+    assert seen["feedback"] == (
+        f"feedback not written to region {directory / 'region'}: it is not what was granted"
+    )
+    assert _feedback_of(directory, 0) == (0, 0)
 
 
 # ---- fuzzing ------------------------------------------------------------------------------
