@@ -15,7 +15,7 @@ LIMITER       := native/lib/libgpulet-limiter.so
 LIMITER_LIBS  := -Wl,--no-as-needed -l:libdl.so.2 -l:libpthread.so.0
 REGION_EXT    := native/.region-ext-built
 
-.PHONY: help install native proto demo test lint typecheck unit bench clean
+.PHONY: help install native proto kubebox demo test lint typecheck unit bench clean
 
 help:
 	@echo "targets: demo (run gpulet on a simulated node), test (lint + types + all tests), bench, clean"
@@ -56,7 +56,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+# The real Kubernetes components the end-to-end tests run (tests/kube): built from the Go
+# module proxy once per version into ~/.cache/gpulet/kubebox, reused while it exists.
+kubebox: install
+	$(BIN)/python -m tests.kube.build
+
+unit: install kubebox
 	$(BIN)/pytest
 
 test: lint typecheck unit

@@ -9,6 +9,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -116,6 +117,9 @@ class ApiPodSource:
         def list_mine(**kwargs: Any) -> Any:
             return core.list_pods(f"spec.nodeName={node}", **kwargs)
 
+        self._list = list_mine
+        #: Pods seen deleted or finished (the last 4,096): a catch-up never brings them back.
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self.reflector = Reflector(
             "pods-on-node", list_mine, self._replace, self._apply, watch_timeout_s=watch_timeout_s
         )
@@ -148,12 +152,44 @@ class ApiPodSource:
                 out.append(pending)
         return tuple(out)
 
+    def refresh(self) -> None:
+        """Catch up with the API server now, not waiting for the watch: kubelet learns of a
+        pod bound to it from its own watch, and may call Allocate before ours shows it. Pods
+        the list shows and the watch has not are added; none is removed (the watch does
+        that), and none the watch saw end comes back."""
+        try:
+            listed = json.loads(self._list(timeout_seconds=5, _preload_content=False).data)
+        except Exception as e:  # the API unreachable: the miss stands
+            log.warning("event=refresh-failed what=pods-on-node error=%r", str(e))
+            return
+        added = 0
+        with self._lock:
+            for pod in (listed or {}).get("items") or ():
+                meta = pod.get("metadata") or {}
+                uid = str(meta.get("uid") or "")
+                phase = (pod.get("status") or {}).get("phase")
+                if not uid or uid in self._pods or uid in self._ended or phase in _FINISHED:
+                    continue
+                if meta.get("deletionTimestamp"):
+                    continue
+                self._pods[uid] = pod
+                added += 1
+        if added:
+            log.info("event=caught-up what=pods-on-node added=%d", added)
+
+    def _ending(self, uid: str) -> None:
+        """Called under the lock: `uid` ended; remember it (bounded)."""
+        self._ended[uid] = None
+        while len(self._ended) > 4096:
+            self._ended.popitem(last=False)
+
     def _apply(self, event: str, pod: Mapping[str, Any]) -> None:
         uid = str((pod.get("metadata") or {}).get("uid") or "")
         phase = (pod.get("status") or {}).get("phase")
         if event == "DELETED" or phase in _FINISHED:
             with self._lock:
                 seen = self._pods.pop(uid, None) is not None
+                self._ending(uid)
             if seen or phase in _FINISHED:
                 self._gone(uid)
             return
@@ -169,6 +205,8 @@ class ApiPodSource:
         with self._lock:
             gone = set(self._pods) - set(listed)
             self._pods = listed
+            for uid in gone:
+                self._ending(uid)
         for uid in gone:
             self._gone(uid)
 

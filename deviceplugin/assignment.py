@@ -117,6 +117,11 @@ class PodSource(Protocol):
         or that finished must drop out promptly: see docs/assignment.md)."""
         ...
 
+    def refresh(self) -> None:
+        """Catch up with the pods' source now: kubelet may ask for a pod before the source's
+        own updates have shown it (a watch lags), so a miss asks once more after this."""
+        ...
+
 
 class StaticPodSource:
     """Pods held in memory: for tests, and for a standalone agent fed by hand."""
@@ -136,6 +141,9 @@ class StaticPodSource:
     def pending_pods(self) -> Sequence[PendingPod]:
         with self._lock:
             return tuple(self._pods.values())
+
+    def refresh(self) -> None:
+        """Nothing to catch up with: what was added is all there is."""
 
 
 # ---- matching an Allocate call to a pod ---------------------------------------------------

@@ -13,12 +13,13 @@ Kubelet and the ledger count differently. Kubelet counts device IDs (slots); a w
 holds one of its slot IDs in kubelet's books but all of the GPU in ours. Kubelet may then
 offer another slot of that GPU: `preferred` never does, and `allocate` refuses it with an
 error naming the GPU, so kubelet fails that pod's admission and its controller retries.
-Kubelet remains the authority on IDs: it hands out an ID only when no running container holds
-it, so a grant holding an ID that kubelet hands out again belongs to a finished container. In
-standalone mode that grant is dropped (it may be an init container whose devices kubelet now
-reuses, or a pod whose end has not been reconciled yet); with pods it is dropped when it is an
-earlier container of the same pod (kept as *spent*, so it is not matched again), and refused
-otherwise until the agent has seen that pod end.
+Kubelet remains the authority on IDs: it hands out an ID again either to a later container of
+the same pod (an init container's IDs, reused by the app containers when kubelet admits the
+pod, before any has run) or once the container holding it is gone. In standalone mode the
+grant holding it is dropped (it may be such an init container, or a pod whose end has not
+been reconciled yet); with pods, an earlier container's grant of the same pod is kept as
+*spent* (its IDs pass on; its shares and region stay, for the init container is yet to run),
+and any other is refused until the agent has seen that pod end.
 """
 
 from __future__ import annotations
@@ -374,6 +375,9 @@ class DevicePluginCore:
         }
         try:
             found = match(self._pods.pending_pods(), resource, count, done)
+            if found is None:  # kubelet's watch may be ahead of ours: ask the source again
+                self._pods.refresh()
+                found = match(self._pods.pending_pods(), resource, count, done)
         except MatchError as e:
             raise AllocateError(str(e)) from None
         if found is None:
@@ -442,7 +446,9 @@ class DevicePluginCore:
                     f"{old.container!r} in the agent's ledger; kubelet hands it out again, so "
                     "that container is gone, but the agent has not seen it end yet"
                 )
-        self._check_room(where, gpus, nics, superseded)
+        # What an earlier container of the pod holds stays counted (it is spent, not freed):
+        # the extender placed this container against it too.
+        self._check_room(where, gpus, nics, ())
         return _Decision(gpus, nics, pod.uid, name, superseded, spend=True)
 
     def _share(self, where: str, uuid: str, core: int, memory: int, whole: bool) -> GpuShare:

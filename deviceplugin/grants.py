@@ -20,10 +20,13 @@ class GpuShare:
 @dataclass(frozen=True)
 class Grant:
     """One Allocate answered. `pod_uid`/`container` are None in standalone mode (kubelet
-    does not say whose the devices are). A grant with no device IDs is *spent*: its
-    container finished and kubelet gave its devices to a later container of the same pod
-    (init containers); it is kept so that the match does not allocate that container again.
-    """
+    does not say whose the devices are). A grant with no device IDs is *spent*: kubelet
+    gave its device IDs to a later container of the same pod (an init container's, reused
+    by the app containers). Kubelet does that when it admits the pod, before the init
+    container has run: so a spent grant keeps its shares and its region (the init container
+    is yet to run under them; they count for the pod's whole life, as the extender counts
+    them) and drops only the IDs; and it is kept so that the match does not allocate that
+    container again."""
 
     resource: str
     device_ids: tuple[str, ...]
@@ -40,4 +43,4 @@ class Grant:
         return not self.device_ids
 
     def spend(self) -> Grant:
-        return replace(self, device_ids=(), gpus=(), nics=(), region_dir=None)
+        return replace(self, device_ids=())

@@ -376,3 +376,26 @@ def test_a_lost_checkpoint_is_rebuilt_exactly_from_the_pods(cluster: Cluster) ->
     ]
     (share,) = after[0].gpus
     assert (share.core, share.memory_mib, share.exclusive) == (30, 8192, False)
+
+
+def test_kubelet_may_allocate_before_the_agents_watch_shows_the_pod(cluster: Cluster) -> None:
+    """kubelet admits a pod as soon as its own watch shows it bound: against real Kubernetes
+    (tests/e2e) its device manager called Allocate 4 ms after the bind, before the agent's
+    watch had shown the pod. A miss asks the API server before refusing."""
+    cluster.agent.pods.reflector.stop()  # the agent's watch lags: it shows nothing new
+    pod = schedule(cluster, pod_object("eager", container("main", gpus=1, core=20, memory=1024)))
+    ref = PodRef(uid=pod["metadata"]["uid"], namespace="default", name="eager")
+    response = cluster.kubelet.allocate(ref, "main", GPU_RESOURCE, 1)
+    (answer,) = response.container_responses
+    assert answer.envs["NVIDIA_VISIBLE_DEVICES"] == assigned(pod).gpus[0].uuid
+
+
+def test_a_pod_deleted_while_the_watch_lags_is_not_brought_back(cluster: Cluster) -> None:
+    pod = schedule(cluster, pod_object("brief", container("main", gpus=1, core=20, memory=1024)))
+    uid = pod["metadata"]["uid"]
+    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
+    cluster.api.delete_pod("default", "brief")
+    wait_for(lambda: not any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
+    # A later catch-up with the API (another container's miss) does not revive it.
+    cluster.agent.pods.refresh()
+    assert not any(p.uid == uid for p in cluster.agent.pods.pending_pods())

@@ -403,25 +403,56 @@ def test_over_commit_and_unenforceable_slices_refused(tmp_path: Path) -> None:
 
 
 def test_init_container_devices_reused(tmp_path: Path) -> None:
-    g = A100.gpus[4]
-    share = (AssignedGpu(g.uuid, 100, g.memory_mib, True),)
+    """kubelet admits the pod by allocating every container, init containers first, and
+    gives the app container the init container's device IDs before the init container has
+    run (found against kubelet's own device manager, tests/e2e): the init container keeps
+    its share and its region until the pod ends; the app container gets its own."""
+    first, second = A100.gpus[4], A100.gpus[5]
     text = dump_assignment(
         Assignment(
             NODE,
-            (ContainerAssignment("init", share), ContainerAssignment("main", share)),
+            (
+                ContainerAssignment("init", (AssignedGpu(first.uuid, 20, 2048),)),
+                ContainerAssignment("main", (AssignedGpu(second.uuid, 40, 4096),)),
+            ),
         )
     )
-    containers = (ContainerRequest("init", gpus=1), ContainerRequest("main", gpus=1))
+    containers = (
+        ContainerRequest("init", gpus=1, core=20, memory_mib=2048),
+        ContainerRequest("main", gpus=1, core=40, memory_mib=4096),
+    )
     pod = PendingPod("u", "team", "job", NODE, 1.0, containers, text)
     core, _ = with_pods(tmp_path, pod)
-    slot = device_id(g.uuid, 0)
+    slot = device_id(first.uuid, 0)
     core.allocate(GPU_RESOURCE, [slot])
     core.allocate(GPU_RESOURCE, [slot])  # kubelet reuses the init container's device
     grants = {g.container: g for g in core.grants()}
     assert grants["init"].spent and grants["main"].device_ids == (slot,)
-    assert not (tmp_path / "containers" / "u" / "init").exists()
+    init_region = tmp_path / "containers" / "u" / "init"
+    assert init_region.is_dir()  # it has yet to run
+    assert [(g.uuid, g.core, g.memory_mib) for g in grants["init"].gpus] == [(first.uuid, 20, 2048)]
+    assert [(g.uuid, g.core) for g in grants["main"].gpus] == [(second.uuid, 40)]
+    # Both shares count on the node, as the extender counts them.
+    state = core.node_state()
+    assert (state.gpu(4).core, state.gpu(5).core) == (20, 40)
     with pytest.raises(AllocateError, match="no pod bound"):
-        core.allocate(GPU_RESOURCE, [device_id(g.uuid, 1)])
+        core.allocate(GPU_RESOURCE, [device_id(first.uuid, 1)])
+    core.release_pod("u")
+    assert not init_region.exists()
+
+
+def test_an_app_container_may_not_take_what_its_init_container_holds(tmp_path: Path) -> None:
+    g = A100.gpus[4]
+    whole = (AssignedGpu(g.uuid, 100, g.memory_mib, True),)
+    text = dump_assignment(
+        Assignment(NODE, (ContainerAssignment("init", whole), ContainerAssignment("main", whole)))
+    )
+    containers = (ContainerRequest("init", gpus=1), ContainerRequest("main", gpus=1))
+    core, _ = with_pods(tmp_path, PendingPod("u", "team", "job", NODE, 1.0, containers, text))
+    slot = device_id(g.uuid, 0)
+    core.allocate(GPU_RESOURCE, [slot])
+    with pytest.raises(AllocateError, match="GPU4 is held whole by pod u container 'init'"):
+        core.allocate(GPU_RESOURCE, [slot])
 
 
 def test_a_device_id_of_another_live_pod_is_refused(tmp_path: Path) -> None:
