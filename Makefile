@@ -15,10 +15,10 @@ LIMITER       := native/lib/libgpulet-limiter.so
 LIMITER_LIBS  := -Wl,--no-as-needed -l:libdl.so.2 -l:libpthread.so.0
 REGION_EXT    := native/.region-ext-built
 
-.PHONY: help install native proto kubebox demo test lint typecheck unit bench clean
+.PHONY: help install native proto kubebox e2e-oldest demo test lint typecheck unit bench clean
 
 help:
-	@echo "targets: demo (run gpulet on a simulated node), test (lint + types + all tests), bench, clean"
+	@echo "targets: demo (run gpulet on a simulated node), test (lint + types + all tests), e2e-oldest (the end-to-end tests on Kubernetes 1.31), bench, clean"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ kubebox: install
 
 unit: install kubebox
 	$(BIN)/pytest
+
+# The longer run: the end-to-end suite against the oldest Kubernetes release gpulet claims.
+e2e-oldest: install
+	GPULET_KUBEBOX_RELEASE=1.31 $(BIN)/python -m tests.kube.build
+	GPULET_KUBEBOX_RELEASE=1.31 $(BIN)/pytest tests/e2e
 
 test: lint typecheck unit
 

