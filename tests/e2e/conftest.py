@@ -125,6 +125,7 @@ class GpuNode:
 
     name: str
     dir: Path
+    kubelet: Process
     agent_args: list[str]
     agent: Process
     topology: Topology | None = None
@@ -189,6 +190,18 @@ class World:
             why="the Node's allocatable back",
         )
 
+    def restart_kubelet(self, node: str) -> None:
+        """Stop the node's kubelet (device manager) and start it again, until gpulet's plugins
+        have registered with the new one and its devices are allocatable."""
+        n = self.nodes[node]
+        n.kubelet = self.cp.restart(n.kubelet)
+        wait_until(
+            lambda: n.allocatable(GPU_RESOURCE) > 0,
+            30,
+            watch=self.cp.processes,
+            why="the plugins registered with the restarted kubelet",
+        )
+
     def topology(self, node: str) -> Topology:
         topo = self.nodes[node].topology
         assert topo is not None
@@ -226,7 +239,7 @@ def add_node(
     plugin_dir, pr_dir = base / "dp", base / "pr"
     for d in ("state", "lib", "cgroup", "kubelet", "proc", "reports"):
         (base / d).mkdir(parents=True)
-    cp.node(
+    kubelet = cp.node(
         name, plugin_dir, pr_dir / "kubelet.sock", base / "reports", numa_nodes=numa, policy=policy
     )
     (base / "gpu-processes.json").write_text("[]")
@@ -262,7 +275,7 @@ def add_node(
         "--heartbeat-seconds",
         "5",
     ]
-    return GpuNode(name, base, args, start_agent(cp, name, args))
+    return GpuNode(name, base, kubelet, args, start_agent(cp, name, args))
 
 
 @pytest.fixture(scope="session")

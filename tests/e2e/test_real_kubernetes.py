@@ -270,6 +270,34 @@ def test_the_agent_restarts_and_keeps_every_grant(world: World, ns: str) -> None
     assert region_limits(later) == [(assignment(after).gpus[0].uuid, 2048, 25)]
 
 
+def test_kubelet_restarts_and_running_pods_keep_their_devices(world: World, ns: str) -> None:
+    """kubelet restarts (its device-plugin directory wiped but for its checkpoint): gpulet's
+    plugins register with the new one; the pods already running are admitted again from the
+    device manager's checkpoint, with the devices they had, and new pods are admitted."""
+    slice_ = container("main", gpus=1, core=30, memory=4096)
+    create(world, ns, new_pod("steady", slice_, node=NODE))
+    steady = running(world, ns, "steady")
+    before = container_report(report(world, steady), "main")
+    (world.nodes[NODE].reports / f"{steady['metadata']['uid']}.json").unlink()
+    world.restart_kubelet(NODE)
+    again = report(world, steady)  # written anew by the restarted kubelet
+    assert again["admitted"], again
+    after = container_report(again, "main")
+    assert after["deviceIds"] == before["deviceIds"]
+    assert after["envs"] == before["envs"]
+    assert (
+        region_limits(after)
+        == region_limits(before)
+        == [(assignment(steady).gpus[0].uuid, 4096, 30)]
+    )
+    assert world.pod(ns, "steady")["status"]["phase"] == "Running"
+    create(world, ns, new_pod("fresh", slice_, node=NODE))
+    fresh = running(world, ns, "fresh")
+    assert region_limits(container_report(report(world, fresh), "main")) == [
+        (assignment(fresh).gpus[0].uuid, 4096, 30)
+    ]
+
+
 def test_the_admission_policy_refuses_a_forged_assignment(world: World, ns: str) -> None:
     # A tenant who may create pods in the namespace (and nothing else).
     world.cp.apply(

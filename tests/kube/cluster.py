@@ -59,6 +59,9 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    #: How it was started (`ControlPlane.restart` starts it so again).
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -155,9 +158,15 @@ class ControlPlane:
                 env=env,
                 start_new_session=True,
             )
-        proc = Process(name, popen, log)
+        proc = Process(name, popen, log, [*argv, *args], env)
         self.processes.append(proc)
         return proc
+
+    def restart(self, proc: Process) -> Process:
+        """Stop `proc` and start it again as it was started (logging to the same file)."""
+        proc.stop()
+        self.processes.remove(proc)
+        return self.spawn(proc.name, proc.argv[1:], env=proc.env, command=proc.argv[:1])
 
     def stop(self) -> None:
         for p in reversed(self.processes):

@@ -17,6 +17,7 @@ import (
 	"k8s.io/kubernetes/pkg/kubelet/cm/containermap"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
 	"k8s.io/kubernetes/pkg/kubelet/cm/topologymanager"
+	"k8s.io/kubernetes/pkg/kubelet/config"
 	"k8s.io/kubernetes/pkg/kubelet/lifecycle"
 	_ "unsafe" // go:linkname
 )
@@ -46,8 +47,8 @@ func newManagers(logger klog.Logger, socket string, topology []cadvisorapi.Node,
 	return &managers{dm: dm, tm: tm, logger: logger}, nil
 }
 
-func (m *managers) start(active func() []*v1.Pod) error {
-	return m.dm.Start(m.logger, active, ready{}, containermap.NewContainerMap(), sets.New[string]())
+func (m *managers) start(active func() []*v1.Pod, sources config.SourcesReady, initial containermap.ContainerMap, running sets.Set[string]) error {
+	return m.dm.Start(m.logger, active, sources, initial, running)
 }
 
 func (m *managers) stop() { _ = m.dm.Stop(m.logger) }

@@ -18,6 +18,7 @@ import (
 	"k8s.io/kubernetes/pkg/kubelet/cm/containermap"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
 	"k8s.io/kubernetes/pkg/kubelet/cm/topologymanager"
+	"k8s.io/kubernetes/pkg/kubelet/config"
 	"k8s.io/kubernetes/pkg/kubelet/lifecycle"
 	_ "unsafe" // go:linkname
 )
@@ -45,8 +46,8 @@ func newManagers(_ klog.Logger, socket string, topology []cadvisorapi.Node, poli
 	return &managers{dm: dm, tm: tm}, nil
 }
 
-func (m *managers) start(active func() []*v1.Pod) error {
-	return m.dm.Start(active, ready{}, containermap.NewContainerMap(), sets.New[string]())
+func (m *managers) start(active func() []*v1.Pod, sources config.SourcesReady, initial containermap.ContainerMap, running sets.Set[string]) error {
+	return m.dm.Start(active, sources, initial, running)
 }
 
 func (m *managers) stop() { _ = m.dm.Stop() }

@@ -21,7 +21,9 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,6 +44,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+	"k8s.io/kubernetes/pkg/kubelet/cm/containermap"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
 )
 
@@ -162,17 +165,6 @@ func serveNode(ctx context.Context, logger klog.Logger, kubeconfig, name, plugin
 	if err := n.register(ctx); err != nil {
 		return err
 	}
-	if err := k.start(n.activePods); err != nil {
-		return err
-	}
-	defer k.stop()
-
-	stopServer, err := n.servePodResources(ctx, podResources)
-	if err != nil {
-		return err
-	}
-	defer stopServer()
-
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", name).String()
@@ -193,6 +185,30 @@ func serveNode(ctx context.Context, logger klog.Logger, kubeconfig, name, plugin
 	}
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())
+
+	// As kubelet starts: the device manager is told which containers the runtime has running
+	// (after a restart: those of the pods it runs), and the pod sources are not ready until
+	// the pods already bound here have been admitted again; meanwhile a running container
+	// keeps what the device manager's checkpoint says, without asking a plugin.
+	sources := &sourcesReady{}
+	initial, running := runningContainers(n.store.List())
+	if err := k.start(n.activePods, sources, initial, running); err != nil {
+		return err
+	}
+	defer k.stop()
+
+	stopServer, err := n.servePodResources(ctx, podResources)
+	if err != nil {
+		return err
+	}
+	defer stopServer()
+
+	for _, obj := range n.store.List() {
+		if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+			n.sync(ctx, key)
+		}
+	}
+	sources.ready.Store(true)
 	go n.heartbeat(ctx)
 	go func() { <-ctx.Done(); n.queue.ShutDown() }()
 	fmt.Fprintln(os.Stderr, "node: ready")
@@ -206,10 +222,33 @@ func serveNode(ctx context.Context, logger klog.Logger, kubeconfig, name, plugin
 	}
 }
 
-type ready struct{}
+// runningContainers is what kubelet reads from its container runtime at start: which
+// container of which pod runs (the pods' statuses say so here).
+func runningContainers(objs []any) (containermap.ContainerMap, sets.Set[string]) {
+	initial, running := containermap.NewContainerMap(), sets.New[string]()
+	for _, obj := range objs {
+		pod := obj.(*v1.Pod)
+		if pod.Status.Phase != v1.PodRunning {
+			continue
+		}
+		for _, c := range pod.Status.ContainerStatuses {
+			id := strings.TrimPrefix(c.ContainerID, "containerd://")
+			if id == "" || c.State.Running == nil {
+				continue
+			}
+			initial.Add(string(pod.UID), c.Name, id)
+			running.Insert(id)
+		}
+	}
+	return initial, running
+}
 
-func (ready) AddSource(string) {}
-func (ready) AllReady() bool   { return true }
+// sourcesReady is kubelet's: whether every pod source has been seen (here: the pods bound
+// before this start have been admitted again).
+type sourcesReady struct{ ready atomic.Bool }
+
+func (*sourcesReady) AddSource(string) {}
+func (s *sourcesReady) AllReady() bool { return s.ready.Load() }
 
 // podSource is what kubelet's pod-resources server and device manager ask of the node.
 type podSource interface {
