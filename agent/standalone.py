@@ -142,14 +142,22 @@ def build(
         if spec.pod_resources_socket is not None
         else None
     )
+    rebuilt = 0
     if recover is not None:
-        recovered = recover(ledger, listed)
+        rebuilt = recovered = recover(ledger, listed)
         if recovered:
             log.warning("event=recovered grants=%d reason=not-in-checkpoint", recovered)
     if listed is not None:
         adopted = adopt(ledger, spec.topo, (c.devices for c in listed))
+        rebuilt += adopted
         if adopted:
             log.warning("event=adopted grants=%d reason=not-in-checkpoint", adopted)
+    if rebuilt:
+        # On disk at once, not at the next grant: what was rebuilt is the checkpoint now.
+        try:
+            ledger.save(checkpoint)
+        except OSError as e:
+            log.error("event=checkpoint-write-failed path=%s error=%r", checkpoint, str(e))
     core = DevicePluginCore(
         spec.topo, spec.config, ledger, pods=pods, checkpoint=checkpoint, on_granted=on_granted
     )

@@ -159,13 +159,17 @@ class World:
     def pod(self, namespace: str, name: str) -> dict[str, Any]:
         return dict(self.json(self.core.read_namespaced_pod(name, namespace)))
 
-    def restart_agent(self, node: str) -> None:
+    def restart_agent(self, node: str, *, lose_checkpoint: bool = False) -> None:
         """Stop the node's agent until kubelet's device manager has seen its plugins go, and
         start it again until the device manager has them back (kubelet's own pod-resources
-        GetAllocatableResources: healthy devices only)."""
+        GetAllocatableResources: healthy devices only); with `lose_checkpoint`, its
+        checkpoint is deleted while it is down."""
         n = self.nodes[node]
         n.agent.stop()
         self.cp.processes.remove(n.agent)
+        if lose_checkpoint:
+            for lost in (n.dir / "state").glob("checkpoint.json*"):
+                lost.unlink()
         wait_until(
             lambda: n.allocatable(GPU_RESOURCE) == 0,
             30,

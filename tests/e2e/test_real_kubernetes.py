@@ -13,6 +13,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from agent.standalone import CHECKPOINT
+from deviceplugin.ledger import Ledger
 from gpulet.api.assignment import ContainerAssignment, parse_assignment
 from gpulet.api.resources import (
     ALLOCATED_ANNOTATION,
@@ -268,6 +270,29 @@ def test_the_agent_restarts_and_keeps_every_grant(world: World, ns: str) -> None
     assert region_limits(main) == [(assignment(before).gpus[0].uuid, 2048, 25)]
     later = container_report(report(world, after), "main")
     assert region_limits(later) == [(assignment(after).gpus[0].uuid, 2048, 25)]
+
+
+def test_a_lost_checkpoint_is_rebuilt_with_kubelets_own_pod_resources(
+    world: World, ns: str
+) -> None:
+    """The agent restarts without its checkpoint: it rebuilds the slice from the pod's
+    assignment and its `gpulet.io/allocated` record, each cross-checked with the real
+    pod-resources List (which container holds which device IDs)."""
+    create(world, ns, new_pod("kept", container("main", gpus=1, core=35, memory=3072), node=NODE))
+    kept = running(world, ns, "kept")
+    held = container_report(report(world, kept), "main")["deviceIds"][GPU_RESOURCE]
+    wait_until(
+        lambda: ALLOCATED_ANNOTATION in annotations_of(world.pod(ns, "kept")),
+        30,
+        watch=world.cp.processes,
+        why="gpulet.io/allocated",
+    )
+    world.restart_agent(NODE, lose_checkpoint=True)
+    grants = Ledger.load(world.nodes[NODE].dir / "state" / CHECKPOINT).grants()
+    mine = [g for g in grants if g.pod_uid == kept["metadata"]["uid"]]
+    assert [(list(g.device_ids), g.container) for g in mine] == [(held, "main")]
+    (share,) = mine[0].gpus
+    assert (share.uuid, share.core, share.memory_mib) == (assignment(kept).gpus[0].uuid, 35, 3072)
 
 
 def test_kubelet_restarts_and_running_pods_keep_their_devices(world: World, ns: str) -> None:

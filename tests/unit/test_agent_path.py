@@ -376,6 +376,12 @@ def test_a_lost_checkpoint_is_rebuilt_exactly_from_the_pods(cluster: Cluster) ->
     ]
     (share,) = after[0].gpus
     assert (share.core, share.memory_mib, share.exclusive) == (30, 8192, False)
+    # And it is the checkpoint again at once, not only at the next grant (found by
+    # tests/e2e: a second restart before any grant would have had to rebuild it again).
+    on_disk = Ledger.load(cluster.state / CHECKPOINT).grants()
+    assert [(g.device_ids, g.gpus, g.pod_uid) for g in on_disk] == [
+        (g.device_ids, g.gpus, g.pod_uid) for g in after
+    ]
 
 
 def test_kubelet_may_allocate_before_the_agents_watch_shows_the_pod(cluster: Cluster) -> None:
