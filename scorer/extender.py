@@ -185,6 +185,11 @@ class Extender:
                 ask = pod_ask(pod)
             except PodSpecError as e:
                 raise BindFailed(str(e)) from None
+            if not ask.wants:
+                raise BindFailed(
+                    f"pod {namespace}/{name} asks for no gpulet resource: the gpulet extender "
+                    "binds only pods that do"
+                )
             decision = self._decide_for_bind(ask, node)
             text = dump_assignment(decision.assignment)
             try:
@@ -244,12 +249,13 @@ class Extender:
                 raise BadRequest('"Nodes" must be a NodeList with "items"')
             listed: list[str] = []
             for item in items:
+                # Standalone, the requests are the nodes' only source. With the API server,
+                # its watch is: a request's objects only name nodes among those it showed
+                # (anyone who reaches the port could otherwise add or reshape nodes).
                 try:
                     name = self.view.set_node_object(item) if self.standalone else _node_name(item)
                 except ValueError as e:
                     raise BadRequest(str(e)) from None
-                if not self.standalone and self.view.node(name) is None:
-                    self.view.set_node_object(item)  # not seen by the watch yet
                 listed.append(name)
             return pod, _Nodes(listed, list(items))
         if names is None:
