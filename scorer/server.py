@@ -103,6 +103,8 @@ class ExtenderServer:
             args = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             return HTTPStatus.BAD_REQUEST, {"Error": f"the body is not valid JSON: {e}"}
+        except RecursionError:
+            return HTTPStatus.BAD_REQUEST, {"Error": "the body's JSON is nested too deeply"}
         try:
             if verb == "filter":
                 return HTTPStatus.OK, self.extender.filter(args)
@@ -123,7 +125,7 @@ def _handler(server: ExtenderServer) -> type[Handler]:
                 return
             started = time.perf_counter()
             length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
+            if length is None or not (length.isascii() and length.isdigit()):
                 self.close_connection = True
                 self._send(
                     HTTPStatus.LENGTH_REQUIRED, {"Error": "Content-Length is required"}, verb
@@ -158,7 +160,7 @@ def _handler(server: ExtenderServer) -> type[Handler]:
 
         def _drain(self) -> None:
             length = self.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) <= server.max_body:
+            if length and length.isascii() and length.isdigit() and int(length) <= server.max_body:
                 self.rfile.read(int(length))
             else:
                 self.close_connection = True
