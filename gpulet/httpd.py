@@ -26,8 +26,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
-        self.timeout = getattr(self.server, "timeout_s", TIMEOUT_S)
         super().setup()
+        # socketserver's `timeout` is a class attribute; the server's own setting wins here.
+        self.connection.settimeout(getattr(self.server, "timeout_s", TIMEOUT_S))
         # An answer is written whole; Nagle's algorithm would hold its last segment until
         # the client's delayed ACK (40 ms). Go's client sets this on its side too.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
