@@ -53,12 +53,19 @@ def build(config: ScorerConfig, kube: client.Configuration | None) -> Scorer:
     )
     if kube is None:
         extender = Extender(view)
-        server = ExtenderServer(extender, config.host, config.port, max_body=config.max_body)
+        server = ExtenderServer(
+            extender, config.host, config.port, max_body=config.max_body, max_parse=config.max_parse
+        )
         return Scorer(server, None)
     core = CoreCalls(client.ApiClient(kube))
     sync = ClusterSync(core, view, watch_timeout_s=config.watch_timeout_s)
     extender = Extender(view, KubePodApi(core))
     server = ExtenderServer(
-        extender, config.host, config.port, max_body=config.max_body, ready=sync.ready
+        extender,
+        config.host,
+        config.port,
+        max_body=config.max_body,
+        max_parse=config.max_parse,
+        ready=sync.ready,
     )
     return Scorer(server, sync)

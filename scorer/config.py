@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from scorer.cluster import ASSUME_TTL_S, STALE_HEARTBEAT_S
-from scorer.server import DEFAULT_MAX_BODY
+from scorer.server import DEFAULT_MAX_BODY, DEFAULT_MAX_PARSE
 
 #: The file's keys and the fields they set.
 _KEYS = {
@@ -19,6 +19,7 @@ _KEYS = {
     "gpuSlots": "gpu_slots",
     "rdmaSlots": "rdma_slots",
     "maxBodyBytes": "max_body",
+    "maxParseBytes": "max_parse",
     "assumeTTLSeconds": "assume_ttl_s",
     "watchTimeoutSeconds": "watch_timeout_s",
     "staleHeartbeatSeconds": "stale_heartbeat_s",
@@ -37,13 +38,14 @@ class ScorerConfig:
     gpu_slots: int = 100
     rdma_slots: int = 100
     max_body: int = DEFAULT_MAX_BODY
+    max_parse: int = DEFAULT_MAX_PARSE
     assume_ttl_s: float = ASSUME_TTL_S
     watch_timeout_s: int = 300
     #: A node whose agent's heartbeat is unchanged this long takes no pods (0: not judged).
     stale_heartbeat_s: float = STALE_HEARTBEAT_S
 
     def __post_init__(self) -> None:
-        for name in ("port", "gpu_slots", "rdma_slots", "max_body", "watch_timeout_s"):
+        for name in ("port", "gpu_slots", "rdma_slots", "max_body", "max_parse", "watch_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")

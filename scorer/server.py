@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -25,6 +26,26 @@ log = logging.getLogger("gpulet.scorer")
 
 #: 5,000 Node objects with their topology annotations come to about 70 MB.
 DEFAULT_MAX_BODY = 128 << 20
+#: What parsing one body may cost in memory, by `parse_cost` (the extender's pod limit in
+#: deploy/ is 2 GiB; 5,000 Node objects cost about 650 MiB by it).
+DEFAULT_MAX_PARSE = 768 << 20
+#: Bodies over this many bytes are read and parsed one at a time; smaller ones (a pod and
+#: node names: every request of a `nodeCacheCapable` scheduler) never wait for them.
+LARGE_BODY = 1 << 20
+#: How long a large body waits for its turn before 503.
+LARGE_WAIT_S = 30.0
+
+
+def parse_cost(body: bytes) -> int:
+    """An upper bound of the memory `json.loads(body)` takes, counted in C (bytes.count),
+    before parsing: each object or array ~120 bytes, each string ~60, each item ~16, and the
+    text twice. Measured: 114 MiB of `{},` takes 3 GiB to parse (25 bytes per byte), while
+    2,000 real Node objects (31 MiB, their topology in strings) take almost nothing beyond
+    the text."""
+    containers = body.count(b"{") + body.count(b"[")
+    return 2 * len(body) + 120 * containers + 30 * body.count(b'"') + 16 * body.count(b",")
+
+
 _VERBS = ("filter", "prioritize", "bind")
 
 
@@ -76,11 +97,15 @@ class ExtenderServer:
         port: int = 8888,
         *,
         max_body: int = DEFAULT_MAX_BODY,
+        max_parse: int = DEFAULT_MAX_PARSE,
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.extender = extender
         self.metrics = Metrics(extender)
         self.max_body = max_body
+        self.max_parse = max_parse
+        #: One large body at a time (LARGE_BODY).
+        self.large = threading.Semaphore(1)
         self.ready = ready
         self._http = BackgroundServer(
             host, port, _handler(self), name="gpulet-scorer-http", poll_s=0.05
@@ -99,6 +124,13 @@ class ExtenderServer:
 
     def answer(self, verb: str, body: bytes) -> tuple[int, Any]:
         """The status and JSON answer to a POST of `body` to `verb`."""
+        cost = parse_cost(body)
+        if cost > self.max_parse:
+            message = (
+                f"the body would take about {cost >> 20} MiB to parse; this extender parses "
+                f"{self.max_parse >> 20} MiB at most"
+            )
+            return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"Error": message}
         try:
             args = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -138,8 +170,19 @@ def _handler(server: ExtenderServer) -> type[Handler]:
                 )
                 self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"Error": message}, verb)
                 return
-            body = self.rfile.read(int(length))
-            code, answer = server.answer(verb, body)
+            large = int(length) > LARGE_BODY
+            if large and not server.large.acquire(timeout=LARGE_WAIT_S):
+                self._drain()
+                busy = {"Error": "busy with other large requests; try again"}
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, busy, verb)
+                return
+            try:
+                body = self.rfile.read(int(length))
+                code, answer = server.answer(verb, body)
+                del body
+            finally:
+                if large:
+                    server.large.release()
             self._send(code, answer, verb)
             server.metrics.seconds.labels(verb).observe(time.perf_counter() - started)
 

@@ -26,4 +26,5 @@ def test_demo_places_the_samples_and_explains_the_misfit() -> None:
     assert "NUMA pinning asked: CPUs of NUMA node(s)" in pinned
     misfit = text.split("== pod too-big")[1]
     assert "does not fit" in misfit and "single-numa: needs 8 whole GPUs" in misfit
-    assert set(Path(tempfile.gettempdir()).glob("gpulet-demo-*")) == before
+    # Nothing of this run is left (another demo running meanwhile may remove its own).
+    assert not set(Path(tempfile.gettempdir()).glob("gpulet-demo-*")) - before
