@@ -59,7 +59,7 @@ def build(config: ScorerConfig, kube: client.Configuration | None) -> Scorer:
         return Scorer(server, None)
     core = CoreCalls(client.ApiClient(kube))
     sync = ClusterSync(core, view, watch_timeout_s=config.watch_timeout_s)
-    extender = Extender(view, KubePodApi(core))
+    extender = Extender(view, KubePodApi(core), scheduler_names=config.scheduler_names)
     server = ExtenderServer(
         extender,
         config.host,

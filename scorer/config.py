@@ -20,6 +20,7 @@ _KEYS = {
     "rdmaSlots": "rdma_slots",
     "maxBodyBytes": "max_body",
     "maxParseBytes": "max_parse",
+    "schedulerNames": "scheduler_names",
     "assumeTTLSeconds": "assume_ttl_s",
     "watchTimeoutSeconds": "watch_timeout_s",
     "staleHeartbeatSeconds": "stale_heartbeat_s",
@@ -43,6 +44,9 @@ class ScorerConfig:
     watch_timeout_s: int = 300
     #: A node whose agent's heartbeat is unchanged this long takes no pods (0: not judged).
     stale_heartbeat_s: float = STALE_HEARTBEAT_S
+    #: The schedulers whose pods this extender binds (their profiles call it): deploy/'s
+    #: gpulet-scheduler, and the cluster's own for the self-managed layout.
+    scheduler_names: tuple[str, ...] = ("gpulet-scheduler", "default-scheduler")
 
     def __post_init__(self) -> None:
         for name in ("port", "gpu_slots", "rdma_slots", "max_body", "max_parse", "watch_timeout_s"):
@@ -53,6 +57,15 @@ class ScorerConfig:
             raise ConfigError("gpuSlots and rdmaSlots must be 1..1000")
         if not isinstance(self.assume_ttl_s, int | float) or self.assume_ttl_s <= 0:
             raise ConfigError(f"assumeTTLSeconds must be > 0, got {self.assume_ttl_s!r}")
+        names = self.scheduler_names
+        if isinstance(names, list):
+            object.__setattr__(self, "scheduler_names", names := tuple(names))
+        if (
+            not isinstance(names, tuple)
+            or not names
+            or not all(isinstance(n, str) and n for n in names)
+        ):
+            raise ConfigError(f"schedulerNames must be a list of scheduler names, got {names!r}")
         stale = self.stale_heartbeat_s
         if isinstance(stale, bool) or not isinstance(stale, int | float) or stale < 0:
             raise ConfigError(f"staleHeartbeatSeconds must be >= 0 (0: off), got {stale!r}")

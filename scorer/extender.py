@@ -69,9 +69,17 @@ class Extender:
     """`api` None: standalone, nodes come in the requests and only this extender's own
     binds count as allocations."""
 
-    def __init__(self, view: ClusterView, api: PodApi | None = None) -> None:
+    def __init__(
+        self,
+        view: ClusterView,
+        api: PodApi | None = None,
+        *,
+        scheduler_names: tuple[str, ...] = ("gpulet-scheduler", "default-scheduler"),
+    ) -> None:
         self.view = view
         self.api = api
+        #: Bind takes only pods of these schedulers (spec.schedulerName).
+        self.scheduler_names = scheduler_names
         #: Per pod shape (`PodAsk.key`), per node: the decision and the node generation it
         #: was made at; and per hardware shape, whether the pod could never fit.
         self._decisions: dict[object, dict[str, tuple[int, Decision | Refusal]]] = {}
@@ -185,6 +193,12 @@ class Extender:
                 ask = pod_ask(pod)
             except PodSpecError as e:
                 raise BindFailed(str(e)) from None
+            scheduler = (pod.get("spec") or {}).get("schedulerName") or "default-scheduler"
+            if scheduler not in self.scheduler_names:
+                raise BindFailed(
+                    f"pod {namespace}/{name} is for scheduler {scheduler!r}; this extender "
+                    f"binds pods of {', '.join(self.scheduler_names)} only (schedulerNames)"
+                )
             if not ask.wants:
                 raise BindFailed(
                     f"pod {namespace}/{name} asks for no gpulet resource: the gpulet extender "

@@ -4,10 +4,15 @@ from the API server's watch alone, never from a request."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION
 from gpulet.sim.apiserver import ApiServerStandIn
 from gpulet.sim.objects import container, node_object, pod_object
 from scorer.app import Scorer
+from scorer.config import ConfigError, load_config
 from tests.nodes import shipped
 from tests.unit.test_scorer_kube import H100, api, post, scorer
 
@@ -39,6 +44,19 @@ def test_bind_refuses_a_pod_that_asks_for_no_gpulet_resource(
     assert ASSIGNMENT_ANNOTATION not in stored["metadata"].get("annotations", {})
 
 
+def test_bind_refuses_a_pod_of_another_scheduler(api: ApiServerStandIn, scorer: Scorer) -> None:
+    """A pod no scheduler will place (or another scheduler's) is not the extender's to bind,
+    even when someone asks it directly."""
+    pod = pod_object("stray", container(gpus=1, core=30, memory=8192))
+    pod["spec"]["schedulerName"] = "nobody"
+    stray = api.create_pod(pod)
+    answer = post(scorer, "bind", bind_args(stray, "gpu-a"))
+    assert "is for scheduler 'nobody'" in answer["Error"], answer
+    ours = pod_object("ours", container(gpus=1, core=30, memory=8192))
+    ours["spec"]["schedulerName"] = "gpulet-scheduler"
+    assert post(scorer, "bind", bind_args(api.create_pod(ours), "gpu-a")) == {"Error": ""}
+
+
 def test_nodes_in_a_request_never_join_the_cluster_view(
     api: ApiServerStandIn, scorer: Scorer
 ) -> None:
@@ -66,3 +84,12 @@ def test_a_request_cannot_change_a_known_node(api: ApiServerStandIn, scorer: Sco
     assert not answer["Nodes"]["items"]  # a DGX H100 has 8 GPUs, whatever the request says
     info = scorer.server.extender.view.node("gpu-a")
     assert info is not None and info.topo is not None and len(info.topo.gpus) == 8
+
+
+def test_scheduler_names_come_from_the_settings(tmp_path: Path) -> None:
+    settings = tmp_path / "scorer.yaml"
+    settings.write_text("schedulerNames: [gpu-batch]\n")
+    assert load_config(settings).scheduler_names == ("gpu-batch",)
+    settings.write_text("schedulerNames: []\n")
+    with pytest.raises(ConfigError, match="schedulerNames must be a list of scheduler names"):
+        load_config(settings)
