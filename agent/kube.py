@@ -158,7 +158,10 @@ class ApiPodSource:
         the list shows and the watch has not are added; none is removed (the watch does
         that), and none the watch saw end comes back."""
         try:
-            listed = json.loads(self._list(timeout_seconds=5, _preload_content=False).data)
+            # kubelet waits on this Allocate: 2.5 s a try, and the client tries 4 times on a
+            # read timeout (urllib3's retries), so a silent API server holds it 10 s at most.
+            raw = self._list(timeout_seconds=2, client_timeout_s=2.5, _preload_content=False)
+            listed = json.loads(raw.data)
         except Exception as e:  # the API unreachable: the miss stands
             log.warning("event=refresh-failed what=pods-on-node error=%r", str(e))
             return

@@ -26,11 +26,19 @@ class CoreCalls:
     def list_nodes(self, **options: Any) -> Any:
         return self._call("GET", "/api/v1/nodes", query=_list_query(options))
 
-    def list_pods(self, field_selector: str | None = None, **options: Any) -> Any:
+    def list_pods(
+        self,
+        field_selector: str | None = None,
+        *,
+        client_timeout_s: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """`client_timeout_s`: how long to wait for the answer (None: as long as it takes,
+        for a watch); the server's own `timeout_seconds` bounds only what it sends."""
         query = _list_query(options)
         if field_selector is not None:
             query.append(("fieldSelector", field_selector))
-        return self._call("GET", "/api/v1/pods", query=query)
+        return self._call("GET", "/api/v1/pods", query=query, timeout_s=client_timeout_s)
 
     def read_pod(self, namespace: str, name: str) -> Any:
         return self._call("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
@@ -65,6 +73,7 @@ class CoreCalls:
         query: list[tuple[str, str]] | None = None,
         body: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
+        timeout_s: float | None = None,
     ) -> Any:
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -77,7 +86,7 @@ class CoreCalls:
             body=json.loads(json.dumps(body)) if body is not None else None,
             auth_settings=_AUTH,
         )
-        response = self._api.call_api(*request, _request_timeout=None)
+        response = self._api.call_api(*request, _request_timeout=timeout_s)
         if not 200 <= response.status <= 299:
             response.read()  # type: ignore[no-untyped-call]
             raise ApiException(http_resp=response)

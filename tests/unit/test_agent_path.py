@@ -9,8 +9,10 @@ import http.client
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.discovery import discover
 from agent.discovery.netlink import SysfsLinkState
+from agent.kube import ApiPodSource
 from agent.node_agent import Monitoring, NodeAgent, start
 from agent.simulate import open_simulated
 from agent.standalone import CHECKPOINT, Standalone
@@ -405,3 +408,38 @@ def test_a_pod_deleted_while_the_watch_lags_is_not_brought_back(cluster: Cluster
     # A later catch-up with the API (another container's miss) does not revive it.
     cluster.agent.pods.refresh()
     assert not any(p.uid == uid for p in cluster.agent.pods.pending_pods())
+
+
+def test_a_hung_api_server_does_not_hold_allocate(tmp_path: Path) -> None:
+    """The catch-up on a miss is a list of the node's pods; an API server that accepts the
+    connection and never answers must not hold kubelet's Allocate (it waits 10 s at most)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    source = ApiPodSource(CoreCalls(client.ApiClient(configuration)), NODE)
+    done = threading.Event()
+
+    def refresh() -> None:
+        source.refresh()
+        done.set()
+
+    threading.Thread(target=refresh, daemon=True).start()
+    try:
+        assert done.wait(14), "refresh still waiting on a silent API server"
+        assert source.pending_pods() == ()
+    finally:
+        for s in held:
+            s.close()
+        listener.close()
