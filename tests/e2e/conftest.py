@@ -194,6 +194,17 @@ class World:
             why="the Node's allocatable back",
         )
 
+    def bind_directly(self, args: dict[str, Any]) -> Any:
+        """POST a bind to the extender as anyone on the network could (not kube-scheduler)."""
+        request = urllib.request.Request(
+            f"{self.recorder.upstream}/gpulet/bind",
+            data=json.dumps(args).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
+
     def restart_kubelet(self, node: str) -> None:
         """Stop the node's kubelet (device manager) and start it again, until gpulet's plugins
         have registered with the new one and its devices are allocatable."""

@@ -373,3 +373,23 @@ def test_the_admission_policy_refuses_a_forged_assignment(world: World, ns: str)
         ns, new_pod("honest", container("main", gpus=1, core=10, memory=1024))
     )
     assert ASSIGNMENT_ANNOTATION in annotations_of(running(world, ns, "honest"))
+
+
+def test_the_extender_binds_nothing_outside_its_remit_when_asked_directly(
+    world: World, ns: str
+) -> None:
+    """Anyone who reaches the extender's port and asks it to bind: a pod of no scheduler it
+    serves, and a pod that asks for no gpulet resource, stay unbound and unannotated."""
+    stray = new_pod("stray", container("main", gpus=1, core=10, memory=1024))
+    stray["spec"]["schedulerName"] = "nobody"
+    plain = new_pod("plain", container("main"))
+    plain["spec"]["schedulerName"] = "default-scheduler"  # served, but none runs here
+    for pod in (stray, plain):
+        create(world, ns, pod)
+        uid = world.pod(ns, pod["metadata"]["name"])["metadata"]["uid"]
+        args = {"PodName": pod["metadata"]["name"], "PodNamespace": ns, "PodUID": uid}
+        answer = world.bind_directly({**args, "Node": NODE})
+        assert answer["Error"], answer
+        stored = world.pod(ns, pod["metadata"]["name"])
+        assert not stored["spec"].get("nodeName")
+        assert ASSIGNMENT_ANNOTATION not in annotations_of(stored)
