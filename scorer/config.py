@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from scorer.cluster import ASSUME_TTL_S, STALE_HEARTBEAT_S
+from scorer.extender import DEFAULT_SCHEDULER_NAMES
 from scorer.server import DEFAULT_MAX_BODY, DEFAULT_MAX_PARSE
 
 #: The file's keys and the fields they set.
@@ -44,9 +45,8 @@ class ScorerConfig:
     watch_timeout_s: int = 300
     #: A node whose agent's heartbeat is unchanged this long takes no pods (0: not judged).
     stale_heartbeat_s: float = STALE_HEARTBEAT_S
-    #: The schedulers whose pods this extender binds (their profiles call it): deploy/'s
-    #: gpulet-scheduler, and the cluster's own for the self-managed layout.
-    scheduler_names: tuple[str, ...] = ("gpulet-scheduler", "default-scheduler")
+    #: The schedulers whose pods this extender binds (their profiles call it).
+    scheduler_names: tuple[str, ...] = DEFAULT_SCHEDULER_NAMES
 
     def __post_init__(self) -> None:
         for name in ("port", "gpu_slots", "rdma_slots", "max_body", "max_parse", "watch_timeout_s"):

@@ -32,6 +32,9 @@ _SHAPES = 256
 _CACHE_SIZE = 200_000
 #: Binds re-decide and retry this often when the pod changes under them.
 _BIND_ATTEMPTS = 3
+#: The schedulers whose pods bind takes by default: deploy/'s gpulet-scheduler, and the
+#: cluster's own for the self-managed layout (docs/scorer.md, `schedulerNames`).
+DEFAULT_SCHEDULER_NAMES = ("gpulet-scheduler", "default-scheduler")
 
 
 class BadRequest(ValueError):
@@ -74,7 +77,7 @@ class Extender:
         view: ClusterView,
         api: PodApi | None = None,
         *,
-        scheduler_names: tuple[str, ...] = ("gpulet-scheduler", "default-scheduler"),
+        scheduler_names: tuple[str, ...] = DEFAULT_SCHEDULER_NAMES,
     ) -> None:
         self.view = view
         self.api = api
