@@ -8,15 +8,13 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from bench.scorer_abuse import concurrent_healthz, hostile, peak_rss_mib, post, start
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from scorer.server import ExtenderServer
@@ -78,23 +76,7 @@ def test_slow_and_idle_connections_are_cut_off(server: ExtenderServer) -> None:
 
 
 def test_two_hundred_concurrent_requests_are_all_answered(server: ExtenderServer) -> None:
-    codes: list[int] = []
-    lock = threading.Lock()
-
-    def healthz() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
-        conn.request("GET", "/healthz")
-        code = conn.getresponse().status
-        conn.close()
-        with lock:
-            codes.append(code)
-
-    threads = [threading.Thread(target=healthz) for _ in range(200)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert codes == [200] * 200
+    assert concurrent_healthz(server.port, 200) == {"answered": 200, "timed_out": 0}
 
 
 def test_a_small_request_is_answered_while_slow_clients_hold_connections(
@@ -118,51 +100,13 @@ def test_a_small_request_is_answered_while_slow_clients_hold_connections(
 
 @pytest.fixture
 def serving() -> Iterator[tuple[int, int]]:
-    """`gpulet scorer serve --standalone` on a free port: (port, pid)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gpulet", "scorer", "serve", "--standalone"),
-            *("--host", "127.0.0.1", "--port", str(port)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """`gpulet scorer serve --standalone` on a free port (the bench's): (port, pid)."""
+    proc, port = start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "did not start"
-                time.sleep(0.05)
         yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def peak_rss_mib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return (
-        int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) >> 10
-    )
-
-
-def post_raw(port: int, body: bytes, timeout: float = 60) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    conn.request("POST", "/filter", body, {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    out = resp.status, resp.read()
-    conn.close()
-    return out
-
-
-def hostile(size: int) -> bytes:
-    return b"[" + b"{}," * (size // 3 - 1) + b"{}]"
 
 
 def test_a_hostile_body_under_the_size_limit_is_refused_before_it_is_parsed(
@@ -170,7 +114,7 @@ def test_a_hostile_body_under_the_size_limit_is_refused_before_it_is_parsed(
 ) -> None:
     """120 MB of `{}` (under the 128 MiB limit) took the extender to 3.26 GB of RSS."""
     port, pid = serving
-    code, answer = post_raw(port, hostile(120_000_000))
+    code, answer = post(port, hostile(120_000_000))
     assert code == 413, answer[:200]
     assert b"would take about" in answer
     assert peak_rss_mib(pid) < 600
@@ -181,14 +125,14 @@ def test_a_small_request_is_not_held_up_by_large_ones(serving: tuple[int, int]) 
     done = []
 
     def large() -> None:
-        done.append(post_raw(port, hostile(40_000_000))[0])
+        done.append(post(port, hostile(40_000_000))[0])
 
     threads = [threading.Thread(target=large) for _ in range(2)]
     for t in threads:
         t.start()
     time.sleep(0.05)
     started = time.monotonic()
-    code, _ = post_raw(port, json.dumps({"Pod": {}, "NodeNames": []}).encode())
+    code, _ = post(port, json.dumps({"Pod": {}, "NodeNames": []}).encode())
     took = time.monotonic() - started
     for t in threads:
         t.join()
