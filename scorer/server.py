@@ -27,7 +27,7 @@ log = logging.getLogger("gpulet.scorer")
 #: 5,000 Node objects with their topology annotations come to about 70 MB.
 DEFAULT_MAX_BODY = 128 << 20
 #: What parsing one body may cost in memory, by `parse_cost` (the extender's pod limit in
-#: deploy/ is 2 GiB; 5,000 Node objects cost about 650 MiB by it).
+#: deploy/ is 2 GiB; 5,000 DGX Node objects, 79-80 MiB of body, cost 699-704 MiB by it).
 DEFAULT_MAX_PARSE = 768 << 20
 #: Bodies over this many bytes are read and parsed one at a time; smaller ones (a pod and
 #: node names: every request of a `nodeCacheCapable` scheduler) never wait for them.
