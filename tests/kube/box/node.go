@@ -298,8 +298,13 @@ func (n *node) sync(ctx context.Context, key string) {
 		return
 	}
 	now := time.Now()
-	if pod.DeletionTimestamp != nil && (st.stopAt.IsZero() || st.stopAt.After(now.Add(seconds(pod, stopSecondsAnnotation, gracePeriod(pod))))) {
-		st.stopAt = now.Add(seconds(pod, stopSecondsAnnotation, gracePeriod(pod)))
+	if pod.DeletionTimestamp != nil {
+		// Deleted: the containers stop within the grace period, or sooner if so annotated
+		// (a run-seconds end already due stays as it is).
+		stop := now.Add(seconds(pod, stopSecondsAnnotation, gracePeriod(pod)))
+		if st.stopAt.IsZero() || st.stopAt.After(stop) {
+			st.stopAt = stop
+		}
 	}
 	if st.stopAt.IsZero() {
 		return
