@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,13 +380,3 @@ def _tcp_open(port: int) -> bool:
 def documents(path: Path, *, skip_kinds: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The objects of a manifest file, but those of `skip_kinds`."""
     return [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] not in skip_kinds]
-
-
-@contextlib.contextmanager
-def control_plane(binary: Path, directory: Path) -> Iterator[ControlPlane]:
-    cp = ControlPlane(binary, directory)
-    try:
-        cp.start()
-        yield cp
-    finally:
-        cp.stop()
