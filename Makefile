@@ -81,3 +81,32 @@ clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
 	rm -rf native/lib native/_region.*.so native/_region.c native/_region.o $(REGION_EXT)
 	rm -f deviceplugin/api/*_pb2*.py deviceplugin/api/*_pb2*.pyi
+
+# deploy/image/requirements.lock, all the image installs from PyPI (deploy/image/build-runtime.sh
+# installs it with --require-hashes): pyproject.toml's runtime dependencies (not the test extra)
+# and its build-system requirements, transitive ones included, each pinned with == and the
+# sha256 of every wheel and sdist of that version, resolved by uv for CPython 3.11 on Linux.
+# Pins the lock holds are kept while pyproject.toml still allows them: move them with
+# `make lock LOCK_ARGS=--upgrade` (all) or `make lock LOCK_ARGS='--upgrade-package grpcio'`.
+# It then checks that every pin has a hashed wheel for x86_64 and aarch64. uv (pinned below)
+# lives in a throwaway virtualenv under build/lock; needs PyPI. See docs/image.md.
+UV_VERSION := 0.13.9
+LOCK_ARGS  ?=
+LOCK_DIR   := build/lock
+
+.PHONY: lock
+lock:
+	test -x $(LOCK_DIR)/bin/python || $(PYTHON) -m venv $(LOCK_DIR)
+	$(LOCK_DIR)/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(LOCK_DIR)/bin/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')" >$(LOCK_DIR)/build-system.txt
+	$(LOCK_DIR)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	    --python-platform linux --custom-compile-command 'make lock' $(LOCK_ARGS) \
+	    -o deploy/image/requirements.lock pyproject.toml $(LOCK_DIR)/build-system.txt
+	for arch in x86_64 aarch64; do \
+	    $(LOCK_DIR)/bin/pip download -q --disable-pip-version-check -d $(LOCK_DIR)/wheels-$$arch \
+	        --require-hashes --only-binary :all: --no-deps --python-version 3.11 \
+	        --implementation cp --abi cp311 --abi abi3 --abi none \
+	        $$(for v in 2_17 2_28 2_31 2_34 2_36; do echo --platform manylinux_$${v}_$$arch; done) \
+	        --platform manylinux2014_$$arch -r deploy/image/requirements.lock || exit 1; \
+	done
+	rm -rf $(LOCK_DIR)/wheels-x86_64 $(LOCK_DIR)/wheels-aarch64

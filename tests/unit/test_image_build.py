@@ -1,21 +1,27 @@
 """The image's runtime, as deploy/image/Containerfile builds it: deploy/image/build-runtime.sh
-on a copy of the tree, into a fresh virtualenv with the runtime dependencies only. What the
-image then holds must run the product (the demo's whole path) without the test extras and
-without the source tree."""
+on a copy of the tree, into a fresh virtualenv with the runtime dependencies only, installed
+from deploy/image/requirements.lock with their hashes checked. What the image then holds must
+run the product (the demo's whole path) without the test extras and without the source tree,
+and be exactly what the lock pins."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from tests.old_glibc import FLOOR, needed_glibc_versions
+from tests.unit.test_image_pins import LOCK, parse_lock
 
 ROOT = Path(__file__).resolve().parents[2]
+BUILD_RUNTIME = ROOT / "deploy" / "image" / "build-runtime.sh"
 
 
 def _source_files() -> list[str]:
@@ -29,6 +35,20 @@ def _source_files() -> list[str]:
     return [name for name in out.decode().split("\0") if name and (ROOT / name).is_file()]
 
 
+def _build_runtime(src: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    # The same Python as the tests', from outside their virtualenv, as the image's is.
+    env["PYTHON"] = getattr(sys, "_base_executable", sys.executable)
+    return subprocess.run(
+        [str(src / "deploy/image/build-runtime.sh"), str(src), str(prefix)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
@@ -38,17 +58,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in _source_files():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, src / name)
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    # The same Python as the tests', from outside their virtualenv, as the image's is.
-    env["PYTHON"] = getattr(sys, "_base_executable", sys.executable)
-    proc = subprocess.run(
-        [str(src / "deploy/image/build-runtime.sh"), str(src), str(prefix)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = _build_runtime(src, prefix)
     assert proc.returncode == 0, f"build-runtime.sh failed:\n{proc.stdout}\n{proc.stderr}"
     shutil.rmtree(src)  # the image has no source tree either
     return prefix
@@ -85,3 +95,28 @@ def test_the_shipped_limiter_loads_on_old_glibc(runtime: Path) -> None:
         pytest.skip("no readelf (binutils)")
     library = _site_packages(runtime) / "native" / "lib" / "libgpulet-limiter.so"
     assert max(needed_glibc_versions(library)) <= FLOOR
+
+
+def test_the_runtime_holds_exactly_what_the_lock_pins(runtime: Path) -> None:
+    pins, _ = parse_lock(LOCK.read_text())
+    installed: dict[str, str] = {
+        canonicalize_name(dist.metadata["Name"]): dist.version
+        for dist in metadata.distributions(path=[str(_site_packages(runtime))])
+    }
+    # pip comes with the virtualenv (from the base image's Python), gpulet from the tree.
+    del installed["pip"], installed["gpulet"]
+    assert installed == {name: pin.version for name, pin in pins.items()}
+
+
+def test_the_build_fails_on_a_lock_that_misses_a_dependency(tmp_path: Path) -> None:
+    """The lock with kubernetes but none of what kubernetes needs: pip must refuse, not resolve
+    the rest from the index."""
+    (kubernetes,) = re.findall(r"^kubernetes==.*?(?=^\S)", LOCK.read_text(), re.M | re.S)
+    src = tmp_path / "src"
+    (src / "deploy" / "image").mkdir(parents=True)
+    shutil.copy2(BUILD_RUNTIME, src / "deploy" / "image" / "build-runtime.sh")
+    (src / "deploy" / "image" / "requirements.lock").write_text(kubernetes)
+    proc = _build_runtime(src, tmp_path / "prefix")
+    assert proc.returncode != 0
+    assert "--require-hashes mode" in proc.stderr, proc.stderr
+    assert not list((tmp_path / "prefix").glob("lib/python3*/site-packages/kubernetes"))
