@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from http import HTTPStatus
 from pathlib import Path
@@ -19,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from agent.access import Access
 from agent.backstop import ShareStatus
 from agent.monitor import Monitor
 from deviceplugin.core import DevicePluginCore
@@ -173,9 +175,36 @@ def _throttled(grant: Grant) -> list[float]:
     return [] if seen.usage is None else [d.throttled_ns / 1e9 for d in seen.usage.devices]
 
 
+class Denials(Collector):
+    """Requests refused by the access check, by its reason."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def count(self, reason: str) -> None:
+        with self._lock:
+            self._counts[reason] = self._counts.get(reason, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        denied = CounterMetricFamily(
+            "gpulet_agent_http_denied",
+            "Requests to the agent's HTTP server refused: no-token, invalid-token (401), "
+            "forbidden (403), unavailable (503: the API server could not be asked)",
+            labels=["reason"],
+        )
+        with self._lock:
+            counts = dict(self._counts)
+        for reason, n in sorted(counts.items()):
+            denied.add_metric([reason], n)
+        yield denied
+
+
 class MetricsServer:
     """`/metrics` and `/healthz` on `port` (0: a free one), from a background thread, and
-    JSON documents at the paths of `documents`."""
+    JSON documents at the paths of `documents`. With `access`, every path but `/healthz`
+    (kubelet's probes carry no credentials) is served only to the requests it allows; the
+    others, unknown paths included, get its refusal (401, 403 or 503) and nothing else."""
 
     def __init__(
         self,
@@ -185,25 +214,53 @@ class MetricsServer:
         host: str = "0.0.0.0",
         healthy: Callable[[], bool] = lambda: True,
         documents: Mapping[str, Callable[[], Any]] | None = None,
+        access: Access | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(collector)
+        denials = Denials()
+        if access is not None:
+            self.registry.register(denials)
         registry, is_healthy, docs = self.registry, healthy, dict(documents or {})
 
         class MetricsHandler(Handler):
             def do_GET(self) -> None:
-                path = self.path.split("?")[0].rstrip("/")
+                path = self.path.split("?")[0].rstrip("/") or "/"
+                if path == "/healthz":
+                    ok = is_healthy()
+                    code = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
+                    self.reply(code, b"ok\n" if ok else b"not serving kubelet\n", "text/plain")
+                    return
+                if access is not None:
+                    decision = access.check(self.headers.get("Authorization"), path)
+                    if not decision.allowed:
+                        denials.count(decision.reason)
+                        log.debug(
+                            "event=http-denied status=%d reason=%s path=%r client=%s",
+                            decision.status,
+                            decision.reason,
+                            path,
+                            self.client_address[0],
+                        )
+                        self.refuse(decision.status)
+                        return
                 if path == "/metrics":
                     self.reply(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif path in docs:
                     body = json.dumps(docs[path](), separators=(",", ":")).encode()
                     self.reply(HTTPStatus.OK, body, "application/json")
-                elif path == "/healthz":
-                    ok = is_healthy()
-                    code = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
-                    self.reply(code, b"ok\n" if ok else b"not serving kubelet\n", "text/plain")
                 else:
                     self.reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+            def refuse(self, code: int) -> None:
+                body = f"{HTTPStatus(code).phrase}\n".encode()
+                self.send_response(code)
+                if code == HTTPStatus.UNAUTHORIZED:
+                    self.send_header("WWW-Authenticate", 'Bearer realm="gpulet-agent"')
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
         # Polls for shutdown twice a second: an idle agent's wake-ups are its CPU cost.
         self._http = BackgroundServer(host, port, MetricsHandler, name="gpulet-metrics", poll_s=0.5)

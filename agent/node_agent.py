@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from agent.access import KubernetesAccess
 from agent.allocations import allocations
 from agent.backstop import (
     CgroupFreezer,
@@ -34,7 +35,7 @@ from deviceplugin.core import DevicePluginCore
 from deviceplugin.grants import Grant
 from deviceplugin.health import PortStates, XidSource
 from deviceplugin.manager import PluginManager
-from gpulet.kube.calls import CoreCalls
+from gpulet.kube.calls import CoreCalls, ReviewCalls
 from gpulet.topology.document import dumps
 
 log = logging.getLogger("gpulet.agent")
@@ -61,8 +62,10 @@ class Monitoring:
     processes to containers, what to do about a container over its cap or its share
     (`enforce`: report, or on; `kill` is on's old name), where containers' cgroups are
     frozen with enforcement on (the host's cgroup root; None: compute is only reported), how
-    over-share is judged, and where metrics are served (port 0: a free one; None: not
-    served)."""
+    over-share is judged, where metrics are served (port 0: a free one; None: not served),
+    and who may read them (`metrics_auth`): `kubernetes`, a bearer token the API server
+    authenticates whose user it authorizes to GET the path (`agent.access`), or `none`,
+    anyone. `/healthz` is open either way."""
 
     usage: UsageSource
     proc_root: Path
@@ -71,6 +74,7 @@ class Monitoring:
     metrics_port: int | None = 9400
     cgroup_root: Path | None = None
     compute: ComputeSettings = field(default_factory=ComputeSettings)
+    metrics_auth: str = "kubernetes"
 
 
 @dataclass
@@ -186,10 +190,22 @@ def start(
                 monitoring.metrics_port,
                 healthy=manager.serving,
                 documents={"/allocations": lambda: allocations(core, monitor, pods.pod)},
+                access=metrics_access(monitoring.metrics_auth, api),
             )
             agent.metrics.start()
     gc.freeze()  # as agent.standalone.start: keep the long-lived out of full collections
     return agent
+
+
+def metrics_access(auth: str, api: CoreCalls) -> KubernetesAccess | None:
+    """Who may read the agent's metrics (Monitoring.metrics_auth): reviewed by the API
+    server `api` talks to, or (`none`) anyone."""
+    if auth == "none":
+        log.info("event=metrics-open reason=%r", "--metrics-auth none: anyone may read")
+        return None
+    if auth != "kubernetes":
+        raise ValueError(f"metrics_auth must be kubernetes or none, not {auth!r}")
+    return KubernetesAccess(ReviewCalls(api.client))
 
 
 def _freezing(monitoring: Monitoring, ledger: Path) -> Freezing | None:

@@ -67,6 +67,7 @@ def start_agent(
         "--region-root", str(work / "regions"), "--library-dir", str(work / "lib"),
         "--cgroup-root", str(work / "cgroup"), "--proc-root", str(work / "proc"),
         "--kubelet-state-dir", str(work / "kubelet"), "--metrics-port", "0",
+        "--metrics-auth", "none",  # scraped as before: no review in the measured cost
         "--usage-file", str(work / "gpu-processes.json"), "--log-level", "warning",
         *(["--enforce"] if enforce else []),
     ]  # fmt: skip

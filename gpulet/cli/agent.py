@@ -136,7 +136,16 @@ def agent() -> None:
     type=click.IntRange(0, 65535),
     default=9400,
     show_default=True,
-    help="Port of /metrics and /healthz (0: a free one).",
+    help="Port of /metrics, /allocations and /healthz (0: a free one).",
+)
+@click.option(
+    "--metrics-auth",
+    type=click.Choice(["kubernetes", "none"]),
+    default="kubernetes",
+    show_default=True,
+    help="Who may read /metrics and /allocations (/healthz is open): `kubernetes`, a bearer "
+    "token the API server authenticates (TokenReview) whose user it allows to GET the path "
+    "(SubjectAccessReview, RBAC's nonResourceURLs); `none`, anyone who reaches the port.",
 )
 @click.option(
     "--usage-file",
@@ -171,6 +180,7 @@ def run(
     proc_root: Path,
     enforce: str,
     metrics_port: int,
+    metrics_auth: str,
     usage_file: Path | None,
     heartbeat_seconds: float,
     log_level: str,
@@ -239,7 +249,12 @@ def run(
         api = CoreCalls(client.ApiClient(kube))
         pinning = node_agent.Pinning(cgroup_root, kubelet_state_dir / "cpu_manager_state")
         monitoring = node_agent.Monitoring(
-            usage, proc_root, enforce=enforce, metrics_port=metrics_port, cgroup_root=cgroup_root
+            usage,
+            proc_root,
+            enforce=enforce,
+            metrics_port=metrics_port,
+            cgroup_root=cgroup_root,
+            metrics_auth=metrics_auth,
         )
         agent = node_agent.start(
             spec,

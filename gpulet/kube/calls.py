@@ -1,11 +1,13 @@
-"""The few core/v1 calls gpulet makes, through the official client's `ApiClient` (its
-configuration, authentication, TLS, connection pool and error type) but without the
-generated `CoreV1Api` class: that class's code alone is about 20 MiB of memory, which the
-node agent, on every GPU node, should not pay for the calls it makes.
+"""The few core/v1 calls gpulet makes, and the agent's two reviews, through the official
+client's `ApiClient` (its configuration, authentication, TLS, connection pool and error type)
+but without the generated `CoreV1Api` (or `AuthenticationV1Api`, ...) class: that class's
+code alone is about 20 MiB of memory, which the node agent, on every GPU node, should not pay
+for the calls it makes.
 
-Every call returns the raw urllib3 response (`.data` once read, or a stream for watches) and
-raises `kubernetes.client.ApiException` for a status other than 2xx, as the generated
-methods do with `_preload_content=False`.
+Every core call returns the raw urllib3 response (`.data` once read, or a stream for
+watches), and a review the review answered (JSON); each raises
+`kubernetes.client.ApiException` for a status other than 2xx, as the generated methods do
+with `_preload_content=False`.
 """
 
 from __future__ import annotations
@@ -17,53 +19,25 @@ from typing import Any
 from kubernetes.client import ApiClient, ApiException
 
 _AUTH = ["BearerToken"]
+_MERGE_PATCH = "application/merge-patch+json"
 
 
-class CoreCalls:
+def _read(response: Any) -> Any:
+    """`response` with its body read, so that its connection goes back to the pool. A write's
+    answer that nobody reads holds the connection, and the API server's goroutine writing to
+    it, until the response is collected (the server logs a broken pipe then)."""
+    _ = response.data
+    return response
+
+
+class _Calls:
     def __init__(self, api: ApiClient) -> None:
         self._api = api
 
-    def list_nodes(self, **options: Any) -> Any:
-        return self._call("GET", "/api/v1/nodes", query=_list_query(options))
-
-    def list_pods(
-        self,
-        field_selector: str | None = None,
-        *,
-        client_timeout_s: float | None = None,
-        **options: Any,
-    ) -> Any:
-        """`client_timeout_s`: how long to wait for the answer (None: as long as it takes,
-        for a watch); the server's own `timeout_seconds` bounds only what it sends."""
-        query = _list_query(options)
-        if field_selector is not None:
-            query.append(("fieldSelector", field_selector))
-        return self._call("GET", "/api/v1/pods", query=query, timeout_s=client_timeout_s)
-
-    def read_pod(self, namespace: str, name: str) -> Any:
-        return self._call("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
-
-    def patch_pod(self, namespace: str, name: str, body: Mapping[str, Any]) -> Any:
-        """A JSON merge patch (RFC 7386): with `metadata.resourceVersion` in `body`, the API
-        server applies it only to that version of the pod (409 otherwise)."""
-        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
-        return self._call("PATCH", path, body=body, content_type="application/merge-patch+json")
-
-    def patch_node(self, name: str, body: Mapping[str, Any]) -> Any:
-        path = f"/api/v1/nodes/{name}"
-        return self._call("PATCH", path, body=body, content_type="application/merge-patch+json")
-
-    def create_binding(self, namespace: str, name: str, uid: str, node: str) -> Any:
-        body = {
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-        }
-        return self._call("POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", body=body)
-
-    def create_event(self, namespace: str, body: Mapping[str, Any]) -> Any:
-        return self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+    @property
+    def client(self) -> ApiClient:
+        """The client the calls go through (its configuration and connection pool)."""
+        return self._api
 
     def _call(
         self,
@@ -91,6 +65,85 @@ class CoreCalls:
             response.read()  # type: ignore[no-untyped-call]
             raise ApiException(http_resp=response)
         return response.response
+
+
+class CoreCalls(_Calls):
+    def list_nodes(self, **options: Any) -> Any:
+        return self._call("GET", "/api/v1/nodes", query=_list_query(options))
+
+    def list_pods(
+        self,
+        field_selector: str | None = None,
+        *,
+        client_timeout_s: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """`client_timeout_s`: how long to wait for the answer (None: as long as it takes,
+        for a watch); the server's own `timeout_seconds` bounds only what it sends."""
+        query = _list_query(options)
+        if field_selector is not None:
+            query.append(("fieldSelector", field_selector))
+        return self._call("GET", "/api/v1/pods", query=query, timeout_s=client_timeout_s)
+
+    def read_pod(self, namespace: str, name: str) -> Any:
+        return self._call("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    def patch_pod(self, namespace: str, name: str, body: Mapping[str, Any]) -> Any:
+        """A JSON merge patch (RFC 7386): with `metadata.resourceVersion` in `body`, the API
+        server applies it only to that version of the pod (409 otherwise)."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        return _read(self._call("PATCH", path, body=body, content_type=_MERGE_PATCH))
+
+    def patch_node(self, name: str, body: Mapping[str, Any]) -> Any:
+        path = f"/api/v1/nodes/{name}"
+        return _read(self._call("PATCH", path, body=body, content_type=_MERGE_PATCH))
+
+    def create_binding(self, namespace: str, name: str, uid: str, node: str) -> Any:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}/binding"
+        return _read(self._call("POST", path, body=body))
+
+    def create_event(self, namespace: str, body: Mapping[str, Any]) -> Any:
+        return _read(self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=body))
+
+
+class ReviewCalls(_Calls):
+    """The reviews a server that delegates its authentication and authorization to the API
+    server makes (the ClusterRole `system:auth-delegator` allows both). Each returns the
+    review the API server answered, as JSON."""
+
+    def review_token(self, token: str, *, timeout_s: float) -> dict[str, Any]:
+        """A TokenReview: `status.authenticated` and `status.user` say whose `token` is."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token},
+        }
+        path = "/apis/authentication.k8s.io/v1/tokenreviews"
+        return _json_object(self._call("POST", path, body=body, timeout_s=timeout_s).data)
+
+    def review_access(self, spec: Mapping[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """A SubjectAccessReview of `spec` (user, groups, ..., and the attributes asked
+        about): `status.allowed` says whether that user may."""
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": dict(spec),
+        }
+        path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+        return _json_object(self._call("POST", path, body=body, timeout_s=timeout_s).data)
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("the API server answered something other than a JSON object")
+    return obj
 
 
 def _list_query(options: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -151,6 +151,7 @@ def cluster() -> Iterator[Cluster]:
             enforce="kill",
             interval_s=0.1,
             metrics_port=0,
+            metrics_auth="none",  # who may read: tests/unit/test_agent_metrics_access.py
         )
 
         def start_agent() -> NodeAgent:

@@ -78,6 +78,8 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
     with ApiServerStandIn() as api, KubeletStandIn(short / "dp", short / "pr") as kubelet:
         api.create_node({"metadata": {"name": "gpu-7"}, "spec": {}, "status": {}})
         api.write_kubeconfig(short / "kubeconfig")
+        api.add_token("scraper-token", "system:serviceaccount:monitoring:prometheus")
+        api.allow("system:serviceaccount:monitoring:prometheus", "/metrics")
         agent = subprocess.Popen(
             [
                 sys.executable,
@@ -109,7 +111,9 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
             line = next(x for x in agent.stderr if x.startswith("gpulet agent: node"))
             port = int(line.rsplit(":", 1)[1])
             assert kubelet.wait_for(lambda v: bool(v.devices(GPU_RESOURCE)), timeout=20)
-            assert "gpulet_gpu_memory_total_bytes" in get(port, "/metrics")
+            # --metrics-auth kubernetes, the default: the API server says who may read.
+            assert "gpulet_gpu_memory_total_bytes" in get(port, "/metrics", "scraper-token")
+            assert "gpulet_gpu" not in get(port, "/metrics")
             assert get(port, "/healthz") == "ok\n"
             node = api.get_node("gpu-7")
             assert node is not None
@@ -127,9 +131,9 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
         assert "node gpu-7 published" in line
 
 
-def get(port: int, path: str) -> str:
+def get(port: int, path: str, token: str | None = None) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", path)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
     text = conn.getresponse().read().decode()
     conn.close()
     return text

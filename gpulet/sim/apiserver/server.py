@@ -9,25 +9,29 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from gpulet.sim.apiserver.faults import Faults
 from gpulet.sim.apiserver.journal import Journal
-from gpulet.sim.apiserver.rest import CoreV1, Request
+from gpulet.sim.apiserver.rest import Reply, Request
 from gpulet.sim.apiserver.status import ApiError
 from gpulet.sim.apiserver.store import Store
 from gpulet.sim.apiserver.watch import WatchRequest, watch_events
 
 
+class Api(Protocol):
+    def serve(self, request: Request) -> Reply | WatchRequest: ...
+
+
 class ApiHttpServer(ThreadingHTTPServer):
-    """Serves CoreV1 over HTTP, one daemon thread per connection, and keeps track of its
-    connections so that closing the server closes them too."""
+    """Serves the API (CoreV1 and the reviews) over HTTP, one daemon thread per connection,
+    and keeps track of its connections so that closing the server closes them too."""
 
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], api: CoreV1, store: Store) -> None:
+    def __init__(self, address: tuple[str, int], api: Api, store: Store) -> None:
         super().__init__(address, _Handler)
         self.api = api
         self.store = store

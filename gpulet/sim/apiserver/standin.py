@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 import kubernetes.client
@@ -13,21 +14,22 @@ import yaml
 from gpulet.sim.apiserver.journal import Journal
 from gpulet.sim.apiserver.resources import EVENTS, NODES, PODS, JsonObject, Resource, key_of
 from gpulet.sim.apiserver.rest import CoreV1
+from gpulet.sim.apiserver.reviews import Reviews
 from gpulet.sim.apiserver.server import ApiHttpServer
 from gpulet.sim.apiserver.store import Store
 
 
 class ApiServerStandIn:
-    """A Kubernetes API server for nodes, pods and bindings, on 127.0.0.1 at a free port,
-    serving from a daemon thread from construction until stop()."""
+    """A Kubernetes API server for nodes, pods and bindings, and the TokenReviews and
+    SubjectAccessReviews of the tokens and grants given it (add_token, allow), on 127.0.0.1
+    at a free port, serving from a daemon thread from construction until stop()."""
 
     def __init__(self, *, history_size: int = 10_000) -> None:
         """history_size: how many writes back a watch can resume from (older: 410)."""
         self._store = Store(history_size)
         self._bindings: Journal[JsonObject] = Journal()
-        self._server = ApiHttpServer(
-            ("127.0.0.1", 0), CoreV1(self._store, self._bindings.append), self._store
-        )
+        self._reviews = Reviews(CoreV1(self._store, self._bindings.append))
+        self._server = ApiHttpServer(("127.0.0.1", 0), self._reviews, self._store)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -133,6 +135,27 @@ class ApiServerStandIn:
         if resource.namespaced and not namespace:
             namespace = "default"
         return self._store.update(resource, namespace, name, lambda _: replacement)
+
+    # ---- who is who, and who may read what (TokenReview, SubjectAccessReview) ----
+
+    def add_token(
+        self,
+        token: str,
+        username: str,
+        *,
+        uid: str = "",
+        groups: Sequence[str] = (),
+        extra: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """A TokenReview of `token` answers this user (in `groups` and
+        system:authenticated); of any other token, not authenticated."""
+        self._reviews.add_token(token, username, uid=uid, groups=groups, extra=extra)
+
+    def allow(self, subject: str, path: str, verb: str = "get") -> None:
+        """A SubjectAccessReview allows `subject` (a user name or a group) to `verb` the
+        non-resource URL `path` (RBAC's `nonResourceURLs`: a trailing `*` matches any rest);
+        nothing else is allowed."""
+        self._reviews.allow(subject, path, verb)
 
     # ---- what the server saw, and faults ----
 
