@@ -2,15 +2,28 @@
 that answers whole responses without Nagle delay, and a server on a background thread that
 holds under abuse: a real listen backlog, a cap on the connections served at once (the rest
 wait in the backlog), and a timeout on every socket read and write, so a slow or idle client
-holds a thread for `timeout_s` at most."""
+holds a thread for `timeout_s` at most.
+
+With `ServerTLS` the server speaks HTTPS and requires a client certificate signed by a given
+CA. The accepting thread only wraps the socket; the handshake runs in the connection's own
+thread, within `timeout_s` in all (not per read), so a client that never finishes one holds
+one slot for `timeout_s` and never holds up accept. A failed handshake or a broken
+connection is one log line, never a traceback. The certificate files are read again when they
+change (a rotated Secret or cert-manager certificate), checked at most every `reload_s`."""
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import ssl
+import sys
 import threading
+import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 log = logging.getLogger("gpulet.http")
 
@@ -18,8 +31,11 @@ log = logging.getLogger("gpulet.http")
 BACKLOG = 256
 #: Connections served at once; each has a thread.
 MAX_CONNECTIONS = 64
-#: Seconds a socket read or write may wait (an idle keep-alive connection is closed after it).
+#: Seconds a socket read or write may wait (an idle keep-alive connection is closed after it),
+#: and the whole of a TLS handshake.
 TIMEOUT_S = 10.0
+#: How often, at most, the TLS files are checked for a change (on accept).
+RELOAD_S = 10.0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -50,17 +66,164 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("event=http %s", format % args)
 
 
+_Which = Literal["cert", "key", "client_ca"]
+
+
+class TLSError(ValueError):
+    """A TLS file that cannot be used. `which` says which: "cert", "key" or "client_ca"."""
+
+    def __init__(self, which: _Which, message: str) -> None:
+        super().__init__(message)
+        self.which = which
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files: the serving certificate (its chain may follow it), its private key, and the
+    CA (one or more certificates) that client certificates must be signed by."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+
+def server_context(files: TLSFiles) -> ssl.SSLContext:
+    """A server context from `files`: TLS 1.2 at least, a client certificate required.
+    Raises TLSError, naming the file at fault."""
+    named: tuple[tuple[_Which, Path], ...] = (
+        ("cert", files.cert),
+        ("key", files.key),
+        ("client_ca", files.client_ca),
+    )
+    for which, path in named:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise TLSError(which, f"{path} cannot be read: {e.strerror or e}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    try:
+        context.load_verify_locations(cafile=files.client_ca)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise TLSError("client_ca", f"{files.client_ca} holds no PEM CA certificate: {e}") from None
+    if not context.get_ca_certs():
+        raise TLSError("client_ca", f"{files.client_ca} holds no CA certificate")
+    try:  # the certificate alone first, so that an error can say which file is at fault
+        check = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        check.load_verify_locations(cadata=files.cert.read_text(errors="replace"))
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise TLSError("cert", f"{files.cert} holds no PEM certificate: {e}") from None
+    try:
+        context.load_cert_chain(files.cert, files.key)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        message = f"{files.key} is not a PEM private key of the certificate in {files.cert}: {e}"
+        raise TLSError("key", message) from None
+    return context
+
+
+_Stamp = tuple[tuple[int, int, int] | None, ...]
+
+
+class ServerTLS:
+    """HTTPS that requires a client certificate, from `files`, loaded now (TLSError if they
+    cannot be) and again when they change: on accept, at most every `reload_s` seconds, the
+    files' mtimes, inodes and sizes are compared with those last loaded. A change that does
+    not load keeps the context in use, with a warning."""
+
+    def __init__(self, files: TLSFiles, *, reload_s: float = RELOAD_S) -> None:
+        self.files = files
+        self.reload_s = reload_s
+        self._stamp = self._stat()
+        self.context = server_context(files)
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _stat(self) -> _Stamp:
+        stamps: list[tuple[int, int, int] | None] = []
+        for path in (self.files.cert, self.files.key, self.files.client_ca):
+            try:
+                st = os.stat(path)
+                stamps.append((st.st_mtime_ns, st.st_ino, st.st_size))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
+    def current(self) -> ssl.SSLContext:
+        """The context for a connection accepted now, loaded again if the files changed."""
+        now = time.monotonic()
+        if now - self._checked < self.reload_s:
+            return self.context
+        with self._lock:
+            if now - self._checked < self.reload_s:
+                return self.context
+            self._checked = now
+            stamp = self._stat()
+            if stamp != self._stamp:
+                # Tried once per change: a rotation half written now is tried again when
+                # its last file lands (a new stamp).
+                self._stamp = stamp
+                try:
+                    self.context = server_context(self.files)
+                except TLSError as e:
+                    log.warning("event=tls_reload_failed keeping=previous error=%r", str(e))
+                else:
+                    log.info("event=tls_reloaded cert=%s", self.files.cert)
+            return self.context
+
+
+def _describe(error: BaseException) -> str:
+    """A connection error as key=value pairs (one token each, or quoted)."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"reason={error.reason} detail={error.verify_message!r}"
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return f"reason={error.reason}"
+    if isinstance(error, TimeoutError):
+        return "reason=timeout"
+    return f"reason={type(error).__name__} detail={str(error)!r}"
+
+
+def _peer(client_address: Any) -> str:
+    if isinstance(client_address, tuple) and len(client_address) >= 2:
+        return f"{client_address[0]}:{client_address[1]}"
+    return str(client_address)
+
+
 class _BoundedServer(ThreadingHTTPServer):
     request_queue_size = BACKLOG
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], handler: type[Handler], *, limit: int, timeout_s: float
+        self,
+        address: tuple[str, int],
+        handler: type[Handler],
+        *,
+        limit: int,
+        timeout_s: float,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.timeout_s = timeout_s
+        self.tls = tls
         self._slots = threading.BoundedSemaphore(limit)
         self.closing = threading.Event()
         super().__init__(address, handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.tls is None:
+            return sock, address
+        try:
+            # No I/O here: the handshake is the connection thread's (_handshake).
+            wrapped = self.tls.current().wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        except (OSError, ValueError) as e:
+            sock.close()
+            log.info("event=tls_refused peer=%s %s", _peer(address), _describe(e))
+            raise OSError("not wrapped") from e  # socketserver drops the connection
+        return wrapped, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Past the cap, stop accepting: the kernel's backlog holds the next connections.
@@ -76,15 +239,40 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
+            if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+                self.shutdown_request(request)
+                return
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def _handshake(self, sock: ssl.SSLSocket, client_address: Any) -> bool:
+        """The TLS handshake, within `timeout_s` in all: CPython's do_handshake() takes the
+        socket timeout as one deadline for the whole handshake, so a client that sends it a
+        byte at a time gets no more time than one that sends nothing."""
+        try:
+            sock.settimeout(self.timeout_s)
+            sock.do_handshake()
+        except (OSError, ValueError) as e:  # ssl.SSLError and TimeoutError are OSErrors
+            log.info("event=tls_refused peer=%s %s", _peer(client_address), _describe(e))
+            return False
+        return True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that breaks (reset, timeout, bad TLS record) is one line; anything
+        else is a bug, logged with its traceback (socketserver would print it to stderr)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.info("event=connection_error peer=%s %s", _peer(client_address), _describe(error))
+        else:
+            log.error("event=handler_error peer=%s", _peer(client_address), exc_info=error)
 
 
 class BackgroundServer:
     """`handler` on `host:port` (port 0: a free one), served from a daemon thread.
     `poll_s` is how soon `stop()` is noticed, and how often an idle server wakes;
-    `max_connections` and `timeout_s` bound what clients can hold (module docstring)."""
+    `max_connections` and `timeout_s` bound what clients can hold (module docstring);
+    `tls`: HTTPS with a client certificate required."""
 
     def __init__(
         self,
@@ -96,9 +284,10 @@ class BackgroundServer:
         poll_s: float,
         max_connections: int = MAX_CONNECTIONS,
         timeout_s: float = TIMEOUT_S,
+        tls: ServerTLS | None = None,
     ) -> None:
         self._httpd = _BoundedServer(
-            (host, port), handler, limit=max_connections, timeout_s=timeout_s
+            (host, port), handler, limit=max_connections, timeout_s=timeout_s, tls=tls
         )
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": poll_s}, name=name
@@ -113,7 +302,9 @@ class BackgroundServer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop serving and close the port (started or not)."""
         self._httpd.closing.set()
-        self._httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever(): only once started
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
         self._httpd.server_close()
-        self._thread.join(timeout=5)

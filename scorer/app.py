@@ -4,6 +4,7 @@ the sync with the API server and the API bind needs."""
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubernetes import client
@@ -45,27 +46,30 @@ def tune_gc() -> None:
 
 
 def build(config: ScorerConfig, kube: client.Configuration | None) -> Scorer:
-    """`kube` None: standalone (no API server)."""
+    """`kube` None: standalone (no API server). ConfigError if the TLS files cannot be used."""
     view = ClusterView(
         Capacity(gpu_slots=config.gpu_slots, nic_slots=config.rdma_slots),
         assume_ttl=config.assume_ttl_s,
         stale_after=config.stale_heartbeat_s,
     )
-    if kube is None:
-        extender = Extender(view)
-        server = ExtenderServer(
-            extender, config.host, config.port, max_body=config.max_body, max_parse=config.max_parse
+    tls = config.tls()
+
+    def serve(extender: Extender, ready: Callable[[], bool] = lambda: True) -> ExtenderServer:
+        return ExtenderServer(
+            extender,
+            config.host,
+            config.port,
+            max_body=config.max_body,
+            max_parse=config.max_parse,
+            ready=ready,
+            tls=tls,
+            health_host=config.health_host,
+            health_port=config.health_port,
         )
-        return Scorer(server, None)
+
+    if kube is None:
+        return Scorer(serve(Extender(view)), None)
     core = CoreCalls(client.ApiClient(kube))
     sync = ClusterSync(core, view, watch_timeout_s=config.watch_timeout_s)
     extender = Extender(view, KubePodApi(core), scheduler_names=config.scheduler_names)
-    server = ExtenderServer(
-        extender,
-        config.host,
-        config.port,
-        max_body=config.max_body,
-        max_parse=config.max_parse,
-        ready=sync.ready,
-    )
-    return Scorer(server, sync)
+    return Scorer(serve(extender, sync.ready), sync)

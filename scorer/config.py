@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from gpulet.httpd import ServerTLS, TLSError, TLSFiles
 from scorer.cluster import ASSUME_TTL_S, STALE_HEARTBEAT_S
 from scorer.extender import DEFAULT_SCHEDULER_NAMES
 from scorer.server import DEFAULT_MAX_BODY, DEFAULT_MAX_PARSE
@@ -25,6 +26,17 @@ _KEYS = {
     "assumeTTLSeconds": "assume_ttl_s",
     "watchTimeoutSeconds": "watch_timeout_s",
     "staleHeartbeatSeconds": "stale_heartbeat_s",
+    "healthHost": "health_host",
+    "healthPort": "health_port",
+    "tlsCertFile": "tls_cert_file",
+    "tlsKeyFile": "tls_key_file",
+    "clientCAFile": "client_ca_file",
+}
+#: The TLS files' keys, by field; all three or none.
+_TLS_KEYS = {
+    "tls_cert_file": "tlsCertFile",
+    "tls_key_file": "tlsKeyFile",
+    "client_ca_file": "clientCAFile",
 }
 
 
@@ -47,6 +59,14 @@ class ScorerConfig:
     stale_heartbeat_s: float = STALE_HEARTBEAT_S
     #: The schedulers whose pods this extender binds (their profiles call it).
     scheduler_names: tuple[str, ...] = DEFAULT_SCHEDULER_NAMES
+    #: A second listener, plain HTTP, for `GET /healthz` and `GET /metrics` only (None: none).
+    health_host: str = "0.0.0.0"
+    health_port: int | None = None
+    #: HTTPS on the main listener, with a client certificate signed by `client_ca_file`
+    #: required: all three, or none (plain HTTP).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    client_ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("port", "gpu_slots", "rdma_slots", "max_body", "max_parse", "watch_timeout_s"):
@@ -69,6 +89,52 @@ class ScorerConfig:
         stale = self.stale_heartbeat_s
         if isinstance(stale, bool) or not isinstance(stale, int | float) or stale < 0:
             raise ConfigError(f"staleHeartbeatSeconds must be >= 0 (0: off), got {stale!r}")
+        self._check_listeners()
+        self._check_tls()
+
+    def _check_listeners(self) -> None:
+        for key, host in (("host", self.host), ("healthHost", self.health_host)):
+            if not isinstance(host, str) or not host:
+                raise ConfigError(f"{key} must be an address, got {host!r}")
+        if self.port > 65535:
+            raise ConfigError(f"port must be 0..65535, got {self.port!r}")
+        health = self.health_port
+        if health is None:
+            return
+        if isinstance(health, bool) or not isinstance(health, int) or not 0 <= health <= 65535:
+            raise ConfigError(f"healthPort must be a port, 0..65535, got {health!r}")
+        if health != 0 and health == self.port:
+            raise ConfigError(f"healthPort must differ from port (both {health})")
+
+    def _check_tls(self) -> None:
+        given = {}
+        for name, key in _TLS_KEYS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str) and value:
+                object.__setattr__(self, name, value := Path(value))
+            if not isinstance(value, Path) or not str(value):
+                raise ConfigError(f"{key} must be a file path, got {value!r}")
+            given[name] = key
+        missing = [key for name, key in _TLS_KEYS.items() if name not in given]
+        if given and missing:
+            raise ConfigError(
+                f"{missing[0]} is missing: HTTPS needs tlsCertFile, tlsKeyFile and clientCAFile "
+                f"together (given: {', '.join(given.values())})"
+            )
+
+    def tls(self) -> ServerTLS | None:
+        """The main listener's TLS, its files loaded now (None: plain HTTP). ConfigError,
+        naming the setting, for a file that cannot be read or used."""
+        if self.tls_cert_file is None or self.tls_key_file is None or self.client_ca_file is None:
+            return None
+        files = TLSFiles(self.tls_cert_file, self.tls_key_file, self.client_ca_file)
+        try:
+            return ServerTLS(files)
+        except TLSError as e:
+            key = {"cert": "tlsCertFile", "key": "tlsKeyFile", "client_ca": "clientCAFile"}
+            raise ConfigError(f"{key[e.which]}: {e}") from None
 
     def overridden(self, **flags: Any) -> ScorerConfig:
         """This config with the flags that were given (not None)."""

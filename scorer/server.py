@@ -2,6 +2,14 @@
 `GET /metrics`. Any URL prefix works (the verb is the path's last segment), so the scheduler
 configuration's `urlPrefix` may carry one.
 
+Two listeners. The main one serves all of it, over HTTPS with a client certificate required
+when given `tls` (kube-scheduler's extender `tlsConfig`). The optional health listener
+(`health_port`, plain HTTP) serves only `GET /healthz` and `GET /metrics`: for kubelet's
+probes and Prometheus when the main one listens on loopback only (a sidecar of
+kube-scheduler) or asks for a client certificate they do not have. It refuses every other
+path (404) and method (405; 501 for a method HTTP does not define), and has connection slots
+of its own (as many as the main one's), so traffic there cannot take the scheduler's.
+
 Bad input never becomes a 500: malformed JSON, a request that breaks the protocol, a body
 with no length or over `max_body` bytes are answered 400, 411 or 413 with `{"Error": ...}`.
 """
@@ -19,7 +27,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gpulet.httpd import BackgroundServer, Handler
+from gpulet.httpd import TIMEOUT_S, BackgroundServer, Handler, ServerTLS
 from scorer.extender import BadRequest, Extender
 
 log = logging.getLogger("gpulet.scorer")
@@ -88,7 +96,10 @@ class Metrics:
 
 
 class ExtenderServer:
-    """Serves `extender` on `host:port` (port 0: a free one) from a background thread."""
+    """Serves `extender` on `host:port` (port 0: a free one) from a background thread, over
+    HTTPS that requires a client certificate when `tls` is given; and, when `health_port` is
+    given (0: a free one), `/healthz` and `/metrics` alone on `health_host:health_port` over
+    plain HTTP. `timeout_s` bounds each socket read and write, and each TLS handshake."""
 
     def __init__(
         self,
@@ -99,6 +110,10 @@ class ExtenderServer:
         max_body: int = DEFAULT_MAX_BODY,
         max_parse: int = DEFAULT_MAX_PARSE,
         ready: Callable[[], bool] = lambda: True,
+        tls: ServerTLS | None = None,
+        health_host: str = "0.0.0.0",
+        health_port: int | None = None,
+        timeout_s: float = TIMEOUT_S,
     ) -> None:
         self.extender = extender
         self.metrics = Metrics(extender)
@@ -107,20 +122,56 @@ class ExtenderServer:
         #: One large body at a time (LARGE_BODY).
         self.large = threading.Semaphore(1)
         self.ready = ready
+        self.tls = tls
         self._http = BackgroundServer(
-            host, port, _handler(self), name="gpulet-scorer-http", poll_s=0.05
+            host,
+            port,
+            _handler(self),
+            name="gpulet-scorer-http",
+            poll_s=0.05,
+            timeout_s=timeout_s,
+            tls=tls,
         )
+        self._health: BackgroundServer | None = None
+        if health_port is not None:
+            try:
+                self._health = BackgroundServer(
+                    health_host,
+                    health_port,
+                    _health_handler(self),
+                    name="gpulet-scorer-health",
+                    poll_s=0.5,
+                    timeout_s=timeout_s,
+                )
+            except BaseException:
+                self._http.stop()
+                raise
 
     @property
     def port(self) -> int:
         return self._http.port
 
+    @property
+    def health_port(self) -> int | None:
+        """The health listener's port (None: there is none)."""
+        return None if self._health is None else self._health.port
+
     def start(self) -> None:
         self._http.start()
-        log.info("event=serving port=%d standalone=%s", self.port, self.extender.standalone)
+        if self._health is not None:
+            self._health.start()
+        log.info(
+            "event=serving port=%d tls=%s health_port=%s standalone=%s",
+            self.port,
+            "client-cert-required" if self.tls is not None else "off",
+            self.health_port,
+            self.extender.standalone,
+        )
 
     def stop(self) -> None:
         self._http.stop()
+        if self._health is not None:
+            self._health.stop()
 
     def answer(self, verb: str, body: bytes) -> tuple[int, Any]:
         """The status and JSON answer to a POST of `body` to `verb`."""
@@ -189,15 +240,9 @@ def _handler(server: ExtenderServer) -> type[Handler]:
         def do_GET(self) -> None:
             path = self.path.split("?")[0].rstrip("/")
             if path.endswith("/healthz"):
-                ok = server.ready()
-                data = b"ok\n" if ok else b"syncing with the API server\n"
-                self.reply(
-                    HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, data, "text/plain"
-                )
+                _healthz(self, server)
             elif path.endswith("/metrics"):
-                self.reply(
-                    HTTPStatus.OK, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST
-                )
+                _metrics(self, server)
             else:
                 self.reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
@@ -213,3 +258,45 @@ def _handler(server: ExtenderServer) -> type[Handler]:
             self.reply(code, json.dumps(answer, separators=(",", ":")).encode(), "application/json")
 
     return ExtenderHandler
+
+
+def _healthz(handler: Handler, server: ExtenderServer) -> None:
+    ok = server.ready()
+    data = b"ok\n" if ok else b"syncing with the API server\n"
+    handler.reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, data, "text/plain")
+
+
+def _metrics(handler: Handler, server: ExtenderServer) -> None:
+    handler.reply(HTTPStatus.OK, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
+
+
+def _health_handler(server: ExtenderServer) -> type[Handler]:
+    """`GET /healthz` and `GET /metrics`, those paths exactly; nothing else."""
+
+    class HealthHandler(Handler):
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            if path == "/healthz":
+                _healthz(self, server)
+            elif path == "/metrics":
+                _metrics(self, server)
+            else:
+                self.reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+        def _refuse(self) -> None:
+            # The body is not read: the connection closes after the answer.
+            self.close_connection = True
+            self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+            self.send_header("Allow", "GET")
+            data = b"this port serves GET /healthz and GET /metrics only\n"
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _refuse
+        do_CONNECT = do_TRACE = _refuse
+
+    return HealthHandler

@@ -27,6 +27,30 @@ def scorer() -> None:
 @click.option("--host", help="Address to listen on [default: 0.0.0.0].")
 @click.option("--port", type=int, help="Port to listen on [default: 8888].")
 @click.option(
+    "--health-host", help="Address of the health listener (--health-port) [default: 0.0.0.0]."
+)
+@click.option(
+    "--health-port",
+    type=int,
+    help="Also serve GET /healthz and GET /metrics, and nothing else, over plain HTTP on this "
+    "port, for kubelet's probes and Prometheus [default: none].",
+)
+@click.option(
+    "--tls-cert-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Serve HTTPS with this certificate (PEM); needs --tls-key-file and --client-ca-file.",
+)
+@click.option(
+    "--tls-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The private key of --tls-cert-file (PEM).",
+)
+@click.option(
+    "--client-ca-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Require a client certificate signed by this CA (PEM) on every HTTPS connection.",
+)
+@click.option(
     "--kubeconfig",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="kubeconfig to reach the API server [default: in-cluster, else ~/.kube/config].",
@@ -45,6 +69,11 @@ def serve(
     config_file: Path | None,
     host: str | None,
     port: int | None,
+    health_host: str | None,
+    health_port: int | None,
+    tls_cert_file: Path | None,
+    tls_key_file: Path | None,
+    client_ca_file: Path | None,
     kubeconfig: Path | None,
     standalone: bool,
     gpu_slots: int | None,
@@ -57,15 +86,27 @@ def serve(
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     settings = load_config(config_file) if config_file else ScorerConfig()
-    settings = settings.overridden(host=host, port=port, gpu_slots=gpu_slots, rdma_slots=rdma_slots)
+    settings = settings.overridden(
+        host=host,
+        port=port,
+        health_host=health_host,
+        health_port=health_port,
+        tls_cert_file=tls_cert_file,
+        tls_key_file=tls_key_file,
+        client_ca_file=client_ca_file,
+        gpu_slots=gpu_slots,
+        rdma_slots=rdma_slots,
+    )
     kube = None if standalone else kube_configuration(kubeconfig)
     app = build(settings, kube)
     done = until_signalled()
     app.start()
-    click.echo(
-        f"gpulet scorer serving on {settings.host}:{app.server.port}"
-        f" ({'standalone' if standalone else 'watching the API server'})",
-        err=True,
-    )
+    mode = "standalone" if standalone else "watching the API server"
+    if settings.tls_cert_file is not None:
+        mode += "; HTTPS, client certificate required"
+    line = f"gpulet scorer serving on {settings.host}:{app.server.port} ({mode})"
+    if app.server.health_port is not None:
+        line += f", /healthz and /metrics on {settings.health_host}:{app.server.health_port}"
+    click.echo(line, err=True)
     done.wait()
     app.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,10 +19,17 @@ from click.testing import CliRunner
 from gpulet.cli import main
 from gpulet.sim.apiserver import ApiServerStandIn
 from gpulet.sim.objects import container, node_object, pod_object
+from tests.kube.certs import Authority
 from tests.nodes import shipped
 
 
 def start(*args: str) -> tuple[subprocess.Popen[str], int]:
+    proc, line = start_line(*args)
+    return proc, int(line.split(":")[1].split()[0])
+
+
+def start_line(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """The scorer, and the line it prints once listening."""
     proc = subprocess.Popen(
         [sys.executable, "-c", "from gpulet.cli import main; main()", "scorer", "serve", *args],
         stderr=subprocess.PIPE,
@@ -30,7 +38,7 @@ def start(*args: str) -> tuple[subprocess.Popen[str], int]:
     assert proc.stderr is not None
     for line in proc.stderr:
         if line.startswith("gpulet scorer serving on"):
-            return proc, int(line.split(":")[1].split()[0])
+            return proc, line
     raise AssertionError(f"the scorer exited: {proc.wait()}")
 
 
@@ -106,3 +114,67 @@ def test_no_api_server_says_what_to_do(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["scorer", "serve", "--kubeconfig", str(kubeconfig)])
     assert result.exit_code != 0
     assert "cannot reach the API server" in result.output and "--standalone" in result.output
+
+
+def test_https_with_client_certificates_and_a_health_port(tmp_path: Path) -> None:
+    ca = Authority(tmp_path / "ca")
+    served = ca.issue("server", "gpulet-scorer", hosts=("127.0.0.1",))
+    client = ca.issue("scheduler", "kube-scheduler")
+    settings = tmp_path / "scorer.yaml"
+    settings.write_text("healthPort: 0\n")
+    proc, line = start_line(
+        "--standalone",
+        "--config",
+        str(settings),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--health-host",
+        "127.0.0.1",
+        "--tls-cert-file",
+        str(served.cert),
+        "--tls-key-file",
+        str(served.key),
+        "--client-ca-file",
+        str(ca.ca.cert),
+    )
+    try:
+        assert "HTTPS, client certificate required" in line
+        port = int(line.split(":")[1].split()[0])
+        health = int(line.rsplit(":", 1)[1])
+        assert request(health, "GET", "/healthz") == (200, b"ok\n")
+        assert request(health, "POST", "/filter", {})[0] == 405
+        context = ssl.create_default_context(cafile=str(ca.ca.cert))
+        context.load_cert_chain(client.cert, client.key)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        stop(proc)
+
+
+def test_incomplete_or_unusable_tls_settings_are_one_line(tmp_path: Path) -> None:
+    ca = Authority(tmp_path / "ca")
+    served = ca.issue("server", "gpulet-scorer", hosts=("127.0.0.1",))
+    serve = ["scorer", "serve", "--standalone", "--port", "0"]
+    result = CliRunner().invoke(
+        main, [*serve, "--tls-cert-file", str(served.cert), "--client-ca-file", str(ca.ca.cert)]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: tlsKeyFile is missing: HTTPS needs")
+    result = CliRunner().invoke(
+        main,
+        [
+            *serve,
+            "--tls-cert-file",
+            str(served.cert),
+            "--tls-key-file",
+            str(ca.ca.key),  # the CA's key, not the certificate's
+            "--client-ca-file",
+            str(ca.ca.cert),
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: tlsKeyFile: ") and "Traceback" not in result.output
