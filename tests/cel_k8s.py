@@ -138,11 +138,13 @@ class User:
 def admission_request(
     operation: str, user: User, obj: Doc, sub_resource: str = "", dry_run: bool = False
 ) -> Doc:
-    """The `request` variable for a pod request, as CreateAdmissionRequest builds it and the
-    unstructured converter leaves it (no objects in it; empty fields absent)."""
+    """The `request` variable for a request on a core/v1 object (a pod unless `obj` says
+    another kind), as CreateAdmissionRequest builds it and the unstructured converter leaves
+    it (no objects in it; empty fields absent)."""
     meta = obj.get("metadata") or {}
-    kind = {"group": "", "version": "v1", "kind": "Pod"}
-    resource = {"group": "", "version": "v1", "resource": "pods"}
+    kind_name = str(obj.get("kind") or "Pod")
+    kind = {"group": "", "version": "v1", "kind": kind_name}
+    resource = {"group": "", "version": "v1", "resource": kind_name.lower() + "s"}
     user_info: Doc = {"username": user.username}
     if user.groups:
         user_info["groups"] = list(user.groups)
@@ -179,11 +181,11 @@ class Policy:
 
     def __init__(self, policy: Doc) -> None:
         spec = policy["spec"]
-        if spec.get("matchConditions"):
-            raise NotImplementedError("matchConditions: add them to tests/cel_k8s.py")
         if spec.get("paramKind"):
             raise NotImplementedError("params: add them to tests/cel_k8s.py")
         self.failure_policy: str = spec.get("failurePolicy", "Fail")
+        #: All must be true for the policy to apply at all (they see no `variables`).
+        self.conditions = [Program(c["expression"]) for c in spec.get("matchConditions", [])]
         self.variables = [(v["name"], Program(v["expression"])) for v in spec.get("variables", [])]
         self.validations = spec["validations"]
         self.checks = [Program(v["expression"]) for v in self.validations]
@@ -193,7 +195,22 @@ class Policy:
         ]
 
     def programs(self) -> list[Program]:
-        return [p for _, p in self.variables] + self.checks + [m for m in self.messages if m]
+        return (
+            self.conditions
+            + [p for _, p in self.variables]
+            + self.checks
+            + [m for m in self.messages if m]
+        )
+
+    def matches(self, operation: str, user: User, obj: Doc, old: Doc | None = None) -> bool:
+        """Whether the matchConditions let the policy apply (an error counts as a match that
+        the failure policy then decides, as the API server does)."""
+        activation = self.activation(operation, user, obj, old)
+        for condition in self.conditions:
+            result = condition.evaluate(activation)
+            if isinstance(result, celtypes.BoolType) and not bool(result):
+                return False
+        return True
 
     def activation(
         self, operation: str, user: User, obj: Doc, old: Doc | None = None
@@ -220,7 +237,10 @@ class Policy:
     def decide(
         self, operation: str, user: User, obj: Doc, old: Doc | None = None
     ) -> list[Decision]:
-        """Each validation's decision, in order (ValidateResult.Decisions)."""
+        """Each validation's decision, in order (ValidateResult.Decisions); none where the
+        matchConditions leave the request alone."""
+        if not self.matches(operation, user, obj, old):
+            return []
         activation = self.activation(operation, user, obj, old)
         decisions = []
         for validation, check, message in zip(

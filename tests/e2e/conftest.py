@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -245,7 +245,7 @@ def _published(core: Any, node: str) -> Topology | None:
 
 
 def add_node(
-    cp: ControlPlane, name: str, how: tuple[str, int, str], agent_kubeconfig: Path
+    cp: ControlPlane, name: str, how: tuple[str, int, str], credentials: Callable[[], Path]
 ) -> GpuNode:
     """kubelet's device manager for node `name` and gpulet's agent on a simulated machine
     (`how`: as NODES says)."""
@@ -266,7 +266,7 @@ def add_node(
         "--node-name",
         name,
         "--kubeconfig",
-        str(agent_kubeconfig),
+        str(credentials()),
         "--kubelet-dir",
         str(plugin_dir),
         "--pod-resources-dir",
@@ -293,6 +293,27 @@ def add_node(
     return GpuNode(name, base, kubelet, args, start_agent(cp, name, args))
 
 
+def agent_kubeconfig(cp: ControlPlane, core: Any, node: str) -> Path:
+    """The credentials of the agent's pod on `node`, as kubelet gives it: a token of the
+    gpulet-agent service account bound to that pod, which names the node. (The pod is the
+    DaemonSet's in a cluster; here it is one the node runs as it runs any.)"""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"gpulet-agent-{node}", "namespace": "kube-system"},
+        "spec": {
+            "serviceAccountName": "gpulet-agent",
+            "nodeName": node,
+            "containers": [{"name": "agent", "image": "ghcr.io/gpulet/gpulet"}],
+        },
+    }
+    wait_until(lambda: core.read_node(node), 30, watch=cp.processes, why=f"node {node}")
+    created = core.create_namespaced_pod("kube-system", pod)
+    return cp.service_account_kubeconfig(
+        "kube-system", "gpulet-agent", pod=(created.metadata.name, created.metadata.uid)
+    )
+
+
 @pytest.fixture(scope="session")
 def world() -> Iterator[World]:
     if os.environ.get("GPULET_SKIP_E2E"):
@@ -307,25 +328,31 @@ def world() -> Iterator[World]:
         cp.start()
         cp.apply(
             *documents(ROOT / "deploy/agent/rbac.yaml"),
-            *documents(ROOT / "deploy/scorer/rbac.yaml"),
+            *documents(ROOT / "deploy/extender/rbac.yaml"),
             *documents(ROOT / "deploy/scheduler/deployment.yaml", skip_kinds=("Deployment",)),
             *documents(ROOT / "deploy/admission/policy.yaml"),
         )
         core = client.CoreV1Api(cp.api())
-        agent_config = cp.service_account_kubeconfig("kube-system", "gpulet-agent")
-        nodes = {n: add_node(cp, n, how, agent_config) for n, how in NODES.items()}
-        scorer_port = free_port()
+        nodes = {
+            n: add_node(cp, n, how, functools.partial(agent_kubeconfig, cp, core, n))
+            for n, how in NODES.items()
+        }
+        scorer_port, health_port = free_port(), free_port()
         cp.spawn(
             "gpulet-scorer",
             [
                 "scorer",
                 "serve",
-                "--host",
-                "127.0.0.1",
+                # The sidecar layout's settings (loopback verbs, a probe port), on free ports.
+                "--config",
+                str(ROOT / "deploy/extender/scorer.yaml"),
                 "--port",
                 str(scorer_port),
+                "--health-port",
+                str(health_port),
                 "--kubeconfig",
-                str(cp.service_account_kubeconfig("kube-system", "gpulet-scorer")),
+                # The extender runs in the gpulet-scheduler pods, with their account.
+                str(cp.service_account_kubeconfig("kube-system", SCHEDULER)),
             ],
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
             command=[sys.executable, "-m", "gpulet"],
@@ -343,7 +370,7 @@ def world() -> Iterator[World]:
                 watch=cp.processes,
                 why=f"the agent published node {node.name} and kubelet its devices",
             )
-        wait_until(lambda: _healthy(scorer_port), 30, watch=cp.processes, why="the extender")
+        wait_until(lambda: _healthy(health_port), 30, watch=cp.processes, why="the extender")
         yield World(cp, short, recorder, core, nodes)
     finally:
         cp.stop()

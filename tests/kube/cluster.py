@@ -299,18 +299,30 @@ class ControlPlane:
         pair = self.ca.issue(name, common_name, groups)
         return kubeconfig(self.dir / f"{name}.kubeconfig", self.server, self.ca.ca.cert, pair=pair)
 
-    def service_account_kubeconfig(self, namespace: str, name: str) -> Path:
-        """A kubeconfig with a token of service account `namespace/name` (TokenRequest, 1 h)."""
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, *, pod: tuple[str, str] | None = None
+    ) -> Path:
+        """A kubeconfig with a token of service account `namespace/name` (TokenRequest, 1 h).
+        With `pod` (name, uid) the token is bound to that pod of `namespace`, as kubelet's
+        projected tokens are: it names the pod's node, and dies with the pod."""
         assert self.ca is not None
         core = client.CoreV1Api(self.api())
+        bound = None
+        if pod is not None:
+            bound = client.V1BoundObjectReference(
+                api_version="v1", kind="Pod", name=pod[0], uid=pod[1]
+            )
         request = client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(
-                audiences=["https://kubernetes.default.svc"], expiration_seconds=3600
+                audiences=["https://kubernetes.default.svc"],
+                expiration_seconds=3600,
+                bound_object_ref=bound,
             )
         )
         answer: Any = core.create_namespaced_service_account_token(name, namespace, request)
+        suffix = f"-{pod[0]}" if pod is not None else ""
         return kubeconfig(
-            self.dir / f"sa-{namespace}-{name}.kubeconfig",
+            self.dir / f"sa-{namespace}-{name}{suffix}.kubeconfig",
             self.server,
             self.ca.ca.cert,
             token=answer.status.token,

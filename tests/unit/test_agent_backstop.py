@@ -38,7 +38,7 @@ from agent.node_agent import _event
 from gpulet.cli.agent import run as agent_run
 from tests.backstop_harness import Tenant, cgroup_version_usable, container_cgroup, usable_versions
 from tests.backstop_harness import run as run_containers
-from tests.unit.test_deploy_manifests import agent_container, agent_flags, needs_helm, render
+from tests.deploy import agent_container, agent_flags, needs_helm, render
 
 UID = "0c9d4f6e-1111-4222-8333-444455556666"
 CID = "ab" * 32

@@ -1,85 +1,59 @@
-"""Every manifest in deploy/ against the Kubernetes API schemas, and what a cluster admin would
-notice: the node agent's host paths, flags, probes, privileges and RBAC; the Helm chart's
-values, and (where `helm` is installed) the chart rendered, equal to the static manifests."""
+"""What `kubectl apply -k` gives for each layout (deploy/ and deploy/extender-service/),
+against the Kubernetes API schemas, and what a cluster admin would notice: the node agent's
+host paths, flags, probes, privileges and RBAC; the extender's reach; the images set once.
+The Helm chart: test_helm_chart.py."""
 
 from __future__ import annotations
 
-import copy
-import re
-import shutil
-import subprocess
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-import yaml
 
 from scorer.config import load_config
+from tests.deploy import (
+    DEPLOY,
+    LAYOUTS,
+    agent_container,
+    agent_flags,
+    agent_pod,
+    documents,
+    key,
+    kustomize,
+    one,
+)
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-CHART = DEPLOY / "helm" / "gpulet"
 #: The oldest release the manifests are for (that of the pinned kube-scheduler image) and the
 #: newest whose schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.31", str(kubernetes_validate.latest_version()))
+#: Kinds of cert-manager (the service layout's certificates), in no Kubernetes schema.
+CERT_MANAGER = "cert-manager.io/v1"
 
 Doc = dict[str, Any]
 
 
-def documents(path: Path) -> list[Doc]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def kustomization() -> Doc:
-    (doc,) = documents(DEPLOY / "kustomization.yaml")
-    return doc
-
-
-def config_files() -> dict[str, str]:
-    """The files that are not Kubernetes objects but ConfigMaps' contents: file -> ConfigMap."""
-    return {f: g["name"] for g in kustomization()["configMapGenerator"] for f in g["files"]}
-
-
-def manifest_files() -> list[Path]:
-    """Every YAML file under deploy/ but the kustomization, the ConfigMaps' contents and the
-    Helm chart (templates, not YAML)."""
-    skip = {"kustomization.yaml", *config_files()}
-    return sorted(
-        p
-        for p in DEPLOY.rglob("*.yaml")
-        if (rel := p.relative_to(DEPLOY)).parts[0] != "helm" and str(rel) not in skip
-    )
-
-
 def static_objects() -> list[Doc]:
-    return [d for f in manifest_files() for d in documents(f)]
-
-
-def one(docs: list[Doc], kind: str, name: str) -> Doc:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, (kind, name, len(found))
-    return found[0]
-
-
-def key(doc: Doc) -> str:
-    return f"{doc['kind']}/{doc['metadata']['name']}"
+    """The default layout's objects, as `kubectl apply -k deploy/` applies them."""
+    return kustomize("sidecar")
 
 
 # --- every object against the API schemas --------------------------------------------------
 
 
-STATIC = [(f"{f.relative_to(DEPLOY)}:{key(d)}", d) for f in manifest_files() for d in documents(f)]
-
-
 def test_the_agent_is_among_the_manifests() -> None:
-    assert {"DaemonSet/gpulet-agent", "ClusterRole/gpulet-agent"} <= {key(d) for _, d in STATIC}
+    assert {"DaemonSet/gpulet-agent", "ClusterRole/gpulet-agent"} <= {
+        key(d) for d in static_objects()
+    }
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("doc", [d for _, d in STATIC], ids=[i for i, _ in STATIC])
-def test_manifest_is_valid_kubernetes(doc: Doc, version: str) -> None:
-    kubernetes_validate.validate(doc, version, strict=True)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_object_is_valid_kubernetes(layout: str, version: str) -> None:
+    for doc in kustomize(layout):
+        if doc["apiVersion"] != CERT_MANAGER:
+            kubernetes_validate.validate(doc, version, strict=True)
 
 
 #: KubeSchedulerConfiguration (kubescheduler.config.k8s.io/v1) is in no API schema; these are
@@ -140,7 +114,20 @@ SCHEDULER_CONFIG_SCHEMA: Doc = {
                     "weight": {"type": "integer", "minimum": 1},
                     "bindVerb": {"type": "string"},
                     "enableHTTPS": {"type": "boolean"},
-                    "tlsConfig": {"type": "object"},
+                    "tlsConfig": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "insecure": {"type": "boolean"},
+                            "serverName": {"type": "string"},
+                            "certFile": {"type": "string"},
+                            "keyFile": {"type": "string"},
+                            "caFile": {"type": "string"},
+                            "certData": {"type": "string"},
+                            "keyData": {"type": "string"},
+                            "caData": {"type": "string"},
+                        },
+                    },
                     "httpTimeout": _DURATION,
                     "nodeCacheCapable": {"type": "boolean"},
                     "managedResources": {
@@ -164,8 +151,12 @@ SCHEDULER_CONFIG_SCHEMA: Doc = {
 }
 
 
-def test_scheduler_configuration_has_only_fields_kube_scheduler_knows() -> None:
-    (config,) = documents(DEPLOY / "scheduler" / "kube-scheduler-config.yaml")
+@pytest.mark.parametrize(
+    "path",
+    ["scheduler/kube-scheduler-config.yaml", "extender-service/kube-scheduler-extender.yaml"],
+)
+def test_scheduler_configuration_has_only_fields_kube_scheduler_knows(path: str) -> None:
+    (config,) = documents(DEPLOY / path)
     jsonschema.validate(config, SCHEDULER_CONFIG_SCHEMA)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(
@@ -174,35 +165,6 @@ def test_scheduler_configuration_has_only_fields_kube_scheduler_knows() -> None:
 
 
 # --- the node agent ---------------------------------------------------------------------------
-
-
-def agent_pod(docs: list[Doc]) -> Doc:
-    spec: Doc = one(docs, "DaemonSet", "gpulet-agent")["spec"]["template"]["spec"]
-    return spec
-
-
-def agent_container(docs: list[Doc]) -> Doc:
-    containers: list[Doc] = agent_pod(docs)["containers"]
-    (container,) = containers
-    return container
-
-
-def flags(args: list[str]) -> dict[str, str]:
-    """`--name=value` and `--name value` arguments, by name."""
-    found: dict[str, str] = {}
-    for i, arg in enumerate(args):
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value = args[i + 1]
-            found[name] = value
-    return found
-
-
-def agent_flags(docs: list[Doc]) -> dict[str, str]:
-    container = agent_container(docs)
-    assert container["args"][:2] == ["agent", "run"]
-    return flags(container["args"])
 
 
 def on_host(docs: list[Doc], path: str) -> tuple[str, bool]:
@@ -269,7 +231,7 @@ def test_the_host_paths_are_exactly_these() -> None:
 
 def test_agent_slots_are_the_extenders() -> None:
     args = agent_flags(static_objects())
-    settings = load_config(DEPLOY / "scorer" / "scorer.yaml")
+    settings = load_config(DEPLOY / "extender" / "scorer.yaml")
     assert (int(args["--gpu-slots"]), int(args["--rdma-slots"])) == (
         settings.gpu_slots,
         settings.rdma_slots,
@@ -359,205 +321,40 @@ def test_agent_rbac_grants_the_verbs_it_uses() -> None:
     assert agent_pod(docs)["serviceAccountName"] == account["metadata"]["name"]
 
 
-def test_agent_and_extender_run_the_same_image() -> None:
-    docs = static_objects()
-    (scorer,) = one(docs, "Deployment", "gpulet-scorer")["spec"]["template"]["spec"]["containers"]
-    assert agent_container(docs)["image"] == scorer["image"]
+def images(docs: list[Doc]) -> dict[str, str]:
+    """Each container's image, by workload/container."""
+    return {
+        f"{d['metadata']['name']}/{c['name']}": c["image"]
+        for d in docs
+        if d["kind"] in ("Deployment", "DaemonSet")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
 
 
-# --- the Helm chart, without helm -------------------------------------------------------------
-
-
-def values() -> Doc:
-    (doc,) = documents(CHART / "values.yaml")
-    return doc
-
-
-def values_schema() -> Doc:
-    schema: Doc = yaml.safe_load((CHART / "values.schema.json").read_text())
-    return schema
-
-
-def templates() -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted((CHART / "templates").iterdir())}
-
-
-def test_chart_metadata() -> None:
-    (chart,) = documents(CHART / "Chart.yaml")
-    assert (chart["apiVersion"], chart["name"], chart["version"], chart["appVersion"]) == (
-        "v2",
-        "gpulet",
-        "0.1.0",
-        "0.1.0",
+def test_images_are_set_once_for_both_layouts() -> None:
+    """The manifests name images without a tag; deploy/images/ sets each tag, once."""
+    for path in DEPLOY.rglob("*.yaml"):
+        if path.relative_to(DEPLOY).parts[0] in ("helm", "images"):
+            continue
+        for line in path.read_text().splitlines():
+            if line.strip().startswith("image:"):
+                reference = line.split("image:", 1)[1].strip()
+                assert ":" not in reference and "@" not in reference, (path, line)
+    (component,) = documents(DEPLOY / "images" / "kustomization.yaml")
+    tags = {i["name"]: i["newTag"] for i in component["images"]}
+    for layout in LAYOUTS:
+        found = images(kustomize(layout))
+        assert found, layout
+        for where, image in found.items():
+            name, _, tag = image.rpartition(":")
+            assert tags.get(name) == tag, (layout, where, image)
+    # The agent and the extender are one image, in either layout.
+    sidecar, service = images(kustomize("sidecar")), images(kustomize("service"))
+    assert (
+        sidecar["gpulet-agent/agent"]
+        == sidecar["gpulet-scheduler/extender"]
+        == service["gpulet-scorer/scorer"]
     )
-    image = values()["image"]
-    expected = f"{image['repository']}:{image['tag'] or chart['appVersion']}"
-    assert agent_container(static_objects())["image"] == expected
-
-
-def test_values_follow_their_schema() -> None:
-    schema = values_schema()
-    jsonschema.Draft7Validator.check_schema(schema)
-    jsonschema.validate(values(), schema)
-    for bad in ({"enforce": "kil"}, {"metricsPort": 0}):
-        wrong = values()
-        wrong["agent"].update(bad)
-        with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(wrong, schema)
-
-
-def test_chart_defaults_are_the_static_manifests() -> None:
-    docs = static_objects()
-    v = values()
-    args = agent_flags(docs)
-    pod, container = agent_pod(docs), agent_container(docs)
-    assert (v["gpuSlots"], v["rdmaSlots"]) == (int(args["--gpu-slots"]), int(args["--rdma-slots"]))
-    agent = v["agent"]
-    assert agent["enforce"] == args["--enforce"]
-    assert agent["metricsPort"] == int(args["--metrics-port"])
-    assert agent["nodeSelector"] == pod["nodeSelector"]
-    assert agent["tolerations"] == pod["tolerations"]
-    assert agent["runtimeClassName"] == pod["runtimeClassName"]
-    assert agent["priorityClassName"] == pod["priorityClassName"]
-    assert agent["resources"] == container["resources"]
-    for name, part in (("gpulet-scorer", "scorer"), ("gpulet-scheduler", "scheduler")):
-        spec = one(docs, "Deployment", name)["spec"]
-        (c,) = spec["template"]["spec"]["containers"]
-        assert v[part]["priorityClassName"] == spec["template"]["spec"]["priorityClassName"]
-        assert v[part]["resources"] == c["resources"]
-        assert v[part]["tolerations"] == spec["template"]["spec"].get("tolerations", [])
-    scheduler = one(docs, "Deployment", "gpulet-scheduler")["spec"]
-    assert v["scheduler"]["replicas"] == scheduler["replicas"]
-    assert v["scheduler"]["image"] == scheduler["template"]["spec"]["containers"][0]["image"]
-    (config,) = documents(DEPLOY / "scheduler" / "kube-scheduler-config.yaml")
-    assert v["scheduler"]["weight"] == config["extenders"][0]["weight"]
-
-
-def leaves(tree: Doc, prefix: str = "") -> set[str]:
-    found: set[str] = set()
-    for k, v in tree.items():
-        path = f"{prefix}.{k}"
-        found |= leaves(v, path) if isinstance(v, dict) and v else {path}
-    return found
-
-
-def test_templates_use_every_value_and_only_values_that_exist() -> None:
-    used = {m for text in templates().values() for m in re.findall(r"\.Values((?:\.\w+)+)", text)}
-    defined = leaves(values())
-    assert used, "no .Values in the templates"
-    # Each reference names a value (or a group of them) that values.yaml defines...
-    for ref in used:
-        assert any(d == ref or d.startswith(ref + ".") for d in defined), ref
-    # ...and each value is read somewhere: none is a dead option.
-    for leaf in defined:
-        assert any(leaf == ref or leaf.startswith(ref + ".") for ref in used), leaf
-
-
-def test_template_blocks_are_closed() -> None:
-    for name, text in templates().items():
-        actions = re.findall(r"\{\{-?\s*(if|range|with|define|block|else|end)\b", text)
-        depth = 0
-        for action in actions:
-            depth += {"end": -1, "else": 0}.get(action, 1)
-            assert depth >= 0, f"{name}: an end without a block"
-        assert depth == 0, f"{name}: a block without its end"
-
-
-# --- the Helm chart, rendered (where helm is installed) ---------------------------------------
-
-HELM = shutil.which("helm")
-try:
-    import helm_python  # Helm's own Go engine as a library (the helm-python-sdk wheel)
-except ImportError:  # pragma: no cover - a platform the wheel is not built for
-    helm_python = None  # type: ignore[assignment]
-needs_helm = pytest.mark.skipif(
-    HELM is None and helm_python is None, reason="neither helm nor helm-python-sdk is installed"
-)
-
-
-def render(*sets: str, namespace: str = "kube-system") -> list[Doc]:
-    """`helm template gpulet deploy/helm/gpulet --namespace kube-system --set ...` (or another
-    namespace): with the helm command where there is one, else with Helm's engine from
-    helm-python-sdk (what the test install brings), checking the values against the chart's
-    schema as helm does."""
-    if HELM is not None:
-        command = [HELM, "template", "gpulet", str(CHART), "--namespace", namespace]
-        for s in sets:
-            command += ["--set", s]
-        out = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
-        if out.returncode:
-            raise RuntimeError(out.stderr)
-        return [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert helm_python is not None
-    chart = helm_python.Chart.load(CHART)
-    values = helm_python.parse_set_string(",".join(sets)) if sets else {}
-    chart.validate_schema(chart.merge_values(values))
-    rendered = chart.render(values, name="gpulet", namespace=namespace, is_install=True)
-    texts = [text for path, text in sorted(rendered.items()) if path.endswith(".yaml")]
-    return [d for text in texts for d in yaml.safe_load_all(text) if d]
-
-
-@needs_helm
-def test_the_chart_refuses_values_its_schema_does_not_allow() -> None:
-    with pytest.raises(Exception, match="gpuSlots"):
-        render("gpuSlots=0")
-
-
-def normalised(doc: Doc) -> Doc:
-    """What must be equal between the chart and the static manifests: everything but the
-    labels and annotations Helm adds and the image pull policy."""
-    doc = copy.deepcopy(doc)
-    doc["metadata"].pop("labels", None)
-    doc["metadata"].pop("annotations", None)
-    template = doc.get("spec", {}).get("template")
-    if template:
-        template["metadata"].pop("annotations", None)
-        for container in template["spec"]["containers"]:
-            container.pop("imagePullPolicy", None)
-    if doc["kind"] == "ConfigMap":
-        doc["data"] = {k: yaml.safe_load(v) for k, v in doc["data"].items()}
-    return doc
-
-
-def static_with_config_maps() -> list[Doc]:
-    """The static objects plus the ConfigMaps kustomize generates."""
-    namespace = kustomization()["namespace"]
-    maps = [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": namespace},
-            "data": {Path(f).name: (DEPLOY / f).read_text()},
-        }
-        for f, name in config_files().items()
-    ]
-    return static_objects() + maps
-
-
-@needs_helm
-def test_chart_renders_the_static_manifests() -> None:
-    rendered = render()
-    for doc in rendered:
-        for version in K8S_VERSIONS:
-            kubernetes_validate.validate(doc, version, strict=True)
-    static = {key(d): normalised(d) for d in static_with_config_maps()}
-    assert {key(d): normalised(d) for d in rendered} == static
-    config = one(rendered, "ConfigMap", "gpulet-scheduler-config")["data"]
-    jsonschema.validate(
-        yaml.safe_load(config["kube-scheduler-config.yaml"]), SCHEDULER_CONFIG_SCHEMA
-    )
-
-
-@needs_helm
-def test_chart_values_change_agent_and_extender_together(tmp_path: Path) -> None:
-    rendered = render("agent.enforce=kill", "scheduler.enabled=false", "gpuSlots=50")
-    args = agent_flags(rendered)
-    assert (args["--enforce"], args["--gpu-slots"]) == ("kill", "50")
-    assert agent_container(rendered)["securityContext"]["capabilities"]["add"] == ["KILL"]
-    settings = tmp_path / "scorer.yaml"
-    settings.write_text(one(rendered, "ConfigMap", "gpulet-scorer")["data"]["scorer.yaml"])
-    assert load_config(settings).gpu_slots == 50
-    assert not [d for d in rendered if "scheduler" in d["metadata"]["name"]]
 
 
 def test_every_flag_the_daemonset_passes_is_one_the_agent_takes() -> None:
@@ -567,12 +364,7 @@ def test_every_flag_the_daemonset_passes_is_one_the_agent_takes() -> None:
 
     from gpulet.cli import main  # noqa: PLC0415
 
-    (daemonset,) = [
-        d
-        for d in yaml.safe_load_all((DEPLOY / "agent" / "daemonset.yaml").read_text())
-        if d and d["kind"] == "DaemonSet"
-    ]
-    (agent,) = daemonset["spec"]["template"]["spec"]["containers"]
+    agent = agent_container(static_objects())
     args = [a.replace("$(NODE_NAME)", "node-1") for a in agent["args"]]
     result = CliRunner().invoke(main, [*args, "--help"])
     assert result.exit_code == 0, result.output

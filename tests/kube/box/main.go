@@ -20,7 +20,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kubebox etcd|kube-apiserver|kube-controller-manager|kube-scheduler|node|version [flags]")
+		fmt.Fprintln(os.Stderr, "usage: kubebox etcd|kube-apiserver|kube-controller-manager|kube-scheduler|node|kustomize|version [flags]")
 		os.Exit(2)
 	}
 	name := os.Args[1]
@@ -36,6 +36,8 @@ func main() {
 		os.Exit(runEtcd(os.Args[1:]))
 	case "node":
 		os.Exit(runNode(os.Args[1:]))
+	case "kustomize":
+		os.Exit(runKustomize(os.Args[1:]))
 	case "version":
 		fmt.Println(kubernetesVersion())
 	default:
