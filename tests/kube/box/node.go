@@ -444,21 +444,34 @@ func (n *node) finishDeletion(ctx context.Context, pod *v1.Pod) {
 	}
 }
 
+// setStatus is kubelet's status manager writing a pod's status. Like it, it retries: the API
+// server's Node authorizer learns that a pod is bound to this node from its own informer, a
+// moment after this node's watch shows the pod, and until then refuses this node the pod
+// ("no relationship found"). A pod that is gone or replaced is left alone.
 func (n *node) setStatus(ctx context.Context, pod *v1.Pod, change func(*v1.PodStatus)) {
-	for attempt := 0; attempt < 5; attempt++ {
-		current, err := n.client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
-		if err != nil || current.UID != pod.UID {
+	var err error
+	for delay := 50 * time.Millisecond; delay < 10*time.Second; delay *= 2 {
+		var current *v1.Pod
+		current, err = n.client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) || (err == nil && current.UID != pod.UID) {
 			return
 		}
-		change(&current.Status)
-		_, err = n.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, current, metav1.UpdateOptions{})
-		if err == nil || !apierrors.IsConflict(err) {
-			if err != nil {
-				n.logger.Error(err, "Updating pod status", "pod", klog.KObj(pod))
+		if err == nil {
+			change(&current.Status)
+			_, err = n.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, current, metav1.UpdateOptions{})
+			if err == nil {
+				return
 			}
-			return
+		}
+		if !apierrors.IsConflict(err) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
 		}
 	}
+	n.logger.Error(err, "Updating pod status", "pod", klog.KObj(pod))
 }
 
 func running(pod *v1.Pod, s *v1.PodStatus) {
