@@ -1,2 +1,2 @@
-"""The node agent: discovery of the node's hardware, and (later) publication, allocation
-state, usage feedback, pinning, health and metrics."""
+"""The node agent (`gpulet agent run`): discovers the node and publishes its topology, serves
+the device plugins, pins containers, watches usage and health, and frees what pods leave."""

@@ -1,6 +1,25 @@
 """The agent's link to the API server: publishing its node (`NodePublisher`) and the pods
 bound to it (`ApiPodSource`, the device plugin's `PodSource`), both through the official
-`kubernetes` client."""
+`kubernetes` client.
+
+What a pod asks of gpulet is read by the extender's reader, `gpulet.placement.podspec`, and
+by nothing else here, so the agent and the extender never disagree on it: `pod_ask` for
+what each container asks, `pod_counts` for the device counts alone.
+
+A pod that reader refuses (a core of 150, `8Gi` of gpu-memory, `1.5` GPUs, a bad policy
+annotation) is one the extender never places; it reaches this node only bound by hand,
+bypassing the scheduler. The agent grants it nothing:
+
+- when its device counts can be read, it is still matched by them (so an Allocate for it
+  is tied to it, not to another pod asking as many), and each Allocate is refused with the
+  reader's message, which kubelet shows on the pod as it fails its admission;
+- when they cannot (a count that is not a whole number from 0 to 2**40), it is never
+  matched: the API server refuses such a count, or kubelet has not that many devices to
+  allocate, so no Allocate comes for it.
+
+Either way the watch logs one line for it, `event=pod-refused` with `matched=true|false`
+and the reason, once per pod and reason, and goes on: reading a pod never raises there.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +43,7 @@ from gpulet.api.resources import (
 from gpulet.api.stamps import epoch, stamp
 from gpulet.kube.calls import CoreCalls
 from gpulet.kube.reflector import Reflector
-from scorer.podspec import ContainerAsk, PodSpecError, device_counts, pod_ask
+from gpulet.placement.podspec import ContainerAsk, PodSpecError, pod_ask, pod_counts
 
 log = logging.getLogger("gpulet.agent")
 
@@ -113,6 +132,8 @@ class ApiPodSource:
         self._on_gone = on_gone
         self._lock = threading.Lock()
         self._pods: dict[str, Mapping[str, Any]] = {}
+        #: The reason logged for each refused pod (the last 4,096): one line per pod.
+        self._refused: OrderedDict[str, str] = OrderedDict()
 
         def list_mine(**kwargs: Any) -> Any:
             return core.list_pods(f"spec.nodeName={node}", **kwargs)
@@ -165,30 +186,66 @@ class ApiPodSource:
         except Exception as e:  # the API unreachable: the miss stands
             log.warning("event=refresh-failed what=pods-on-node error=%r", str(e))
             return
-        added = 0
+        added = []
         with self._lock:
             for pod in (listed or {}).get("items") or ():
-                meta = pod.get("metadata") or {}
+                meta = _object(pod, "metadata")
                 uid = str(meta.get("uid") or "")
-                phase = (pod.get("status") or {}).get("phase")
+                phase = _object(pod, "status").get("phase")
                 if not uid or uid in self._pods or uid in self._ended or phase in _FINISHED:
                     continue
                 if meta.get("deletionTimestamp"):
                     continue
                 self._pods[uid] = pod
-                added += 1
+                added.append(pod)
         if added:
-            log.info("event=caught-up what=pods-on-node added=%d", added)
+            log.info("event=caught-up what=pods-on-node added=%d", len(added))
+        for pod in added:
+            self._note(pod)
 
     def _ending(self, uid: str) -> None:
         """Called under the lock: `uid` ended; remember it (bounded)."""
         self._ended[uid] = None
+        self._refused.pop(uid, None)
         while len(self._ended) > 4096:
             self._ended.popitem(last=False)
 
+    def _note(self, pod: Mapping[str, Any]) -> None:
+        """Log a pending pod that asks for a gpulet device and that the extender's reader
+        refuses, once per pod and reason (`event=pod-refused`). It runs in the watch's
+        thread, so it never raises."""
+        try:
+            meta = _object(pod, "metadata")
+            uid = str(meta.get("uid") or "")
+            containers: tuple[ContainerRequest, ...] | None = ()
+            problem = None
+            if _phase(pod) == "Pending":
+                containers, problem = _read(pod)
+                if containers is not None and not any(c.gpus or c.rdma for c in containers):
+                    problem = None  # it asks for no device: no Allocate comes for it
+            with self._lock:
+                if self._refused.get(uid) == problem:
+                    return
+                if problem is None:
+                    self._refused.pop(uid, None)
+                    return
+                self._refused[uid] = problem
+                while len(self._refused) > 4096:
+                    self._refused.popitem(last=False)
+            log.warning(
+                "event=pod-refused pod=%s/%s pod_uid=%s matched=%s reason=%r",
+                meta.get("namespace") or "default",
+                meta.get("name") or "",
+                uid,
+                "false" if containers is None else "true",
+                problem,
+            )
+        except Exception as e:  # a bug, not the pod's: the watch goes on
+            log.warning("event=pod-unreadable error=%r", str(e)[:300])
+
     def _apply(self, event: str, pod: Mapping[str, Any]) -> None:
-        uid = str((pod.get("metadata") or {}).get("uid") or "")
-        phase = (pod.get("status") or {}).get("phase")
+        uid = str(_object(pod, "metadata").get("uid") or "")
+        phase = _object(pod, "status").get("phase")
         if event == "DELETED" or phase in _FINISHED:
             with self._lock:
                 seen = self._pods.pop(uid, None) is not None
@@ -198,12 +255,13 @@ class ApiPodSource:
             return
         with self._lock:
             self._pods[uid] = pod
+        self._note(pod)
 
     def _replace(self, pods: Sequence[Mapping[str, Any]]) -> None:
         listed: dict[str, Mapping[str, Any]] = {}
         for pod in pods:
-            uid = str((pod.get("metadata") or {}).get("uid") or "")
-            if (pod.get("status") or {}).get("phase") not in _FINISHED:
+            uid = str(_object(pod, "metadata").get("uid") or "")
+            if _object(pod, "status").get("phase") not in _FINISHED:
                 listed[uid] = pod
         with self._lock:
             gone = set(self._pods) - set(listed)
@@ -212,6 +270,8 @@ class ApiPodSource:
                 self._ending(uid)
         for uid in gone:
             self._gone(uid)
+        for pod in listed.values():
+            self._note(pod)
 
     def _gone(self, uid: str) -> None:
         try:
@@ -222,15 +282,16 @@ class ApiPodSource:
 
 def pending_pod(pod: Mapping[str, Any], node: str) -> PendingPod | None:
     """The pod as the device plugin's matching sees it, or None when it is not pending or
-    asks for no gpulet device. A pod whose request cannot be read is still pending, with the
-    reason as its `problem`, so that its Allocate is refused saying why."""
-    meta = pod.get("metadata") or {}
-    if (pod.get("status") or {}).get("phase", "Pending") != "Pending":
+    asks for no gpulet device. A pod whose request the extender's reader refuses is still
+    pending, with the reason as its `problem`, so that its Allocate is refused saying why;
+    unless its device counts cannot be read: it is then never matched (None)."""
+    if _phase(pod) != "Pending":
         return None
-    containers, problem = container_requests(pod)
-    if not any(c.gpus or c.rdma for c in containers):
+    containers, problem = _read(pod)
+    if containers is None or not any(c.gpus or c.rdma for c in containers):
         return None
-    text = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
+    meta = _object(pod, "metadata")
+    text = _object(meta, "annotations").get(ASSIGNMENT_ANNOTATION)
     return PendingPod(
         uid=str(meta.get("uid") or ""),
         namespace=str(meta.get("namespace") or "default"),
@@ -247,12 +308,24 @@ def container_requests(
     pod: Mapping[str, Any],
 ) -> tuple[tuple[ContainerRequest, ...], str | None]:
     """What each container of `pod` asks (kubelet's order), read as the extender reads it
-    (`scorer.podspec.pod_ask`), and None; or, for a pod that reader refuses, the device counts
-    alone (for matching its Allocate) and the reader's message."""
+    (`gpulet.placement.podspec.pod_ask`), and None; or, for a pod that reader refuses, the
+    device counts alone (`pod_counts`; none where they cannot be read) and the reader's
+    message."""
+    containers, problem = _read(pod)
+    return containers or (), problem
+
+
+def _read(pod: Mapping[str, Any]) -> tuple[tuple[ContainerRequest, ...] | None, str | None]:
+    """`container_requests`, with None for containers whose device counts cannot be read."""
     try:
         return tuple(_request(c) for c in pod_ask(pod).containers), None
     except PodSpecError as e:
-        return _counts_only(pod), str(e)
+        problem = str(e)
+    try:
+        counts = pod_counts(pod)
+    except PodSpecError:
+        return None, problem
+    return tuple(ContainerRequest(c.name, c.gpus, c.rdma) for c in counts), problem
 
 
 def _request(ask: ContainerAsk) -> ContainerRequest:
@@ -262,23 +335,14 @@ def _request(ask: ContainerAsk) -> ContainerRequest:
     return ContainerRequest(ask.name, r.gpus, r.rdma, r.core, r.memory_mib)
 
 
-def _counts_only(pod: Mapping[str, Any]) -> tuple[ContainerRequest, ...]:
-    """The device counts of a pod `pod_ask` refuses (kubelet's order), for matching its
-    Allocate to it; a container whose counts cannot be read either asks none (an Allocate
-    then matches no pod, and is refused for that)."""
-    spec = pod.get("spec")
-    spec = spec if isinstance(spec, Mapping) else {}
-    out = []
-    for field in ("initContainers", "containers"):
-        listed = spec.get(field) or []
-        for c in listed if isinstance(listed, list) else []:
-            name = str(c.get("name") or "") if isinstance(c, Mapping) else ""
-            try:
-                gpus, rdma = device_counts(c)
-            except PodSpecError:
-                gpus = rdma = 0
-            out.append(ContainerRequest(name, gpus, rdma))
-    return tuple(out)
+def _object(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """`obj[key]` where it is a JSON object, else an empty one."""
+    value = obj.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _phase(pod: Mapping[str, Any]) -> object:
+    return _object(pod, "status").get("phase", "Pending")
 
 
 class EventReporter:

@@ -27,11 +27,8 @@ from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the kubelet stand-in
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.nodes
 
-from agent.discovery import discover
-from agent.discovery.netlink import SysfsLinkState
-from agent.simulate import open_simulated
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.api import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 from deviceplugin.assignment import (
@@ -47,6 +44,7 @@ from deviceplugin.core import DevicePluginCore
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, PluginConfig
 from deviceplugin.server import PluginServer
+from tests.nodes import shipped
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -127,8 +125,7 @@ def main() -> None:
         help="where the containers' regions go (tmpfs, as the agent's /run/gpulet/containers)",
     )
     args = ap.parse_args()
-    sim = open_simulated("dgx-h100")
-    topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
+    topo = shipped("dgx-h100")
     work = Path(tempfile.mkdtemp(prefix="dpb", dir=args.state_dir))
     regions = Path(tempfile.mkdtemp(prefix="dpb-regions", dir=args.region_root))
     lib = work / "libgpulet-limiter.so"

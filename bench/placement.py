@@ -25,13 +25,13 @@ import os
 import platform
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
-from agent.discovery import discover
-from agent.discovery.netlink import SysfsLinkState
-from agent.simulate import open_simulated
-from gpulet.topology import Topology
-from scorer.placement import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.nodes
+
+from gpulet.placement import (
     Capacity,
     GpuUsage,
     NodeState,
@@ -39,13 +39,10 @@ from scorer.placement import (
     Request,
     TopologyPolicy,
 )
+from gpulet.topology import Topology
+from tests.nodes import shipped
 
 CAP = Capacity(gpu_slots=100, nic_slots=100)
-
-
-def load(name: str) -> Topology:
-    sim = open_simulated(name)
-    return discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
 
 
 def slice_state(topo: Topology, rng: random.Random) -> NodeState:
@@ -83,7 +80,7 @@ def percentile(samples: list[float], p: float) -> float:
 
 
 def run(name: str, states: int, repeat: int, seed: int) -> float:
-    topo = load(name)
+    topo = shipped(name)
     placer = Placer(topo, CAP)
     n_gpus, n_nics = len(topo.gpus), len(topo.nics)
     rng = random.Random(seed)

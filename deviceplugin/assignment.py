@@ -14,7 +14,6 @@ from typing import Protocol
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, check_resource
 from gpulet.api.assignment import (
     ANNOTATION,
-    MAX_GPUS,
     VERSION,
     AssignedGpu,
     Assignment,
@@ -27,7 +26,6 @@ from gpulet.api.resources import CORE_RESOURCE, MEMORY_RESOURCE
 
 __all__ = [
     "ANNOTATION",
-    "MAX_GPUS",
     "VERSION",
     "AssignedGpu",
     "Assignment",
@@ -51,7 +49,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ContainerRequest:
-    """What one container's resources ask (as `scorer.podspec.pod_ask` reads them).
+    """What one container's resources ask (as `gpulet.placement.podspec.pod_ask` reads them).
 
     `core` (percent of each GPU) and `memory_mib` (MiB of each GPU) are None where the
     container does not name them: with neither, its GPUs are whole and exclusive; with

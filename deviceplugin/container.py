@@ -34,10 +34,10 @@ from pathlib import Path, PurePosixPath
 from deviceplugin.grants import GpuShare
 from deviceplugin.resources import PluginConfig
 from gpulet.topology import Topology
+from native.region import LIMITS_FILE
 
 RW = "rw"
 PRELOAD = "/etc/ld.so.preload"
-LIMITS_FILE = "limits"
 _NVIDIA_CONTROL = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
 
 

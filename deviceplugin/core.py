@@ -56,9 +56,9 @@ from deviceplugin.resources import (
     UnknownResourceError,
     check_resource,
 )
+from gpulet.placement import NodeState, Placer
 from gpulet.topology import Nic, Topology
 from native.region import RegionError
-from scorer.placement import NodeState, Placer
 
 #: Pod UIDs and container names become directory names; anything else is refused.
 _PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from deviceplugin.resources import MAX_SLOT
+from gpulet.api.resources import MAX_SLOTS
 
 MAX_ID_LENGTH = 63
 SEPARATOR = "::"
@@ -30,8 +30,8 @@ def device_id(owner: str, slot: int) -> str:
         raise DeviceIdError(
             f"{owner!r} cannot own device IDs: expected a GPU UUID or an RDMA port like mlx5_0:2"
         )
-    if not 0 <= slot <= MAX_SLOT:
-        raise DeviceIdError(f"slot {slot} of {owner} is not in 0..{MAX_SLOT}")
+    if not 0 <= slot < MAX_SLOTS:
+        raise DeviceIdError(f"slot {slot} of {owner} is not in 0..{MAX_SLOTS - 1}")
     made = f"{owner}{SEPARATOR}{slot:02d}"
     if len(made) > MAX_ID_LENGTH:
         raise DeviceIdError(

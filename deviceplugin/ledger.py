@@ -16,8 +16,8 @@ from deviceplugin import checkpoint
 from deviceplugin.checkpoint import CheckpointError
 from deviceplugin.grants import GpuShare, Grant
 from deviceplugin.resources import PluginConfig
+from gpulet.placement import GpuUsage, NodeState
 from gpulet.topology import Topology
-from scorer.placement import GpuUsage, NodeState
 
 __all__ = [
     "CheckpointError",
@@ -153,10 +153,6 @@ class Ledger:
         with self._lock:
             found = (self._held.get((resource, d)) for d in device_ids)
             return list(dict.fromkeys(g for g in found if g is not None))
-
-    def granted_ids(self, resource: str) -> frozenset[str]:
-        with self._lock:
-            return frozenset(d for r, d in self._held if r == resource)
 
     def node_state(
         self, topo: Topology, config: PluginConfig, excluding: Iterable[Grant] = ()

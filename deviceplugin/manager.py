@@ -72,10 +72,6 @@ class PluginManager:
             server.stop()
             server.socket.unlink(missing_ok=True)
 
-    def wait(self) -> None:
-        """Block until stopped."""
-        self._stop.wait()
-
     def serving(self) -> bool:
         """Whether every resource's socket is in place (what the agent's /healthz reports:
         kubelet can reach the plugins)."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
 
+from gpulet.placement import GpuUsage, NodeState, Placement, Placer, Request
 from gpulet.topology import Gpu, Topology
-from scorer.placement import GpuUsage, NodeState, Placement, Placer, Request
 
 #: A GPU the engine must not choose.
 HELD = GpuUsage(exclusive=True)

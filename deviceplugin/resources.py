@@ -7,25 +7,22 @@ from pathlib import Path, PurePosixPath
 
 from gpulet.api.resources import (
     GPU_RESOURCE,
+    MAX_SLOTS,
     RDMA_RESOURCE,
     RESOURCES,
     UnknownResourceError,
     check_resource,
 )
-from scorer.placement import Capacity
+from gpulet.placement import Capacity
 
 __all__ = [
     "GPU_RESOURCE",
-    "MAX_SLOT",
     "RDMA_RESOURCE",
     "RESOURCES",
     "PluginConfig",
     "UnknownResourceError",
     "check_resource",
 ]
-
-#: Device IDs number slots 0..MAX_SLOT (three digits at most, see `ids`).
-MAX_SLOT = 999
 
 
 @dataclass(frozen=True)
@@ -53,8 +50,8 @@ class PluginConfig:
 
     def __post_init__(self) -> None:
         for what, slots in (("gpu_slots", self.gpu_slots), ("rdma_slots", self.rdma_slots)):
-            if not 1 <= slots <= MAX_SLOT + 1:
-                raise ValueError(f"{what} must be 1..{MAX_SLOT + 1}, got {slots}")
+            if not 1 <= slots <= MAX_SLOTS:
+                raise ValueError(f"{what} must be 1..{MAX_SLOTS}, got {slots}")
         if self.preload_host_path is not None and self.limiter_host_path is None:
             raise ValueError("preload_host_path is set, but not limiter_host_path (what it loads)")
         if not PurePosixPath(self.container_region_dir).is_absolute():

@@ -1,8 +1,10 @@
 """The shared accounting region of one container and its limits file, from Python.
 
 A typed layer over native/limiter/region.c (through the cffi extension `native._region`), so
-the agent, the CLI and the limiter share one parser and one implementation. The formats are in
-docs/limiter.md. Every refusal is a RegionError carrying one line that names the problem.
+the agent, the CLI and the limiter share one parser of the limits file and one implementation
+of the region. The one rule set restated here is `check_limits`, for limits built in Python.
+The formats are in docs/limiter.md. Every refusal is a RegionError carrying one line that
+names the problem.
 
 Two ways in. `Region` maps the file and takes its lock: for the processes that attach (and for
 tests); it trusts the file's length and its mutex. The agent, root on the host, reads regions
@@ -31,6 +33,8 @@ LIMITS_FILE = "limits"
 REGION_FILE = "region"
 MIB = 1 << 20
 MAX_MIB = 1 << 40
+#: GPULET_MAX_DEVICES of region.h, here too for when the extension is not built (native imports
+#: no gpulet: tests/unit/test_region.py holds it equal to C's and to gpulet.api's MAX_GPUS).
 MAX_DEVICES = 16
 _UUID = re.compile(r"[A-Za-z0-9-]{1,63}")
 _U64 = (1 << 64) - 1
@@ -183,7 +187,14 @@ def _check(rc: int, err: Any, what: str) -> int:
 
 
 def check_limits(limits: Limits) -> None:
-    """The limits file's rules, for limits built in Python: RegionError naming the problem."""
+    """The limits file's rules, for limits built in Python: RegionError naming the problem.
+
+    A second implementation, in Python, of the rules region.c's parser applies (and its own,
+    static, `check_limits` applies again to the struct in `gpulet_region_create` and the
+    other calls that take limits). It runs before the struct is filled, which could not hold
+    a longer UUID, more than MAX_DEVICES devices or a number past its field, it works without
+    the extension built (the CLI checks its options with it), and its messages name the
+    device by UUID. A rule changed in region.c must be changed here too."""
     if not 1 <= len(limits.devices) <= MAX_DEVICES:
         raise RegionError(f"limits: {len(limits.devices)} devices, expected 1..{MAX_DEVICES}")
     seen: set[str] = set()

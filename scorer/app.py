@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from kubernetes import client
 
 from gpulet.kube.calls import CoreCalls
+from gpulet.placement import Capacity
 from scorer.cluster import ClusterView
 from scorer.config import ScorerConfig
 from scorer.extender import Extender
 from scorer.kube import ClusterSync, KubePodApi
-from scorer.placement import Capacity
 from scorer.server import ExtenderServer
 
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from gpulet.api.assignment import Assignment, AssignmentError, parse_assignment
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
 from gpulet.api.stamps import epoch
+from gpulet.placement import Capacity, GpuUsage, NodeState, Placer
 from gpulet.topology import Topology
 from gpulet.topology.document import DocumentError, loads
-from scorer.placement import Capacity, GpuUsage, NodeState, Placer
 
 log = logging.getLogger("gpulet.scorer")
 

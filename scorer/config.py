@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from gpulet.api.resources import MAX_SLOTS
 from gpulet.httpd import ServerTLS, TLSError, TLSFiles
 from scorer.cluster import ASSUME_TTL_S, STALE_HEARTBEAT_S
 from scorer.extender import DEFAULT_SCHEDULER_NAMES
@@ -73,8 +74,8 @@ class ScorerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
-        if not 1 <= self.gpu_slots <= 1000 or not 1 <= self.rdma_slots <= 1000:
-            raise ConfigError("gpuSlots and rdmaSlots must be 1..1000")
+        if not 1 <= self.gpu_slots <= MAX_SLOTS or not 1 <= self.rdma_slots <= MAX_SLOTS:
+            raise ConfigError(f"gpuSlots and rdmaSlots must be 1..{MAX_SLOTS}")
         if not isinstance(self.assume_ttl_s, int | float) or self.assume_ttl_s <= 0:
             raise ConfigError(f"assumeTTLSeconds must be > 0, got {self.assume_ttl_s!r}")
         names = self.scheduler_names

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment
+from gpulet.placement import GpuUsage, NodeState, Placement
+from gpulet.placement.podspec import PodAsk
 from scorer.cluster import NodeInfo
-from scorer.placement import GpuUsage, NodeState, Placement
-from scorer.podspec import PodAsk
 
 #: kube-scheduler's extender scores: MinExtenderPriority .. MaxExtenderPriority.
 MAX_SCORE = 10

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpulet.api.assignment import ANNOTATION, dump_assignment
+from gpulet.placement import NodeState
+from gpulet.placement.podspec import PodAsk, PodSpecError, pod_ask
 from scorer.cluster import ClusterView, NodeInfo
 from scorer.decide import Decision, Refusal, decide
-from scorer.placement import NodeState
-from scorer.podspec import PodAsk, PodSpecError, pod_ask
 
 log = logging.getLogger("gpulet.scorer")
 

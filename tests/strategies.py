@@ -7,8 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from hypothesis import strategies as st
 
-from gpulet.topology import Gpu, Nic, NumaNode, PcieLocation, Topology
-from scorer.placement import (
+from gpulet.placement import (
     Capacity,
     GpuPolicy,
     GpuUsage,
@@ -16,6 +15,7 @@ from scorer.placement import (
     Request,
     TopologyPolicy,
 )
+from gpulet.topology import Gpu, Nic, NumaNode, PcieLocation, Topology
 
 #: GPULET_HYPOTHESIS_SCALE=10 runs every property test with ten times the examples.
 SCALE = int(os.environ.get("GPULET_HYPOTHESIS_SCALE", "1"))

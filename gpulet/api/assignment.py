@@ -13,7 +13,8 @@ from gpulet.api.resources import ASSIGNMENT_ANNOTATION, GPU_RESOURCE, check_reso
 
 ANNOTATION = ASSIGNMENT_ANNOTATION
 VERSION = 1
-#: A container's limits file takes 16 devices at most (docs/limiter.md).
+#: A container's limits file takes 16 devices at most (docs/limiter.md): the limiter's
+#: GPULET_MAX_DEVICES, which tests/unit/test_region.py holds this equal to.
 MAX_GPUS = 16
 _UUID = re.compile(r"[A-Za-z0-9-]{1,63}")
 _NIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(?::[0-9]+)?")

@@ -14,6 +14,9 @@ MEMORY_RESOURCE = "gpulet.io/gpu-memory"
 RESOURCES = (GPU_RESOURCE, RDMA_RESOURCE)
 #: What the extender manages (its `managedResources`).
 MANAGED_RESOURCES = (GPU_RESOURCE, CORE_RESOURCE, MEMORY_RESOURCE, RDMA_RESOURCE)
+#: Slots per GPU and per RDMA port at most (the agent's --gpu-slots/--rdma-slots, the
+#: extender's gpuSlots/rdmaSlots): a device ID numbers its slot in three digits, 00..999.
+MAX_SLOTS = 1000
 
 TOPOLOGY_ANNOTATION = "gpulet.io/topology"
 ASSIGNMENT_ANNOTATION = "gpulet.io/assignment"

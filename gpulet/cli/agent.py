@@ -22,6 +22,7 @@ from agent.standalone import Standalone, start
 from agent.usage import FileUsageSource, PynvmlUsageSource, UsageSource
 from deviceplugin.health import PortStates, XidSource
 from deviceplugin.resources import PluginConfig
+from gpulet.api.resources import MAX_SLOTS
 from gpulet.cli.common import kube_configuration, simulate_option, until_signalled, user_errors
 from gpulet.kube.calls import CoreCalls
 from native import LibraryMissingError, library_path
@@ -66,8 +67,8 @@ def agent() -> None:
     show_default=True,
     help="The containers' region directories (<pod uid>/<container>); best on tmpfs.",
 )
-@click.option("--gpu-slots", type=click.IntRange(1, 999), default=100, show_default=True)
-@click.option("--rdma-slots", type=click.IntRange(1, 999), default=100, show_default=True)
+@click.option("--gpu-slots", type=click.IntRange(1, MAX_SLOTS), default=100, show_default=True)
+@click.option("--rdma-slots", type=click.IntRange(1, MAX_SLOTS), default=100, show_default=True)
 @click.option(
     "--xid-file",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -22,13 +22,13 @@ from agent.discovery.netlink import NetlinkLinkState, SysfsLinkState
 from agent.discovery.nvml import NvmlError
 from agent.discovery.pynvml_backend import PynvmlBackend
 from agent.simulate import SimulationError, open_simulated
+from gpulet.placement import RequestError
+from gpulet.placement.serialize import StateError
 from gpulet.topology import Topology
 from gpulet.topology.document import DocumentError
 from native import LibraryMissingError
 from native.region import RegionError
 from scorer.config import ConfigError
-from scorer.placement import RequestError
-from scorer.placement.serialize import StateError
 
 P = ParamSpec("P")
 R = TypeVar("R")

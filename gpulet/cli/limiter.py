@@ -13,6 +13,7 @@ from gpulet.cli.render import usage_text
 from native import library_path
 from native.region import (
     LIMITS_FILE,
+    MAX_DEVICES,
     DeviceLimit,
     Limits,
     RegionError,
@@ -59,7 +60,7 @@ def limiter() -> None:
     callback=_devices,
     required=True,
     help="A GPU the container may use, with its memory cap and compute share (repeat, in "
-    "the container's device order; at most 16).",
+    f"the container's device order; at most {MAX_DEVICES}).",
 )
 @user_errors
 def setup_command(directory: Path, limits: Limits) -> None:

@@ -8,8 +8,8 @@ from typing import IO
 import click
 
 from gpulet.cli.common import print_json, read_node, simulate_option, user_errors
-from scorer.placement import Capacity, GpuPolicy, NodeState, Placer, Request, TopologyPolicy
-from scorer.placement.serialize import StateError, placement_to_json, state_from_json
+from gpulet.placement import Capacity, GpuPolicy, NodeState, Placer, Request, TopologyPolicy
+from gpulet.placement.serialize import StateError, placement_to_json, state_from_json
 
 
 @click.command()

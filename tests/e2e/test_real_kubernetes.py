@@ -211,8 +211,16 @@ def test_a_pod_that_fits_nowhere_stays_pending_with_the_extenders_reason(
     # No node could ever hold it: unresolvable, so kube-scheduler will not preempt for it.
     assert not filt.response["FailedNodes"]
     assert sorted(filt.response["FailedAndUnresolvableNodes"]) == sorted(NODES)
+    # The pod's condition carries each node's reason whole; the event (cut to 1 KiB by the
+    # events API) at least the head of each. Neither garbles them ("%" read as a format verb).
+    (condition,) = [
+        c for c in world.pod(ns, "huge")["status"]["conditions"] if c["type"] == "PodScheduled"
+    ]
     for reason in filt.response["FailedAndUnresolvableNodes"].values():
-        assert reason and reason in event["message"], (reason, event["message"])
+        assert reason and reason in condition["message"], (reason, condition["message"])
+        head = reason.split(";")[0]
+        assert head in event["message"], (head, event["message"])
+    assert "%!" not in event["message"] + condition["message"]
     assert world.pod(ns, "huge")["spec"].get("nodeName") is None
     assert not [c for c in world.recorder.for_pod("huge") if c.verb == "bind"]
 

@@ -24,11 +24,8 @@ from click.testing import CliRunner
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.discovery import discover
-from agent.discovery.netlink import SysfsLinkState
 from agent.kube import ApiPodSource
 from agent.node_agent import Monitoring, NodeAgent, start
-from agent.simulate import open_simulated
 from agent.standalone import CHECKPOINT, Standalone
 from agent.usage import FileUsageSource
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
@@ -121,8 +118,7 @@ def wait_for(what: Callable[[], object], timeout: float = 5.0) -> None:
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     short = Path(tempfile.mkdtemp(prefix="gp"))  # unix socket paths must stay short
-    sim = open_simulated("dgx-h100")
-    topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
+    topo = shipped("dgx-h100")
     lib = short / "libgpulet-limiter.so"
     lib.touch()
     preload = short / "ld.so.preload"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import click
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deviceplugin.ids import MAX_ID_LENGTH, DeviceIdError, device_id, parse
-from deviceplugin.resources import MAX_SLOT
+from deviceplugin.resources import PluginConfig
+from gpulet.api.resources import MAX_SLOTS
+from gpulet.cli.agent import run as agent_run
+from scorer.config import ConfigError, ScorerConfig
 from tests.strategies import examples
 
 HEX = "0123456789abcdef"
@@ -28,7 +32,7 @@ def nic_keys(draw: st.DrawFn) -> str:
     return name if port == 1 else f"{name}:{port}"
 
 
-slots = st.integers(0, MAX_SLOT)
+slots = st.integers(0, MAX_SLOTS - 1)
 
 
 @given(owner=st.one_of(gpu_uuids(), nic_keys()), slot=slots)
@@ -81,3 +85,22 @@ def test_too_long_or_bad_owner() -> None:
         device_id("mlx5_0", 1000)
     with pytest.raises(DeviceIdError, match="cannot own"):
         device_id("a::b", 1)
+
+
+def test_one_slot_limit_for_the_ids_the_agent_and_the_extender() -> None:
+    """MAX_SLOTS slots per device: the last one still has a three-digit ID within kubelet's
+    63 characters, and the agent's flags and both configurations take exactly 1..MAX_SLOTS."""
+    uuid = "GPU-8b0b9d22-4d8e-8e2a-3f1c-5b6a9e0d7c41"
+    assert parse(device_id(uuid, MAX_SLOTS - 1)) == (uuid, MAX_SLOTS - 1)
+    with pytest.raises(DeviceIdError):
+        device_id(uuid, MAX_SLOTS)
+    PluginConfig(gpu_slots=MAX_SLOTS, rdma_slots=MAX_SLOTS)
+    with pytest.raises(ValueError, match=f"1..{MAX_SLOTS}"):
+        PluginConfig(gpu_slots=MAX_SLOTS + 1)
+    ScorerConfig(gpu_slots=MAX_SLOTS, rdma_slots=MAX_SLOTS)
+    with pytest.raises(ConfigError, match=f"1..{MAX_SLOTS}"):
+        ScorerConfig(rdma_slots=MAX_SLOTS + 1)
+    for option in ("gpu_slots", "rdma_slots"):
+        (param,) = (p for p in agent_run.params if p.name == option)
+        assert isinstance(param.type, click.IntRange)
+        assert (param.type.min, param.type.max) == (1, MAX_SLOTS)

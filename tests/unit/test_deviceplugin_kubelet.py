@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.discovery import discover
 from agent.discovery.netlink import SysfsLinkState
 from agent.health import FileXidSource, SysfsPortStates
 from agent.simulate import SimulatedNode, open_simulated
@@ -34,6 +33,7 @@ from deviceplugin.manager import PluginManager
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.sim.kubelet import AllocateFailed, KubeletStandIn, PodRef, StandInView
 from gpulet.topology import Topology
+from tests.nodes import shipped
 
 SLOTS = 100
 
@@ -102,7 +102,7 @@ def a100() -> Iterator[Node]:
 def _node(name: str) -> Iterator[Node]:
     short = Path(tempfile.mkdtemp(prefix="kl"))  # unix socket paths must stay short
     sim = open_simulated(name)
-    topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
+    topo = shipped(name)
     xid = short / "xid"
     xid.touch()
     kubelet = KubeletStandIn(short / "dp", short / "pr", dial_timeout=2.0)

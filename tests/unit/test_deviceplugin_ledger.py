@@ -22,7 +22,7 @@ from deviceplugin.ledger import (
     node_state,
 )
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
-from scorer.placement import GpuUsage
+from gpulet.placement import GpuUsage
 from tests.nodes import shipped
 from tests.strategies import examples
 
@@ -67,6 +67,11 @@ def rdma(pod: str, *keys: str, slot: int = 0) -> Grant:
     )
 
 
+def held(ledger: Ledger, resource: str) -> set[str]:
+    """The device IDs of `resource` that the ledger's grants hold."""
+    return {d for g in ledger.grants() if g.resource == resource for d in g.device_ids}
+
+
 def test_double_grant_refused() -> None:
     ledger = Ledger([whole("a", 0)])
     with pytest.raises(DoubleGrantError, match=r"::00 is already granted to pod a container main"):
@@ -75,8 +80,9 @@ def test_double_grant_refused() -> None:
     ledger.add(rdma("b", "mlx5_0"))  # another resource: another ID space
     with pytest.raises(DoubleGrantError, match="twice"):
         ledger.add(Grant(GPU_RESOURCE, ("x::01", "x::01")))
-    assert ledger.granted_ids(GPU_RESOURCE) == {f"{G0.uuid}::00"}
-    assert ledger.granted_ids(RDMA_RESOURCE) == {"mlx5_0::00"}
+    assert held(ledger, GPU_RESOURCE) == {f"{G0.uuid}::00"}
+    assert held(ledger, RDMA_RESOURCE) == {"mlx5_0::00"}
+    assert ledger.holders(GPU_RESOURCE, [f"{G1.uuid}::00", "x::01"]) == []
 
 
 def test_node_state() -> None:
@@ -192,7 +198,8 @@ def test_concurrent_adds_never_double_grant() -> None:
     for t in threads:
         t.join()
     assert sorted(wins) == list(range(50))
-    assert len(ledger.granted_ids(GPU_RESOURCE)) == 50
+    assert len(ledger.grants()) == 50
+    assert held(ledger, GPU_RESOURCE) == {f"{uuid}::{slot:02d}" for slot in range(50)}
 
 
 # ---- the journal -------------------------------------------------------------------------

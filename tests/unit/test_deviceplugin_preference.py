@@ -4,7 +4,7 @@ shipped node: whole GPUs by the engine, ports near the container's GPUs."""
 from __future__ import annotations
 
 from deviceplugin.preference import ports, whole_gpus
-from scorer.placement import GpuUsage, NodeState, Placer
+from gpulet.placement import GpuUsage, NodeState, Placer
 from tests.nodes import shipped
 
 A100 = shipped("dgx-a100")

@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
-from agent.discovery import discover
-from agent.discovery.netlink import SysfsLinkState
-from agent.simulate import open_simulated
 from gpulet.topology.cpulist import format_cpulist
-from gpulet.topology.model import PcieLocation, Topology
+from gpulet.topology.model import PcieLocation
 from tests.fixtures.discovery.published import (
     load_compute_ports,
     load_published,
     parse_topo_matrix,
 )
-
-Discovered = Callable[[str], Topology]
-
-
-@pytest.fixture(scope="module")
-def discovered(tmp_path_factory: pytest.TempPathFactory) -> Discovered:
-    """Generates a shipped node and discovers it, once per name in this module."""
-    seen: dict[str, Topology] = {}
-
-    def get(name: str) -> Topology:
-        if name not in seen:
-            with open_simulated(name, into=tmp_path_factory.mktemp(name)) as node:
-                links = SysfsLinkState(node.sysfs)
-                seen[name] = discover(node.sysfs, node.nvml, links, node.name)
-        return seen[name]
-
-    return get
+from tests.nodes import shipped
 
 
 @pytest.mark.parametrize("name", ["dgx-a100", "dgx-h100"])
-def test_link_matrix_matches_published(name: str, discovered: Discovered) -> None:
+def test_link_matrix_matches_published(name: str) -> None:
     published = load_published(name)
-    topo = discovered(name)
+    topo = shipped(name)
     wrong = [
         f"{row}-{col}: published {want}, discovered {topo.links.get(row, {}).get(col)}"
         for row, cells in published.links.items()
@@ -49,9 +28,9 @@ def test_link_matrix_matches_published(name: str, discovered: Discovered) -> Non
 
 
 @pytest.mark.parametrize("name", ["dgx-a100", "dgx-h100"])
-def test_affinity_matches_published(name: str, discovered: Discovered) -> None:
+def test_affinity_matches_published(name: str) -> None:
     published = load_published(name)
-    topo = discovered(name)
+    topo = shipped(name)
     assert len(topo.gpus) == len(published.numa_affinity) == 8
     for gpu in topo.gpus:
         node = topo.numa_node(gpu.numa)
@@ -61,16 +40,16 @@ def test_affinity_matches_published(name: str, discovered: Discovered) -> None:
 
 
 @pytest.mark.parametrize(("name", "nics"), [("dgx-a100", 12), ("dgx-h100", 12)])
-def test_every_published_nic_is_discovered(name: str, nics: int, discovered: Discovered) -> None:
+def test_every_published_nic_is_discovered(name: str, nics: int) -> None:
     published = load_published(name)
-    topo = discovered(name)
+    topo = shipped(name)
     assert sorted(n.key for n in topo.nics) == sorted(d for d in published.devices if "mlx5" in d)
     assert len(topo.nics) == nics
 
 
-def test_dgx_h100_compute_ports_match_the_owners_guide(discovered: Discovered) -> None:
+def test_dgx_h100_compute_ports_match_the_owners_guide() -> None:
     """Each GPU's PXB NIC is the guide's 400G port, with the guide's netdev and socket."""
-    topo = discovered("dgx-h100")
+    topo = shipped("dgx-h100")
     ports = load_compute_ports("dgx-h100")
     assert len(ports) == 8
     nics = {n.key: n for n in topo.nics}
@@ -80,9 +59,9 @@ def test_dgx_h100_compute_ports_match_the_owners_guide(discovered: Discovered) -
         assert topo.link(f"GPU{port.gpu}", port.rdma) == "PXB", port
 
 
-def test_h100_vm(discovered: Discovered) -> None:
+def test_h100_vm() -> None:
     """The lent H100: one GPU straight on the root bus, one NUMA node, no RDMA."""
-    topo = discovered("h100-vm")
+    topo = shipped("h100-vm")
     (gpu,) = topo.gpus
     assert gpu.location == PcieLocation("0000:00:06.0", "pci0000:00", ())
     assert gpu.numa == 0

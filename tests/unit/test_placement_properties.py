@@ -5,8 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gpulet.topology import Topology
-from scorer.placement import (
+from gpulet.placement import (
     Capacity,
     NodeState,
     Placement,
@@ -15,7 +14,8 @@ from scorer.placement import (
     TopologyPolicy,
     exhaustive,
 )
-from scorer.placement.eligibility import candidates
+from gpulet.placement.eligibility import candidates
+from gpulet.topology import Topology
 from tests.strategies import examples, node_states, requests, topologies
 
 CAP = Capacity(gpu_slots=4, nic_slots=2)

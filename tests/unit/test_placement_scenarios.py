@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scorer.placement import (
+from gpulet.placement import (
     GpuPolicy,
     GpuUsage,
     NodeState,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from scorer.placement import Placer
-from scorer.placement.eligibility import candidates
+from gpulet.placement import Placer
+from gpulet.placement.eligibility import candidates
 from tests.nodes import SHIPPED, shipped
 from tests.strategies import examples, node_states, requests
 from tests.unit.test_placement_properties import CAP, check_against_exhaustive

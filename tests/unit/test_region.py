@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from gpulet.api.assignment import MAX_GPUS
 from native._region import ffi, lib
 from native.region import (
+    MAX_DEVICES,
     DeviceLimit,
     Limits,
     Region,
@@ -463,3 +465,9 @@ def test_docs_give_the_layout_the_compiler_uses() -> None:
         for offset, field in rows:
             assert ffi.offsetof(f"struct {name}", field) == int(offset), (name, field)
     assert lib.GPULET_REGION_VERSION == 1
+
+
+def test_one_device_limit() -> None:
+    """The C limit, the Python region's and the assignment's (what the extender and the agent
+    accept for one container) are one number."""
+    assert lib.GPULET_MAX_DEVICES == MAX_DEVICES == MAX_GPUS

@@ -9,10 +9,10 @@ from collections import Counter, defaultdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gpulet.placement import Capacity
 from gpulet.sim.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
-from scorer.placement import Capacity
 from tests.nodes import shipped
 from tests.strategies import examples
 

@@ -150,11 +150,3 @@ class StandInView:
 
     def registered_since(self, resource: str, since: float) -> bool:
         return any(r.resource_name == resource and r.time >= since for r in self.registrations)
-
-    def allocated_ids(self, resource: str) -> frozenset[str]:
-        return frozenset(
-            i
-            for record in self.allocations
-            if record.resource == resource
-            for i in record.device_ids
-        )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpulet.placement.cost import unit
+from gpulet.placement.request import Capacity, GpuPolicy, GpuUsage, NodeState, Request
 from gpulet.topology import Gpu, Topology
-from scorer.placement.cost import unit
-from scorer.placement.request import Capacity, GpuPolicy, GpuUsage, NodeState, Request
 
 # The packed cost of one unit in the fields the unary costs use (cost.pack, inlined: this
 # runs for every device on every placement).
@@ -39,7 +39,7 @@ def _grant(gpu: Gpu, use: GpuUsage, req: Request, cap: Capacity) -> GpuGrant | s
         return "no free slot"
     core = 100 if req.core is None else req.core
     if use.core + core > 100:
-        return f"{100 - use.core}% core free"
+        return f"{100 - use.core} percent core free"  # no "%": see reasons._gpu_need
     free_mem = gpu.memory_mib - use.memory_mib
     memory = free_mem if req.memory_mib is None else req.memory_mib
     if memory < 1 or memory > free_mem:

@@ -3,8 +3,8 @@
 Pure: a `Topology`, a `NodeState` and a `Request` in, a `Placement` or a `NoFit` out.
 """
 
-from scorer.placement.engine import NoFit, Placement, Placer, place
-from scorer.placement.request import (
+from gpulet.placement.engine import NoFit, Placement, Placer, place
+from gpulet.placement.request import (
     Capacity,
     GpuPolicy,
     GpuUsage,

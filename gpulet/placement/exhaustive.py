@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import combinations
 
+from gpulet.placement.cost import NIC_RANK, pack, pair_cost
+from gpulet.placement.eligibility import Candidates
+from gpulet.placement.locality import group_of
+from gpulet.placement.request import GpuPolicy, NodeState, Request, TopologyPolicy
 from gpulet.topology import Gpu, Topology, nvlink_count
-from scorer.placement.cost import NIC_RANK, pack, pair_cost
-from scorer.placement.eligibility import Candidates
-from scorer.placement.locality import group_of
-from scorer.placement.request import GpuPolicy, NodeState, Request, TopologyPolicy
 
 
 def best_nv(topo: Topology) -> int:

@@ -19,19 +19,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from gpulet.topology import Topology
-from scorer.placement import exhaustive
-from scorer.placement.cost import NIC_RANK, Shape, pair_cost, score, unit, unpack
-from scorer.placement.eligibility import Candidates, GpuGrant, candidates
-from scorer.placement.locality import group_of, pix_of
-from scorer.placement.reasons import no_fit_reason
-from scorer.placement.request import (
+from gpulet.placement import exhaustive
+from gpulet.placement.cost import NIC_RANK, Shape, pair_cost, score, unit, unpack
+from gpulet.placement.eligibility import Candidates, GpuGrant, candidates
+from gpulet.placement.locality import group_of, pix_of
+from gpulet.placement.reasons import no_fit_reason
+from gpulet.placement.request import (
     Capacity,
     GpuPolicy,
     NodeState,
     Request,
     TopologyPolicy,
 )
+from gpulet.topology import Topology
 
 Entry = tuple[int, tuple[int, ...], tuple[str, ...]]
 #: (a GPUs, b NICs) -> the cost of the cheapest way to take them, keyed `a << _B | b` so

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gpulet.placement import GpuPolicy, Request, TopologyPolicy
+from gpulet.placement.podspec import DeviceCounts, PodSpecError, pod_ask, pod_counts
 from gpulet.sim.objects import container, pod_object
-from scorer.placement import GpuPolicy, Request, TopologyPolicy
-from scorer.podspec import PodSpecError, pod_ask
 
 
 def test_containers_in_kubelet_order_with_their_requests() -> None:
@@ -62,6 +62,9 @@ def test_same_request_same_key() -> None:
         (pod_object("p", container(gpus=1, memory="8Gi")), "MiB of each GPU), got '8Gi'"),
         (pod_object("p", container(gpus=1, memory=0)), "gpu-memory must be at least 1 MiB"),
         (pod_object("p", container(gpus="1.5")), "gpulet.io/gpu must be a whole number"),
+        (pod_object("p", container(gpus=-1)), "gpulet.io/gpu must be a whole number, got '-1'"),
+        (pod_object("p", container(gpus=1 << 41)), "gpulet.io/gpu must be a whole number"),
+        (pod_object("p", container(gpus=1, memory="abc")), "(MiB of each GPU), got 'abc'"),
         (pod_object("p", container(core=50)), "without any gpulet.io/gpu"),
         (
             pod_object(
@@ -90,3 +93,29 @@ def test_the_container_is_named_in_the_error() -> None:
     pod = pod_object("web", container("main", gpus=1), container("side", gpus=1, core=101))
     with pytest.raises(PodSpecError, match=r"pod default/web container 'side': gpu-core"):
         pod_ask(pod)
+
+
+def test_values_are_read_as_kubernetes_quantities() -> None:
+    """The API server writes a pod's 16000 as "16k"; kubelet allocates "1e0" devices as 1."""
+    ask = pod_ask(pod_object("p", container(gpus="1e0", core="50", memory="16k")))
+    assert ask.containers[0].request == Request(gpus=1, core=50, memory_mib=16000)
+
+
+def test_the_counts_of_a_pod_refused_on_other_grounds_can_be_read() -> None:
+    """What the node agent matches kubelet's Allocate calls by, pod_ask's refusal aside."""
+    pod = pod_object(
+        "p",
+        container("main", gpus=2, core=150, rdma=1),
+        container("side"),
+        init=(container("warm", gpus=1),),
+        annotations={"gpulet.io/gpu-policy": "pack"},
+    )
+    with pytest.raises(PodSpecError, match="gpu-policy must be one of"):
+        pod_ask(pod)
+    assert pod_counts(pod) == (
+        DeviceCounts("warm", 1, 0),
+        DeviceCounts("main", 2, 1),
+        DeviceCounts("side", 0, 0),
+    )
+    with pytest.raises(PodSpecError, match=r"container 'main': gpulet\.io/gpu must be a whole"):
+        pod_counts(pod_object("p", container(gpus="1.5")))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from gpulet.placement.eligibility import Candidates
+from gpulet.placement.request import Request, TopologyPolicy
 from gpulet.topology import Topology
-from scorer.placement.eligibility import Candidates
-from scorer.placement.request import Request, TopologyPolicy
 
 
 def _plural(n: int, word: str) -> str:
@@ -23,7 +23,9 @@ def _listing(reasons: dict[int, str] | dict[str, str], prefix: str = "") -> str:
 def _gpu_need(req: Request) -> str:
     if req.whole:
         return f"{_plural(req.gpus, 'whole GPU')}"
-    core = f"{req.core}% core" if req.core is not None else "all core"
+    # No "%": kube-scheduler uses the reasons it shows in a FailedScheduling event as a printf
+    # format, and "10% core" would read "10%!c(MISSING)ore" there.
+    core = f"{req.core} percent core" if req.core is not None else "all core"
     memory = f"{req.memory_mib} MiB" if req.memory_mib is not None else "some memory"
     return f"{_plural(req.gpus, 'GPU')} with {core} and {memory} free"
 

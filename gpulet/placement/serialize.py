@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpulet.placement.engine import NoFit, Placement
+from gpulet.placement.request import GpuUsage, NodeState
 from gpulet.topology import Topology
-from scorer.placement.engine import NoFit, Placement
-from scorer.placement.request import GpuUsage, NodeState
 
 
 class StateError(ValueError):
