@@ -253,14 +253,9 @@ class MetricsServer:
                     self.reply(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
             def refuse(self, code: int) -> None:
-                body = f"{HTTPStatus(code).phrase}\n".encode()
-                self.send_response(code)
-                if code == HTTPStatus.UNAUTHORIZED:
-                    self.send_header("WWW-Authenticate", 'Bearer realm="gpulet-agent"')
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                challenge = {"WWW-Authenticate": 'Bearer realm="gpulet-agent"'}
+                headers = challenge if code == HTTPStatus.UNAUTHORIZED else None
+                self.reply(code, f"{HTTPStatus(code).phrase}\n".encode(), "text/plain", headers)
 
         # Polls for shutdown twice a second: an idle agent's wake-ups are its CPU cost.
         self._http = BackgroundServer(host, port, MetricsHandler, name="gpulet-metrics", poll_s=0.5)

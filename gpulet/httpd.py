@@ -20,6 +20,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -55,8 +56,12 @@ class Handler(BaseHTTPRequestHandler):
         except TimeoutError:
             self.close_connection = True  # a client that went quiet: let the thread go
 
-    def reply(self, code: int, data: bytes, content_type: str) -> None:
+    def reply(
+        self, code: int, data: bytes, content_type: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.send_response(code)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
