@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.discovery import discover
 from agent.discovery.netlink import SysfsLinkState
-from agent.simulate import open_simulated
+from agent.simnode import open_simulated
 from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
 from gpulet.api.stamps import stamp
 from gpulet.demo.run import allocate_once_seen
-from gpulet.sim.apiserver import ApiServerStandIn
-from gpulet.sim.kubelet import KubeletStandIn, PodRef
-from gpulet.sim.objects import container, pod_object
+from gpulet.standins.apiserver import ApiServerStandIn
+from gpulet.standins.kubelet import KubeletStandIn, PodRef
+from gpulet.standins.objects import container, pod_object
 from gpulet.topology import Topology
 from native.region import Region
 

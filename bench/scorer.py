@@ -36,11 +36,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # gpulet.sim.objects, tests.nodes
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.nodes
 
 from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
 from gpulet.api.stamps import stamp
-from gpulet.sim.objects import container, node_object, pod_object
+from gpulet.standins.objects import container, node_object, pod_object
 from scorer.app import tune_gc
 from scorer.cluster import ClusterView
 from scorer.extender import Extender

@@ -6,7 +6,7 @@ from functools import cache
 
 from agent.discovery import discover
 from agent.discovery.netlink import SysfsLinkState
-from agent.simulate import open_simulated
+from agent.simnode import open_simulated
 from gpulet.topology import Topology
 
 SHIPPED = ("dgx-a100", "dgx-h100", "h100-vm", "pcie-4gpu", "pcie-16gpu")

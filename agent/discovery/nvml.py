@@ -1,7 +1,7 @@
 """What discovery needs from NVML, behind a small interface.
 
 `NvmlBackend` is implemented by `PynvmlBackend` (the real library through nvidia-ml-py)
-and by the simulated-node backend (`agent.simulate`), which reads `nvml.json`.
+and by the simulated-node backend (`agent.simnode`), which reads `nvml.json`.
 """
 
 from __future__ import annotations

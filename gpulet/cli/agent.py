@@ -17,7 +17,7 @@ from agent.discovery.pynvml_backend import PynvmlBackend
 from agent.health import FileXidSource, NvmlXidSource, SysfsPortStates
 from agent.health import xid_file as simulated_xid_file
 from agent.library import install_limiter
-from agent.simulate import open_simulated
+from agent.simnode import open_simulated
 from agent.standalone import Standalone, start
 from agent.usage import FileUsageSource, PynvmlUsageSource, UsageSource
 from deviceplugin.health import PortStates, XidSource

@@ -21,7 +21,7 @@ from agent.discovery import DiscoveryError, discover
 from agent.discovery.netlink import NetlinkLinkState, SysfsLinkState
 from agent.discovery.nvml import NvmlError
 from agent.discovery.pynvml_backend import PynvmlBackend
-from agent.simulate import SimulationError, open_simulated
+from agent.simnode import SimulationError, open_simulated
 from gpulet.placement import RequestError
 from gpulet.placement.serialize import StateError
 from gpulet.topology import Topology

@@ -27,16 +27,16 @@ from agent import node_agent
 from agent.discovery import discover
 from agent.discovery.netlink import SysfsLinkState
 from agent.library import install_limiter
-from agent.simulate import open_simulated
+from agent.simnode import open_simulated
 from agent.standalone import Standalone
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.api.assignment import Assignment, parse_assignment
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION, NUMA_PIN_ANNOTATION
 from gpulet.kube.calls import CoreCalls
-from gpulet.sim.apiserver import ApiServerStandIn
-from gpulet.sim.kubelet import KubeletStandIn, PodRef
-from gpulet.sim.objects import container, pod_object
+from gpulet.standins.apiserver import ApiServerStandIn
+from gpulet.standins.kubelet import KubeletStandIn, PodRef
+from gpulet.standins.objects import container, pod_object
 from gpulet.topology import Topology
 from native import library_path
 from native.region import read_limits

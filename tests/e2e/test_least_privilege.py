@@ -24,7 +24,7 @@ from gpulet.api.resources import (
     HEARTBEAT_ANNOTATION,
     TOPOLOGY_ANNOTATION,
 )
-from gpulet.sim.objects import container
+from gpulet.standins.objects import container
 from tests.e2e.conftest import SCHEDULER, World
 from tests.e2e.test_real_kubernetes import create, new_pod
 

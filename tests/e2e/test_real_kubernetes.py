@@ -22,7 +22,7 @@ from gpulet.api.resources import (
     GPU_RESOURCE,
     RDMA_RESOURCE,
 )
-from gpulet.sim.objects import container
+from gpulet.standins.objects import container
 from native.region import read_limits
 from tests.e2e.conftest import NODE, NODES, SCHEDULER, World
 from tests.kube.cluster import wait_until

@@ -1,4 +1,4 @@
-"""The API server stand-in (gpulet/sim/apiserver) against the real kube-apiserver: the same
+"""The API server stand-in (gpulet/standins/apiserver) against the real kube-apiserver: the same
 calls through the official client, each behaviour the unit tests rely on checked on both,
 and each documented difference (docs/e2e.md) shown to be one."""
 
@@ -11,8 +11,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from gpulet.sim.apiserver import ApiServerStandIn
-from gpulet.sim.objects import container
+from gpulet.standins.apiserver import ApiServerStandIn
+from gpulet.standins.objects import container
 from tests.e2e.conftest import World
 
 pytestmark = pytest.mark.e2e

@@ -27,7 +27,7 @@ from agent.node_agent import Monitoring, metrics_access
 from agent.usage import FileUsageSource
 from gpulet.cli import main as cli
 from gpulet.kube.calls import CoreCalls, ReviewCalls
-from gpulet.sim.apiserver import ApiServerStandIn
+from gpulet.standins.apiserver import ApiServerStandIn
 
 PROMETHEUS = "system:serviceaccount:monitoring:prometheus"
 PROM_TOKEN = "prom-token-5f1c0e"

@@ -34,9 +34,9 @@ from deviceplugin.resources import GPU_RESOURCE, PluginConfig
 from gpulet.api.assignment import ContainerAssignment, parse_assignment
 from gpulet.cli import main as cli
 from gpulet.kube.calls import CoreCalls
-from gpulet.sim.apiserver import ApiServerStandIn
-from gpulet.sim.kubelet import KubeletStandIn, PodRef
-from gpulet.sim.objects import container, pod_object
+from gpulet.standins.apiserver import ApiServerStandIn
+from gpulet.standins.kubelet import KubeletStandIn, PodRef
+from gpulet.standins.objects import container, pod_object
 from gpulet.topology.document import loads
 from native.region import Region, read_limits
 from scorer.app import Scorer, build

@@ -24,8 +24,8 @@ from deviceplugin.resources import GPU_RESOURCE, PluginConfig
 from gpulet.api.resources import CORE_RESOURCE, MEMORY_RESOURCE, RDMA_RESOURCE
 from gpulet.kube.calls import CoreCalls
 from gpulet.placement.podspec import PodSpecError, pod_ask, pod_counts
-from gpulet.sim.apiserver import ApiServerStandIn
-from gpulet.sim.objects import container, pod_object
+from gpulet.standins.apiserver import ApiServerStandIn
+from gpulet.standins.objects import container, pod_object
 from tests.strategies import examples
 from tests.unit.test_tenant_allocate import A100, G0, MEM, NODE, kubelet_ids, tenant_pod
 

@@ -28,7 +28,7 @@ from kubernetes.client import (
 )
 from kubernetes.watch import Watch
 
-from gpulet.sim.apiserver import ApiServerStandIn
+from gpulet.standins.apiserver import ApiServerStandIn
 
 STALE = (
     'Operation cannot be fulfilled on pods "web": the object has been modified; '

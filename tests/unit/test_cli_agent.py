@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE
 from gpulet.cli import main
-from gpulet.sim.apiserver import ApiServerStandIn
-from gpulet.sim.kubelet import KubeletStandIn, PodRef
+from gpulet.standins.apiserver import ApiServerStandIn
+from gpulet.standins.kubelet import KubeletStandIn, PodRef
 from gpulet.topology.document import loads
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from click.testing import CliRunner
 
 from gpulet.cli import main
-from gpulet.sim.apiserver import ApiServerStandIn
-from gpulet.sim.objects import container, node_object, pod_object
+from gpulet.standins.apiserver import ApiServerStandIn
+from gpulet.standins.objects import container, node_object, pod_object
 from tests.kube.certs import Authority
 from tests.nodes import shipped
 

@@ -9,7 +9,7 @@ import pytest
 
 from agent.discovery import discover
 from agent.discovery.netlink import SysfsLinkState
-from agent.simulate import generate, load_directory, spec_from_data
+from agent.simnode import generate, load_directory, spec_from_data
 from deviceplugin.container import PRELOAD, DeviceNode, MountSpec, uverbs_numbers, view
 from deviceplugin.grants import GpuShare
 from deviceplugin.resources import PluginConfig

@@ -16,7 +16,7 @@ import pytest
 
 from agent.discovery.netlink import SysfsLinkState
 from agent.health import FileXidSource, SysfsPortStates
-from agent.simulate import SimulatedNode, open_simulated
+from agent.simnode import SimulatedNode, open_simulated
 from agent.standalone import Standalone, build
 from deviceplugin.assignment import (
     AssignedGpu,
@@ -31,7 +31,7 @@ from deviceplugin.core import DevicePluginCore
 from deviceplugin.ledger import Ledger
 from deviceplugin.manager import PluginManager
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
-from gpulet.sim.kubelet import AllocateFailed, KubeletStandIn, PodRef, StandInView
+from gpulet.standins.kubelet import AllocateFailed, KubeletStandIn, PodRef, StandInView
 from gpulet.topology import Topology
 from tests.nodes import shipped
 

@@ -17,7 +17,7 @@ from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.api import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 from deviceplugin.api import podresources_v1_pb2 as pr
 from deviceplugin.api import podresources_v1_pb2_grpc as pr_grpc
-from gpulet.sim.kubelet import (
+from gpulet.standins.kubelet import (
     CHECKPOINT_FILE,
     HEALTHY,
     KUBELET_ERROR_CODE,

@@ -6,7 +6,7 @@ import pytest
 
 from gpulet.placement import GpuPolicy, Request, TopologyPolicy
 from gpulet.placement.podspec import DeviceCounts, PodSpecError, pod_ask, pod_counts
-from gpulet.sim.objects import container, pod_object
+from gpulet.standins.objects import container, pod_object
 
 
 def test_containers_in_kubelet_order_with_their_requests() -> None:

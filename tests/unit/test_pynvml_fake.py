@@ -18,7 +18,7 @@ import pynvml
 import pytest
 
 from agent.discovery.nvml import NvlinkInfo, NvmlGpu
-from agent.simulate import SimulatedNvml, open_simulated, shipped_nodes
+from agent.simnode import SimulatedNvml, open_simulated, shipped_nodes
 from tests.fakes.nvml import (
     SOURCE,
     Failure,
@@ -586,7 +586,7 @@ def test_pynvml_backend_without_a_driver(fake_lib: Path) -> None:
 def _shipped_nodes() -> list[Any]:
     names: list[Any] = list(shipped_nodes())
     if not names:
-        reason = "agent/simulate/nodes ships no node specs yet"
+        reason = "agent/simnode/nodes ships no node specs yet"
         names = [pytest.param(None, marks=pytest.mark.skip(reason=reason))]
     return names
 

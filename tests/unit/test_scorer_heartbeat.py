@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gpulet.api.stamps import stamp
-from gpulet.sim.objects import container, node_object, pod_object
+from gpulet.standins.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from tests.nodes import shipped

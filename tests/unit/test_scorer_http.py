@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gpulet.sim.objects import container, node_object, pod_object
+from gpulet.standins.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from scorer.server import ExtenderServer

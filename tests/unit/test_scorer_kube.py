@@ -16,8 +16,8 @@ import pytest
 
 from gpulet.api.assignment import parse_assignment
 from gpulet.api.stamps import stamp
-from gpulet.sim.apiserver import ApiServerStandIn
-from gpulet.sim.objects import container, node_object, pod_object
+from gpulet.standins.apiserver import ApiServerStandIn
+from gpulet.standins.objects import container, node_object, pod_object
 from scorer.app import Scorer, build
 from scorer.config import ScorerConfig
 from tests.nodes import shipped

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpulet.placement import Capacity
-from gpulet.sim.objects import container, node_object, pod_object
+from gpulet.standins.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from tests.nodes import shipped

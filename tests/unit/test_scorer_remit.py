@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION
-from gpulet.sim.apiserver import ApiServerStandIn
-from gpulet.sim.objects import container, node_object, pod_object
+from gpulet.standins.apiserver import ApiServerStandIn
+from gpulet.standins.objects import container, node_object, pod_object
 from scorer.app import Scorer
 from scorer.config import ConfigError, load_config
 from tests.nodes import shipped

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from gpulet.httpd import ServerTLS, TLSError, TLSFiles
-from gpulet.sim.objects import container, node_object, pod_object
+from gpulet.standins.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.config import ConfigError, ScorerConfig, load_config
 from scorer.extender import Extender

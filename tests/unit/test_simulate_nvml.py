@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from agent.discovery.nvml import NvlinkInfo, NvmlBackend, NvmlError, NvmlGpu
-from agent.simulate import SimulatedNvml, SimulationError, generate, spec_from_data
-from agent.simulate.nvmljson import derived_uuid
+from agent.simnode import SimulatedNvml, SimulationError, generate, spec_from_data
+from agent.simnode.nvmljson import derived_uuid
 
 Doc = dict[str, Any]
 

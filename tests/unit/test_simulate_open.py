@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from agent.discovery.nvml import NvmlError
-from agent.simulate import (
+from agent.simnode import (
     SimulationError,
     load_directory,
     open_simulated,
     shipped_nodes,
     shipped_spec,
 )
-from agent.simulate.__main__ import main
+from agent.simnode.__main__ import main
 
 SHIPPED = ["dgx-a100", "dgx-h100", "h100-vm", "pcie-16gpu", "pcie-4gpu"]
 

@@ -12,11 +12,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.simulate import SimulationError, parse_spec, spec_from_data
-from agent.simulate.bdf import Bdf
-from agent.simulate.files import Symlink
-from agent.simulate.render import render
-from agent.simulate.spec import Auto, DeviceSpec, GpuSpec, NicSpec, RootPortSpec, SwitchSpec
+from agent.simnode import SimulationError, parse_spec, spec_from_data
+from agent.simnode.bdf import Bdf
+from agent.simnode.files import Symlink
+from agent.simnode.render import render
+from agent.simnode.spec import Auto, DeviceSpec, GpuSpec, NicSpec, RootPortSpec, SwitchSpec
 from gpulet.topology.cpulist import format_cpulist
 
 Spec = dict[str, Any]

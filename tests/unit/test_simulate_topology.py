@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.discovery.nvml import NvmlGpu
-from agent.simulate import SimulatedNode, open_simulated
+from agent.simnode import SimulatedNode, open_simulated
 from gpulet.topology.cpulist import parse_cpulist
 from gpulet.topology.model import Gpu, Nic, NumaNode, PcieLocation, Topology
 

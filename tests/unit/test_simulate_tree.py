@@ -13,16 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.simulate import (
+from agent.simnode import (
     SimulationError,
     generate,
     shipped_nodes,
     shipped_spec,
     spec_from_data,
 )
-from agent.simulate.files import Files, Symlink, kernel_link
-from agent.simulate.layout import Bridge, lay_out
-from agent.simulate.render import render
+from agent.simnode.files import Files, Symlink, kernel_link
+from agent.simnode.layout import Bridge, lay_out
+from agent.simnode.render import render
 from gpulet.topology.links import pcie_link
 from gpulet.topology.model import PcieLocation
 

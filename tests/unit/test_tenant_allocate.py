@@ -31,8 +31,8 @@ from deviceplugin.ids import device_id
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.api.resources import ALLOCATED_ANNOTATION
-from gpulet.sim.kubelet import AllocateFailed
-from gpulet.sim.objects import container, pod_object
+from gpulet.standins.kubelet import AllocateFailed
+from gpulet.standins.objects import container, pod_object
 from native.region import DeviceLimit, read_limits
 from tests.nodes import shipped
 from tests.unit import test_agent_path as path

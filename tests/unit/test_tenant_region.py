@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gpulet.sim.objects import container, pod_object
+from gpulet.standins.objects import container, pod_object
 from tests.unit import test_agent_path as path
 
 cluster = path.cluster

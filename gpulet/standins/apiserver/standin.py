@@ -1,0 +1,179 @@
+"""ApiServerStandIn: the in-process API server, its direct store access, and its controls."""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+
+import kubernetes.client
+import yaml
+
+from gpulet.standins.apiserver.journal import Journal
+from gpulet.standins.apiserver.resources import EVENTS, NODES, PODS, JsonObject, Resource, key_of
+from gpulet.standins.apiserver.rest import CoreV1
+from gpulet.standins.apiserver.reviews import Reviews
+from gpulet.standins.apiserver.server import ApiHttpServer
+from gpulet.standins.apiserver.store import Store
+
+
+class ApiServerStandIn:
+    """A Kubernetes API server for nodes, pods and bindings, and the TokenReviews and
+    SubjectAccessReviews of the tokens and grants given it (add_token, allow), on 127.0.0.1
+    at a free port, serving from a daemon thread from construction until stop()."""
+
+    def __init__(self, *, history_size: int = 10_000) -> None:
+        """history_size: how many writes back a watch can resume from (older: 410)."""
+        self._store = Store(history_size)
+        self._bindings: Journal[JsonObject] = Journal()
+        self._reviews = Reviews(CoreV1(self._store, self._bindings.append))
+        self._server = ApiHttpServer(("127.0.0.1", 0), self._reviews, self._store)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"apiserver-standin {self.url}",
+            daemon=True,
+        )
+        self._stopped = threading.Event()
+        self._thread.start()
+
+    def __enter__(self) -> ApiServerStandIn:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End every watch, close every connection, stop serving. Idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._store.close()
+        # Closed, the store ends every watch; each stream then writes its last chunk. Shutting
+        # the connections before that would break streams that were ending cleanly.
+        self._server.drain_streams(timeout=2.0)
+        self._server.shutdown()
+        self._server.close_connections()
+        self._server.server_close()
+        self._thread.join()
+
+    # ---- clients ----
+
+    def configuration(self) -> kubernetes.client.Configuration:
+        """A client configuration for this server (no authentication)."""
+        return kubernetes.client.Configuration(host=self.url)
+
+    def write_kubeconfig(self, path: str | os.PathLike[str]) -> None:
+        """A kubeconfig whose current context is this server, with no authentication."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
+            "users": [{"name": "standin", "user": {}}],
+            "contexts": [
+                {
+                    "name": "standin",
+                    "context": {"cluster": "standin", "user": "standin", "namespace": "default"},
+                }
+            ],
+            "current-context": "standin",
+        }
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(config, f)
+
+    # ---- the store, directly (no HTTP); writes reach watchers as any other ----
+
+    def create_node(self, obj: JsonObject) -> JsonObject:
+        return self._store.create(NODES, obj)
+
+    def create_pod(self, obj: JsonObject) -> JsonObject:
+        """The namespace is metadata.namespace, else "default"."""
+        return self._store.create(PODS, obj)
+
+    def get_node(self, name: str) -> JsonObject | None:
+        return self._store.find(NODES, "", name)
+
+    def get_pod(self, namespace: str, name: str) -> JsonObject | None:
+        return self._store.find(PODS, namespace, name)
+
+    def nodes(self) -> list[JsonObject]:
+        return self._store.list_objects(NODES)[0]
+
+    def events(self) -> list[JsonObject]:
+        return self._store.list_objects(EVENTS)[0]
+
+    def pods(self) -> list[JsonObject]:
+        """Pods of every namespace."""
+        return self._store.list_objects(PODS)[0]
+
+    def update_node(self, obj: JsonObject) -> JsonObject:
+        """Replace the node, whatever resourceVersion obj carries (MODIFIED)."""
+        return self._replace(NODES, obj)
+
+    def update_pod(self, obj: JsonObject) -> JsonObject:
+        """Replace the pod, whatever resourceVersion obj carries (MODIFIED)."""
+        return self._replace(PODS, obj)
+
+    def delete_node(self, name: str) -> None:
+        self._store.delete(NODES, "", name)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        self._store.delete(PODS, namespace, name)
+
+    def _replace(self, resource: Resource, obj: JsonObject) -> JsonObject:
+        replacement = copy.deepcopy(obj)
+        replacement.get("metadata", {}).pop("resourceVersion", None)
+        namespace, name = key_of(replacement)
+        if resource.namespaced and not namespace:
+            namespace = "default"
+        return self._store.update(resource, namespace, name, lambda _: replacement)
+
+    # ---- who is who, and who may read what (TokenReview, SubjectAccessReview) ----
+
+    def add_token(
+        self,
+        token: str,
+        username: str,
+        *,
+        uid: str = "",
+        groups: Sequence[str] = (),
+        extra: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """A TokenReview of `token` answers this user (in `groups` and
+        system:authenticated); of any other token, not authenticated."""
+        self._reviews.add_token(token, username, uid=uid, groups=groups, extra=extra)
+
+    def allow(self, subject: str, path: str, verb: str = "get") -> None:
+        """A SubjectAccessReview allows `subject` (a user name or a group) to `verb` the
+        non-resource URL `path` (RBAC's `nonResourceURLs`: a trailing `*` matches any rest);
+        nothing else is allowed."""
+        self._reviews.allow(subject, path, verb)
+
+    # ---- what the server saw, and faults ----
+
+    @property
+    def bindings(self) -> list[JsonObject]:
+        """Every Binding body that reached a binding endpoint, accepted or not, in order."""
+        return self._bindings.items()
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path with query) of every HTTP request, in order."""
+        return self._server.requests.items()
+
+    def fail_next(self, method: str, path_regex: str, code: int, times: int = 1) -> None:
+        """Answer the next `times` requests of `method` whose path with query matches
+        `path_regex` (re.search) with a Status error of HTTP `code`, doing nothing else."""
+        self._server.faults.add(method, path_regex, code, times)
+
+    def drop_watches(self) -> None:
+        """End every open watch stream cleanly, as an API server's watch timeout does."""
+        self._store.drop_watches()

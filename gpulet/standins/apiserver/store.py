@@ -1,0 +1,207 @@
+"""Nodes and pods, the resourceVersion counter, and the recent history that watches replay."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import takewhile
+
+from gpulet.standins.apiserver.resources import (
+    EVENTS,
+    NODES,
+    PODS,
+    JsonObject,
+    Resource,
+    generated_name,
+    key_of,
+    metadata,
+    stamp_new,
+)
+from gpulet.standins.apiserver.status import already_exists, conflict, expired, invalid, not_found
+
+ADDED = "ADDED"
+MODIFIED = "MODIFIED"
+DELETED = "DELETED"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One write: the object after it (for DELETED, the last state at the deletion's
+    resourceVersion) and before it (None for ADDED). Neither is ever mutated."""
+
+    resource_version: int
+    type: str
+    resource: Resource
+    object: JsonObject
+    previous: JsonObject | None
+
+
+class Store:
+    """The API server's storage: every write takes the next resourceVersion of one global
+    counter and goes into a bounded history. Thread-safe; hands out copies only."""
+
+    def __init__(self, history_size: int) -> None:
+        self._changed = threading.Condition()
+        self._objects: dict[Resource, dict[tuple[str, str], JsonObject]] = {
+            PODS: {},
+            NODES: {},
+            EVENTS: {},
+        }
+        self._version = 0
+        self._history: deque[Change] = deque(maxlen=history_size)
+        self._compacted = 0  # the newest resourceVersion no longer in the history
+        self._watch_generation = 0
+        self._closed = False
+
+    def find(self, resource: Resource, namespace: str, name: str) -> JsonObject | None:
+        """A copy of the object, or None."""
+        with self._changed:
+            found = self._objects[resource].get((namespace, name))
+            return copy.deepcopy(found) if found is not None else None
+
+    def get(self, resource: Resource, namespace: str, name: str) -> JsonObject:
+        """A copy of the object; raises NotFound."""
+        found = self.find(resource, namespace, name)
+        if found is None:
+            raise not_found(resource.plural, name)
+        return found
+
+    def list_objects(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        matches: Callable[[JsonObject], bool] | None = None,
+    ) -> tuple[list[JsonObject], int]:
+        """Copies of the matching objects (in namespace/name order; namespace None for all),
+        and the resourceVersion they are current at."""
+        with self._changed:
+            found = [
+                copy.deepcopy(obj)
+                for (ns, _), obj in sorted(self._objects[resource].items())
+                if (namespace is None or ns == namespace) and (matches is None or matches(obj))
+            ]
+            return found, self._version
+
+    def create(self, resource: Resource, obj: JsonObject) -> JsonObject:
+        """Store a new object (a pod's namespace defaults to "default"); raises
+        AlreadyExists, or Invalid when it has neither name nor generateName."""
+        obj = copy.deepcopy(obj)
+        meta = metadata(obj)
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise invalid(
+                    resource.kind,
+                    resource.plural,
+                    "",
+                    "metadata.name: Required value: name or generateName is required",
+                )
+            meta["name"] = generated_name(str(meta["generateName"]))
+        if resource.namespaced:
+            meta.setdefault("namespace", "default")
+        else:
+            meta.pop("namespace", None)
+        stamp_new(resource, obj)
+        key = key_of(obj)
+        with self._changed:
+            if key in self._objects[resource]:
+                raise already_exists(resource.plural, key[1])
+            self._commit(resource, ADDED, obj, None)
+        return copy.deepcopy(obj)
+
+    def update(
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        change: Callable[[JsonObject], JsonObject],
+    ) -> JsonObject:
+        """Replace the object by change(a copy of it), atomically. A metadata.resourceVersion
+        left in the result is a precondition (Conflict unless current); the name and
+        namespace may not change; uid and creationTimestamp are kept."""
+        with self._changed:
+            current = self._objects[resource].get((namespace, name))
+            if current is None:
+                raise not_found(resource.plural, name)
+            updated = change(copy.deepcopy(current))
+            meta, before = metadata(updated), current["metadata"]
+            expected = meta.get("resourceVersion")
+            if expected not in (None, "") and str(expected) != before["resourceVersion"]:
+                raise conflict(resource.plural, name)
+            for field in ("name", "namespace"):
+                if meta.get(field, before.get(field)) != before.get(field):
+                    raise invalid(
+                        resource.kind,
+                        resource.plural,
+                        name,
+                        f'metadata.{field}: Invalid value: "{meta[field]}": field is immutable',
+                    )
+            for field in ("name", "namespace", "uid", "creationTimestamp"):
+                if field in before:
+                    meta[field] = before[field]
+            updated["apiVersion"], updated["kind"] = current["apiVersion"], current["kind"]
+            self._commit(resource, MODIFIED, updated, current)
+            return copy.deepcopy(updated)
+
+    def delete(self, resource: Resource, namespace: str, name: str) -> JsonObject:
+        """Remove the object at once; returns its last state, at the deletion's version."""
+        with self._changed:
+            current = self._objects[resource].get((namespace, name))
+            if current is None:
+                raise not_found(resource.plural, name)
+            gone = copy.deepcopy(current)
+            self._commit(resource, DELETED, gone, current)
+            return copy.deepcopy(gone)
+
+    def _commit(
+        self, resource: Resource, kind: str, obj: JsonObject, previous: JsonObject | None
+    ) -> None:
+        self._version += 1
+        obj["metadata"]["resourceVersion"] = str(self._version)
+        key = key_of(obj)
+        if kind == DELETED:
+            del self._objects[resource][key]
+        else:
+            self._objects[resource][key] = obj
+        if len(self._history) == self._history.maxlen:
+            self._compacted = self._history[0].resource_version
+        self._history.append(Change(self._version, kind, resource, obj, previous))
+        self._changed.notify_all()
+
+    def watch_generation(self) -> int:
+        """Changes when drop_watches() is called: a watch ends when it sees it change."""
+        with self._changed:
+            return self._watch_generation
+
+    def wait_for_changes(self, after: int, generation: int, timeout: float) -> list[Change] | None:
+        """The changes after resourceVersion `after`, once there are any or `timeout`
+        seconds have passed (then maybe none); None once the store is closed or watches were
+        dropped since `generation`. Raises Expired when the history no longer reaches back
+        to `after`."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: (
+                    self._version > after or self._closed or self._watch_generation != generation
+                ),
+                timeout,
+            )
+            if self._closed or self._watch_generation != generation:
+                return None
+            if after < self._compacted:
+                raise expired(f"too old resource version: {after} ({self._compacted})")
+            newer = takewhile(lambda c: c.resource_version > after, reversed(self._history))
+            return list(newer)[::-1]
+
+    def drop_watches(self) -> None:
+        """End every open watch."""
+        with self._changed:
+            self._watch_generation += 1
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """End every watch, for good."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
