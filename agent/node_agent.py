@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,12 +29,14 @@ from agent.loop import Every
 from agent.metrics import AgentCollector, MetricsServer
 from agent.monitor import Finding, Monitor, Violation
 from agent.pinner import Pinner
+from agent.plugincore import AgentSpec, ListedContainer, build
 from agent.recover import recover_from_pods
-from agent.standalone import Standalone, build
+from agent.supervisor import Supervisor
 from agent.usage import UsageSource
 from deviceplugin.core import DevicePluginCore
 from deviceplugin.grants import Grant
 from deviceplugin.health import PortStates, XidSource
+from deviceplugin.ledger import Ledger
 from deviceplugin.manager import PluginManager
 from gpulet.kube.calls import CoreCalls, ReviewCalls
 from gpulet.topology.document import dumps
@@ -79,31 +82,64 @@ class Monitoring:
 
 @dataclass
 class NodeAgent:
+    """The agent's parts, for tests and the command line to look at; `supervisor` owns
+    their lifecycle (`stop`)."""
+
     core: DevicePluginCore
     manager: PluginManager
     pods: ApiPodSource
     publisher: NodePublisher
+    supervisor: Supervisor
     monitor: Monitor | None = None
     metrics: MetricsServer | None = None
     loops: list[Every] = field(default_factory=list)
     recorder: AllocatedRecorder | None = None
 
     def stop(self) -> None:
-        if self.recorder is not None:
-            self.recorder.stop()
-        for loop in self.loops:
-            loop.stop()
-        if self.monitor is not None:
-            self.monitor.stop()  # thaws every container the compute backstop holds
-        if self.metrics is not None:
-            self.metrics.stop()
-        self.manager.stop()
-        self.publisher.stop()
-        self.pods.stop()
+        """Stop every part, last started first (the monitor's loop before the duty cycle,
+        which thaws every container the compute backstop holds; the device plugins before
+        the pods' watch)."""
+        self.supervisor.stop()
+
+
+class CoreLink:
+    """The device-plugin core, for the parts that start before it is built: the pods' watch
+    (the core's recovery needs the node's pods listed) and the recorder of what was
+    allocated (the core reports each grant to it). A pod gone before the core is bound is
+    released once it is; before then there are no grants."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._core: DevicePluginCore | None = None
+        self._gone: list[str] = []
+
+    def bind(self, core: DevicePluginCore) -> None:
+        with self._lock:
+            self._core, gone, self._gone = core, self._gone, []
+        for uid in gone:
+            _release(core, uid)
+
+    def release_pod(self, uid: str) -> None:
+        with self._lock:
+            core = self._core
+            if core is None:
+                self._gone.append(uid)
+                return
+        _release(core, uid)
+
+    def grants(self) -> tuple[Grant, ...]:
+        core = self._core
+        return core.grants() if core is not None else ()
+
+
+def _release(core: DevicePluginCore, uid: str) -> None:
+    dropped = core.release_pod(uid)
+    if dropped:
+        log.info("event=released pod_uid=%s grants=%d", uid, len(dropped))
 
 
 def start(
-    spec: Standalone,
+    spec: AgentSpec,
     api: CoreCalls,
     xids: XidSource | None,
     ports: PortStates | None,
@@ -114,87 +150,86 @@ def start(
     monitoring: Monitoring | None = None,
 ) -> NodeAgent:
     """Publish, learn the node's pods, then serve kubelet (which may call Allocate at once,
-    so the pods come first)."""
+    so the pods come first); then pin, watch usage, serve metrics. Each part is started as
+    it is built, in that order: if one fails (or building one does), those started are
+    stopped, last first, and the error raised."""
     node = spec.config.node_name
     if not node:
         raise ValueError("the agent needs its Kubernetes node name (--node-name)")
     topo = replace(spec.topo, node=node)
-    publisher = NodePublisher(api, node, dumps(topo), heartbeat_s=heartbeat_s)
-    publisher.start()
-    released: list[str] = []
-    holder: list[DevicePluginCore] = []
+    spec = replace(spec, topo=topo)
+    parts = Supervisor()
+    with parts.starting():
+        publisher = NodePublisher(api, node, dumps(topo), heartbeat_s=heartbeat_s)
+        parts.start("node-publisher", publisher)
+        link = CoreLink()
+        pods = parts.start("pods-watch", ApiPodSource(api, node, on_gone=link.release_pod))
+        if not pods.wait_ready(sync_timeout_s):
+            log.warning("event=pods-not-listed timeout_s=%s", sync_timeout_s)
+        recorder = AllocatedRecorder(api, pods.pod, link.grants)
+        parts.start("allocated-recorder", recorder)
 
-    def gone(uid: str) -> None:
-        if holder:
-            dropped = holder[0].release_pod(uid)
-            if dropped:
-                log.info("event=released pod_uid=%s grants=%d", uid, len(dropped))
-        else:
-            released.append(uid)
+        def recover(ledger: Ledger, listed: list[ListedContainer] | None) -> int:
+            return recover_from_pods(ledger, pods.pods(), topo, spec.config, listed)
 
-    pods = ApiPodSource(api, node, on_gone=gone)
-    pods.start()
-    if not pods.wait_ready(sync_timeout_s):
-        log.warning("event=pods-not-listed timeout_s=%s", sync_timeout_s)
-
-    def grants() -> tuple[Grant, ...]:
-        return holder[0].grants()  # the core, once built (grants come only after that)
-
-    recorder = AllocatedRecorder(api, pods.pod, grants)
-    recorder.start()
-    core = build(
-        replace(spec, topo=topo),
-        pods,
-        recorder.granted,
-        recover=lambda ledger, listed: recover_from_pods(
-            ledger, pods.pods(), topo, spec.config, listed
-        ),
-    )
-    holder.append(core)
-    for uid in released:
-        core.release_pod(uid)
-    manager = PluginManager(core, spec.plugin_dir, xids, ports)
-    manager.start()
-    loops: list[Every] = []
-    if pinning is not None:
-        pinner = Pinner(topo, pods.pods, pinning.cgroup_root, pinning.cpu_manager_state)
-        loops.append(Every("gpulet-pin", pinning.interval_s, pinner.reconcile))
-        loops[-1].start()
-    agent = NodeAgent(core, manager, pods, publisher, loops=loops, recorder=recorder)
-    if monitoring is not None:
-        events = EventReporter(api, node)
-
-        def report(found: Finding) -> None:
-            pod = pods.pod(found.pod_uid)
-            if pod is not None:
-                events.warn(pod, *_event(found))
-
-        freezing = _freezing(monitoring, spec.state_dir / DUTY_LEDGER)
-        agent.monitor = Monitor(
-            monitoring.usage,
-            ProcessTable(monitoring.proc_root),
-            core.grants,
-            pods.pods,
-            enforce=monitoring.enforce,
-            report=report,
-            compute=replace(monitoring.compute, sample_s=monitoring.interval_s),
-            freezing=freezing,
-        )
-        loop = Every("gpulet-monitor", monitoring.interval_s, agent.monitor.tick)
-        loop.start()
-        agent.loops.append(loop)
-        if monitoring.metrics_port is not None:
-            monitor = agent.monitor
-            agent.metrics = MetricsServer(
-                AgentCollector(core, monitor),
-                monitoring.metrics_port,
-                healthy=manager.serving,
-                documents={"/allocations": lambda: allocations(core, monitor, pods.pod)},
-                access=metrics_access(monitoring.metrics_auth, api),
-            )
-            agent.metrics.start()
+        core = build(spec, pods, recorder.granted, recover=recover)
+        link.bind(core)
+        manager = parts.start("device-plugins", PluginManager(core, spec.plugin_dir, xids, ports))
+        agent = NodeAgent(core, manager, pods, publisher, parts, recorder=recorder)
+        if pinning is not None:
+            pinner = Pinner(topo, pods.pods, pinning.cgroup_root, pinning.cpu_manager_state)
+            loop = Every("gpulet-pin", pinning.interval_s, pinner.reconcile)
+            agent.loops.append(parts.start("pinner", loop))
+        if monitoring is not None:
+            ledger = spec.state_dir / DUTY_LEDGER
+            _start_monitoring(agent, parts, monitoring, api=api, node=node, ledger=ledger)
     gc.freeze()  # as agent.standalone.start: keep the long-lived out of full collections
     return agent
+
+
+def _start_monitoring(
+    agent: NodeAgent,
+    parts: Supervisor,
+    monitoring: Monitoring,
+    *,
+    api: CoreCalls,
+    node: str,
+    ledger: Path,
+) -> None:
+    """The usage monitor and its backstops (the compute backstop's duty cycle first, so that
+    it runs before any sample can ask it to freeze), then the metrics server."""
+    core, pods, manager = agent.core, agent.pods, agent.manager
+    events = EventReporter(api, node)
+
+    def report(found: Finding) -> None:
+        pod = pods.pod(found.pod_uid)
+        if pod is not None:
+            events.warn(pod, *_event(found))
+
+    freezing = _freezing(monitoring, ledger)
+    monitor = agent.monitor = Monitor(
+        monitoring.usage,
+        ProcessTable(monitoring.proc_root),
+        core.grants,
+        pods.pods,
+        enforce=monitoring.enforce,
+        report=report,
+        compute=replace(monitoring.compute, sample_s=monitoring.interval_s),
+        freezing=freezing,
+    )
+    if freezing is not None:
+        parts.start("duty-cycle", freezing.duty)  # its stop thaws every container it holds
+    loop = Every("gpulet-monitor", monitoring.interval_s, monitor.tick)
+    agent.loops.append(parts.start("monitor", loop))
+    if monitoring.metrics_port is not None:
+        server = MetricsServer(
+            AgentCollector(core, monitor),
+            monitoring.metrics_port,
+            healthy=manager.serving,
+            documents={"/allocations": lambda: allocations(core, monitor, pods.pod)},
+            access=metrics_access(monitoring.metrics_auth, api),
+        )
+        agent.metrics = parts.start("metrics-server", server)
 
 
 def metrics_access(auth: str, api: CoreCalls) -> KubernetesAccess | None:
@@ -209,8 +244,9 @@ def metrics_access(auth: str, api: CoreCalls) -> KubernetesAccess | None:
 
 
 def _freezing(monitoring: Monitoring, ledger: Path) -> Freezing | None:
-    """The duty cycle, started, with enforcement on and a cgroup root; else None. What an
-    agent that died mid-cycle left frozen is thawed first, whatever the setting now."""
+    """The duty cycle (not started: its `start` thaws what an agent that died mid-cycle
+    left frozen), with enforcement on and a cgroup root; else None, and what such an agent
+    left frozen is thawed now."""
     if monitoring.enforce == "report" or monitoring.cgroup_root is None:
         thaw_left_frozen(ledger)
         if monitoring.enforce != "report":
@@ -221,7 +257,6 @@ def _freezing(monitoring: Monitoring, ledger: Path) -> Freezing | None:
         return None
     root = monitoring.cgroup_root
     duty = DutyCycle(monitoring.compute.period_s, ledger=ledger)
-    duty.start()
 
     def locate(ref: ContainerRef) -> CgroupFreezer:
         return locate_freezer(root, ref)

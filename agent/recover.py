@@ -2,7 +2,7 @@
 carries the extender's assignment (what each container gets) and the agent's
 `gpulet.io/allocated` (which device IDs kubelet gave each container). Together they give the
 exact grant, a slice as a slice; kubelet's pod-resources List alone gives only the IDs, and
-the agent would have to hold their GPUs whole (`agent.standalone.adopt`).
+the agent would have to hold their GPUs whole (`agent.plugincore.adopt`).
 
 Both annotations are the pod owner's to edit, so they are trusted no further than Allocate
 trusts them: a pod whose assignment gives other than its own resources ask
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.kube import container_requests
-from agent.standalone import ListedContainer
+from agent.plugincore import ListedContainer
 from deviceplugin.assignment import ContainerRequest, EntryError, check_entry
 from deviceplugin.grants import GpuShare, Grant
 from deviceplugin.inventory import shareable_gpus
@@ -135,14 +135,7 @@ def pod_grants(
             region = None
             if resource == GPU_RESOURCE and device_ids:
                 shares = tuple(
-                    GpuShare(
-                        a.uuid,
-                        gpus[a.uuid].index,
-                        a.core,
-                        gpus[a.uuid].memory_mib if a.exclusive else a.memory_mib,
-                        a.exclusive,
-                    )
-                    for a in entry.gpus
+                    a.on_gpu(gpus[a.uuid].index, gpus[a.uuid].memory_mib) for a in entry.gpus
                 )
                 region = str(region_root / uid / name)
             elif device_ids:

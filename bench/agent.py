@@ -37,10 +37,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.discovery import discover
-from agent.discovery.netlink import SysfsLinkState
 from agent.simnode import open_simulated
-from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
+from gpulet.api.assignment import Assignment, ContainerAssignment, dump_assignment
+from gpulet.api.share import GpuShare
 from gpulet.api.stamps import stamp
 from gpulet.demo.run import allocate_once_seen
 from gpulet.standins.apiserver import ApiServerStandIn
@@ -101,7 +100,7 @@ def populate(
     regions: list[Region] = []
     for i in range(count):
         gpu = topo.gpus[i % len(topo.gpus)]
-        share = AssignedGpu(gpu.uuid, 10, 4096)
+        share = GpuShare(gpu.uuid, 10, 4096)
         assignment = Assignment(NODE, (ContainerAssignment("main", (share,), (), (gpu.numa,)),))
         pod = pod_object(f"infer-{i}", container("main", gpus=1, core=10, memory=4096))
         pod["spec"]["nodeName"] = NODE
@@ -174,7 +173,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     sim = open_simulated("dgx-h100")
-    topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), NODE)
+    topo = sim.topology(NODE)
     work = Path(tempfile.mkdtemp(prefix="gab"))
     print(f"gpulet agent benchmark  python {platform.python_version()}  {platform.machine()}")
     try:

@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.nodes
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.api import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 from deviceplugin.assignment import (
-    AssignedGpu,
     Assignment,
     ContainerAssignment,
     ContainerRequest,
+    GpuShare,
     PendingPod,
     StaticPodSource,
     dump_assignment,
@@ -193,7 +193,7 @@ def main() -> None:
             gpu = topo.gpus[i % len(topo.gpus)]
             assignment = Assignment(
                 node=topo.node,
-                containers=(ContainerAssignment("main", gpus=(AssignedGpu(gpu.uuid, 1, 256),)),),
+                containers=(ContainerAssignment("main", gpus=(GpuShare(gpu.uuid, 1, 256),)),),
             )
             pods.add(
                 PendingPod(

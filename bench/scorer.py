@@ -38,13 +38,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.nodes
 
-from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
+from gpulet.api.assignment import Assignment, ContainerAssignment, dump_assignment
+from gpulet.api.share import GpuShare
 from gpulet.api.stamps import stamp
 from gpulet.standins.objects import container, node_object, pod_object
 from scorer.app import tune_gc
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from scorer.server import ExtenderServer
+from scorer.wire import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    HostPriorityList,
+    NodeList,
+)
 from tests.nodes import shipped
 
 SHAPES = {
@@ -74,11 +83,11 @@ def build_cluster(n: int, seed: int) -> tuple[ClusterView, list[dict[str, Any]]]
         view.set_node_object(obj)
         for gpu in topo.gpus:
             roll = rng.random()
-            shares: list[AssignedGpu] = []
+            shares: list[GpuShare] = []
             if roll < 0.25:
-                shares = [AssignedGpu(gpu.uuid, 100, gpu.memory_mib, True)]
+                shares = [GpuShare(gpu.uuid, 100, gpu.memory_mib, True)]
             elif roll < 0.5:
-                shares = [AssignedGpu(gpu.uuid, 20, 10_000, False)] * rng.randint(1, 3)
+                shares = [GpuShare(gpu.uuid, 20, 10_000, False)] * rng.randint(1, 3)
             for share in shares:
                 nics = tuple(rng.sample([k.key for k in topo.nics], rng.randint(0, 1)))
                 assignment = Assignment(name, (ContainerAssignment("main", (share,), nics),))
@@ -118,29 +127,33 @@ class Client:
 
 
 def one_pod(
-    client: Client, shape: str, n: int, nodes: dict[str, Any]
+    client: Client, shape: str, n: int, nodes: NodeList | tuple[str, ...]
 ) -> tuple[float, dict[str, Any], str | None]:
-    """Filter + prioritize one new pod of `shape`: the milliseconds, the pod, its best node."""
+    """Filter + prioritize one new pod of `shape` on `nodes` (Node objects, or names): the
+    milliseconds, the pod, its best node."""
     annotations = RESTRICTED if "restricted" in shape else None
     pod = pod_object(f"p-{random.random():.12f}", *SHAPES[shape](), annotations=annotations)
-    t0 = time.perf_counter()
-    passed = client.post("filter", json.dumps({"Pod": pod, **nodes}).encode())
-    if passed["NodeNames"] is not None:
-        names = passed["NodeNames"]
+    if isinstance(nodes, NodeList):
+        args = ExtenderArgs(pod, nodes=nodes)
     else:
-        names = [i["metadata"]["name"] for i in passed["Nodes"]["items"]]
-    scores = client.post("prioritize", json.dumps({"Pod": pod, "NodeNames": names}).encode())
+        args = ExtenderArgs(pod, node_names=nodes)
+    t0 = time.perf_counter()
+    passed = ExtenderFilterResult.parse(client.post("filter", json.dumps(args.dump()).encode()))
+    args = ExtenderArgs(pod, node_names=passed.names())
+    answer = client.post("prioritize", json.dumps(args.dump()).encode())
     elapsed = (time.perf_counter() - t0) * 1000
-    best = max(scores, key=lambda s: s["Score"])["Host"] if scores else None
+    # Read after the clock stops: kube-scheduler's own reading is not the extender's time.
+    scores = HostPriorityList.parse(answer)
+    best = max(scores, key=lambda s: s.score).host if scores else None
     return elapsed, pod, best
 
 
 def bind(client: Client, pod: dict[str, Any], node: str) -> None:
     meta = pod["metadata"]
-    args = {"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"], "Node": node}
-    answer = client.post("bind", json.dumps(args).encode())
-    if answer["Error"]:
-        raise RuntimeError(answer["Error"])
+    args = ExtenderBindingArgs(meta["name"], "default", meta["uid"], node)
+    answer = ExtenderBindingResult.parse(client.post("bind", json.dumps(args.dump()).encode()))
+    if answer.error:
+        raise RuntimeError(answer.error)
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -156,11 +169,11 @@ class Window:
         self._size = feasible if 0 < feasible < n else n
         self._start = 0
 
-    def next(self) -> dict[str, list[str]]:
+    def next(self) -> tuple[str, ...]:
         names = self._names
-        chosen = [names[(self._start + i) % len(names)] for i in range(self._size)]
+        chosen = tuple(names[(self._start + i) % len(names)] for i in range(self._size))
         self._start = (self._start + self._size) % len(names)
-        return {"NodeNames": chosen}
+        return chosen
 
 
 def run(n: int, pods: int, object_pods: int, seed: int, feasible: int = 0) -> None:
@@ -173,7 +186,7 @@ def run(n: int, pods: int, object_pods: int, seed: int, feasible: int = 0) -> No
     print(f"\n{n} nodes (built and served in {time.perf_counter() - t0:.1f} s)")
     client = Client(port)
     window = Window(n, feasible)
-    asked = len(window.next()["NodeNames"])
+    asked = len(window.next())
     if asked < n:
         print(f"  each request names {asked} of the {n} nodes (--feasible)")
     try:
@@ -203,8 +216,8 @@ def run(n: int, pods: int, object_pods: int, seed: int, feasible: int = 0) -> No
         )
         if object_pods:
             _, objects = build_cluster(n, seed)
-            full = {"Nodes": {"apiVersion": "v1", "kind": "NodeList", "items": objects}}
-            size = len(json.dumps(full)) / 1e6
+            full = NodeList(tuple(objects))
+            size = len(json.dumps(full.dump())) / 1e6
             samples = [
                 one_pod(client, rng.choice(list(SHAPES)), n, full)[0] for _ in range(object_pods)
             ]

@@ -15,7 +15,6 @@ from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, check_resource
 from gpulet.api.assignment import (
     ANNOTATION,
     VERSION,
-    AssignedGpu,
     Assignment,
     AssignmentError,
     ContainerAssignment,
@@ -23,16 +22,17 @@ from gpulet.api.assignment import (
     parse_assignment,
 )
 from gpulet.api.resources import CORE_RESOURCE, MEMORY_RESOURCE
+from gpulet.api.share import GpuShare
 
 __all__ = [
     "ANNOTATION",
     "VERSION",
-    "AssignedGpu",
     "Assignment",
     "AssignmentError",
     "ContainerAssignment",
     "ContainerRequest",
     "EntryError",
+    "GpuShare",
     "MatchError",
     "PendingPod",
     "PodSource",
@@ -281,7 +281,7 @@ def _problem(
     return None
 
 
-def _share_problem(request: ContainerRequest, g: AssignedGpu, memory: int) -> str | None:
+def _share_problem(request: ContainerRequest, g: GpuShare, memory: int) -> str | None:
     """How one assigned GPU differs from the request (`memory`: the GPU's, MiB)."""
     if request.whole:
         if not g.exclusive:

@@ -216,10 +216,10 @@ def grant_from(d: Any) -> Grant:
     gpus = tuple(
         GpuShare(
             _typed(s["uuid"], str, "uuid"),
-            _typed(s["index"], int, "index"),
             _typed(s["core"], int, "core"),
             _typed(s["memory_mib"], int, "memory_mib"),
             _typed(s["exclusive"], bool, "exclusive"),
+            index=_typed(s["index"], int, "index"),
         )
         for s in _typed(d["gpus"], list, "gpus")
     )

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from gpulet.api.share import GpuShare
 
-@dataclass(frozen=True)
-class GpuShare:
-    """What one GPU gives a container."""
-
-    uuid: str
-    index: int
-    core: int
-    memory_mib: int
-    #: Held whole: no other container may have any of it.
-    exclusive: bool
+__all__ = ["GpuShare", "Grant"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +22,7 @@ class Grant:
 
     resource: str
     device_ids: tuple[str, ...]
+    #: What each GPU gives the container (with the GPU's index on this node).
     gpus: tuple[GpuShare, ...] = ()
     nics: tuple[str, ...] = ()
     pod_uid: str | None = None

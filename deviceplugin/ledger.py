@@ -8,6 +8,7 @@ CheckpointError; the caller starts empty and rebuilds from kubelet's pod-resourc
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterable, Mapping, Set
 from pathlib import Path
@@ -16,7 +17,8 @@ from deviceplugin import checkpoint
 from deviceplugin.checkpoint import CheckpointError
 from deviceplugin.grants import GpuShare, Grant
 from deviceplugin.resources import PluginConfig
-from gpulet.placement import GpuUsage, NodeState
+from gpulet.api.share import IDLE, GpuUsage
+from gpulet.placement import NodeState
 from gpulet.topology import Topology
 
 __all__ = [
@@ -34,38 +36,37 @@ class DoubleGrantError(Exception):
 
 
 def node_state(grants: Iterable[Grant], topo: Topology, config: PluginConfig) -> NodeState:
-    """The placement engine's view of `grants`: slots, core and memory per GPU (a whole GPU
-    takes all of them), slots per NIC. Totals are summed, so an over-commit shows."""
-    tally = _Tally()
+    """The placement engine's view of `grants`: what each GPU and port has given out, as
+    `gpulet.api.share` counts it. Totals are summed, so an over-commit shows."""
+    tally = _Tally(config.gpu_slots, topo)
     for grant in grants:
         tally.count(grant, 1)
-    return tally.state(topo, config)
+    return tally.state()
 
 
 class _Tally:
-    """Per GPU: slices, their core and memory, and the memory of each whole share; per NIC:
-    slots. Kept with every change, so the engine's view costs the node's size, not the
-    number of grants."""
+    """What each GPU (by index) and each port has given out, kept with every change, so the
+    engine's view costs the node's size, not the number of grants. Charges depend on the
+    slots per GPU and each GPU's memory: a tally is for one of each."""
 
-    def __init__(self) -> None:
-        self.gpus: dict[int, tuple[int, int, int]] = {}
-        self.whole: dict[int, list[int]] = {}
+    def __init__(self, slots_per_gpu: int, topo: Topology) -> None:
+        self.key = _tally_key(slots_per_gpu, topo)
+        self.slots_per_gpu = slots_per_gpu
+        self.memory = {g.index: g.memory_mib for g in topo.gpus}
+        self.gpus: dict[int, GpuUsage] = {}
         self.nics: dict[str, int] = {}
+
+    def copy(self) -> _Tally:
+        other = copy.copy(self)
+        other.gpus, other.nics = dict(self.gpus), dict(self.nics)
+        return other
 
     def count(self, grant: Grant, sign: int) -> None:
         for share in grant.gpus:
-            if share.exclusive:
-                held = self.whole.setdefault(share.index, [])
-                if sign > 0:
-                    held.append(share.memory_mib)
-                else:
-                    held.remove(share.memory_mib)
-                    if not held:
-                        del self.whole[share.index]
-                continue
-            slices, core, mib = self.gpus.get(share.index, (0, 0, 0))
-            use = (slices + sign, core + sign * share.core, mib + sign * share.memory_mib)
-            if use == (0, 0, 0):
+            charge = share.charge(self.slots_per_gpu, self.memory.get(share.index, 0))
+            use = self.gpus.get(share.index, IDLE)
+            use = use.plus(charge) if sign > 0 else use.minus(charge)
+            if use.idle:
                 self.gpus.pop(share.index, None)
             else:
                 self.gpus[share.index] = use
@@ -76,19 +77,12 @@ class _Tally:
             else:
                 self.nics.pop(key, None)
 
-    def state(self, topo: Topology, config: PluginConfig) -> NodeState:
-        memory = {g.index: g.memory_mib for g in topo.gpus}
-        gpus: dict[int, GpuUsage] = {}
-        for index in self.gpus.keys() | self.whole.keys():
-            slices, core, mib = self.gpus.get(index, (0, 0, 0))
-            whole = self.whole.get(index, [])
-            gpus[index] = GpuUsage(
-                slices + config.gpu_slots * len(whole),
-                core + 100 * len(whole),
-                mib + sum(max(m, memory.get(index, 0)) for m in whole),
-                exclusive=bool(whole),
-            )
-        return NodeState(gpus=gpus, nic_slots=dict(self.nics))
+    def state(self) -> NodeState:
+        return NodeState(gpus=dict(self.gpus), nic_slots=dict(self.nics))
+
+
+def _tally_key(slots_per_gpu: int, topo: Topology) -> tuple[int, tuple[tuple[int, int], ...]]:
+    return slots_per_gpu, tuple((g.index, g.memory_mib) for g in topo.gpus)
 
 
 class Ledger:
@@ -102,7 +96,8 @@ class Ledger:
         self._lock = threading.Lock()
         self._grants: dict[Grant, None] = {}  # in the order granted
         self._held: dict[tuple[str, str], Grant] = {}
-        self._tally = _Tally()
+        #: Built by the first `node_state` (which knows the slots per GPU and the GPUs).
+        self._tally: _Tally | None = None
         #: The checkpoint this ledger last wrote whole, its generation and journal length;
         #: and the changes made since it last wrote anything.
         self._saved_to: Path | None = None
@@ -132,7 +127,8 @@ class Ledger:
             self._grants[grant] = None
             for device in grant.device_ids:
                 self._held[(grant.resource, device)] = grant
-            self._tally.count(grant, 1)
+            if self._tally is not None:
+                self._tally.count(grant, 1)
             self._unsaved.append((checkpoint.ADD, grant))
 
     def remove(self, grant: Grant) -> bool:
@@ -160,15 +156,16 @@ class Ledger:
         """What the grants use (less `excluding`, grants of this ledger), by the engine."""
         with self._lock:
             tally = self._tally
+            if tally is None or tally.key != _tally_key(config.gpu_slots, topo):
+                tally = self._tally = _Tally(config.gpu_slots, topo)
+                for grant in self._grants:
+                    tally.count(grant, 1)
             excluded = [g for g in excluding if g in self._grants]
             if excluded:
-                tally = _Tally()
-                tally.gpus = dict(self._tally.gpus)
-                tally.whole = {i: list(m) for i, m in self._tally.whole.items()}
-                tally.nics = dict(self._tally.nics)
+                tally = tally.copy()
                 for g in excluded:
                     tally.count(g, -1)
-            return tally.state(topo, config)
+            return tally.state()
 
     def reconcile(
         self, live: Mapping[str, Set[str]], listed_at: float | None = None
@@ -199,7 +196,8 @@ class Ledger:
         del self._grants[grant]
         for device in grant.device_ids:
             del self._held[(grant.resource, device)]
-        self._tally.count(grant, -1)
+        if self._tally is not None:
+            self._tally.count(grant, -1)
         self._unsaved.append((checkpoint.REMOVE, grant))
 
     # ---- the checkpoint --------------------------------------------------------------------

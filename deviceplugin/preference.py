@@ -13,7 +13,7 @@ from gpulet.placement import GpuUsage, NodeState, Placement, Placer, Request
 from gpulet.topology import Gpu, Topology
 
 #: A GPU the engine must not choose.
-HELD = GpuUsage(exclusive=True)
+HELD = GpuUsage(whole=1)
 
 
 def whole_gpus(

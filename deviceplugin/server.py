@@ -1,5 +1,6 @@
 """One device-plugin gRPC server per resource, on its own unix socket in kubelet's plugin
-directory, answering from a `DevicePluginCore`.
+directory: the servicer, which maps kubelet's messages to and from a `PluginCore` (what it
+needs of `deviceplugin.core.DevicePluginCore`) and decides nothing itself.
 
 Kubelet dials the plugin synchronously when it registers, so a plugin serves first and
 registers second (`serve`, then `register`). Every `ListAndWatch` message is the whole device
@@ -10,16 +11,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.api import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 from deviceplugin.container import ContainerView
-from deviceplugin.core import AllocateError, DevicePluginCore
+from deviceplugin.decisions import AllocateError
+from deviceplugin.inventory import Advertised
 
 VERSION = "v1beta1"
 KUBELET_SOCKET = "kubelet.sock"
@@ -31,12 +34,28 @@ _STREAM_POLL_S = 2.0
 log = logging.getLogger("gpulet.deviceplugin")
 
 
+class PluginCore(Protocol):
+    """What the servicer asks of the device plugin's core, for one resource at a time."""
+
+    def devices(self, resource: str) -> list[Advertised]:
+        """Every device ID, with its health and NUMA node."""
+        ...
+
+    def preferred(
+        self, resource: str, available: Sequence[str], must_include: Sequence[str], size: int
+    ) -> list[str]:
+        """The IDs to prefer; AllocateError when there is no preference."""
+        ...
+
+    def allocate(self, resource: str, device_ids: Sequence[str]) -> ContainerView:
+        """Grant one container's IDs; AllocateError (kubelet shows its message) when refused."""
+        ...
+
+
 class PluginServer(pb_grpc.DevicePluginServicer):
     """The DevicePlugin service for one resource."""
 
-    def __init__(
-        self, core: DevicePluginCore, resource: str, plugin_dir: Path, socket_name: str
-    ) -> None:
+    def __init__(self, core: PluginCore, resource: str, plugin_dir: Path, socket_name: str) -> None:
         self.core = core
         self.resource = resource
         self.plugin_dir = plugin_dir

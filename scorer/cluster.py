@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, replace
 
 from gpulet.api.assignment import Assignment, AssignmentError, parse_assignment
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
+from gpulet.api.share import IDLE, GpuUsage
 from gpulet.api.stamps import epoch
-from gpulet.placement import Capacity, GpuUsage, NodeState, Placer
+from gpulet.placement import Capacity, NodeState, Placer
 from gpulet.topology import Topology
 from gpulet.topology.document import DocumentError, loads
 
@@ -311,17 +312,8 @@ class ClusterView:
                     gpu = by_uuid.get(share.uuid)
                     if gpu is None:
                         continue  # the node's GPUs changed under the pod: nothing to count
-                    use = gpus.get(gpu.index, GpuUsage())
-                    if share.exclusive:
-                        slots, core, mib = known.info.capacity.gpu_slots, 100, gpu.memory_mib
-                    else:
-                        slots, core, mib = 1, share.core, share.memory_mib
-                    gpus[gpu.index] = GpuUsage(
-                        use.slots + slots,
-                        use.core + core,
-                        use.memory_mib + mib,
-                        use.exclusive or share.exclusive,
-                    )
+                    charge = share.charge(known.info.capacity.gpu_slots, gpu.memory_mib)
+                    gpus[gpu.index] = gpus.get(gpu.index, IDLE).plus(charge)
                 for key in container.nics:
                     nics[key] = nics.get(key, 0) + 1
         return NodeState(gpus=gpus, nic_slots=nics)

@@ -9,10 +9,10 @@ when they end, and counting them is the safe side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment
-from gpulet.placement import GpuUsage, NodeState, Placement
+from gpulet.api.assignment import Assignment, ContainerAssignment
+from gpulet.placement import NodeState, Placement
 from gpulet.placement.podspec import PodAsk
 from scorer.cluster import NodeInfo
 
@@ -55,31 +55,24 @@ def decide(node: NodeInfo, state: NodeState, ask: PodAsk) -> Decision | Refusal:
         containers.append(
             ContainerAssignment(
                 container.name,
-                gpus=tuple(
-                    AssignedGpu(g.uuid, g.core, g.memory_mib, g.exclusive) for g in placed.gpus
-                ),
+                # The annotation names each GPU by UUID alone.
+                gpus=tuple(replace(g, index=-1) for g in placed.gpus),
                 nics=placed.nics,
                 numa=placed.numa,
             )
         )
         qualities.append(placed.score)
         if n + 1 < len(wants):
-            state = _after(state, placed)
+            state = _after(state, placed, node.capacity.gpu_slots)
     quality = sum(qualities) / len(qualities) if qualities else 100.0
     return Decision(Assignment(node.name, tuple(containers)), round(quality, 2))
 
 
-def _after(state: NodeState, placed: Placement) -> NodeState:
+def _after(state: NodeState, placed: Placement, slots_per_gpu: int) -> NodeState:
     """`state` plus what `placed` takes."""
     gpus = dict(state.gpus)
     for g in placed.gpus:
-        use = gpus.get(g.index, GpuUsage())
-        gpus[g.index] = GpuUsage(
-            use.slots + g.slots,
-            use.core + g.core,
-            use.memory_mib + g.memory_mib,
-            use.exclusive or g.exclusive,
-        )
+        gpus[g.index] = state.gpu(g.index).plus(g.charge(slots_per_gpu))
     nics = dict(state.nic_slots)
     for key in placed.nics:
         nics[key] = nics.get(key, 0) + 1

@@ -1,7 +1,8 @@
 """kube-scheduler's extender protocol (filter, prioritize, bind) over a `ClusterView`.
 
-Requests are JSON documents already decoded; answers are JSON-ready. The wire facts
-(capitalised keys, `Nodes` vs `NodeNames`) are in ../shared/reference/scheduler-extender-v1.md;
+Each verb takes and gives the typed wire values of `scorer.wire` (kube-scheduler's
+extender/v1 types); `scorer.server` parses the requests and serialises the answers. The wire
+facts (capitalised keys, `Nodes` vs `NodeNames`) are in scorer/wire.py and docs/scorer.md;
 what this extender answers in each case is in docs/scorer.md.
 
 Filter decides each node (`scorer.decide`) and keeps the decision for prioritize and bind,
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpulet.api.assignment import ANNOTATION, dump_assignment
@@ -23,6 +23,25 @@ from gpulet.placement import NodeState
 from gpulet.placement.podspec import PodAsk, PodSpecError, pod_ask
 from scorer.cluster import ClusterView, NodeInfo
 from scorer.decide import Decision, Refusal, decide
+from scorer.wire import (
+    BadRequest,
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    HostPriorityList,
+    NodeList,
+)
+
+__all__ = [
+    "DEFAULT_SCHEDULER_NAMES",
+    "ApiConflict",
+    "ApiNotFound",
+    "BadRequest",  # from scorer.wire, where it lives; importable from here as before
+    "BindFailed",
+    "Extender",
+    "PodApi",
+]
 
 log = logging.getLogger("gpulet.scorer")
 
@@ -35,10 +54,6 @@ _BIND_ATTEMPTS = 3
 #: The schedulers whose pods bind takes by default: deploy/'s gpulet-scheduler, and the
 #: cluster's own for the self-managed layout (docs/scorer.md, `schedulerNames`).
 DEFAULT_SCHEDULER_NAMES = ("gpulet-scheduler", "default-scheduler")
-
-
-class BadRequest(ValueError):
-    """A request that does not follow the protocol (HTTP 400)."""
 
 
 class ApiConflict(Exception):
@@ -59,13 +74,6 @@ class PodApi(Protocol):
     ) -> None: ...
 
     def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class _Nodes:
-    names: list[str]
-    #: The Node objects as received, when the request sent objects (`nodeCacheCapable: false`).
-    objects: list[Mapping[str, Any]] | None
 
 
 class Extender:
@@ -97,82 +105,84 @@ class Extender:
 
     # ---- filter -------------------------------------------------------------------------
 
-    def filter(self, args: Any) -> dict[str, Any]:
-        pod, nodes = self._args(args)
+    def filter(self, args: ExtenderArgs) -> ExtenderFilterResult:
+        names = self._node_names(args)
         passed: list[str] = []
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
         try:
-            ask = self._ask(pod)
+            ask = self._ask(args.pod)
         except PodSpecError as e:
-            unresolvable = dict.fromkeys(nodes.names, str(e))
-            return self._filter_answer(nodes, [], failed, unresolvable)
+            unresolvable = dict.fromkeys(names, str(e))
+            return self._filter_answer(args, names, [], failed, unresolvable)
         never = self._never_fits(ask)
-        for name, info, result in self._decide_all(nodes.names, ask):
+        for name, info, result in self._decide_all(names, ask):
             if isinstance(result, Decision):
                 passed.append(name)
             elif never(info):
                 unresolvable[name] = result.reason
             else:
                 failed[name] = result.reason
-        log.debug("event=filter pod=%s nodes=%d passed=%d", ask.ref, len(nodes.names), len(passed))
-        return self._filter_answer(nodes, passed, failed, unresolvable)
+        log.debug("event=filter pod=%s nodes=%d passed=%d", ask.ref, len(names), len(passed))
+        return self._filter_answer(args, names, passed, failed, unresolvable)
 
     @staticmethod
     def _filter_answer(
-        nodes: _Nodes, passed: list[str], failed: dict[str, str], unresolvable: dict[str, str]
-    ) -> dict[str, Any]:
-        answer: dict[str, Any] = {
-            "Nodes": None,
-            "NodeNames": None,
-            "FailedNodes": failed,
-            "FailedAndUnresolvableNodes": unresolvable,
-            "Error": "",
-        }
-        if nodes.objects is None:
-            answer["NodeNames"] = passed
-        else:
-            keep = set(passed)
-            items = [n for n in nodes.objects if _node_name(n) in keep]
-            answer["Nodes"] = {"apiVersion": "v1", "kind": "NodeList", "items": items}
-        return answer
+        args: ExtenderArgs,
+        names: list[str],
+        passed: list[str],
+        failed: dict[str, str],
+        unresolvable: dict[str, str],
+    ) -> ExtenderFilterResult:
+        """The nodes that pass in the form the request named them: names, or the request's
+        own Node objects (`names` are theirs, in order)."""
+        if args.nodes is None:
+            return ExtenderFilterResult(
+                node_names=tuple(passed),
+                failed_nodes=failed,
+                failed_and_unresolvable_nodes=unresolvable,
+            )
+        keep = set(passed)
+        items = tuple(n for n, name in zip(args.nodes.items, names, strict=True) if name in keep)
+        return ExtenderFilterResult(
+            nodes=NodeList(items), failed_nodes=failed, failed_and_unresolvable_nodes=unresolvable
+        )
 
     # ---- prioritize ---------------------------------------------------------------------
 
-    def prioritize(self, args: Any) -> list[dict[str, Any]]:
-        pod, nodes = self._args(args)
+    def prioritize(self, args: ExtenderArgs) -> HostPriorityList:
+        names = self._node_names(args)
         try:
-            ask = self._ask(pod)
+            ask = self._ask(args.pod)
         except PodSpecError:
-            return [{"Host": name, "Score": 0} for name in nodes.names]
-        scores = []
-        for name, _, result in self._decide_all(nodes.names, ask):
-            score = result.score if isinstance(result, Decision) else 0
-            scores.append({"Host": name, "Score": score})
-        return scores
+            return HostPriorityList(tuple(names), (0,) * len(names))
+        scores = [
+            result.score if isinstance(result, Decision) else 0
+            for _, _, result in self._decide_all(names, ask)
+        ]
+        return HostPriorityList(tuple(names), tuple(scores))
 
     # ---- bind ---------------------------------------------------------------------------
 
-    def bind(self, args: Any) -> dict[str, str]:
-        """Write the assignment on the pod, then bind it; {"Error": ...} when that fails."""
-        fields = _fields(args, "bind")
-        namespace, name, uid, node = (
-            _text(fields, key) for key in ("podnamespace", "podname", "poduid", "node")
-        )
+    def bind(self, args: ExtenderBindingArgs) -> ExtenderBindingResult:
+        """Write the assignment on the pod, then bind it; the error when that fails."""
+        namespace, name, uid, node = args.pod_namespace, args.pod_name, args.pod_uid, args.node
         try:
             if self.api is None:
                 self._bind_standalone(uid, node)
             else:
                 self._bind_api(self.api, namespace, name, uid, node)
         except ApiNotFound:
-            return {"Error": f"pod {namespace}/{name} does not exist (deleted while scheduling?)"}
+            return ExtenderBindingResult(
+                f"pod {namespace}/{name} does not exist (deleted while scheduling?)"
+            )
         except BindFailed as e:
             log.warning(
                 "event=bind-failed pod=%s/%s node=%s reason=%r", namespace, name, node, str(e)
             )
-            return {"Error": str(e)}
+            return ExtenderBindingResult(str(e))
         log.info("event=bound pod=%s/%s pod_uid=%s node=%s", namespace, name, uid, node)
-        return {"Error": ""}
+        return ExtenderBindingResult()
 
     def _bind_standalone(self, uid: str, node: str) -> None:
         ask = self._asks.get(uid)
@@ -251,35 +261,17 @@ class Extender:
 
     # ---- shared -------------------------------------------------------------------------
 
-    def _args(self, args: Any) -> tuple[Any, _Nodes]:
-        fields = _fields(args, "filter or prioritize")
-        if "pod" not in fields or fields["pod"] is None:
-            raise BadRequest('the request has no "Pod"')
-        pod = fields["pod"]
-        if not isinstance(pod, Mapping):
-            raise BadRequest('"Pod" must be a JSON object')
-        nodes = fields.get("nodes")
-        names = fields.get("nodenames")
-        if nodes is not None:
-            items = nodes.get("items") if isinstance(nodes, Mapping) else None
-            if not isinstance(items, list) or not all(isinstance(n, Mapping) for n in items):
-                raise BadRequest('"Nodes" must be a NodeList with "items"')
-            listed: list[str] = []
-            for item in items:
-                # Standalone, the requests are the nodes' only source. With the API server,
-                # its watch is: a request's objects only name nodes among those it showed
-                # (anyone who reaches the port could otherwise add or reshape nodes).
-                try:
-                    name = self.view.set_node_object(item) if self.standalone else _node_name(item)
-                except ValueError as e:
-                    raise BadRequest(str(e)) from None
-                listed.append(name)
-            return pod, _Nodes(listed, list(items))
-        if names is None:
-            raise BadRequest('the request has neither "Nodes" nor "NodeNames"')
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise BadRequest('"NodeNames" must be a list of strings')
-        return pod, _Nodes(list(names), None)
+    def _node_names(self, args: ExtenderArgs) -> list[str]:
+        """The request's candidate nodes, by name. Standalone, Node objects in the request
+        are the nodes' only source: each goes into the view. With the API server, its watch
+        is: a request's objects only name nodes among those it showed (anyone who reaches
+        the port could otherwise add or reshape nodes)."""
+        try:
+            if args.nodes is None or not self.standalone:
+                return list(args.names())
+            return [self.view.set_node_object(item) for item in args.nodes.items]
+        except ValueError as e:  # a Node with no name (not from ExtenderArgs.parse, which checks)
+            raise BadRequest(str(e)) from None
 
     def _ask(self, pod: Mapping[str, Any]) -> PodAsk:
         ask = pod_ask(pod)
@@ -343,27 +335,3 @@ class Extender:
 
 class BindFailed(Exception):
     """A bind that did not happen; the message goes back to kube-scheduler."""
-
-
-def _fields(args: Any, verb: str) -> dict[str, Any]:
-    """The request's keys, lower-cased (kube-scheduler sends them capitalised; Go reads
-    either way, and so do we)."""
-    if not isinstance(args, Mapping):
-        raise BadRequest(f"a {verb} request must be a JSON object")
-    return {str(k).lower(): v for k, v in args.items()}
-
-
-def _text(fields: Mapping[str, Any], key: str) -> str:
-    value = fields.get(key)
-    if not isinstance(value, str) or not value:
-        names = {"podnamespace": "PodNamespace", "podname": "PodName", "poduid": "PodUID"}
-        raise BadRequest(f'the bind request has no "{names.get(key, key.capitalize())}"')
-    return value
-
-
-def _node_name(node: Mapping[str, Any]) -> str:
-    meta = node.get("metadata")
-    name = meta.get("name") if isinstance(meta, Mapping) else None
-    if not isinstance(name, str) or not name:
-        raise ValueError("a Node in the request has no metadata.name")
-    return name

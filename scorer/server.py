@@ -28,7 +28,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gpulet.httpd import TIMEOUT_S, BackgroundServer, Handler, ServerTLS
-from scorer.extender import BadRequest, Extender
+from scorer.extender import Extender
+from scorer.wire import BadRequest, ExtenderArgs, ExtenderBindingArgs
 
 log = logging.getLogger("gpulet.scorer")
 
@@ -174,7 +175,8 @@ class ExtenderServer:
             self._health.stop()
 
     def answer(self, verb: str, body: bytes) -> tuple[int, Any]:
-        """The status and JSON answer to a POST of `body` to `verb`."""
+        """The status and JSON answer to a POST of `body` to `verb`: the body parsed into the
+        verb's `scorer.wire` request, the extender's answer serialised."""
         cost = parse_cost(body)
         if cost > self.max_parse:
             message = (
@@ -190,10 +192,10 @@ class ExtenderServer:
             return HTTPStatus.BAD_REQUEST, {"Error": "the body's JSON is nested too deeply"}
         try:
             if verb == "filter":
-                return HTTPStatus.OK, self.extender.filter(args)
+                return HTTPStatus.OK, self.extender.filter(ExtenderArgs.parse(args)).dump()
             if verb == "prioritize":
-                return HTTPStatus.OK, self.extender.prioritize(args)
-            return HTTPStatus.OK, self.extender.bind(args)
+                return HTTPStatus.OK, self.extender.prioritize(ExtenderArgs.parse(args)).dump()
+            return HTTPStatus.OK, self.extender.bind(ExtenderBindingArgs.parse(args)).dump()
         except BadRequest as e:
             return HTTPStatus.BAD_REQUEST, {"Error": str(e)}
 

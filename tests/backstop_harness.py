@@ -367,7 +367,7 @@ def run(
                     )
                 )
             meters[t.name] = (workload.pid, BusyMeter(workload))
-            share = GpuShare(GPU, 0, t.share, 4096, False)
+            share = GpuShare(GPU, t.share, 4096, False, index=0)
             grants.append(
                 Grant(
                     GPU_RESOURCE,

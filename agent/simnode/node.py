@@ -11,12 +11,15 @@ from importlib import resources
 from pathlib import Path
 from types import TracebackType
 
+from agent.discovery import discover
+from agent.discovery.netlink import SysfsLinkState
 from agent.simnode.errors import SimulationError
 from agent.simnode.generate import generate
 from agent.simnode.nvml import SimulatedNvml
 from agent.simnode.parse import parse_spec
 from agent.simnode.spec import NodeSpec
 from agent.simnode.yamlload import load_yaml
+from gpulet.topology import Topology
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -34,6 +37,11 @@ class SimulatedNode:
     nvml: SimulatedNvml
     #: Whether `root` is a temporary directory that `close()` (or interpreter exit) removes.
     temporary: bool = False
+
+    def topology(self, node_name: str | None = None) -> Topology:
+        """What discovery reads from this node (as from a real one: its sysfs tree, its
+        NVML, link states from sysfs), named `node_name` or the node's own name."""
+        return discover(self.sysfs, self.nvml, SysfsLinkState(self.sysfs), node_name or self.name)
 
     def close(self) -> None:
         """Remove the directory if `open_simulated` made it; a no-op otherwise."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION, GPU_RESOURCE, check_resource
+from gpulet.api.share import GpuShare
 
 ANNOTATION = ASSIGNMENT_ANNOTATION
 VERSION = 1
@@ -28,19 +29,10 @@ class AssignmentError(ValueError):
 
 
 @dataclass(frozen=True)
-class AssignedGpu:
-    uuid: str
-    #: Percent of the GPU's compute, 1..100 (100: not paced).
-    core: int
-    memory_mib: int
-    #: Held whole by the container (core 100, all its memory, no other tenant).
-    exclusive: bool = False
-
-
-@dataclass(frozen=True)
 class ContainerAssignment:
     name: str
-    gpus: tuple[AssignedGpu, ...] = ()
+    #: What each GPU gives the container (the GPUs are named by UUID: `index` is -1).
+    gpus: tuple[GpuShare, ...] = ()
     #: RDMA port keys (`mlx5_0`, `mlx5_0:2`).
     nics: tuple[str, ...] = ()
     numa: tuple[int, ...] = ()
@@ -101,7 +93,7 @@ def _list(value: object, where: str, what: str) -> list[Any]:
     return value
 
 
-def _gpu(value: object, where: str) -> AssignedGpu:
+def _gpu(value: object, where: str) -> GpuShare:
     d = _object(value, where, _GPU_KEYS)
     uuid = d["uuid"]
     if not isinstance(uuid, str) or not _UUID.fullmatch(uuid):
@@ -113,7 +105,7 @@ def _gpu(value: object, where: str) -> AssignedGpu:
         raise _fail(where, f'"exclusive" must be true or false, got {_kind(exclusive)}')
     if exclusive and core != 100:
         raise _fail(where, f"{uuid} is exclusive (a whole GPU) but core is {core}, not 100")
-    return AssignedGpu(uuid, core, memory, exclusive)
+    return GpuShare(uuid, core, memory, exclusive)
 
 
 def _container(name: str, value: object) -> ContainerAssignment:

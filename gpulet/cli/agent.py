@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 from kubernetes import client
 
 from agent import node_agent
-from agent.discovery import discover
-from agent.discovery.netlink import SysfsLinkState
-from agent.discovery.pynvml_backend import PynvmlBackend
-from agent.health import FileXidSource, NvmlXidSource, SysfsPortStates
-from agent.health import xid_file as simulated_xid_file
+from agent.adapters import read_adapters
 from agent.library import install_limiter
-from agent.simnode import open_simulated
-from agent.standalone import Standalone, start
-from agent.usage import FileUsageSource, PynvmlUsageSource, UsageSource
-from deviceplugin.health import PortStates, XidSource
+from agent.node_agent import NodeAgent
+from agent.plugincore import AgentSpec
+from agent.standalone import StandaloneAgent
+from agent.standalone import start as standalone_start
 from deviceplugin.resources import PluginConfig
 from gpulet.api.resources import MAX_SLOTS
 from gpulet.cli.common import kube_configuration, simulate_option, until_signalled, user_errors
@@ -196,46 +191,16 @@ def run(
         level=log_level.upper(),
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
-    xids: XidSource
-    ports: PortStates
-    usage: UsageSource
-    if simulate is not None:
-        sim = open_simulated(simulate)
-        topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
-        xids = FileXidSource(xid_file or simulated_xid_file(sim.root))
-        ports = SysfsPortStates(sim.sysfs, topo, SysfsLinkState(sim.sysfs))
-        usage = FileUsageSource(usage_file or sim.root / "gpu-processes.json")
-    else:
-        import pynvml  # noqa: PLC0415
-
-        # Link state from the host's sysfs, not netlink: in its pod the agent has a network
-        # namespace of its own, where the host's netdevs are not (the DaemonSet mounts the
-        # host's /sys at /sys).
-        links = SysfsLinkState(Path("/sys"))
-        topo = discover(Path("/sys"), PynvmlBackend(), links, socket.gethostname())
-        xids = NvmlXidSource(pynvml)
-        ports = SysfsPortStates(Path("/sys"), topo, links)
-        usage = PynvmlUsageSource()
-    limiter: Path | None = None
-    preload: Path | None = None
-    try:
-        built = library_path()
-    except LibraryMissingError:
-        if not standalone:
-            raise
-    else:
-        if standalone:
-            limiter = built
-        else:
-            limiter, preload = install_limiter(built, library_dir)
-    spec = Standalone(
-        topo=topo,
+    node = read_adapters(simulate, xid_file=xid_file, usage_file=usage_file)
+    limiter, preload = _limiter(standalone, library_dir)
+    spec = AgentSpec(
+        topo=node.topo,
         plugin_dir=kubelet_dir,
         state_dir=state_dir,
         config=PluginConfig(
             gpu_slots=gpu_slots,
             rdma_slots=rdma_slots,
-            node_name=topo.node if standalone else (node_name or socket.gethostname()),
+            node_name=node.topo.node if standalone else (node_name or socket.gethostname()),
             region_root=region_root,
             limiter_host_path=limiter,
             preload_host_path=preload,
@@ -243,30 +208,26 @@ def run(
         pod_resources_socket=(pod_resources_dir or kubelet_dir.parent / "pod-resources")
         / "kubelet.sock",
     )
-    stop_agent: Callable[[], None]
+    agent: StandaloneAgent | NodeAgent
     if kube is None:
-        stop_agent = start(spec, xids, ports).stop
+        agent = standalone_start(spec, node.xids, node.ports)
     else:
-        api = CoreCalls(client.ApiClient(kube))
-        pinning = node_agent.Pinning(cgroup_root, kubelet_state_dir / "cpu_manager_state")
-        monitoring = node_agent.Monitoring(
-            usage,
-            proc_root,
-            enforce=enforce,
-            metrics_port=metrics_port,
-            cgroup_root=cgroup_root,
-            metrics_auth=metrics_auth,
-        )
         agent = node_agent.start(
             spec,
-            api,
-            xids,
-            ports,
+            CoreCalls(client.ApiClient(kube)),
+            node.xids,
+            node.ports,
             heartbeat_s=heartbeat_seconds,
-            pinning=pinning,
-            monitoring=monitoring,
+            pinning=node_agent.Pinning(cgroup_root, kubelet_state_dir / "cpu_manager_state"),
+            monitoring=node_agent.Monitoring(
+                node.usage,
+                proc_root,
+                enforce=enforce,
+                metrics_port=metrics_port,
+                cgroup_root=cgroup_root,
+                metrics_auth=metrics_auth,
+            ),
         )
-        stop_agent = agent.stop
         metrics = f"; metrics on :{agent.metrics.port}" if agent.metrics else ""
         click.echo(
             f"gpulet agent: node {spec.config.node_name} published; following the "
@@ -274,11 +235,26 @@ def run(
             err=True,
         )
     click.echo(
-        f"gpulet agent: serving {len(topo.gpus)} GPUs x {gpu_slots} slots and "
-        f"{len(topo.nics)} RDMA ports x {rdma_slots} slots to kubelet at {kubelet_dir}",
+        f"gpulet agent: serving {len(node.topo.gpus)} GPUs x {gpu_slots} slots and "
+        f"{len(node.topo.nics)} RDMA ports x {rdma_slots} slots to kubelet at {kubelet_dir}",
         err=True,
     )
-    if isinstance(xids, FileXidSource):
-        click.echo(f"gpulet agent: inject XIDs with: echo 'GPU XID' >> {xids.path}", err=True)
+    if node.xid_file is not None:
+        click.echo(f"gpulet agent: inject XIDs with: echo 'GPU XID' >> {node.xid_file}", err=True)
     until_signalled().wait()
-    stop_agent()
+    agent.stop()
+
+
+def _limiter(standalone: bool, library_dir: Path) -> tuple[Path | None, Path | None]:
+    """The limiter library for containers, and the ld.so.preload that loads it: with the
+    API, both installed in `library_dir` (the library must have been built); standalone,
+    the built library where it is, if it was built, and no preload."""
+    try:
+        built = library_path()
+    except LibraryMissingError:
+        if not standalone:
+            raise
+        return None, None
+    if standalone:
+        return built, None
+    return install_limiter(built, library_dir)

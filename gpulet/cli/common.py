@@ -18,7 +18,7 @@ import click
 from kubernetes import client, config
 
 from agent.discovery import DiscoveryError, discover
-from agent.discovery.netlink import NetlinkLinkState, SysfsLinkState
+from agent.discovery.netlink import NetlinkLinkState
 from agent.discovery.nvml import NvmlError
 from agent.discovery.pynvml_backend import PynvmlBackend
 from agent.simnode import SimulationError, open_simulated
@@ -70,8 +70,7 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
 def read_node(simulate: str | None) -> Topology:
     """Discover a simulated node, or this machine through /sys, NVML and netlink."""
     if simulate is not None:
-        sim = open_simulated(simulate)
-        return discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
+        return open_simulated(simulate).topology()
     return discover(Path("/sys"), PynvmlBackend(), NetlinkLinkState(), socket.gethostname())
 
 

@@ -24,11 +24,9 @@ from typing import Any
 from kubernetes import client
 
 from agent import node_agent
-from agent.discovery import discover
-from agent.discovery.netlink import SysfsLinkState
 from agent.library import install_limiter
+from agent.plugincore import AgentSpec
 from agent.simnode import open_simulated
-from agent.standalone import Standalone
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.api.assignment import Assignment, parse_assignment
@@ -42,6 +40,13 @@ from native import library_path
 from native.region import read_limits
 from scorer.app import Scorer, build
 from scorer.config import ScorerConfig
+from scorer.wire import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    HostPriorityList,
+)
 
 Say = Callable[[str], None]
 
@@ -150,10 +155,10 @@ class Demo:
         """A Node object, a kubelet stand-in and a real agent on a simulated node."""
         api.create_node({"metadata": {"name": name}, "spec": {}, "status": {}})
         sim = open_simulated(self.kind)
-        topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), name)
+        topo = sim.topology(name)
         kubelet = KubeletStandIn(work / "dp", work / "pr", dial_timeout=5.0)
         kubelet.start()
-        spec = Standalone(
+        spec = AgentSpec(
             topo=topo,
             plugin_dir=kubelet.plugin_dir,
             state_dir=work / "state",
@@ -188,23 +193,27 @@ class Demo:
         meta = stored["metadata"]
         say(f"== pod {sample.name}: {sample.what}")
         names = list(self.nodes)
-        passed = _post(scorer, "filter", {"Pod": stored, "NodeNames": names})
-        if not passed["NodeNames"]:
+        passed = ExtenderFilterResult.parse(
+            _post(scorer, "filter", ExtenderArgs(stored, node_names=tuple(names)).dump())
+        )
+        if not passed.names():
             say("   does not fit; the extender says, per node:")
-            reasons = {**passed["FailedNodes"], **passed["FailedAndUnresolvableNodes"]}
+            reasons = {**passed.failed_nodes, **passed.failed_and_unresolvable_nodes}
             for node, reason in sorted(reasons.items()):
                 say(f"     {node}: {reason}")
             say("")
             return
-        scores = _post(scorer, "prioritize", {"Pod": stored, "NodeNames": passed["NodeNames"]})
-        best = max(scores, key=lambda s: s["Score"])
-        shown = ", ".join(f"{s['Host']} {s['Score']}" for s in scores)
-        say(f"   scores (0-10): {shown}; binding to {best['Host']}")
-        node = str(best["Host"])
-        bind = {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"]}
-        answer = _post(scorer, "bind", {**bind, "Node": node})
-        if answer["Error"]:
-            say(f"   bind failed: {answer['Error']}\n")
+        scores = HostPriorityList.parse(
+            _post(scorer, "prioritize", ExtenderArgs(stored, node_names=passed.names()).dump())
+        )
+        best = max(scores, key=lambda s: s.score)
+        shown = ", ".join(f"{s.host} {s.score}" for s in scores)
+        say(f"   scores (0-10): {shown}; binding to {best.host}")
+        node = best.host
+        bind = ExtenderBindingArgs(meta["name"], meta["namespace"], meta["uid"], node)
+        answer = ExtenderBindingResult.parse(_post(scorer, "bind", bind.dump()))
+        if answer.error:
+            say(f"   bind failed: {answer.error}\n")
             return
         bound = api.get_pod(meta["namespace"], meta["name"])
         assert bound is not None

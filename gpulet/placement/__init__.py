@@ -3,11 +3,11 @@
 Pure: a `Topology`, a `NodeState` and a `Request` in, a `Placement` or a `NoFit` out.
 """
 
+from gpulet.api.share import GpuUsage
 from gpulet.placement.engine import NoFit, Placement, Placer, place
 from gpulet.placement.request import (
     Capacity,
     GpuPolicy,
-    GpuUsage,
     NodeState,
     Request,
     RequestError,

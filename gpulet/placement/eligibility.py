@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpulet.api.share import GpuShare, GpuUsage, Shortfall, shortfall
 from gpulet.placement.cost import unit
-from gpulet.placement.request import Capacity, GpuPolicy, GpuUsage, NodeState, Request
+from gpulet.placement.request import Capacity, GpuPolicy, NodeState, Request
 from gpulet.topology import Gpu, Topology
 
 # The packed cost of one unit in the fields the unary costs use (cost.pack, inlined: this
@@ -13,41 +14,21 @@ from gpulet.topology import Gpu, Topology
 _TOUCHED, _FIT, _NIC_LOAD, _ORDER = (unit(f) for f in ("touched", "fit", "nic_load", "order"))
 
 
-@dataclass(frozen=True)
-class GpuGrant:
-    """What one chosen GPU gives the container."""
-
-    index: int
-    uuid: str
-    core: int
-    memory_mib: int
-    slots: int
-    exclusive: bool
-
-
-def _grant(gpu: Gpu, use: GpuUsage, req: Request, cap: Capacity) -> GpuGrant | str:
-    """The grant, or why this GPU cannot take the request."""
-    if gpu.mig:
-        return "MIG enabled"
-    if use.exclusive:
-        return "held whole"
+def _grant(gpu: Gpu, use: GpuUsage, req: Request, cap: Capacity) -> GpuShare | Shortfall:
+    """The share this GPU would give, or what it lacks. A slice's memory defaults to what
+    the GPU has free; a whole GPU is all of it."""
     if req.whole:
-        if not use.idle:
-            return "in use"
-        return GpuGrant(gpu.index, gpu.uuid, 100, gpu.memory_mib, cap.gpu_slots, True)
-    if use.slots >= cap.gpu_slots:
-        return "no free slot"
-    core = 100 if req.core is None else req.core
-    if use.core + core > 100:
-        return f"{100 - use.core} percent core free"  # no "%": see reasons._gpu_need
-    free_mem = gpu.memory_mib - use.memory_mib
-    memory = free_mem if req.memory_mib is None else req.memory_mib
-    if memory < 1 or memory > free_mem:
-        return f"{max(0, free_mem)} MiB free"
-    return GpuGrant(gpu.index, gpu.uuid, core, memory, 1, False)
+        share = GpuShare(gpu.uuid, 100, gpu.memory_mib, exclusive=True, index=gpu.index)
+    else:
+        free_memory = gpu.memory_mib - use.memory_mib
+        core = 100 if req.core is None else req.core
+        memory = free_memory if req.memory_mib is None else req.memory_mib
+        share = GpuShare(gpu.uuid, core, memory, index=gpu.index)
+    short = shortfall(use, share, cap.gpu_slots, gpu.memory_mib)
+    return share if short is None else short
 
 
-def gpu_unary(gpu: Gpu, use: GpuUsage, grant: GpuGrant, policy: GpuPolicy) -> int:
+def gpu_unary(gpu: Gpu, use: GpuUsage, grant: GpuShare, policy: GpuPolicy) -> int:
     """Packed cost of choosing this GPU by itself (the packing terms)."""
     total = max(1, gpu.memory_mib)
     if policy is GpuPolicy.SPREAD:
@@ -61,21 +42,27 @@ def gpu_unary(gpu: Gpu, use: GpuUsage, grant: GpuGrant, policy: GpuPolicy) -> in
 class Candidates:
     """Eligible devices with their unary costs, and why the others are not."""
 
-    gpus: dict[int, tuple[GpuGrant, int]]
+    gpus: dict[int, tuple[GpuShare, int]]
     nics: dict[str, int]
     gpu_reasons: dict[int, str]
     nic_reasons: dict[str, str]
 
 
 def candidates(topo: Topology, req: Request, state: NodeState, cap: Capacity) -> Candidates:
-    gpus: dict[int, tuple[GpuGrant, int]] = {}
+    gpus: dict[int, tuple[GpuShare, int]] = {}
     gpu_reasons: dict[int, str] = {}
     if req.gpus:
         for gpu in topo.gpus:
             use = state.gpu(gpu.index)
-            got = "unhealthy" if gpu.index in state.unhealthy_gpus else _grant(gpu, use, req, cap)
-            if isinstance(got, str):
-                gpu_reasons[gpu.index] = got
+            got: GpuShare | Shortfall | str
+            if gpu.index in state.unhealthy_gpus:
+                got = "unhealthy"
+            elif gpu.mig:
+                got = "MIG enabled"
+            else:
+                got = _grant(gpu, use, req, cap)
+            if not isinstance(got, GpuShare):
+                gpu_reasons[gpu.index] = str(got)
             else:
                 gpus[gpu.index] = (got, gpu_unary(gpu, use, got, req.gpu_policy))
     nics: dict[str, int] = {}

@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from gpulet.api.share import GpuShare
 from gpulet.placement import exhaustive
 from gpulet.placement.cost import NIC_RANK, Shape, pair_cost, score, unit, unpack
-from gpulet.placement.eligibility import Candidates, GpuGrant, candidates
+from gpulet.placement.eligibility import Candidates, candidates
 from gpulet.placement.locality import group_of, pix_of
 from gpulet.placement.reasons import no_fit_reason
 from gpulet.placement.request import (
@@ -75,7 +76,7 @@ class Placement:
     """The chosen devices. `gpus` in index order, `nics` in the node's (natural) order,
     `numa` sorted."""
 
-    gpus: tuple[GpuGrant, ...]
+    gpus: tuple[GpuShare, ...]
     nics: tuple[str, ...]
     numa: tuple[int, ...]
     cost: int

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gpulet.api.share import IDLE, GpuUsage
+
 
 class TopologyPolicy(StrEnum):
     BEST_EFFORT = "best-effort"
@@ -60,21 +62,6 @@ class Request:
 
 
 @dataclass(frozen=True)
-class GpuUsage:
-    """What is already allocated on one GPU."""
-
-    slots: int = 0
-    core: int = 0
-    memory_mib: int = 0
-    #: Held whole by one container.
-    exclusive: bool = False
-
-    @property
-    def idle(self) -> bool:
-        return not (self.slots or self.core or self.memory_mib or self.exclusive)
-
-
-@dataclass(frozen=True)
 class Capacity:
     """Slots advertised to kubelet per physical GPU and per RDMA port."""
 
@@ -93,6 +80,3 @@ class NodeState:
 
     def gpu(self, index: int) -> GpuUsage:
         return self.gpus.get(index, IDLE)
-
-
-IDLE = GpuUsage()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpulet.api.share import GpuUsage
 from gpulet.placement.engine import NoFit, Placement
-from gpulet.placement.request import GpuUsage, NodeState
+from gpulet.placement.request import NodeState
 from gpulet.topology import Topology
 
 
@@ -64,7 +65,8 @@ def state_from_json(doc: Any, topo: Topology) -> NodeState:
             raise StateError(f"{where}.core: {core}% is more than the whole GPU")
         if memory > gpu.memory_mib:
             raise StateError(f"{where}.memory_mib: {memory} MiB is more than GPU{index} has")
-        gpus[index] = GpuUsage(_int(use.get("slots", 0), f"{where}.slots"), core, memory, exclusive)
+        slots = _int(use.get("slots", 0), f"{where}.slots")
+        gpus[index] = GpuUsage(slots, core, memory, whole=int(exclusive))
     raw_nics = doc.get("nics", {})
     if not isinstance(raw_nics, dict):
         raise StateError("allocations.nics: expected an object keyed by NIC name")

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from agent.standalone import CHECKPOINT
+from agent.plugincore import CHECKPOINT
 from deviceplugin.ledger import Ledger
 from gpulet.api.assignment import ContainerAssignment, parse_assignment
 from gpulet.api.resources import (

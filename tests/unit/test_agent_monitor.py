@@ -74,7 +74,7 @@ def monitor(
     kill: Callable[[int, int], None] = lambda pid, sig: None,
     processes: ProcessTable | None = None,
 ) -> Monitor:
-    share = GpuShare(GPU, 0, 100 if exclusive else core, 4096, exclusive)
+    share = GpuShare(GPU, 100 if exclusive else core, 4096, exclusive, index=0)
     grant = Grant(GPU_RESOURCE, ("x::00",), (share,), (), UID, "main", str(region_dir))
     return Monitor(
         usage,
@@ -270,7 +270,7 @@ def test_each_gpu_gets_its_feedback_from_one_read_of_the_region(
     usage, clock = Usage(), Clock()
     run_in_container(tmp_path / "proc", 5010, 16)
     usage.processes = [ProcessUsage(GPU, 5010, 900, 42), ProcessUsage(other, 5010, 100, 17)]
-    shares = (GpuShare(GPU, 0, 30, 4096, False), GpuShare(other, 1, 50, 2048, False))
+    shares = (GpuShare(GPU, 30, 4096, False, index=0), GpuShare(other, 50, 2048, False, index=1))
     grant = Grant(GPU_RESOURCE, ("x::00", "x::10"), shares, (), UID, "main", str(directory))
     calls: list[Mapping[int, float] | None] = []
 
@@ -343,7 +343,7 @@ def test_an_unexpected_error_in_one_container_is_logged_and_the_pass_goes_on(
     (here / "status").write_text("NSpid:\t5009\t15\n")
     other_dir = tmp_path / "other"
     setup(other_dir, Limits((DeviceLimit(GPU, 4096, 30),)))
-    share = GpuShare(GPU, 0, 30, 4096, False)
+    share = GpuShare(GPU, 30, 4096, False, index=0)
     grants = [
         Grant(GPU_RESOURCE, ("x::00",), (share,), (), UID, "main", str(region_dir)),
         Grant(GPU_RESOURCE, ("x::01",), (share,), (), other_uid, "main", str(other_dir)),

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.kube import ApiPodSource
 from agent.node_agent import Monitoring, NodeAgent, start
-from agent.standalone import CHECKPOINT, Standalone
+from agent.plugincore import CHECKPOINT, AgentSpec
 from agent.usage import FileUsageSource
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.ledger import Ledger
@@ -128,7 +128,7 @@ def cluster() -> Iterator[Cluster]:
         kubelet = KubeletStandIn(short / "dp", short / "pr", dial_timeout=2.0)
         kubelet.start()
         core_api = CoreCalls(client.ApiClient(api.configuration()))
-        spec = Standalone(
+        spec = AgentSpec(
             topo=topo,
             plugin_dir=kubelet.plugin_dir,
             state_dir=short / "state",

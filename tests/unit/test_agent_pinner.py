@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.pinner import Pinner
-from gpulet.api.assignment import AssignedGpu, Assignment, ContainerAssignment, dump_assignment
+from gpulet.api.assignment import Assignment, ContainerAssignment, dump_assignment
+from gpulet.api.share import GpuShare
 from gpulet.topology.cpulist import format_cpulist
 from tests.nodes import shipped
 
@@ -44,7 +45,7 @@ def pod(
         H100.node,
         (
             ContainerAssignment(
-                "loader", (AssignedGpu(g.uuid, 100, g.memory_mib, True),), (), (g.numa,)
+                "loader", (GpuShare(g.uuid, 100, g.memory_mib, True),), (), (g.numa,)
             ),
         ),
     )

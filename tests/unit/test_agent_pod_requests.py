@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kubernetes import client
 
 from agent.kube import ApiPodSource, container_requests, pending_pod
-from deviceplugin.assignment import AssignedGpu, ContainerRequest, StaticPodSource
+from deviceplugin.assignment import ContainerRequest, GpuShare, StaticPodSource
 from deviceplugin.core import AllocateError, DevicePluginCore
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, PluginConfig
@@ -362,7 +362,7 @@ def test_a_pod_the_extender_refuses_gets_nothing(
     """Bound by hand with an assignment that would be honoured for a valid pod: every
     Allocate for it is refused, with the extender's reason where the agent can tell the
     Allocate is for it (its counts can be read)."""
-    pod = tenant_pod("forged", ask, (AssignedGpu(G0, 100, MEM),))
+    pod = tenant_pod("forged", ask, (GpuShare(G0, 100, MEM),))
     core = core_with(tmp_path, pod)
     with pytest.raises(AllocateError) as refused:
         core.allocate(GPU_RESOURCE, kubelet_ids(GPU_RESOURCE, count))

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from gpulet.cli import main
 from gpulet.standins.apiserver import ApiServerStandIn
 from gpulet.standins.objects import container, node_object, pod_object
+from scorer.wire import ExtenderArgs, ExtenderFilterResult, NodeList
 from tests.kube.certs import Authority
 from tests.nodes import shipped
 
@@ -59,12 +60,13 @@ def stop(proc: subprocess.Popen[str]) -> None:
 def test_standalone_serves_until_sigterm() -> None:
     proc, port = start("--standalone", "--host", "127.0.0.1", "--port", "0")
     try:
-        nodes = {"items": [node_object("gpu-1", shipped("pcie-4gpu"))]}
-        pod = pod_object("p", container(gpus=2))
-        code, data = request(port, "POST", "/filter", {"Pod": pod, "Nodes": nodes})
-        assert code == 200 and [
-            n["metadata"]["name"] for n in json.loads(data)["Nodes"]["items"]
-        ] == ["gpu-1"]
+        args = ExtenderArgs(
+            pod_object("p", container(gpus=2)),
+            nodes=NodeList((node_object("gpu-1", shipped("pcie-4gpu")),)),
+        )
+        code, data = request(port, "POST", "/filter", args.dump())
+        assert code == 200
+        assert ExtenderFilterResult.parse(json.loads(data)).names() == ("gpu-1",)
     finally:
         stop(proc)
 
@@ -85,8 +87,10 @@ def test_with_an_api_server_it_is_healthy_once_synced(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             pod = api.create_pod(pod_object("p", container(gpus=1, core=1, memory=10)))
-            code, data = request(port, "POST", "/filter", {"Pod": pod, "NodeNames": ["gpu-1"]})
-            assert code == 200 and json.loads(data)["NodeNames"] == ["gpu-1"]
+            args = ExtenderArgs(pod, node_names=("gpu-1",))
+            code, data = request(port, "POST", "/filter", args.dump())
+            assert code == 200
+            assert ExtenderFilterResult.parse(json.loads(data)).node_names == ("gpu-1",)
             code, data = request(port, "GET", "/metrics")
             assert b"gpulet_scorer_nodes 1.0" in data
         finally:

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deviceplugin.assignment import (
-    AssignedGpu,
     Assignment,
     AssignmentError,
     ContainerAssignment,
     ContainerRequest,
+    GpuShare,
     MatchError,
     PendingPod,
     StaticPodSource,
@@ -55,7 +55,7 @@ def test_parse_good() -> None:
     assert got.node == "dgx-07"
     main = got.container("main")
     assert main == ContainerAssignment(
-        "main", (AssignedGpu("GPU-a", 50, 16384, False),), ("mlx5_0",), (3,)
+        "main", (GpuShare("GPU-a", 50, 16384, False),), ("mlx5_0",), (3,)
     )
     assert main.count(GPU_RESOURCE) == 1 and main.count(RDMA_RESOURCE) == 1
     assert got.container("nope") is None
@@ -63,7 +63,7 @@ def test_parse_good() -> None:
 
 
 assigned_gpus = st.builds(
-    AssignedGpu,
+    GpuShare,
     uuid=st.from_regex(r"GPU-[0-9a-f]{1,36}", fullmatch=True),
     core=st.integers(1, 100),
     memory_mib=st.integers(1, 1 << 20),

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import discover
-from agent.discovery.netlink import SysfsLinkState
 from agent.simnode import generate, load_directory, spec_from_data
 from deviceplugin.container import PRELOAD, DeviceNode, MountSpec, uverbs_numbers, view
 from deviceplugin.grants import GpuShare
@@ -23,7 +21,7 @@ CONFIG = PluginConfig(
 
 
 def share(gpu: Gpu, exclusive: bool = False) -> GpuShare:
-    return GpuShare(gpu.uuid, gpu.index, 100 if exclusive else 30, 8192, exclusive)
+    return GpuShare(gpu.uuid, 100 if exclusive else 30, 8192, exclusive, index=gpu.index)
 
 
 def test_two_gpus_and_two_nics() -> None:
@@ -100,7 +98,7 @@ def test_ports_of_one_device_share_its_uverbs() -> None:
 def test_unknown_devices() -> None:
     topo = shipped("h100-vm")
     with pytest.raises(ValueError, match="GPU GPU-nope is not on node"):
-        view(topo, CONFIG, [GpuShare("GPU-nope", 0, 100, 1, True)], [], None)
+        view(topo, CONFIG, [GpuShare("GPU-nope", 100, 1, True, index=0)], [], None)
     with pytest.raises(ValueError, match="RDMA port mlx5_0 is not on node"):
         view(topo, CONFIG, [], ["mlx5_0"], None)
 
@@ -130,7 +128,7 @@ def test_the_verbs_device_is_the_one_discovery_read(tmp_path: Path) -> None:
         ],
     }
     sim = load_directory(generate(spec_from_data(spec), tmp_path / "node"))
-    topo = discover(sim.sysfs, sim.nvml, SysfsLinkState(sim.sysfs), sim.name)
+    topo = sim.topology()
     assert uverbs_numbers(topo) == {"mlx5_2": 0, "mlx5_1": 1, "mlx5_0": 2}
     got = view(topo, PluginConfig(), [], ["mlx5_0"], None)
     assert [d.container_path for d in got.devices] == [

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from deviceplugin.assignment import (
-    AssignedGpu,
     Assignment,
     ContainerAssignment,
     ContainerRequest,
+    GpuShare,
     PendingPod,
     StaticPodSource,
     dump_assignment,
@@ -240,7 +240,7 @@ def assigned(
     whole: bool = False,
 ) -> PendingPod:
     shares = tuple(
-        AssignedGpu(
+        GpuShare(
             A100.gpus[i].uuid,
             100 if whole else core,
             A100.gpus[i].memory_mib if whole else memory,
@@ -412,8 +412,8 @@ def test_init_container_devices_reused(tmp_path: Path) -> None:
         Assignment(
             NODE,
             (
-                ContainerAssignment("init", (AssignedGpu(first.uuid, 20, 2048),)),
-                ContainerAssignment("main", (AssignedGpu(second.uuid, 40, 4096),)),
+                ContainerAssignment("init", (GpuShare(first.uuid, 20, 2048),)),
+                ContainerAssignment("main", (GpuShare(second.uuid, 40, 4096),)),
             ),
         )
     )
@@ -443,7 +443,7 @@ def test_init_container_devices_reused(tmp_path: Path) -> None:
 
 def test_an_app_container_may_not_take_what_its_init_container_holds(tmp_path: Path) -> None:
     g = A100.gpus[4]
-    whole = (AssignedGpu(g.uuid, 100, g.memory_mib, True),)
+    whole = (GpuShare(g.uuid, 100, g.memory_mib, True),)
     text = dump_assignment(
         Assignment(NODE, (ContainerAssignment("init", whole), ContainerAssignment("main", whole)))
     )

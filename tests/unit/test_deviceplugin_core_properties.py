@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deviceplugin.assignment import (
-    AssignedGpu,
     Assignment,
     ContainerAssignment,
     ContainerRequest,
+    GpuShare,
     PendingPod,
     StaticPodSource,
     dump_assignment,
@@ -142,7 +142,7 @@ def admit(core: DevicePluginCore, source: StaticPodSource, op: Allocate) -> None
 
 def bind(source: StaticPodSource, op: Bind, n: int) -> str | None:
     shares = tuple(
-        AssignedGpu(
+        GpuShare(
             TOPO.gpus[i].uuid,
             100 if op.whole else op.core,
             TOPO.gpus[i].memory_mib if op.whole else op.memory_mib,

@@ -16,13 +16,13 @@ import pytest
 
 from agent.discovery.netlink import SysfsLinkState
 from agent.health import FileXidSource, SysfsPortStates
+from agent.plugincore import AgentSpec, build
 from agent.simnode import SimulatedNode, open_simulated
-from agent.standalone import Standalone, build
 from deviceplugin.assignment import (
-    AssignedGpu,
     Assignment,
     ContainerAssignment,
     ContainerRequest,
+    GpuShare,
     PendingPod,
     StaticPodSource,
     dump_assignment,
@@ -48,7 +48,7 @@ class Node:
     manager: PluginManager | None = None
 
     def start_agent(self, pods: StaticPodSource | None = None) -> PluginManager:
-        spec = Standalone(
+        spec = AgentSpec(
             topo=self.topo,
             plugin_dir=self.kubelet.plugin_dir,
             state_dir=self.state_dir,
@@ -341,7 +341,7 @@ def _assignment(topo: Topology, node_name: str, gpus: list[int]) -> str:
                 ContainerAssignment(
                     "main",
                     gpus=tuple(
-                        AssignedGpu(topo.gpus[i].uuid, 30, 8192, exclusive=False) for i in gpus
+                        GpuShare(topo.gpus[i].uuid, 30, 8192, exclusive=False) for i in gpus
                     ),
                 ),
             ),

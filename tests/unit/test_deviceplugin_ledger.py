@@ -32,7 +32,9 @@ G0, G1 = TOPO.gpus[0], TOPO.gpus[1]
 
 
 def whole(pod: str, *gpus: int, ids: tuple[str, ...] | None = None) -> Grant:
-    shares = tuple(GpuShare(TOPO.gpus[i].uuid, i, 100, TOPO.gpus[i].memory_mib, True) for i in gpus)
+    shares = tuple(
+        GpuShare(TOPO.gpus[i].uuid, 100, TOPO.gpus[i].memory_mib, True, index=i) for i in gpus
+    )
     return Grant(
         GPU_RESOURCE,
         ids or tuple(f"{TOPO.gpus[i].uuid}::00" for i in gpus),
@@ -49,7 +51,7 @@ def slice_of(pod: str, index: int, slot: int, core: int, memory: int) -> Grant:
     return Grant(
         GPU_RESOURCE,
         (f"{uuid}::{slot:02d}",),
-        (GpuShare(uuid, index, core, memory, False),),
+        (GpuShare(uuid, core, memory, False, index=index),),
         pod_uid=pod,
         container="main",
         granted_at=10.0,
@@ -96,8 +98,8 @@ def test_node_state() -> None:
         ]
     )
     state = ledger.node_state(TOPO, CONFIG)
-    assert state.gpu(0) == GpuUsage(100, 100, G0.memory_mib, exclusive=True)
-    assert state.gpu(1) == GpuUsage(2, 50, 1500, exclusive=False)
+    assert state.gpu(0) == GpuUsage(100, 100, G0.memory_mib, whole=1)
+    assert state.gpu(1) == GpuUsage(2, 50, 1500, whole=0)
     assert state.gpu(2).idle
     assert dict(state.nic_slots) == {"mlx5_0": 2, "mlx5_1": 1}
 

@@ -52,7 +52,7 @@ def test_two_gpus_come_from_behind_one_switch() -> None:
 
 def test_gpus_held_sick_or_partly_offered_are_not_proposed() -> None:
     offer = {**offered(0, 1, 2, 3, 4, 5), **offered(6, 7, slots=SLOTS - 1)}
-    held = NodeState(gpus={0: GpuUsage(exclusive=True)})
+    held = NodeState(gpus={0: GpuUsage(whole=1)})
     got = pick(2, offer, held, sick=frozenset({2}))
     assert 0 not in got and 2 not in got and 6 not in got and 7 not in got
     assert got[:2] == [4, 5]  # GPU1's partner is held and GPU3's is sick: the next whole pair

@@ -41,7 +41,7 @@ def check_against_exhaustive(topo: Topology, req: Request, state: NodeState) -> 
         use = state.gpu(grant.index)
         gpu = next(g for g in topo.gpus if g.index == grant.index)
         assert not use.exclusive and grant.index not in state.unhealthy_gpus
-        assert use.slots + grant.slots <= CAP.gpu_slots
+        assert use.plus(grant.charge(CAP.gpu_slots)).slots <= CAP.gpu_slots
         assert use.core + grant.core <= 100
         assert use.memory_mib + grant.memory_mib <= gpu.memory_mib
         if grant.exclusive:

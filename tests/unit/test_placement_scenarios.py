@@ -18,7 +18,7 @@ from gpulet.placement import (
 from tests.nodes import shipped
 
 A100_PAIRS = [{0, 1}, {2, 3}, {4, 5}, {6, 7}]
-WHOLE = GpuUsage(slots=100, core=100, memory_mib=81920, exclusive=True)
+WHOLE = GpuUsage(slots=100, core=100, memory_mib=81920, whole=1)
 
 
 def fit(result: Placement | NoFit) -> Placement:

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from gpulet.api.stamps import stamp
 from gpulet.standins.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
+from scorer.wire import ExtenderArgs, ExtenderBindingArgs, ExtenderFilterResult, HostPriority
 from tests.nodes import shipped
 
 H100 = shipped("dgx-h100")
@@ -39,9 +38,9 @@ def view(clocks: Clocks, stale_after: float = 180) -> ClusterView:
     )
 
 
-def filter_names(extender: Extender, *names: str) -> dict[str, Any]:
+def filter_names(extender: Extender, *names: str) -> ExtenderFilterResult:
     pod = pod_object("p", container(gpus=1, core=30, memory=8000), uid="u-p")
-    return extender.filter({"Pod": pod, "NodeNames": list(names)})
+    return extender.filter(ExtenderArgs(pod, node_names=names))
 
 
 def test_the_stamp_matches_the_fake_wall_clock() -> None:
@@ -54,28 +53,27 @@ def test_a_node_goes_quiet_when_its_heartbeat_stops_and_comes_back_when_it_resum
     v = view(clocks)
     v.set_node_object(node_object("a", H100, heartbeat=stamp(clocks.wall)))
     extender = Extender(v)
-    assert filter_names(extender, "a")["NodeNames"] == ["a"]
+    assert filter_names(extender, "a").node_names == ("a",)
 
     clocks.advance(170)
-    assert filter_names(extender, "a")["NodeNames"] == ["a"]
+    assert filter_names(extender, "a").node_names == ("a",)
     assert v.quiet_nodes() == []
 
     clocks.advance(20)  # 190 s without a new heartbeat
     answer = filter_names(extender, "a")
-    assert answer["NodeNames"] == []
-    reason = answer["FailedAndUnresolvableNodes"]["a"]
+    assert answer.node_names == ()
+    reason = answer.failed_and_unresolvable_nodes["a"]
     assert "has not reported for 190 s" in reason
     assert "2026-12-05T12:00:00Z" in reason
     assert v.quiet_nodes() == ["a"]
-    scores = extender.prioritize(
-        {"Pod": pod_object("p", container(gpus=1, core=30, memory=8000)), "NodeNames": ["a"]}
-    )
-    assert scores == [{"Host": "a", "Score": 0}]
+    pod = pod_object("p", container(gpus=1, core=30, memory=8000))
+    scores = extender.prioritize(ExtenderArgs(pod, node_names=("a",)))
+    assert tuple(scores) == (HostPriority("a", 0),)
 
     # The agent is back: a new heartbeat; the topology (and so the node's generation and the
     # decisions kept for it) did not change, and the refusal was not kept.
     v.set_node_object(node_object("a", H100, heartbeat=stamp(clocks.wall)))
-    assert filter_names(extender, "a")["NodeNames"] == ["a"]
+    assert filter_names(extender, "a").node_names == ("a",)
     assert v.quiet_nodes() == []
 
 
@@ -112,20 +110,18 @@ def test_without_a_heartbeat_or_with_the_check_off_nodes_are_not_judged(clocks: 
     off.set_node_object(node_object("a", H100, heartbeat=stamp(clocks.wall - 10_000)))
     clocks.advance(10_000)
     assert v.quiet_nodes() == [] and off.quiet_nodes() == []
-    assert filter_names(Extender(v), "unstamped")["NodeNames"] == ["unstamped"]
-    assert filter_names(Extender(off), "a")["NodeNames"] == ["a"]
+    assert filter_names(Extender(v), "unstamped").node_names == ("unstamped",)
+    assert filter_names(Extender(off), "a").node_names == ("a",)
 
 
 def test_bind_refuses_a_node_that_went_quiet_after_filter(clocks: Clocks) -> None:
     v = view(clocks)
     v.set_node_object(node_object("a", H100, heartbeat=stamp(clocks.wall)))
     extender = Extender(v)
-    assert filter_names(extender, "a")["NodeNames"] == ["a"]
+    assert filter_names(extender, "a").node_names == ("a",)
     clocks.advance(181)
-    answer = extender.bind(
-        {"PodName": "p", "PodNamespace": "default", "PodUID": "u-p", "Node": "a"}
-    )
-    assert "has not reported for 181 s" in answer["Error"]
+    answer = extender.bind(ExtenderBindingArgs("p", "default", "u-p", "a"))
+    assert "has not reported for 181 s" in answer.error
     assert list(v.pods()) == []
 
 

@@ -1,12 +1,13 @@
 """The extender over real HTTP, with the JSON kube-scheduler sends: capitalised keys, full Pod
-and Node objects or names only; and what it answers to bad input."""
+and Node objects or names only; and what it answers to bad input. The first test writes and
+reads that JSON by hand; the others build it with `scorer.wire`."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -15,6 +16,15 @@ from gpulet.standins.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from scorer.server import ExtenderServer
+from scorer.wire import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    HostPriority,
+    HostPriorityList,
+    NodeList,
+)
 from tests.nodes import shipped
 
 H100 = shipped("dgx-h100")
@@ -56,15 +66,31 @@ def node_list(*names: str) -> dict[str, Any]:
     }
 
 
-def bind(server: ExtenderServer, pod: dict[str, Any], node: str) -> tuple[int, Any]:
+def node_objects(*names: str) -> NodeList:
+    return NodeList(tuple(node_object(n, H100) for n in names))
+
+
+def filter_(server: ExtenderServer, args: ExtenderArgs) -> ExtenderFilterResult:
+    code, answer = post(server, "/filter", args.dump())
+    assert code == 200, answer
+    return ExtenderFilterResult.parse(answer)
+
+
+def prioritize(server: ExtenderServer, args: ExtenderArgs) -> HostPriorityList:
+    code, answer = post(server, "/prioritize", args.dump())
+    assert code == 200, answer
+    return HostPriorityList.parse(answer)
+
+
+def bind_args(pod: Mapping[str, Any], node: str) -> ExtenderBindingArgs:
     meta = pod["metadata"]
-    args = {
-        "PodName": meta["name"],
-        "PodNamespace": meta["namespace"],
-        "PodUID": meta["uid"],
-        "Node": node,
-    }
-    return post(server, "/bind", args)
+    return ExtenderBindingArgs(meta["name"], meta["namespace"], meta["uid"], node)
+
+
+def bind(server: ExtenderServer, pod: Mapping[str, Any], node: str) -> ExtenderBindingResult:
+    code, answer = post(server, "/bind", bind_args(pod, node).dump())
+    assert code == 200, answer
+    return ExtenderBindingResult.parse(answer)
 
 
 def test_full_objects_in_full_objects_out(server: ExtenderServer) -> None:
@@ -79,31 +105,26 @@ def test_full_objects_in_full_objects_out(server: ExtenderServer) -> None:
 
 def test_names_only_after_the_nodes_were_seen(server: ExtenderServer) -> None:
     pod = pod_object("train", container(gpus=8))
-    post(server, "/filter", {"Pod": pod, "Nodes": node_list("gpu-1", "gpu-2")})
-    code, answer = post(server, "/filter", {"Pod": pod, "NodeNames": ["gpu-2", "gpu-9", "gpu-1"]})
-    assert code == 200
-    assert answer["NodeNames"] == ["gpu-2", "gpu-1"] and answer["Nodes"] is None
-    unknown = answer["FailedAndUnresolvableNodes"]["gpu-9"]
+    filter_(server, ExtenderArgs(pod, nodes=node_objects("gpu-1", "gpu-2")))
+    answer = filter_(server, ExtenderArgs(pod, node_names=("gpu-2", "gpu-9", "gpu-1")))
+    assert answer.node_names == ("gpu-2", "gpu-1") and answer.nodes is None
+    unknown = answer.failed_and_unresolvable_nodes["gpu-9"]
     assert unknown == "the extender has no 'gpu-9' node (no gpulet.io/topology seen)"
-    assert bind(server, pod, "gpu-1") == (200, {"Error": ""})
+    assert bind(server, pod, "gpu-1") == ExtenderBindingResult()
     # gpu-1 is now full: the next 8-GPU pod fails there, with the reason, and may preempt.
     other = pod_object("train-2", container(gpus=8))
-    code, answer = post(server, "/filter", {"Pod": other, "NodeNames": ["gpu-1", "gpu-2"]})
-    assert answer["NodeNames"] == ["gpu-2"]
-    assert answer["FailedNodes"]["gpu-1"].startswith("needs 8 whole GPUs; 0 of 8 qualify")
-    assert answer["FailedAndUnresolvableNodes"] == {}
+    answer = filter_(server, ExtenderArgs(other, node_names=("gpu-1", "gpu-2")))
+    assert answer.node_names == ("gpu-2",)
+    assert answer.failed_nodes["gpu-1"].startswith("needs 8 whole GPUs; 0 of 8 qualify")
+    assert answer.failed_and_unresolvable_nodes == {}
 
 
 def test_prioritize_scores_are_integers_0_to_10(server: ExtenderServer) -> None:
     first = pod_object("a", container(gpus=1, core=30, memory=8192))
-    post(server, "/filter", {"Pod": first, "Nodes": node_list("gpu-1", "gpu-2")})
+    filter_(server, ExtenderArgs(first, nodes=node_objects("gpu-1", "gpu-2")))
     bind(server, first, "gpu-2")
     pod = pod_object("b", container(gpus=1, core=30, memory=8192))
-    code, answer = post(
-        server, "/prioritize", {"Pod": pod, "NodeNames": ["gpu-1", "gpu-2", "nope"]}
-    )
-    assert code == 200
-    scores = {h["Host"]: h["Score"] for h in answer}
+    scores = prioritize(server, ExtenderArgs(pod, node_names=("gpu-1", "gpu-2", "nope"))).by_host()
     assert all(isinstance(s, int) and 0 <= s <= 10 for s in scores.values())
     assert scores["gpu-2"] > scores["gpu-1"]  # binpack: the GPU already in use
     assert scores["nope"] == 0
@@ -115,8 +136,8 @@ def test_restricted_pod_gets_gpus_and_nics_behind_the_same_switches(server: Exte
         container("trainer", gpus=4, rdma=4),
         annotations={"gpulet.io/topology-policy": "restricted"},
     )
-    post(server, "/filter", {"Pod": pod, "Nodes": node_list("gpu-1")})
-    assert bind(server, pod, "gpu-1") == (200, {"Error": ""})
+    filter_(server, ExtenderArgs(pod, nodes=node_objects("gpu-1")))
+    assert bind(server, pod, "gpu-1") == ExtenderBindingResult()
     assignment = server.extender.view.assignment(pod["metadata"]["uid"])
     assert assignment is not None
     (trainer,) = assignment.containers
@@ -139,12 +160,12 @@ def test_invalid_values_fail_every_node_with_the_reason(
     server: ExtenderServer, limits: dict[str, Any], problem: str
 ) -> None:
     pod = pod_object("bad", container(**limits))
-    code, answer = post(server, "/filter", {"Pod": pod, "Nodes": node_list("gpu-1", "gpu-2")})
-    assert code == 200 and answer["Nodes"]["items"] == []
-    reasons = answer["FailedAndUnresolvableNodes"]
+    answer = filter_(server, ExtenderArgs(pod, nodes=node_objects("gpu-1", "gpu-2")))
+    assert answer.nodes == NodeList(())
+    reasons = answer.failed_and_unresolvable_nodes
     assert set(reasons) == {"gpu-1", "gpu-2"} and all(problem in r for r in reasons.values())
-    code, scores = post(server, "/prioritize", {"Pod": pod, "NodeNames": ["gpu-1"]})
-    assert code == 200 and scores == [{"Host": "gpu-1", "Score": 0}]
+    scores = prioritize(server, ExtenderArgs(pod, node_names=("gpu-1",)))
+    assert list(scores) == [HostPriority("gpu-1", 0)]
 
 
 @pytest.mark.parametrize(
@@ -173,11 +194,9 @@ def test_bind_problems(server: ExtenderServer) -> None:
     code, answer = post(server, "/bind", {"PodName": "x", "PodNamespace": "d", "Node": "n"})
     assert code == 400 and answer["Error"] == 'the bind request has no "PodUID"'
     pod = pod_object("never-filtered", container(gpus=1))
-    code, answer = bind(server, pod, "gpu-1")
-    assert code == 200 and "was not in any filter request" in answer["Error"]
-    post(server, "/filter", {"Pod": pod, "Nodes": node_list("gpu-1")})
-    code, answer = bind(server, pod, "gpu-7")
-    assert "node gpu-7 is not known to the extender" in answer["Error"]
+    assert "was not in any filter request" in bind(server, pod, "gpu-1").error
+    filter_(server, ExtenderArgs(pod, nodes=node_objects("gpu-1")))
+    assert "node gpu-7 is not known to the extender" in bind(server, pod, "gpu-7").error
 
 
 def test_body_limits(server: ExtenderServer) -> None:
@@ -197,7 +216,8 @@ def test_body_limits(server: ExtenderServer) -> None:
 
 def test_url_prefix_health_and_metrics(server: ExtenderServer) -> None:
     pod = pod_object("p", container(gpus=1))
-    code, _ = post(server, "/gpulet/v1/filter", {"Pod": pod, "Nodes": node_list("gpu-1")})
+    args = ExtenderArgs(pod, nodes=node_objects("gpu-1"))
+    code, _ = post(server, "/gpulet/v1/filter", args.dump())
     assert code == 200
     code, answer = post(server, "/preempt", {})
     assert code == 404 and "no such verb" in answer["Error"]

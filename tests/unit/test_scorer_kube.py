@@ -9,7 +9,8 @@ import http.client
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,6 +21,14 @@ from gpulet.standins.apiserver import ApiServerStandIn
 from gpulet.standins.objects import container, node_object, pod_object
 from scorer.app import Scorer, build
 from scorer.config import ScorerConfig
+from scorer.wire import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    HostPriorityList,
+    NodeList,
+)
 from tests.nodes import shipped
 
 H100 = shipped("dgx-h100")
@@ -56,6 +65,7 @@ def wait_for(what: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def post(scorer: Scorer, verb: str, body: Any) -> Any:
+    """POST `body` (JSON-ready) to the extender's `verb`: the JSON answer (HTTP 200)."""
     conn = http.client.HTTPConnection("127.0.0.1", scorer.server.port, timeout=10)
     conn.request(
         "POST", f"/{verb}", json.dumps(body).encode(), {"Content-Type": "application/json"}
@@ -67,20 +77,44 @@ def post(scorer: Scorer, verb: str, body: Any) -> Any:
     return answer
 
 
+def filter_(
+    scorer: Scorer,
+    pod: Mapping[str, Any],
+    names: Iterable[str] = (),
+    *,
+    nodes: NodeList | None = None,
+) -> ExtenderFilterResult:
+    """Filter `pod` on the nodes `names` (kube-scheduler's `nodeCacheCapable: true`), or on
+    the Node objects `nodes` (false)."""
+    args = ExtenderArgs(pod, node_names=None if nodes is not None else tuple(names), nodes=nodes)
+    return ExtenderFilterResult.parse(post(scorer, "filter", args.dump()))
+
+
+def prioritize(scorer: Scorer, pod: Mapping[str, Any], names: Iterable[str]) -> HostPriorityList:
+    args = ExtenderArgs(pod, node_names=tuple(names))
+    return HostPriorityList.parse(post(scorer, "prioritize", args.dump()))
+
+
+def bind_args(pod: Mapping[str, Any], node: str) -> ExtenderBindingArgs:
+    meta = pod["metadata"]
+    return ExtenderBindingArgs(meta["name"], meta["namespace"], meta["uid"], node)
+
+
+def bind(scorer: Scorer, args: ExtenderBindingArgs) -> ExtenderBindingResult:
+    return ExtenderBindingResult.parse(post(scorer, "bind", args.dump()))
+
+
 def schedule(scorer: Scorer, api: ApiServerStandIn, pod: dict[str, Any]) -> str | None:
     """What kube-scheduler does with one pod: filter (names only), prioritize, bind to the
     best node. The node, or None when nothing fits."""
     stored = api.create_pod(pod)
-    passed = post(scorer, "filter", {"Pod": stored, "NodeNames": list(NODES)})
-    if not passed["NodeNames"]:
+    passed = filter_(scorer, stored, NODES).names()
+    if not passed:
         return None
-    scores = post(scorer, "prioritize", {"Pod": stored, "NodeNames": passed["NodeNames"]})
-    best = max(scores, key=lambda s: s["Score"])["Host"]
-    meta = stored["metadata"]
-    args = {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"]}
-    answer = post(scorer, "bind", {**args, "Node": best})
-    assert answer == {"Error": ""}, answer
-    return str(best)
+    best = max(prioritize(scorer, stored, passed), key=lambda s: s.score).host
+    answer = bind(scorer, bind_args(stored, best))
+    assert answer == ExtenderBindingResult(), answer
+    return best
 
 
 def granted(api: ApiServerStandIn) -> dict[tuple[str, str], list[tuple[int, int, bool]]]:
@@ -170,8 +204,7 @@ def test_a_deleted_pod_frees_its_slices(api: ApiServerStandIn, scorer: Scorer) -
     # kube-scheduler retries the pod; it fits once the watch has shown the deletion.
     wait_for(lambda: len(list(scorer.server.extender.view.pods())) == 1)
     pod = next(p for p in api.pods() if p["metadata"]["name"] == "waiting")
-    passed = post(scorer, "filter", {"Pod": pod, "NodeNames": list(NODES)})
-    assert len(passed["NodeNames"]) == 1
+    assert len(filter_(scorer, pod, NODES).names()) == 1
 
 
 def test_finished_pods_free_their_slices_too(api: ApiServerStandIn, scorer: Scorer) -> None:
@@ -201,11 +234,9 @@ def test_back_to_back_pods_filtered_before_either_binds(
     decides again and takes another."""
     pods = [api.create_pod(inference(f"twin-{i}")) for i in range(2)]
     for pod in pods:
-        post(scorer, "filter", {"Pod": pod, "NodeNames": ["gpu-a"]})
+        filter_(scorer, pod, ["gpu-a"])
     for pod in pods:
-        meta = pod["metadata"]
-        args = {"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"]}
-        assert post(scorer, "bind", {**args, "Node": "gpu-a"}) == {"Error": ""}
+        assert bind(scorer, bind_args(pod, "gpu-a")) == ExtenderBindingResult()
     shares = granted(api)
     assert sum(len(s) for s in shares.values()) == 2
     assert_never_over_committed(api)
@@ -214,19 +245,18 @@ def test_back_to_back_pods_filtered_before_either_binds(
 def test_bind_errors_are_reported_not_raised(api: ApiServerStandIn, scorer: Scorer) -> None:
     pod = api.create_pod(inference("gone"))
     api.delete_pod("default", "gone")
-    meta = pod["metadata"]
-    args = {"PodName": "gone", "PodNamespace": "default", "PodUID": meta["uid"], "Node": "gpu-a"}
-    answer = post(scorer, "bind", args)
-    assert answer["Error"] == "pod default/gone does not exist (deleted while scheduling?)"
+    args = bind_args(pod, "gpu-a")
+    answer = bind(scorer, args)
+    assert answer.error == "pod default/gone does not exist (deleted while scheduling?)"
     pod = api.create_pod(inference("bound-elsewhere"))
     pod["spec"]["nodeName"] = "gpu-b"
     api.update_pod(pod)
-    args = {**args, "PodName": "bound-elsewhere", "PodUID": pod["metadata"]["uid"]}
-    assert "is already bound to node gpu-b" in post(scorer, "bind", args)["Error"]
+    args = replace(args, pod_name="bound-elsewhere", pod_uid=pod["metadata"]["uid"])
+    assert "is already bound to node gpu-b" in bind(scorer, args).error
     api.fail_next("POST", r"/bindings?$", 409)
     fresh = api.create_pod(inference("refused"))
-    args = {**args, "PodName": "refused", "PodUID": fresh["metadata"]["uid"]}
-    assert "was refused" in post(scorer, "bind", args)["Error"]
+    args = replace(args, pod_name="refused", pod_uid=fresh["metadata"]["uid"])
+    assert "was refused" in bind(scorer, args).error
     # The refused decision does not hold its slice.
     assert not any(
         uid == fresh["metadata"]["uid"] for uid, _, _ in scorer.server.extender.view.pods()
@@ -263,14 +293,12 @@ def test_a_node_whose_agent_stopped_reporting_takes_no_pods_until_it_is_back(
     scorer = start_scorer(api)
     try:
         pod = api.create_pod(inference("p"))
-        answer = post(scorer, "filter", {"Pod": pod, "NodeNames": ["gpu-c", "gpu-a"]})
-        assert answer["NodeNames"] == ["gpu-a"]
-        reason = answer["FailedAndUnresolvableNodes"]["gpu-c"]
+        answer = filter_(scorer, pod, ["gpu-c", "gpu-a"])
+        assert answer.node_names == ("gpu-a",)
+        reason = answer.failed_and_unresolvable_nodes["gpu-c"]
         assert "has not reported for" in reason and old in reason, reason
-        meta = pod["metadata"]
-        args = {"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"]}
-        refused = post(scorer, "bind", {**args, "Node": "gpu-c"})
-        assert "has not reported for" in refused["Error"]
+        refused = bind(scorer, bind_args(pod, "gpu-c"))
+        assert "has not reported for" in refused.error
         assert not api.bindings
         conn = http.client.HTTPConnection("127.0.0.1", scorer.server.port, timeout=10)
         conn.request("GET", "/metrics")
@@ -281,7 +309,6 @@ def test_a_node_whose_agent_stopped_reporting_takes_no_pods_until_it_is_back(
         node["metadata"]["annotations"]["gpulet.io/heartbeat"] = stamp(time.time())
         api.update_node(node)
         wait_for(lambda: not scorer.server.extender.view.quiet_nodes())
-        answer = post(scorer, "filter", {"Pod": pod, "NodeNames": ["gpu-c"]})
-        assert answer["NodeNames"] == ["gpu-c"]
+        assert filter_(scorer, pod, ["gpu-c"]).node_names == ("gpu-c",)
     finally:
         scorer.stop()

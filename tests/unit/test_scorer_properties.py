@@ -13,6 +13,7 @@ from gpulet.placement import Capacity
 from gpulet.standins.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
+from scorer.wire import ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, NodeList
 from tests.nodes import shipped
 from tests.strategies import examples
 
@@ -68,7 +69,7 @@ def check(view: ClusterView) -> None:
 def test_a_stream_of_pods_never_over_commits(script: list[tuple[str, object, bool]]) -> None:
     view = ClusterView(CAPACITY)
     extender = Extender(view)
-    nodes = {"items": [node_object(n, t, slots=3) for n, t in NODES.items()]}
+    nodes = NodeList(tuple(node_object(n, t, slots=3) for n, t in NODES.items()))
     bound: list[str] = []
     for n, (op, arg, whole_pod_ok) in enumerate(script):
         if op == "delete":
@@ -79,20 +80,18 @@ def test_a_stream_of_pods_never_over_commits(script: list[tuple[str, object, boo
         assert isinstance(arg, list)
         pod = pod_object(f"p{n}", *[dict(c, name=f"c{i}") for i, c in enumerate(arg)])
         uid = pod["metadata"]["uid"]
-        passed = extender.filter({"Pod": pod, "Nodes": nodes})
-        fits = [i["metadata"]["name"] for i in passed["Nodes"]["items"]]
-        scores = extender.prioritize({"Pod": pod, "NodeNames": list(NODES)})
-        assert all(isinstance(s["Score"], int) and 0 <= s["Score"] <= 10 for s in scores)
-        assert set(fits) | set(passed["FailedNodes"]) | set(
-            passed["FailedAndUnresolvableNodes"]
+        passed = extender.filter(ExtenderArgs(pod, nodes=nodes))
+        fits = passed.names()
+        scores = extender.prioritize(ExtenderArgs(pod, node_names=tuple(NODES))).by_host()
+        assert all(isinstance(s, int) and 0 <= s <= 10 for s in scores.values())
+        assert set(fits) | set(passed.failed_nodes) | set(
+            passed.failed_and_unresolvable_nodes
         ) == set(NODES)
         if not fits:
             continue
-        best = max(fits, key=lambda name: next(s["Score"] for s in scores if s["Host"] == name))
+        best = max(fits, key=lambda name: scores[name])
         if whole_pod_ok:
-            answer = extender.bind(
-                {"PodName": f"p{n}", "PodNamespace": "default", "PodUID": uid, "Node": best}
-            )
-            assert answer == {"Error": ""}
+            answer = extender.bind(ExtenderBindingArgs(f"p{n}", "default", uid, best))
+            assert answer == ExtenderBindingResult()
             bound.append(uid)
         check(view)

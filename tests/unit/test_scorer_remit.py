@@ -13,21 +13,11 @@ from gpulet.standins.apiserver import ApiServerStandIn
 from gpulet.standins.objects import container, node_object, pod_object
 from scorer.app import Scorer
 from scorer.config import ConfigError, load_config
+from scorer.wire import ExtenderBindingResult, NodeList
 from tests.nodes import shipped
-from tests.unit.test_scorer_kube import H100, api, post, scorer
+from tests.unit.test_scorer_kube import H100, api, bind, bind_args, filter_, scorer
 
 __all__ = ["api", "scorer"]  # fixtures
-
-
-def bind_args(pod: dict[str, object], node: str) -> dict[str, object]:
-    meta = pod["metadata"]
-    assert isinstance(meta, dict)
-    return {
-        "PodName": meta["name"],
-        "PodNamespace": meta["namespace"],
-        "PodUID": meta["uid"],
-        "Node": node,
-    }
 
 
 def test_bind_refuses_a_pod_that_asks_for_no_gpulet_resource(
@@ -36,8 +26,8 @@ def test_bind_refuses_a_pod_that_asks_for_no_gpulet_resource(
     """Anyone who can reach the extender could have it bind any pending pod, in any
     namespace, to a GPU node (and annotate it)."""
     plain = api.create_pod(pod_object("web", container("main"), namespace="team-b"))
-    answer = post(scorer, "bind", bind_args(plain, "gpu-a"))
-    assert "asks for no gpulet resource" in answer["Error"], answer
+    answer = bind(scorer, bind_args(plain, "gpu-a"))
+    assert "asks for no gpulet resource" in answer.error, answer
     stored = api.get_pod("team-b", "web")
     assert stored is not None
     assert not stored["spec"].get("nodeName")
@@ -50,11 +40,11 @@ def test_bind_refuses_a_pod_of_another_scheduler(api: ApiServerStandIn, scorer: 
     pod = pod_object("stray", container(gpus=1, core=30, memory=8192))
     pod["spec"]["schedulerName"] = "nobody"
     stray = api.create_pod(pod)
-    answer = post(scorer, "bind", bind_args(stray, "gpu-a"))
-    assert "is for scheduler 'nobody'" in answer["Error"], answer
+    answer = bind(scorer, bind_args(stray, "gpu-a"))
+    assert "is for scheduler 'nobody'" in answer.error, answer
     ours = pod_object("ours", container(gpus=1, core=30, memory=8192))
     ours["spec"]["schedulerName"] = "gpulet-scheduler"
-    assert post(scorer, "bind", bind_args(api.create_pod(ours), "gpu-a")) == {"Error": ""}
+    assert bind(scorer, bind_args(api.create_pod(ours), "gpu-a")) == ExtenderBindingResult()
 
 
 def test_nodes_in_a_request_never_join_the_cluster_view(
@@ -62,15 +52,15 @@ def test_nodes_in_a_request_never_join_the_cluster_view(
 ) -> None:
     """In API mode a filter's `Nodes` objects once added the nodes the watch had not shown:
     one request could add thousands of fictitious nodes, and a pod was bound to one."""
-    ghosts = {"items": [node_object(f"ghost-{i}", H100) for i in range(50)]}
+    ghosts = NodeList(tuple(node_object(f"ghost-{i}", H100) for i in range(50)))
     pod = api.create_pod(pod_object("infer", container(gpus=1, core=30, memory=8192)))
-    answer = post(scorer, "filter", {"Pod": pod, "Nodes": ghosts})
-    assert not answer["Nodes"]["items"]
-    failed = {**answer["FailedNodes"], **answer["FailedAndUnresolvableNodes"]}
+    answer = filter_(scorer, pod, nodes=ghosts)
+    assert answer.nodes == NodeList(())
+    failed = {**answer.failed_nodes, **answer.failed_and_unresolvable_nodes}
     assert sorted(failed) == sorted(f"ghost-{i}" for i in range(50))
     assert all(scorer.server.extender.view.node(f"ghost-{i}") is None for i in range(50))
-    answer = post(scorer, "bind", bind_args(pod, "ghost-0"))
-    assert "ghost-0 is not known" in answer["Error"], answer
+    refused = bind(scorer, bind_args(pod, "ghost-0"))
+    assert "ghost-0 is not known" in refused.error, refused
     stored = api.get_pod("default", "infer")
     assert stored is not None and not stored["spec"].get("nodeName")
 
@@ -80,8 +70,8 @@ def test_a_request_cannot_change_a_known_node(api: ApiServerStandIn, scorer: Sco
     shows it."""
     forged = node_object("gpu-a", shipped("pcie-16gpu"))
     pod = api.create_pod(pod_object("wide", container(gpus=12, core=100)))
-    answer = post(scorer, "filter", {"Pod": pod, "Nodes": {"items": [forged]}})
-    assert not answer["Nodes"]["items"]  # a DGX H100 has 8 GPUs, whatever the request says
+    answer = filter_(scorer, pod, nodes=NodeList((forged,)))
+    assert answer.nodes == NodeList(())  # a DGX H100 has 8 GPUs, whatever the request says
     info = scorer.server.extender.view.node("gpu-a")
     assert info is not None and info.topo is not None and len(info.topo.gpus) == 8
 

@@ -33,6 +33,7 @@ from scorer.cluster import ClusterView
 from scorer.config import ConfigError, ScorerConfig, load_config
 from scorer.extender import Extender
 from scorer.server import ExtenderServer
+from scorer.wire import ExtenderArgs, ExtenderFilterResult, NodeList
 from tests.kube.certs import Authority, Pair
 from tests.nodes import shipped
 
@@ -178,11 +179,13 @@ def test_a_client_with_a_certificate_from_the_ca_is_served(
 ) -> None:
     context = client_context(pki, pki.client)
     assert https(server, context, "GET", "/healthz") == (200, b"ok\n")
-    nodes = {"items": [node_object("gpu-1", shipped("pcie-4gpu"))]}
-    pod = pod_object("p", container(gpus=2))
-    code, data = https(server, context, "POST", "/filter", {"Pod": pod, "Nodes": nodes})
+    args = ExtenderArgs(
+        pod_object("p", container(gpus=2)),
+        nodes=NodeList((node_object("gpu-1", shipped("pcie-4gpu")),)),
+    )
+    code, data = https(server, context, "POST", "/filter", args.dump())
     assert code == 200
-    assert [n["metadata"]["name"] for n in json.loads(data)["Nodes"]["items"]] == ["gpu-1"]
+    assert ExtenderFilterResult.parse(json.loads(data)).names() == ("gpu-1",)
 
 
 def test_plain_http_to_the_tls_port_gets_no_answer(
@@ -377,7 +380,8 @@ def test_the_health_port_refuses_the_extender_verbs_and_other_paths(
 ) -> None:
     port = server.health_port
     assert port is not None
-    body = json.dumps({"Pod": pod_object("p", container(gpus=1)), "NodeNames": ["n"]}).encode()
+    args = ExtenderArgs(pod_object("p", container(gpus=1)), node_names=("n",))
+    body = json.dumps(args.dump()).encode()
     for verb in ("/filter", "/prioritize", "/bind", "/x/filter", "/healthz", "/metrics"):
         assert plain(port, "POST", verb, body)[0] == 405, verb
     for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"):

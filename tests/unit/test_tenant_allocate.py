@@ -14,19 +14,18 @@ from typing import Any
 import pytest
 
 from agent.kube import pending_pod
+from agent.plugincore import ListedContainer, adopt
 from agent.recover import recover_from_pods
-from agent.standalone import ListedContainer, adopt
 from deviceplugin.assignment import (
     ANNOTATION,
-    AssignedGpu,
     Assignment,
     ContainerAssignment,
+    GpuShare,
     PendingPod,
     StaticPodSource,
     dump_assignment,
 )
 from deviceplugin.core import AllocateError, DevicePluginCore
-from deviceplugin.grants import GpuShare
 from deviceplugin.ids import device_id
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
@@ -55,7 +54,7 @@ cluster = path.cluster
 def tenant_pod(
     name: str,
     ask: dict[str, Any],
-    shares: tuple[AssignedGpu, ...],
+    shares: tuple[GpuShare, ...],
     nics: tuple[str, ...] = (),
     *,
     node: str = NODE,
@@ -101,7 +100,7 @@ def pending(pod: dict[str, Any]) -> PendingPod:
     return found
 
 
-def gives(*gpus: AssignedGpu, nics: tuple[str, ...] = ()) -> ContainerAssignment:
+def gives(*gpus: GpuShare, nics: tuple[str, ...] = ()) -> ContainerAssignment:
     return ContainerAssignment("main", gpus, nics)
 
 
@@ -120,84 +119,84 @@ def refusal(asks: str, problem: str) -> str:
     [
         pytest.param(
             SMALL,
-            gives(AssignedGpu(G0, 100, 1024)),
+            gives(GpuShare(G0, 100, 1024)),
             SMALL_ASKS,
             f'GPU {G0} has "core": 100, not 10',
             id="more-core",
         ),
         pytest.param(
             SMALL,
-            gives(AssignedGpu(G0, 10, MEM)),
+            gives(GpuShare(G0, 10, MEM)),
             SMALL_ASKS,
             f'GPU {G0} has "memory_mib": {MEM}, not 1024',
             id="more-memory",
         ),
         pytest.param(
             SMALL,
-            gives(AssignedGpu(G0, 100, MEM, exclusive=True)),
+            gives(GpuShare(G0, 100, MEM, exclusive=True)),
             SMALL_ASKS,
             f'GPU {G0} has "exclusive": true (a whole GPU), but the container asks a slice',
             id="whole-for-a-slice",
         ),
         pytest.param(
             {"gpus": 1, "core": 10},
-            gives(AssignedGpu(G0, 100, MEM, exclusive=True)),
+            gives(GpuShare(G0, 100, MEM, exclusive=True)),
             "gpulet.io/gpu: 1, gpulet.io/gpu-core: 10",
             f'GPU {G0} has "exclusive": true (a whole GPU), but the container asks a slice',
             id="whole-for-core-only",
         ),
         pytest.param(
             {"gpus": 1, "core": 10},
-            gives(AssignedGpu(G0, 10, MEM + 1)),
+            gives(GpuShare(G0, 10, MEM + 1)),
             "gpulet.io/gpu: 1, gpulet.io/gpu-core: 10",
             f'GPU {G0} has "memory_mib": {MEM + 1}, more than its {MEM} MiB',
             id="more-memory-than-the-gpu",
         ),
         pytest.param(
             {"gpus": 1, "memory": 1024},
-            gives(AssignedGpu(G0, 50, 1024)),
+            gives(GpuShare(G0, 50, 1024)),
             "gpulet.io/gpu: 1, gpulet.io/gpu-memory: 1024",
             f'GPU {G0} has "core": 50, not 100 (the container names no gpulet.io/gpu-core)',
             id="core-not-asked",
         ),
         pytest.param(
             {"gpus": 1},
-            gives(AssignedGpu(G0, 30, 8192)),
+            gives(GpuShare(G0, 30, 8192)),
             "gpulet.io/gpu: 1",
             f'GPU {G0} has "exclusive": false (a slice), but the container asks whole GPUs',
             id="slice-for-whole",
         ),
         pytest.param(
             SMALL,
-            gives(AssignedGpu("GPU-00000000-dead-beef", 10, 1024)),
+            gives(GpuShare("GPU-00000000-dead-beef", 10, 1024)),
             SMALL_ASKS,
             '"uuid" GPU-00000000-dead-beef is not a GPU this node shares',
             id="unknown-gpu",
         ),
         pytest.param(
             {**SMALL, "rdma": 1},
-            gives(AssignedGpu(G0, 10, 1024), nics=("mlx5_99",)),
+            gives(GpuShare(G0, 10, 1024), nics=("mlx5_99",)),
             f"{SMALL_ASKS}, gpulet.io/rdma: 1",
             "NIC mlx5_99 is not an RDMA port of this node",
             id="unknown-nic",
         ),
         pytest.param(
             {"gpus": 1},
-            gives(AssignedGpu(G0, 100, MEM, True), AssignedGpu(G1, 100, MEM, True)),
+            gives(GpuShare(G0, 100, MEM, True), GpuShare(G1, 100, MEM, True)),
             "gpulet.io/gpu: 1",
             '"gpus" has 2 entries, not 1',
             id="more-gpus",
         ),
         pytest.param(
             {**SMALL, "rdma": 1},
-            gives(AssignedGpu(G0, 10, 1024), nics=("mlx5_0", "mlx5_1")),
+            gives(GpuShare(G0, 10, 1024), nics=("mlx5_0", "mlx5_1")),
             f"{SMALL_ASKS}, gpulet.io/rdma: 1",
             '"nics" has 2 entries, not 1',
             id="more-nics",
         ),
         pytest.param(
             SMALL,
-            gives(AssignedGpu(G0, 10, 1024), nics=("mlx5_0",)),
+            gives(GpuShare(G0, 10, 1024), nics=("mlx5_0",)),
             SMALL_ASKS,
             '"nics" has 1 entry, not 0',
             id="nics-not-asked",
@@ -218,18 +217,18 @@ def test_an_assignment_that_gives_other_than_the_pod_asks_is_refused(
 @pytest.mark.parametrize(
     ("ask", "shares", "limits"),
     [
-        pytest.param(SMALL, (AssignedGpu(G0, 10, 1024),), [(G0, 1024, 10)], id="slice"),
+        pytest.param(SMALL, (GpuShare(G0, 10, 1024),), [(G0, 1024, 10)], id="slice"),
         # Memory not named: the rest of the GPU, as the extender saw it free.
         pytest.param(
-            {"gpus": 1, "core": 10}, (AssignedGpu(G0, 10, 40000),), [(G0, 40000, 10)], id="core"
+            {"gpus": 1, "core": 10}, (GpuShare(G0, 10, 40000),), [(G0, 40000, 10)], id="core"
         ),
         # Core not named: 100, not paced.
         pytest.param(
-            {"gpus": 1, "memory": 1024}, (AssignedGpu(G0, 100, 1024),), [(G0, 1024, 100)], id="mem"
+            {"gpus": 1, "memory": 1024}, (GpuShare(G0, 100, 1024),), [(G0, 1024, 100)], id="mem"
         ),
         pytest.param(
             {"gpus": 2},
-            (AssignedGpu(G0, 100, MEM, True), AssignedGpu(G1, 100, MEM, True)),
+            (GpuShare(G0, 100, MEM, True), GpuShare(G1, 100, MEM, True)),
             [(G0, MEM, 100), (G1, MEM, 100)],
             id="whole",
         ),
@@ -238,7 +237,7 @@ def test_an_assignment_that_gives_other_than_the_pod_asks_is_refused(
 def test_an_assignment_that_gives_what_the_pod_asks_is_followed(
     tmp_path: Path,
     ask: dict[str, Any],
-    shares: tuple[AssignedGpu, ...],
+    shares: tuple[GpuShare, ...],
     limits: list[tuple[str, int, int]],
 ) -> None:
     core, _ = core_for(tmp_path, tenant_pod("honest", ask, shares))
@@ -249,7 +248,7 @@ def test_an_assignment_that_gives_what_the_pod_asks_is_followed(
 
 
 def test_gpus_and_ports_that_agree_with_the_request_are_granted(tmp_path: Path) -> None:
-    pod = tenant_pod("both", {**SMALL, "rdma": 1}, (AssignedGpu(G0, 10, 1024),), ("mlx5_2",))
+    pod = tenant_pod("both", {**SMALL, "rdma": 1}, (GpuShare(G0, 10, 1024),), ("mlx5_2",))
     core, _ = core_for(tmp_path, pod)
     core.allocate(GPU_RESOURCE, kubelet_ids(GPU_RESOURCE, 1))
     assert core.allocate(RDMA_RESOURCE, kubelet_ids(RDMA_RESOURCE, 1)).envs == {
@@ -262,7 +261,7 @@ def test_gpus_and_ports_that_agree_with_the_request_are_granted(tmp_path: Path) 
 def test_a_pod_whose_request_cannot_be_read_is_refused_with_why(tmp_path: Path) -> None:
     """`8Gi` of gpu-memory is a valid Kubernetes quantity that kubelet admits, but it could
     mean 8 GiB or 8 Gi MiB: the extender refuses it, and so does Allocate."""
-    pod = tenant_pod("forged", {"gpus": 1, "memory": "8Gi"}, (AssignedGpu(G0, 100, MEM),))
+    pod = tenant_pod("forged", {"gpus": 1, "memory": "8Gi"}, (GpuShare(G0, 100, MEM),))
     core, _ = core_for(tmp_path, pod)
     with pytest.raises(AllocateError) as refused:
         core.allocate(GPU_RESOURCE, kubelet_ids(GPU_RESOURCE, 1))
@@ -274,12 +273,12 @@ def test_a_pod_whose_request_cannot_be_read_is_refused_with_why(tmp_path: Path) 
 
 
 def test_devices_already_held_are_refused_naming_the_holder(tmp_path: Path) -> None:
-    first = tenant_pod("first", {**SMALL, "rdma": 1}, (AssignedGpu(G1, 10, 1024),), ("mlx5_2",))
+    first = tenant_pod("first", {**SMALL, "rdma": 1}, (GpuShare(G1, 10, 1024),), ("mlx5_2",))
     core, source = core_for(tmp_path, first, rdma_slots=1)
     core.allocate(GPU_RESOURCE, kubelet_ids(GPU_RESOURCE, 1))
     core.allocate(RDMA_RESOURCE, kubelet_ids(RDMA_RESOURCE, 1))
     source.remove("uid-first")  # admitted
-    whole = tenant_pod("whole", {"gpus": 1}, (AssignedGpu(G1, 100, MEM, True),))
+    whole = tenant_pod("whole", {"gpus": 1}, (GpuShare(G1, 100, MEM, True),))
     source.add(pending(whole))
     with pytest.raises(AllocateError) as refused:
         core.allocate(GPU_RESOURCE, kubelet_ids(GPU_RESOURCE, 1, first=1))
@@ -289,7 +288,7 @@ def test_devices_already_held_are_refused_naming_the_holder(tmp_path: Path) -> N
         "behind the agent's"
     )
     source.remove("uid-whole")
-    port = tenant_pod("port", {**SMALL, "rdma": 1}, (AssignedGpu(G0, 10, 1024),), ("mlx5_2",))
+    port = tenant_pod("port", {**SMALL, "rdma": 1}, (GpuShare(G0, 10, 1024),), ("mlx5_2",))
     source.add(pending(port))
     core.allocate(GPU_RESOURCE, kubelet_ids(GPU_RESOURCE, 1, first=2))
     with pytest.raises(AllocateError) as refused:
@@ -313,30 +312,30 @@ def allocated(pod: dict[str, Any], ids: list[str]) -> dict[str, Any]:
 
 def test_an_honest_pod_is_recovered_as_the_slice_it_asked(tmp_path: Path) -> None:
     ids = kubelet_ids(GPU_RESOURCE, 1)
-    pod = allocated(tenant_pod("honest", SMALL, (AssignedGpu(G0, 10, 1024),)), ids)
+    pod = allocated(tenant_pod("honest", SMALL, (GpuShare(G0, 10, 1024),)), ids)
     ledger = Ledger()
     config = PluginConfig(node_name=NODE, region_root=tmp_path)
     assert recover_from_pods(ledger, [pod], ON_NODE, config) == 1
     (grant,) = ledger.grants()
     assert (grant.pod_uid, grant.device_ids) == ("uid-honest", tuple(ids))
-    assert grant.gpus == (GpuShare(G0, 0, 10, 1024, False),)
+    assert grant.gpus == (GpuShare(G0, 10, 1024, False, index=0),)
 
 
 @pytest.mark.parametrize(
     ("pod", "reason"),
     [
         pytest.param(
-            tenant_pod("forged", SMALL, (AssignedGpu(G0, 100, MEM),)),
+            tenant_pod("forged", SMALL, (GpuShare(G0, 100, MEM),)),
             f'GPU {G0} has "core": 100, not 10',
             id="bigger-slice",
         ),
         pytest.param(
-            tenant_pod("forged", SMALL, (AssignedGpu(G0, 100, MEM, True),)),
+            tenant_pod("forged", SMALL, (GpuShare(G0, 100, MEM, True),)),
             '"exclusive": true (a whole GPU), but the container asks a slice',
             id="whole",
         ),
         pytest.param(
-            tenant_pod("forged", {"gpus": 1, "memory": "8Gi"}, (AssignedGpu(G0, 100, MEM),)),
+            tenant_pod("forged", {"gpus": 1, "memory": "8Gi"}, (GpuShare(G0, 100, MEM),)),
             "gpulet.io/gpu-memory must be a whole number",
             id="unreadable-request",
         ),
@@ -360,7 +359,7 @@ def test_a_forged_pod_is_not_recovered_from_its_annotations(
     (held,) = ledger.grants()
     gpu7 = A100.gpus[7]
     assert held.pod_uid is None
-    assert held.gpus == (GpuShare(gpu7.uuid, 7, 100, gpu7.memory_mib, True),)
+    assert held.gpus == (GpuShare(gpu7.uuid, 100, gpu7.memory_mib, True, index=7),)
 
 
 def listing(pod: dict[str, Any], ids: list[str], container_name: str = "main") -> ListedContainer:
@@ -373,12 +372,12 @@ def listing(pod: dict[str, Any], ids: list[str], container_name: str = "main") -
 
 def test_a_record_kubelet_confirms_is_recovered(tmp_path: Path) -> None:
     ids = kubelet_ids(GPU_RESOURCE, 1)
-    pod = allocated(tenant_pod("honest", SMALL, (AssignedGpu(G0, 10, 1024),)), ids)
+    pod = allocated(tenant_pod("honest", SMALL, (GpuShare(G0, 10, 1024),)), ids)
     ledger = Ledger()
     config = PluginConfig(node_name=NODE, region_root=tmp_path)
     assert recover_from_pods(ledger, [pod], ON_NODE, config, [listing(pod, ids)]) == 1
     (grant,) = ledger.grants()
-    assert grant.gpus == (GpuShare(G0, 0, 10, 1024, False),)
+    assert grant.gpus == (GpuShare(G0, 10, 1024, False, index=0),)
 
 
 @pytest.mark.parametrize("holder", ["other-pod", "other-container", "nobody"])
@@ -388,8 +387,8 @@ def test_a_record_claiming_ids_kubelet_gives_another_is_not_recovered(
     """An honest-looking assignment whose record names device IDs that kubelet's List shows
     held by someone else (or by no one) is not rebuilt: the IDs' real holder keeps them."""
     ids = kubelet_ids(GPU_RESOURCE, 1)
-    forged = allocated(tenant_pod("forged", SMALL, (AssignedGpu(G0, 10, 1024),)), ids)
-    victim = tenant_pod("victim", SMALL, (AssignedGpu(G1, 10, 1024),))
+    forged = allocated(tenant_pod("forged", SMALL, (GpuShare(G0, 10, 1024),)), ids)
+    victim = tenant_pod("victim", SMALL, (GpuShare(G1, 10, 1024),))
     listed = {
         "other-pod": [listing(victim, ids)],
         "other-container": [listing(forged, ids, container_name="sidecar")],
@@ -412,7 +411,7 @@ def test_a_forged_pod_gets_a_refusal_never_a_gpu(cluster: path.Cluster, exclusiv
     """`kubectl apply` of a pod with spec.nodeName and an assignment of its own: the agent
     refuses it, and no limits file on the node gives it more than it asked."""
     gpu = cluster.agent.core.topo.gpus[0]
-    share = AssignedGpu(gpu.uuid, 100, gpu.memory_mib, exclusive)
+    share = GpuShare(gpu.uuid, 100, gpu.memory_mib, exclusive)
     pod = tenant_pod("forged", SMALL, (share,), node=path.NODE, namespace="default")
     stored = cluster.api.create_pod(pod)
     with pytest.raises(AllocateFailed) as refused:
@@ -449,7 +448,7 @@ def test_a_forged_assignment_is_not_recovered_after_a_lost_checkpoint(
     (share,) = path.assigned(stored).gpus
     memory = next(g.memory_mib for g in cluster.agent.core.topo.gpus if g.uuid == share.uuid)
     bigger = Assignment(
-        path.NODE, (ContainerAssignment("main", (AssignedGpu(share.uuid, 100, memory),)),)
+        path.NODE, (ContainerAssignment("main", (GpuShare(share.uuid, 100, memory),)),)
     )
     text = dump_assignment(bigger)
     stored["metadata"]["annotations"][ANNOTATION] = text
