@@ -9,7 +9,7 @@ when they end, and counting them is the safe side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gpulet.api.assignment import Assignment, ContainerAssignment
 from gpulet.placement import NodeState, Placement
@@ -56,7 +56,7 @@ def decide(node: NodeInfo, state: NodeState, ask: PodAsk) -> Decision | Refusal:
             ContainerAssignment(
                 container.name,
                 # The annotation names each GPU by UUID alone.
-                gpus=tuple(replace(g, index=-1) for g in placed.gpus),
+                gpus=tuple(g.by_uuid() for g in placed.gpus),
                 nics=placed.nics,
                 numa=placed.numa,
             )

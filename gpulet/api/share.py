@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class GpuShare:
         memory = gpu_memory_mib if self.exclusive else self.memory_mib
         return replace(self, index=index, memory_mib=memory)
 
+    def by_uuid(self) -> GpuShare:
+        """This share as the assignment names it: by UUID alone (index -1); every other
+        field carries over."""
+        return GpuShare(**{**self.__dict__, "index": -1})
+
     def charge(self, slots_per_gpu: int, gpu_memory_mib: int = 0) -> GpuUsage:
         """What this share takes of its GPU: a slice one slot, its core and its memory; a
         whole GPU every slot, all its core and all its memory (`gpu_memory_mib`, the GPU's
@@ -96,10 +102,10 @@ class Short(StrEnum):
     MEMORY = "memory"
 
 
-@dataclass(frozen=True)
-class Shortfall:
+class Shortfall(NamedTuple):
     """Why a share does not fit a GPU: what is short, how much the share needs and how much
-    is free (slots, percent of compute or MiB; for HELD_WHOLE and IN_USE, the GPU)."""
+    is free (slots, percent of compute or MiB; for HELD_WHOLE and IN_USE, the GPU). A named
+    tuple: the placement engine makes one for every GPU that cannot take a request."""
 
     short: Short
     needed: int
@@ -108,30 +114,50 @@ class Shortfall:
     def __str__(self) -> str:
         """The short form the placement engine lists per GPU. No "%": kube-scheduler uses the
         reasons it shows in a FailedScheduling event as a printf format."""
-        match self.short:
-            case Short.SLOTS:
-                return "no free slot"
-            case Short.CORE:
-                return f"{self.free} percent core free"
-            case Short.MEMORY:
-                return f"{self.free} MiB free"
-            case _:
-                return self.short.value
+        short = self.short
+        if short is Short.SLOTS:
+            return "no free slot"
+        if short is Short.CORE:
+            return f"{self.free} percent core free"
+        if short is Short.MEMORY:
+            return f"{self.free} MiB free"
+        return short.value
 
 
 def shortfall(
     use: GpuUsage, share: GpuShare, slots_per_gpu: int, gpu_memory_mib: int
 ) -> Shortfall | None:
     """Whether `share` fits a GPU that has given out `use`: None, or what is short."""
-    if use.exclusive:
+    return shortfall_of(
+        use,
+        share.core,
+        share.memory_mib,
+        exclusive=share.exclusive,
+        slots_per_gpu=slots_per_gpu,
+        gpu_memory_mib=gpu_memory_mib,
+    )
+
+
+def shortfall_of(
+    use: GpuUsage,
+    core: int,
+    memory_mib: int,
+    *,
+    exclusive: bool,
+    slots_per_gpu: int,
+    gpu_memory_mib: int,
+) -> Shortfall | None:
+    """`shortfall` for a share not made yet (the placement engine asks it of every GPU, and
+    makes the share only for those that can take it)."""
+    if use.whole:
         return Shortfall(Short.HELD_WHOLE, 1, 0)
-    if share.exclusive:
+    if exclusive:
         return None if use.idle else Shortfall(Short.IN_USE, 1, 0)
     if use.slots + 1 > slots_per_gpu:
         return Shortfall(Short.SLOTS, 1, max(0, slots_per_gpu - use.slots))
-    if use.core + share.core > 100:
-        return Shortfall(Short.CORE, share.core, max(0, 100 - use.core))
+    if use.core + core > 100:
+        return Shortfall(Short.CORE, core, max(0, 100 - use.core))
     free_memory = gpu_memory_mib - use.memory_mib
-    if share.memory_mib < 1 or share.memory_mib > free_memory:
-        return Shortfall(Short.MEMORY, share.memory_mib, max(0, free_memory))
+    if memory_mib < 1 or memory_mib > free_memory:
+        return Shortfall(Short.MEMORY, memory_mib, max(0, free_memory))
     return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpulet.api.share import GpuShare, GpuUsage, Shortfall, shortfall
+from gpulet.api.share import GpuShare, GpuUsage, Shortfall, shortfall_of
 from gpulet.placement.cost import unit
 from gpulet.placement.request import Capacity, GpuPolicy, NodeState, Request
 from gpulet.topology import Gpu, Topology
@@ -17,15 +17,23 @@ _TOUCHED, _FIT, _NIC_LOAD, _ORDER = (unit(f) for f in ("touched", "fit", "nic_lo
 def _grant(gpu: Gpu, use: GpuUsage, req: Request, cap: Capacity) -> GpuShare | Shortfall:
     """The share this GPU would give, or what it lacks. A slice's memory defaults to what
     the GPU has free; a whole GPU is all of it."""
-    if req.whole:
-        share = GpuShare(gpu.uuid, 100, gpu.memory_mib, exclusive=True, index=gpu.index)
+    whole = req.whole
+    if whole:
+        core, memory = 100, gpu.memory_mib
     else:
-        free_memory = gpu.memory_mib - use.memory_mib
         core = 100 if req.core is None else req.core
-        memory = free_memory if req.memory_mib is None else req.memory_mib
-        share = GpuShare(gpu.uuid, core, memory, index=gpu.index)
-    short = shortfall(use, share, cap.gpu_slots, gpu.memory_mib)
-    return share if short is None else short
+        memory = gpu.memory_mib - use.memory_mib if req.memory_mib is None else req.memory_mib
+    short = shortfall_of(
+        use,
+        core,
+        memory,
+        exclusive=whole,
+        slots_per_gpu=cap.gpu_slots,
+        gpu_memory_mib=gpu.memory_mib,
+    )
+    if short is not None:
+        return short
+    return GpuShare(gpu.uuid, core, memory, whole, gpu.index)
 
 
 def gpu_unary(gpu: Gpu, use: GpuUsage, grant: GpuShare, policy: GpuPolicy) -> int:
@@ -44,13 +52,14 @@ class Candidates:
 
     gpus: dict[int, tuple[GpuShare, int]]
     nics: dict[str, int]
-    gpu_reasons: dict[int, str]
+    #: Why each other GPU cannot take it (rendered only for a no-fit reason).
+    gpu_reasons: dict[int, str | Shortfall]
     nic_reasons: dict[str, str]
 
 
 def candidates(topo: Topology, req: Request, state: NodeState, cap: Capacity) -> Candidates:
     gpus: dict[int, tuple[GpuShare, int]] = {}
-    gpu_reasons: dict[int, str] = {}
+    gpu_reasons: dict[int, str | Shortfall] = {}
     if req.gpus:
         for gpu in topo.gpus:
             use = state.gpu(gpu.index)
@@ -62,7 +71,7 @@ def candidates(topo: Topology, req: Request, state: NodeState, cap: Capacity) ->
             else:
                 got = _grant(gpu, use, req, cap)
             if not isinstance(got, GpuShare):
-                gpu_reasons[gpu.index] = str(got)
+                gpu_reasons[gpu.index] = got
             else:
                 gpus[gpu.index] = (got, gpu_unary(gpu, use, got, req.gpu_policy))
     nics: dict[str, int] = {}

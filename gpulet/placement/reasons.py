@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 
 from gpulet.placement.eligibility import Candidates
 from gpulet.placement.request import Request, TopologyPolicy
@@ -13,7 +14,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _listing(reasons: dict[int, str] | dict[str, str], prefix: str = "") -> str:
+def _listing(reasons: Mapping[int, object] | Mapping[str, object], prefix: str = "") -> str:
     parts = [f"{prefix}{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: str(kv[0]))]
     if len(parts) > 6:
         parts = [*parts[:6], f"{len(parts) - 6} more"]
