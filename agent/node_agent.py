@@ -92,7 +92,6 @@ class NodeAgent:
     supervisor: Supervisor
     monitor: Monitor | None = None
     metrics: MetricsServer | None = None
-    loops: list[Every] = field(default_factory=list)
     recorder: AllocatedRecorder | None = None
 
     def stop(self) -> None:
@@ -179,7 +178,7 @@ def start(
         if pinning is not None:
             pinner = Pinner(topo, pods.pods, pinning.cgroup_root, pinning.cpu_manager_state)
             loop = Every("gpulet-pin", pinning.interval_s, pinner.reconcile)
-            agent.loops.append(parts.start("pinner", loop))
+            parts.start("pinner", loop)
         if monitoring is not None:
             ledger = spec.state_dir / DUTY_LEDGER
             _start_monitoring(agent, parts, monitoring, api=api, node=node, ledger=ledger)
@@ -220,7 +219,7 @@ def _start_monitoring(
     if freezing is not None:
         parts.start("duty-cycle", freezing.duty)  # its stop thaws every container it holds
     loop = Every("gpulet-monitor", monitoring.interval_s, monitor.tick)
-    agent.loops.append(parts.start("monitor", loop))
+    parts.start("monitor", loop)
     if monitoring.metrics_port is not None:
         server = MetricsServer(
             AgentCollector(core, monitor),

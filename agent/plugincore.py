@@ -17,12 +17,12 @@ from pathlib import Path
 
 import grpc
 
-from deviceplugin import ids
 from deviceplugin.api import podresources_v1_pb2 as podres
 from deviceplugin.api import podresources_v1_pb2_grpc as podres_grpc
 from deviceplugin.assignment import PodSource
 from deviceplugin.core import DevicePluginCore
 from deviceplugin.grants import GpuShare, Grant
+from deviceplugin.inventory import owner_of
 from deviceplugin.ledger import CheckpointError, Ledger
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.topology import Topology
@@ -94,9 +94,9 @@ def adopt(ledger: Ledger, topo: Topology, containers: Iterable[Mapping[str, Sequ
             unknown = tuple(d for d in device_ids if (resource, d) not in known)
             if not unknown:
                 continue
-            owners = dict.fromkeys(o for o in map(_owner, unknown) if o is not None)
+            owners = dict.fromkeys(o for o in map(owner_of, unknown) if o is not None)
             gpus = tuple(
-                GpuShare(u, 100, by_uuid[u].memory_mib, exclusive=True, index=by_uuid[u].index)
+                GpuShare.held_whole(u, by_uuid[u].memory_mib, by_uuid[u].index)
                 for u in owners
                 if resource == GPU_RESOURCE and u in by_uuid
             )
@@ -104,13 +104,6 @@ def adopt(ledger: Ledger, topo: Topology, containers: Iterable[Mapping[str, Sequ
             ledger.add(Grant(resource, unknown, gpus=gpus, nics=nics, granted_at=time.time()))
             adopted += 1
     return adopted
-
-
-def _owner(device_id: str) -> str | None:
-    try:
-        return ids.parse(device_id)[0]
-    except ids.DeviceIdError:
-        return None
 
 
 def load_ledger(path: Path) -> Ledger:

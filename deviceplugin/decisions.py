@@ -40,6 +40,7 @@ from deviceplugin.grants import GpuShare, Grant
 from deviceplugin.inventory import Inventory
 from deviceplugin.resources import GPU_RESOURCE, UnknownResourceError, check_resource
 from deviceplugin.room import Granted, shortage
+from gpulet.api.share import shortfall
 from gpulet.topology import Nic
 
 __all__ = ["AllocateError", "Decider", "Decision", "Granted", "Health"]
@@ -156,16 +157,18 @@ class Decider:
         if resource != GPU_RESOURCE:
             keys = tuple(n.key for n in topo.nics if n.key in seen)
             return Decision(resource, ask, (), keys, None, None, superseded, spend=False)
-        state = self._granted.node_state(topo, self._inventory.config, excluding=superseded)
+        config = self._inventory.config
+        state = self._granted.node_state(topo, config, excluding=superseded)
         gpus = sorted((self._inventory.gpus[o] for o in seen), key=lambda g: g.index)
-        for gpu in gpus:
-            if not state.gpu(gpu.index).idle:
+        shares = tuple(GpuShare.held_whole(g.uuid, g.memory_mib, g.index) for g in gpus)
+        for gpu, share in zip(gpus, shares, strict=True):
+            use = state.gpu(gpu.index)
+            if shortfall(use, share, config.gpu_slots, gpu.memory_mib) is not None:
                 raise AllocateError(
                     f"GPU{gpu.index} ({gpu.uuid}) is held whole by another container; kubelet "
                     f"offered its slot {seen[gpu.uuid]} because it counts slots, not GPUs. "
                     f"Fewer than {len(gpus)} whole GPUs are free on node {topo.node}"
                 )
-        shares = tuple(GpuShare(g.uuid, 100, g.memory_mib, True, index=g.index) for g in gpus)
         return Decision(resource, ask, shares, (), None, None, superseded, spend=False)
 
     def assigned(self, resource: str, device_ids: Sequence[str]) -> Decision:

@@ -70,6 +70,11 @@ class GpuShare:
     #: assignment annotation).
     index: int = -1
 
+    @classmethod
+    def held_whole(cls, uuid: str, memory_mib: int, index: int = -1) -> GpuShare:
+        """A GPU given whole: all its compute, all its memory (`memory_mib`), no one else."""
+        return cls(uuid, 100, memory_mib, exclusive=True, index=index)
+
     def on_gpu(self, index: int, gpu_memory_mib: int) -> GpuShare:
         """This share as granted on its node's GPU `index`: a whole GPU holds all of the
         memory the GPU has (whatever the assignment said); every other field carries over."""
