@@ -24,3 +24,11 @@ def epoch(text: object) -> float | None:
     except ValueError:
         return None
     return None if written.tzinfo is None else written.timestamp()
+
+
+def stamp_micro(epoch: float) -> str:
+    """`epoch` as the API's MicroTime writes it (a Lease's `renewTime`): RFC 3339 in UTC with
+    six decimals, `2026-12-05T12:00:00.250000Z`."""
+    whole = int(epoch // 1)
+    micros = min(999_999, round((epoch - whole) * 1_000_000))
+    return f"{time.strftime(FORMAT[:-1], time.gmtime(whole))}.{micros:06d}Z"

@@ -18,8 +18,19 @@ from typing import Any
 
 from kubernetes.client import ApiClient, ApiException
 
+from gpulet import __version__
+from gpulet.api import nodetopology as nt
+
 _AUTH = ["BearerToken"]
 _MERGE_PATCH = "application/merge-patch+json"
+
+
+def api_client(configuration: Any, component: str) -> ApiClient:
+    """A client that names itself `gpulet-<component>/<version>` (its User-Agent): what the
+    API server's audit log, API Priority and Fairness and managedFields call it."""
+    api = ApiClient(configuration)
+    api.user_agent = f"gpulet-{component}/{__version__}"
+    return api
 
 
 def _read(response: Any) -> Any:
@@ -71,6 +82,9 @@ class CoreCalls(_Calls):
     def list_nodes(self, **options: Any) -> Any:
         return self._call("GET", "/api/v1/nodes", query=_list_query(options))
 
+    def read_node(self, name: str) -> Any:
+        return _read(self._call("GET", f"/api/v1/nodes/{name}"))
+
     def list_pods(
         self,
         field_selector: str | None = None,
@@ -110,6 +124,52 @@ class CoreCalls(_Calls):
 
     def create_event(self, namespace: str, body: Mapping[str, Any]) -> Any:
         return _read(self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=body))
+
+
+class ObjectCalls(_Calls):
+    """The calls on one collection of objects of any group (a custom resource's, Leases of one
+    namespace): `collection` is its path, e.g. `/apis/gpulet.io/v1/nodetopologies` or
+    `/apis/coordination.k8s.io/v1/namespaces/kube-system/leases`. Writes and reads return the
+    response with its body read (`.data`); `list` with the Reflector's options may stream."""
+
+    def __init__(self, api: ApiClient, collection: str) -> None:
+        super().__init__(api)
+        self.collection = collection.rstrip("/")
+
+    def list(self, *, client_timeout_s: float | None = None, **options: Any) -> Any:
+        """A list, or with `watch=True` a watch; `label_selector` and `field_selector` are
+        taken with the Reflector's options."""
+        return self._call(
+            "GET", self.collection, query=_list_query(options), timeout_s=client_timeout_s
+        )
+
+    def read(self, name: str) -> Any:
+        return _read(self._call("GET", f"{self.collection}/{name}"))
+
+    def create(self, body: Mapping[str, Any]) -> Any:
+        return _read(self._call("POST", self.collection, body=body))
+
+    def replace(self, name: str, body: Mapping[str, Any]) -> Any:
+        """A PUT: with `metadata.resourceVersion` in `body`, only over that version (409)."""
+        return _read(self._call("PUT", f"{self.collection}/{name}", body=body))
+
+    def patch(self, name: str, body: Mapping[str, Any]) -> Any:
+        """A JSON merge patch (RFC 7386)."""
+        path = f"{self.collection}/{name}"
+        return _read(self._call("PATCH", path, body=body, content_type=_MERGE_PATCH))
+
+    def delete(self, name: str) -> Any:
+        return _read(self._call("DELETE", f"{self.collection}/{name}"))
+
+
+def node_topologies(api: ApiClient) -> ObjectCalls:
+    """The cluster's NodeTopology objects (`nodetopologies.gpulet.io`)."""
+    return ObjectCalls(api, nt.COLLECTION_PATH)
+
+
+def leases(api: ApiClient, namespace: str) -> ObjectCalls:
+    """The Leases of `namespace` (`coordination.k8s.io/v1`)."""
+    return ObjectCalls(api, f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases")
 
 
 class ReviewCalls(_Calls):
@@ -153,6 +213,8 @@ def _list_query(options: Mapping[str, Any]) -> list[tuple[str, str]]:
         "resource_version": "resourceVersion",
         "timeout_seconds": "timeoutSeconds",
         "allow_watch_bookmarks": "allowWatchBookmarks",
+        "label_selector": "labelSelector",
+        "field_selector": "fieldSelector",
     }
     query = []
     for key, value in options.items():

@@ -1,8 +1,10 @@
-"""The admission policy (deploy/admission/policy.yaml, and the Helm chart's rendering of it):
-its CEL evaluated, with celpy and the Kubernetes semantics of tests/cel_k8s.py, against
+"""The admission policies (deploy/admission/policy.yaml, and the Helm chart's rendering of
+them): their CEL evaluated, with celpy and the Kubernetes semantics of tests/cel_k8s.py, against
 admission requests built as the API server builds them. Only the extender writes
 `gpulet.io/assignment`, only the agent of a pod's node writes `gpulet.io/allocated`, and a pod
-that asks for gpulet resources is not created with `spec.nodeName` set (but a mirror pod)."""
+that asks for gpulet resources is not created with `spec.nodeName` set (but a mirror pod).
+Only the agent of a node writes that node's NodeTopology and heartbeat Lease, as the contract
+(gpulet.api.nodetopology) has them, and no other service account writes either."""
 
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 import yaml
 from celpy import celtypes
 from celpy.evaluation import CELEvalError
 from kubernetes_validate.utils import schema_contents  # type: ignore[import-untyped]
 
+from gpulet.api import nodetopology as nt
 from gpulet.api.resources import (
     ALLOCATED_ANNOTATION,
     ASSIGNMENT_ANNOTATION,
@@ -28,8 +31,11 @@ from gpulet.api.resources import (
     RDMA_RESOURCE,
     TOPOLOGY_ANNOTATION,
 )
+from gpulet.kube.crd import node_topology_crd
+from gpulet.standins.objects import lease_object, node_topology_object, node_uid
 from tests.cel_k8s import NODE_NAME_EXTRA, Policy, User, compile_expression, evaluate
 from tests.deploy import kustomize, needs_helm, render
+from tests.nodes import shipped
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 POLICY_FILE = DEPLOY / "admission" / "policy.yaml"
@@ -60,8 +66,8 @@ SOURCES: dict[str, Callable[[], list[Doc]]] = {
 }
 
 
-#: gpulet's three policies (deploy/admission/policy.yaml).
-POLICIES = ("gpulet-pods", "gpulet-agent", "gpulet-extender")
+#: gpulet's policies (deploy/admission/policy.yaml).
+POLICIES = ("gpulet-pods", "gpulet-agent", "gpulet-extender", "gpulet-node-reports")
 
 
 @functools.cache
@@ -469,6 +475,30 @@ AGENT_CASES: list[Case] = [
         None,
     ),
     (
+        "agent removes the previous release's annotations from its node",
+        "UPDATE",
+        AGENT_A,
+        node(annotations={"example.com/kept": "1"}),
+        node(annotations={TOPOLOGY_ANNOTATION: "{}", "example.com/kept": "1", **HEARTBEAT}),
+        None,
+    ),
+    (
+        "agent with --legacy-annotations keep: heartbeat removed, topology rewritten",
+        "UPDATE",
+        AGENT_A,
+        node(annotations={TOPOLOGY_ANNOTATION: '{"node": "node-a"}'}),
+        node(annotations={TOPOLOGY_ANNOTATION: "{}", **HEARTBEAT}),
+        None,
+    ),
+    (
+        "agent removes another node's annotations",
+        "UPDATE",
+        AGENT_B,
+        node(),
+        node(annotations={TOPOLOGY_ANNOTATION: "{}", **HEARTBEAT}),
+        "the gpulet agent of node node-b may not change node node-a",
+    ),
+    (
         "agent annotates another node",
         "UPDATE",
         AGENT_B,
@@ -586,9 +616,309 @@ EXTENDER_CASES: list[Case] = [
     ),
 ]
 
-SCOPED_CASES = [("gpulet-agent", c) for c in AGENT_CASES] + [
-    ("gpulet-extender", c) for c in EXTENDER_CASES
+
+# --- what a node's agent writes about its node: its NodeTopology and its heartbeat Lease -----
+
+NAMESPACE = nt.DEFAULT_NAMESPACE
+#: The same machine for every node; only the names and owners differ.
+MACHINE = shipped("pcie-4gpu")
+
+
+def topology(
+    name: str = "node-a", owners: list[Doc] | None = None, spec_node: str | None = None
+) -> Doc:
+    """The NodeTopology of `name` as the agent writes it, with other `owners` or another
+    `spec.node` when given."""
+    obj = node_topology_object(name, MACHINE)
+    if owners is not None:
+        obj["metadata"]["ownerReferences"] = owners
+    if spec_node is not None:
+        obj["spec"]["node"] = spec_node
+    return obj
+
+
+def owner(name: str, **fields: Any) -> Doc:
+    """An ownerReference to Node `name` (other fields as given: apiVersion, kind, ...)."""
+    return {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid(name), **fields}
+
+
+def heartbeat(
+    node: str = "node-a",
+    renewed: float = 1_800_000_000.0,
+    holder: str | None = None,
+    labels: dict[str, str] | None = None,
+    name: str | None = None,
+) -> Doc:
+    """The heartbeat Lease of `node` as the agent writes it, with another holder, labels or
+    name when given."""
+    obj = lease_object(node, renewed=renewed, pod=f"gpulet-agent-{node[-1]}x1")
+    if holder is not None:
+        obj["spec"]["holderIdentity"] = holder
+    if labels is not None:
+        obj["metadata"]["labels"] = labels
+    if name is not None:
+        obj["metadata"]["name"] = name
+    return obj
+
+
+#: A Lease of the namespace that is not a heartbeat: gpulet-scheduler's leader election.
+LEADER_LEASE = heartbeat("x", labels={}, name="gpulet-scheduler", holder="gpulet-scheduler-1_x")
+#: Another service account of the install namespace, with the right to write Leases there.
+CONTROLLER_SA = pod_token("some-controller", "control-1")
+
+#: The gpulet-node-reports policy: the agent of a node writes that node's NodeTopology and
+#: Lease, as the contract has them, and no other; no other service account writes either.
+REPORT_CASES: list[Case] = [
+    ("agent creates its NodeTopology", "CREATE", AGENT_A, topology(), None, None),
+    (
+        "agent replaces its NodeTopology",
+        "UPDATE",
+        AGENT_A,
+        topology(),
+        topology(owners=[owner("node-a", uid="uid-of-the-node-before")]),
+        None,
+    ),
+    ("agent creates its Lease", "CREATE", AGENT_A, heartbeat(), None, None),
+    (
+        "agent renews its Lease",
+        "UPDATE",
+        AGENT_A,
+        heartbeat(renewed=1_800_000_020.25),
+        heartbeat(),
+        None,
+    ),
+    (
+        "agent takes over its Lease from its previous pod",
+        "UPDATE",
+        AGENT_A,
+        heartbeat(holder="node-a/gpulet-agent-new"),
+        heartbeat(holder="node-a/gpulet-agent-old"),
+        None,
+    ),
+    (
+        "agent of node A writes NodeTopology B",
+        "CREATE",
+        AGENT_A,
+        topology("node-b"),
+        None,
+        "the gpulet agent of node node-a may not write NodeTopology node-b: only its own "
+        "node's, node-a",
+    ),
+    (
+        "agent of node A replaces NodeTopology B",
+        "UPDATE",
+        AGENT_A,
+        topology("node-b"),
+        topology("node-b"),
+        "the gpulet agent of node node-a may not write NodeTopology node-b",
+    ),
+    (
+        "NodeTopology A owned by Node B",
+        "CREATE",
+        AGENT_A,
+        topology(owners=[owner("node-b")]),
+        None,
+        "the gpulet agent of node node-a may not write NodeTopology node-a with these owners: "
+        "its one owner is Node node-a (apiVersion v1), not blocking its deletion",
+    ),
+    (
+        "NodeTopology A owned by Node A and Node B",
+        "CREATE",
+        AGENT_A,
+        topology(owners=[owner("node-a"), owner("node-b")]),
+        None,
+        "may not write NodeTopology node-a with these owners",
+    ),
+    (
+        "NodeTopology A owned by no one (it would outlive its Node)",
+        "CREATE",
+        AGENT_A,
+        topology(owners=[]),
+        None,
+        "may not write NodeTopology node-a with these owners",
+    ),
+    (
+        "NodeTopology A owned by a look-alike kind Node of another group",
+        "CREATE",
+        AGENT_A,
+        topology(owners=[owner("node-a", apiVersion="example.com/v1")]),
+        None,
+        "may not write NodeTopology node-a with these owners",
+    ),
+    (
+        "NodeTopology A owned by a Pod named node-a",
+        "UPDATE",
+        AGENT_A,
+        topology(owners=[owner("node-a", kind="Pod")]),
+        topology(),
+        "may not write NodeTopology node-a with these owners",
+    ),
+    (
+        "NodeTopology A blocking its Node's deletion",
+        "CREATE",
+        AGENT_A,
+        topology(owners=[owner("node-a", blockOwnerDeletion=True)]),
+        None,
+        "may not write NodeTopology node-a with these owners",
+    ),
+    (
+        "NodeTopology A not blocking with false said",
+        "CREATE",
+        AGENT_A,
+        topology(owners=[owner("node-a", blockOwnerDeletion=False)]),
+        None,
+        None,
+    ),
+    (
+        "NodeTopology A that says it is node B",
+        "CREATE",
+        AGENT_A,
+        topology(spec_node="node-b"),
+        None,
+        "the gpulet agent of node node-a may not write NodeTopology node-a with spec.node "
+        "node-b: only node-a",
+    ),
+    (
+        "agent of node A renews the Lease of node B",
+        "UPDATE",
+        AGENT_A,
+        heartbeat("node-b", renewed=1_800_000_020.0),
+        heartbeat("node-b"),
+        "the gpulet agent of node node-a may not write Lease gpulet-node-node-b: only its own "
+        "node's, gpulet-node-node-a",
+    ),
+    (
+        "agent of node A creates the Lease of node B",
+        "CREATE",
+        AGENT_A,
+        heartbeat("node-b", holder="node-a/gpulet-agent-ax1"),
+        None,
+        "the gpulet agent of node node-a may not write Lease gpulet-node-node-b",
+    ),
+    (
+        "Lease A held by node B's agent",
+        "UPDATE",
+        AGENT_A,
+        heartbeat(holder="node-b/gpulet-agent-bx1"),
+        heartbeat(),
+        "the gpulet agent of node node-a may not write Lease gpulet-node-node-a held by "
+        "node-b/gpulet-agent-bx1: its holderIdentity starts with node-a/",
+    ),
+    (
+        "Lease A held by a node whose name starts with A's",
+        "CREATE",
+        AGENT_A,
+        heartbeat(holder="node-a-evil/x"),
+        None,
+        "held by node-a-evil/x",
+    ),
+    (
+        "Lease A held by no one",
+        "CREATE",
+        AGENT_A,
+        heartbeat(holder=""),
+        None,
+        "its holderIdentity starts with node-a/",
+    ),
+    (
+        "unlabelled Lease A",
+        "CREATE",
+        AGENT_A,
+        heartbeat(labels={}),
+        None,
+        "the gpulet agent of node node-a may not write Lease gpulet-node-node-a without the "
+        "labels app.kubernetes.io/name=gpulet-agent, app.kubernetes.io/component=heartbeat",
+    ),
+    (
+        "Lease A relabelled on renewal",
+        "UPDATE",
+        AGENT_A,
+        heartbeat(labels={"app.kubernetes.io/name": "gpulet-agent"}),
+        heartbeat(),
+        "without the labels",
+    ),
+    (
+        "agent writes a Lease that is no heartbeat",
+        "UPDATE",
+        AGENT_A,
+        LEADER_LEASE,
+        LEADER_LEASE,
+        "the gpulet agent of node node-a may not write Lease gpulet-scheduler",
+    ),
+    (
+        "agent whose token names no node writes a NodeTopology",
+        "CREATE",
+        AGENT_UNBOUND,
+        topology(),
+        None,
+        "the gpulet agent's credentials name no node",
+    ),
+    (
+        "agent whose token names no node renews a Lease",
+        "UPDATE",
+        AGENT_UNBOUND,
+        heartbeat(renewed=1_800_000_020.0),
+        heartbeat(),
+        "the gpulet agent's credentials name no node",
+    ),
+    (
+        "the extender's account creates a heartbeat",
+        "CREATE",
+        EXTENDER,
+        heartbeat(holder="node-a/forged"),
+        None,
+        "system:serviceaccount:kube-system:gpulet-scheduler may not write Lease "
+        "gpulet-node-node-a: only the gpulet agent of its node does",
+    ),
+    (
+        "the extender's account writes a NodeTopology",
+        "UPDATE",
+        EXTENDER,
+        topology(),
+        topology(),
+        "system:serviceaccount:kube-system:gpulet-scheduler may not write NodeTopology node-a",
+    ),
+    (
+        "a tenant's pod writes a NodeTopology",
+        "CREATE",
+        TENANT_POD,
+        topology(),
+        None,
+        "system:serviceaccount:team-a:default may not write NodeTopology node-a",
+    ),
+    (
+        "another service account renews a heartbeat",
+        "UPDATE",
+        CONTROLLER_SA,
+        heartbeat(renewed=1_800_000_020.0),
+        heartbeat(),
+        "system:serviceaccount:kube-system:some-controller may not write Lease",
+    ),
+    (
+        "another service account's Lease that is no heartbeat",
+        "UPDATE",
+        EXTENDER,
+        LEADER_LEASE,
+        LEADER_LEASE,
+        None,
+    ),
+    # People and the control plane's own users are RBAC's to judge, not the policy's.
+    ("a person writes a NodeTopology", "CREATE", TENANT, topology(), None, None),
+    (
+        "a control-plane user renews a heartbeat",
+        "UPDATE",
+        User("system:kube-controller-manager", ("system:authenticated",)),
+        heartbeat(renewed=1_800_000_020.0),
+        heartbeat(),
+        None,
+    ),
 ]
+
+SCOPED_CASES = (
+    [("gpulet-agent", c) for c in AGENT_CASES]
+    + [("gpulet-extender", c) for c in EXTENDER_CASES]
+    + [("gpulet-node-reports", c) for c in REPORT_CASES]
+)
 
 
 #: Every case, with the policy that decides it.
@@ -609,13 +939,12 @@ def test_the_policy_decides(source: str, name: str, case: Case) -> None:
     else:
         assert message is not None
         assert expected in message, message
-        # The pods' policy names who asked (its messageExpressions, not the static
-        # fallback); the accounts' policies name the account they hold.
-        starts = (
-            ("a pod that", "the gpulet agent", user.username)
-            if name == "gpulet-pods"
-            else ("the gpulet agent", "the gpulet extender")
-        )
+        # The pods' and the node reports' policies name who asked (their messageExpressions,
+        # not the static fallback); the accounts' policies name the account they hold.
+        starts = {
+            "gpulet-pods": ("a pod that", "the gpulet agent", user.username),
+            "gpulet-node-reports": ("the gpulet agent", user.username),
+        }.get(name, ("the gpulet agent", "the gpulet extender"))
         assert message.startswith(starts), message
 
 
@@ -713,6 +1042,12 @@ def test_the_usernames_are_the_extenders_and_the_agents_service_accounts() -> No
     assert conditions["gpulet-extender"] == (
         f"request.userInfo.username == '{literal(policy, 'extender')}'"
     )
+    # The node reports' policy: the agent's account in its condition and its first rule.
+    reports = of_kind(static_documents(), "ValidatingAdmissionPolicy", "gpulet-node-reports")
+    (condition,) = reports["spec"]["matchConditions"]
+    agent = f"request.userInfo.username == '{literal(policy, 'agent')}'"
+    assert condition["expression"].startswith(agent + " ")
+    assert reports["spec"]["validations"][0]["expression"] == agent
 
 
 @needs_helm
@@ -727,6 +1062,26 @@ def test_the_chart_names_the_accounts_of_its_own_namespace() -> None:
     extender = pod_token("gpulet-scheduler", "c", "gpu-system")
     assert checker.admit("UPDATE", extender, new, old) is None
     assert checker.admit("UPDATE", EXTENDER, new, old) is not None
+
+
+@needs_helm
+def test_the_chart_holds_the_agent_of_its_own_namespace_to_its_node() -> None:
+    reports = of_kind(
+        rendered_documents("gpu-system"), "ValidatingAdmissionPolicy", "gpulet-node-reports"
+    )
+    checker = Policy(reports)
+    lease = heartbeat()
+    lease["metadata"]["namespace"] = "gpu-system"
+    agent_a = pod_token("gpulet-agent", "node-a", "gpu-system")
+    assert checker.admit("CREATE", agent_a, topology()) is None
+    assert checker.admit("CREATE", agent_a, lease) is None
+    refused = checker.admit("CREATE", agent_a, topology("node-b"))
+    assert refused is not None and "may not write NodeTopology node-b" in refused
+    # kube-system's agent account is another namespace's service account here.
+    refused = checker.admit("CREATE", AGENT_A, topology())
+    assert refused is not None and refused.startswith(AGENT_A.username + " may not write")
+    selector = reports["spec"]["matchConstraints"]["namespaceSelector"]
+    assert selector == {"matchLabels": {"kubernetes.io/metadata.name": "gpu-system"}}
 
 
 @needs_helm
@@ -759,6 +1114,67 @@ def test_the_policy_names_gpulets_own_resources_and_annotations() -> None:
     assert sorted(listed) == sorted(MANAGED_RESOURCES)
     text = POLICY_FILE.read_text()
     assert f"'{ASSIGNMENT_ANNOTATION}'" in text and f"'{ALLOCATED_ANNOTATION}'" in text
+
+
+def test_the_node_reports_policy_matches_nodetopology_and_lease_writes(source: str) -> None:
+    """Creates and updates of every NodeTopology, and of the Leases of the install namespace
+    only (where the agents' heartbeats are, and the extender watches)."""
+    constraints = of_kind(SOURCES[source](), "ValidatingAdmissionPolicy", "gpulet-node-reports")[
+        "spec"
+    ]["matchConstraints"]
+    assert constraints["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}
+    }
+    assert "objectSelector" not in constraints
+    rules = {
+        (group, version, resource): set(rule["operations"])
+        for rule in constraints["resourceRules"]
+        for group in rule["apiGroups"]
+        for version in rule["apiVersions"]
+        for resource in rule["resources"]
+    }
+    assert rules == {
+        (nt.GROUP, nt.VERSION, nt.PLURAL): {"CREATE", "UPDATE"},
+        ("coordination.k8s.io", "v1", "leases"): {"CREATE", "UPDATE"},
+    }
+
+
+def test_the_node_reports_policy_names_the_contracts_names() -> None:
+    """The Lease prefix and labels, and the resource, as gpulet.api.nodetopology has them."""
+    policy = Policy(of_kind(static_documents(), "ValidatingAdmissionPolicy", "gpulet-node-reports"))
+    text = " ".join(" ".join(p.expression.split()) for p in policy.programs())
+    assert text.count(f"'{nt.LEASE_PREFIX}'") == 2  # the condition and the Lease's own name
+    for label, value in nt.LEASE_LABELS.items():
+        assert f"variables.labels['{label}'] == '{value}'" in text
+    assert f"'{nt.PLURAL}'" in text
+
+
+@pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])
+def test_a_bare_nodetopology_or_lease_errs_for_no_one(source: str, operation: str) -> None:
+    """Objects with nothing but their names (no labels, owners, spec), as every kind of user:
+    no expression errs (with failurePolicy Fail an error refuses, and says nothing)."""
+    policy = compiled(source, "gpulet-node-reports")
+    bare_topology: Doc = {
+        "apiVersion": nt.API_VERSION,
+        "kind": nt.KIND,
+        "metadata": {"name": "node-a"},
+    }
+    bare_lease: Doc = {
+        "apiVersion": nt.LEASE_API_VERSION,
+        "kind": "Lease",
+        "metadata": {"name": nt.lease_name("node-a"), "namespace": NAMESPACE},
+    }
+    users = [TENANT, EXTENDER, AGENT_A, AGENT_UNBOUND, CONTROLLER_SA, User("system:anonymous")]
+    for user in users:
+        for obj in (bare_topology, bare_lease):
+            old = obj if operation == "UPDATE" else None
+            decisions = policy.decide(operation, user, obj, old)
+            assert all(not d.error for d in decisions), (user, obj, decisions)
+            # Refused to every service account (the agent's: it says nothing), left to
+            # RBAC for the others.
+            assert any(d.deny for d in decisions) == user.username.startswith(
+                "system:serviceaccount:"
+            ), (user, obj)
 
 
 # --- the fields the expressions read exist where the API puts them ----------------------------
@@ -812,16 +1228,28 @@ def _paths(expression: str, root: str) -> set[str]:
     return found
 
 
+def node_topology_schema() -> Doc:
+    """A NodeTopology's schema as the API server has it: the CRD's, with ObjectMeta's."""
+    (version,) = node_topology_crd()["spec"]["versions"]
+    schema: Doc = version["schema"]["openAPIV3Schema"]
+    schema["properties"]["metadata"] = {
+        "$ref": "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    }
+    return schema
+
+
 @pytest.mark.parametrize("version", ["1.30", "1.31"])
 @pytest.mark.parametrize("name", POLICIES)
 def test_every_field_read_is_in_the_api_schema(version: str, name: str) -> None:
     policy = Policy(of_kind(static_documents(), "ValidatingAdmissionPolicy", name))
     defs = _definitions(version)
     pod_schema = defs["io.k8s.api.core.v1.Pod"]
-    # The agent's policy is about Nodes too: a field it reads is a Pod's or a Node's.
-    objects = (
-        [pod_schema, defs["io.k8s.api.core.v1.Node"]] if name == "gpulet-agent" else [pod_schema]
-    )
+    # The agent's policy is about Nodes too: a field it reads is a Pod's or a Node's; the
+    # node reports' a NodeTopology's (the CRD's schema, metadata an ObjectMeta) or a Lease's.
+    objects = {
+        "gpulet-agent": [pod_schema, defs["io.k8s.api.core.v1.Node"]],
+        "gpulet-node-reports": [node_topology_schema(), defs["io.k8s.api.coordination.v1.Lease"]],
+    }.get(name, [pod_schema])
     container = defs["io.k8s.api.core.v1.Container"]
     variables = {name for name, _ in policy.variables}
     read: dict[str, set[str]] = {"object": set(), "request": set(), "c": set(), "variables": set()}

@@ -5,15 +5,21 @@ The Helm chart: test_helm_chart.py."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import PurePosixPath
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import click
+import jsonschema
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
-from scorer.config import load_config
+from gpulet.api import nodetopology as nt
+from gpulet.kube.crd import node_topology_crd
+from scorer.config import default_namespace, load_config
 from tests.deploy import (
+    CHART,
     DEPLOY,
     LAYOUTS,
     agent_container,
@@ -299,26 +305,146 @@ def test_the_agent_runs_on_labelled_gpu_nodes_and_leaves_on_drain() -> None:
     assert update == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
 
 
-def test_agent_rbac_grants_the_verbs_it_uses() -> None:
-    docs = static_objects()
-    role = one(docs, "ClusterRole", "gpulet-agent")
-    granted = {
+def granted(role: Doc) -> set[tuple[str, str, str]]:
+    """What a Role or ClusterRole grants, as (API group, resource, verb); none of gpulet's
+    narrows a rule by resourceNames."""
+    assert all("resourceNames" not in rule for rule in role["rules"]), key(role)
+    return {
         (group, res, verb)
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for res in rule["resources"]
         for verb in rule["verbs"]
     }
+
+
+def bound_to(docs: list[Doc], kind: str, name: str) -> list[Doc]:
+    """The subjects of the binding `name` of `kind`, which binds the role of the same name."""
+    binding = one(docs, kind, name)
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": kind.removesuffix("Binding"),
+        "name": name,
+    }
+    subjects: list[Doc] = binding["subjects"]
+    return subjects
+
+
+def test_agent_rbac_grants_the_verbs_it_uses() -> None:
+    docs = static_objects()
     events = {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
     pods = {("", "pods", v) for v in ("get", "list", "watch", "patch")}
-    assert granted == {("", "nodes", "get"), ("", "nodes", "patch")} | pods | events
-    binding = one(docs, "ClusterRoleBinding", "gpulet-agent")
-    assert binding["roleRef"]["name"] == "gpulet-agent"
+    # Its NodeTopology: created, replaced, watched; never deleted (its Node's garbage) nor
+    # patched. Its Node: read (its uid), patched to remove the old annotations.
+    topologies = {(nt.GROUP, nt.PLURAL, v) for v in ("get", "list", "watch", "create", "update")}
+    nodes = {("", "nodes", "get"), ("", "nodes", "patch")}
+    assert granted(one(docs, "ClusterRole", "gpulet-agent")) == nodes | topologies | pods | events
+    # Its heartbeat: Leases of the install namespace only, and no delete.
+    heartbeat = one(docs, "Role", "gpulet-agent-heartbeat")
+    assert heartbeat["metadata"]["namespace"] == "kube-system"
+    assert granted(heartbeat) == {("coordination.k8s.io", "leases", v) for v in VERBS_TO_RENEW}
     account = one(docs, "ServiceAccount", "gpulet-agent")
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "gpulet-agent", "namespace": "kube-system"}
-    ]
+    agent = [{"kind": "ServiceAccount", "name": "gpulet-agent", "namespace": "kube-system"}]
+    assert bound_to(docs, "ClusterRoleBinding", "gpulet-agent") == agent
+    assert bound_to(docs, "RoleBinding", "gpulet-agent-heartbeat") == agent
+    assert one(docs, "RoleBinding", "gpulet-agent-heartbeat")["metadata"]["namespace"] == (
+        "kube-system"
+    )
     assert agent_pod(docs)["serviceAccountName"] == account["metadata"]["name"]
+
+
+#: What renewing a Lease takes: read it, create it the first time, replace it.
+VERBS_TO_RENEW = ("get", "create", "update")
+
+
+# --- the NodeTopology CRD -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_layout_installs_the_crd_the_code_defines(layout: str) -> None:
+    """`kubectl apply -k` of either layout applies the CRD exactly as gpulet.kube.crd builds
+    it (cluster-scoped: no namespace, whatever the kustomization's)."""
+    crds = [d for d in kustomize(layout) if d["kind"] == "CustomResourceDefinition"]
+    assert crds == [node_topology_crd()]
+
+
+def test_the_shipped_crd_files_are_generated_from_the_code() -> None:
+    """deploy/crd/nodetopology.yaml is what `python -m gpulet.kube.crd` writes, and the
+    chart's files/nodetopology.yaml the same bytes: regenerate both after changing the
+    schema (`python -m gpulet.kube.crd > deploy/crd/nodetopology.yaml`, then copy it)."""
+    generated = subprocess.run(
+        [sys.executable, "-m", "gpulet.kube.crd"], capture_output=True, text=True, check=True
+    ).stdout
+    shipped = (DEPLOY / "crd" / "nodetopology.yaml").read_text()
+    assert shipped == generated
+    assert (CHART / "files" / "nodetopology.yaml").read_text() == shipped
+    assert documents(DEPLOY / "crd" / "nodetopology.yaml") == [node_topology_crd()]
+
+
+def test_the_crd_serves_what_the_agent_writes_and_the_extender_reads() -> None:
+    (crd,) = documents(DEPLOY / "crd" / "nodetopology.yaml")
+    assert crd["metadata"]["name"] == nt.CRD_NAME
+    spec = crd["spec"]
+    assert (spec["group"], spec["scope"], spec["names"]["kind"], spec["names"]["plural"]) == (
+        nt.GROUP,
+        "Cluster",
+        nt.KIND,
+        nt.PLURAL,
+    )
+    (version,) = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == (nt.VERSION, True, True)
+    # No status subresource: the agent writes the whole object, with `update`.
+    assert "subresources" not in version
+
+
+# --- where each pod is, for the heartbeat Leases ---------------------------------------------
+
+
+def field_env(container: Doc) -> dict[str, str]:
+    """A container's environment variables from the downward API: name -> field path."""
+    return {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container.get("env", [])
+        if "fieldRef" in e.get("valueFrom", {})
+    }
+
+
+def agent_option_envvars() -> dict[str, str]:
+    """`gpulet agent run`'s options read from the environment: envvar -> option."""
+    from gpulet.cli.agent import agent  # noqa: PLC0415 - only these tests need it
+
+    assert isinstance(agent, click.Group)
+    run = agent.commands["run"]
+    return {p.envvar: p.opts[0] for p in run.params if isinstance(p.envvar, str)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_agent_knows_its_namespace_and_pod(layout: str) -> None:
+    """Its Lease is in its own namespace (`--namespace`, from POD_NAMESPACE) and names its pod
+    as the holder (`--pod-name`, from POD_NAME)."""
+    env = field_env(agent_container(kustomize(layout)))
+    assert env == {
+        "NODE_NAME": "spec.nodeName",
+        "POD_NAMESPACE": "metadata.namespace",
+        "POD_NAME": "metadata.name",
+    }
+    options = agent_option_envvars()
+    assert (options["POD_NAMESPACE"], options["POD_NAME"]) == ("--namespace", "--pod-name")
+
+
+@pytest.mark.parametrize(
+    ("layout", "workload"), [("sidecar", "gpulet-scheduler"), ("service", "gpulet-scorer")]
+)
+def test_the_extender_knows_its_namespace(
+    layout: str, workload: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extender watches the Leases of its own namespace: POD_NAMESPACE, which its settings'
+    default reads."""
+    spec = one(kustomize(layout), "Deployment", workload)["spec"]["template"]["spec"]
+    (extender,) = [c for c in spec["containers"] if c.get("args", [])[:2] == ["scorer", "serve"]]
+    assert field_env(extender) == {"POD_NAMESPACE": "metadata.namespace"}
+    monkeypatch.setenv("POD_NAMESPACE", "gpu-system")
+    assert default_namespace() == "gpu-system"
 
 
 def images(docs: list[Doc]) -> dict[str, str]:

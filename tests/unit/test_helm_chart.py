@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import click
+import jsonschema
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import (
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gpulet.httpd import TLSFiles, server_context
+from gpulet.kube.crd import node_topology_crd
 from scorer.config import load_config
 from tests.deploy import (
     CHART,
@@ -66,6 +68,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
 #: Kinds without a namespace. kustomize gives the admission policies the overlay's namespace
 #: anyway (it does not know their kinds as cluster-scoped); the API server drops it.
 CLUSTER_SCOPED = {
+    "CustomResourceDefinition",
     "ClusterRole",
     "ClusterRoleBinding",
     "ValidatingAdmissionPolicy",
@@ -121,6 +124,10 @@ def test_values_follow_their_schema() -> None:
     bad: list[tuple[str, Doc]] = [
         ("agent", {"enforce": "kil"}),
         ("agent", {"metricsPort": 0}),
+        ("agent", {"legacyAnnotations": "delete"}),
+        ("agent", {"legacyAnnotations": None}),
+        ("agent", {"heartbeatSeconds": 0}),
+        ("agent", {"heartbeatSeconds": "20"}),
         ("extender", {"layout": "daemonset"}),
         ("extender", {"layout": ""}),
         ("extender", {"tls": {"certManager": "yes"}}),
@@ -156,6 +163,9 @@ def test_chart_defaults_are_the_kustomize_layouts() -> None:
         assert agent["runtimeClassName"] == pod["runtimeClassName"]
         assert agent["priorityClassName"] == pod["priorityClassName"]
         assert agent["resources"] == container["resources"]
+        # The agent's own defaults: a heartbeat every 20 s, the old annotations removed.
+        assert agent["heartbeatSeconds"] is None and "--heartbeat-seconds" not in args
+        assert agent["legacyAnnotations"] == "remove" and "--legacy-annotations" not in args
         settings = yaml.safe_load(one(docs, "ConfigMap", "gpulet-scorer")["data"]["scorer.yaml"])
         assert (settings["gpuSlots"], settings["rdmaSlots"]) == slots
     # The extender: its container in either layout; its own pod in the service layout.
@@ -306,6 +316,43 @@ def test_chart_renders_what_kustomize_renders(variant: str, namespace: str) -> N
         jsonschema.validate(
             yaml.safe_load(config["kube-scheduler-config.yaml"]), SCHEDULER_CONFIG_SCHEMA
         )
+
+
+@needs_helm
+def test_the_chart_upgrades_the_crd_and_keeps_it_on_uninstall() -> None:
+    """The CRD is a template, not in crds/ (which Helm never upgrades: a newer agent's fields
+    would be pruned by an old schema), kept by `helm uninstall` (which would otherwise delete
+    every NodeTopology with it); and it is the CRD gpulet.kube.crd builds."""
+    assert not (CHART / "crds").exists()
+    (crd,) = [d for d in render() if d["kind"] == "CustomResourceDefinition"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    want = node_topology_crd()
+    del want["metadata"]["labels"]
+    assert normalised(crd) == want
+
+
+@needs_helm
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_agent_heartbeat_and_legacy_annotation_values_reach_its_flags(variant: str) -> None:
+    from click.testing import CliRunner  # noqa: PLC0415 - only this test needs it
+
+    from gpulet.cli import main  # noqa: PLC0415
+    from gpulet.cli.agent import agent  # noqa: PLC0415
+
+    assert isinstance(agent, click.Group)
+
+    sets, _ = VARIANTS[variant]
+    rendered = render(*sets, "agent.heartbeatSeconds=30", "agent.legacyAnnotations=keep")
+    args = agent_flags(rendered)
+    assert (args["--heartbeat-seconds"], args["--legacy-annotations"]) == ("30", "keep")
+    # ...as flags `gpulet agent run` takes, with values it takes.
+    argv = [a.replace("$(NODE_NAME)", "node-1") for a in agent_container(rendered)["args"]]
+    result = CliRunner().invoke(main, [*argv, "--help"])
+    assert result.exit_code == 0, result.output
+    options = {p.opts[0]: p for p in agent.commands["run"].params}
+    assert options["--heartbeat-seconds"].type.convert("30", None, None) == 30.0
+    assert options["--legacy-annotations"].type.convert("keep", None, None) == "keep"
 
 
 # --- the service layout's own certificates --------------------------------------------------
