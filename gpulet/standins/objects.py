@@ -1,6 +1,7 @@
 """Kubernetes objects as kube-scheduler and the API server send them (JSON), for tests of
-the extender: Nodes that carry a simulated node's topology, Pods that ask for gpulet
-resources."""
+the extender: Nodes (with the previous release's topology annotation, or without), a node's
+NodeTopology and heartbeat Lease as an agent of this release writes them, Pods that ask for
+gpulet resources."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import uuid as uuidlib
 from dataclasses import replace
 from typing import Any
 
+from gpulet.api import nodetopology as nt
 from gpulet.api.resources import (
     CORE_RESOURCE,
     GPU_RESOURCE,
@@ -17,16 +19,29 @@ from gpulet.api.resources import (
     TOPOLOGY_ANNOTATION,
 )
 from gpulet.topology import Topology
-from gpulet.topology.document import dumps
+from gpulet.topology.document import dumps, to_document
+
+
+def node_uid(name: str) -> str:
+    """The uid `node_object` gives the Node `name`."""
+    return str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, name))
 
 
 def node_object(
-    name: str, topo: Topology, slots: int = 100, *, heartbeat: str | None = None
+    name: str,
+    topo: Topology,
+    slots: int = 100,
+    *,
+    heartbeat: str | None = None,
+    legacy: bool = True,
+    uid: str | None = None,
 ) -> dict[str, Any]:
-    """A v1.Node for `topo` renamed `name`, as the agent publishes it (with `heartbeat` as
-    its `gpulet.io/heartbeat`, when given)."""
-    text = dumps(replace(topo, node=name))
-    annotations = {TOPOLOGY_ANNOTATION: text}
+    """A v1.Node for `topo` renamed `name`, as an agent of the previous release publishes it:
+    its topology in `gpulet.io/topology` (with `heartbeat` as its `gpulet.io/heartbeat`, when
+    given). `legacy` False: as an agent of this release leaves it, without either."""
+    annotations = {}
+    if legacy:
+        annotations[TOPOLOGY_ANNOTATION] = dumps(replace(topo, node=name))
     if heartbeat is not None:
         annotations[HEARTBEAT_ANNOTATION] = heartbeat
     shareable = sum(1 for g in topo.gpus if not g.mig)
@@ -35,7 +50,7 @@ def node_object(
         "kind": "Node",
         "metadata": {
             "name": name,
-            "uid": str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, name)),
+            "uid": uid or node_uid(name),
             "labels": {"kubernetes.io/hostname": name},
             "annotations": annotations,
         },
@@ -53,6 +68,28 @@ def node_object(
             },
         },
     }
+
+
+def node_topology_object(name: str, topo: Topology, *, uid: str | None = None) -> dict[str, Any]:
+    """The NodeTopology of node `name` (`topo` renamed), owned by the Node with `uid`
+    (default: the uid `node_object` gives it)."""
+    return nt.node_topology(name, uid or node_uid(name), to_document(replace(topo, node=name)))
+
+
+def lease_object(
+    node: str,
+    *,
+    renewed: float,
+    namespace: str = nt.DEFAULT_NAMESPACE,
+    duration_s: int = nt.LEASE_DURATION_S,
+    acquired: float | None = None,
+    pod: str | None = None,
+) -> dict[str, Any]:
+    """The heartbeat Lease of `node`, renewed at `renewed` (epoch seconds) by the agent pod
+    `pod` (default: `gpulet-agent-<node>`)."""
+    holder = nt.holder_identity(node, pod or f"gpulet-agent-{node}")
+    taken = renewed if acquired is None else acquired
+    return nt.lease(node, namespace, holder, renewed=renewed, acquired=taken, duration_s=duration_s)
 
 
 def container(

@@ -4,13 +4,19 @@ and each documented difference (docs/e2e.md) shown to be one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+import json
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
+from gpulet.api import nodetopology as nt
+from gpulet.kube.calls import ObjectCalls, leases
 from gpulet.standins.apiserver import ApiServerStandIn
 from gpulet.standins.objects import container
 from tests.e2e.conftest import World
@@ -23,6 +29,7 @@ class Server:
 
     def __init__(self, name: str, api: client.ApiClient, namespace: str) -> None:
         self.name = name
+        self.api = api
         self.core: Any = client.CoreV1Api(api)
         self.namespace = namespace
 
@@ -138,3 +145,308 @@ def test_deleting_a_bound_pod(server: Server) -> None:
         assert after["metadata"]["deletionGracePeriodSeconds"] == 30
     else:
         assert after is None
+
+
+# ---- custom resources and Leases (issue 15) ----
+
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+#: Long enough for the real API server to establish a definition or end a watch.
+SETTLE_S = 30
+
+
+def answer(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[int, Any]:
+    """(HTTP status, JSON body or text) of a call, failed or not."""
+    try:
+        response = call(*args, **kwargs)
+        return response.status, json.loads(response.data)
+    except ApiException as e:
+        try:
+            return e.status, json.loads(e.body or "")
+        except ValueError:
+            return e.status, e.body
+
+
+def settle(check: Callable[[], Any], why: str) -> Any:
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not within {SETTLE_S} s: {why}")
+
+
+class Widgets:
+    """A test-only custom resource (cluster-scoped, as NodeTopology), in a group of the test's
+    own: the real server is shared by the whole session, and the definition of another test
+    may still be going away."""
+
+    def __init__(self, server: Server) -> None:
+        self.group = f"{server.namespace}.parity.gpulet.test"
+        self.crds = ObjectCalls(server.api, CRDS)
+        self.calls = ObjectCalls(server.api, f"/apis/{self.group}/v1/widgets")
+
+    def definition(self) -> dict[str, Any]:
+        spec = {
+            "type": "object",
+            "required": ["size"],
+            "properties": {
+                "size": {"type": "integer", "format": "int64", "minimum": 0},
+                "note": {"type": "string", "nullable": True},
+                "other": {"type": "string"},
+            },
+        }
+        return {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"widgets.{self.group}"},
+            "spec": {
+                "group": self.group,
+                "scope": "Cluster",
+                "names": {"plural": "widgets", "kind": "Widget"},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {"type": "object", "properties": {"spec": spec}}
+                        },
+                    }
+                ],
+            },
+        }
+
+    def define(self) -> None:
+        """Create the definition; wait until it is Established and its path served."""
+        self.crds.create(self.definition())
+
+        def established() -> bool:
+            status = json.loads(self.crds.read(f"widgets.{self.group}").data).get("status") or {}
+            return any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in status.get("conditions") or []
+            )
+
+        settle(established, "the definition Established")
+        settle(lambda: answer(self.calls.list)[0] == 200, "its objects served")
+
+    def undefine(self) -> None:
+        self.crds.delete(f"widgets.{self.group}")
+
+    def widget(self, name: str, **spec: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{self.group}/v1",
+            "kind": "Widget",
+            "metadata": {"name": name},
+            "spec": {"size": 1, **spec},
+        }
+
+
+@pytest.fixture
+def widgets(server: Server) -> Iterator[Widgets]:
+    defined = Widgets(server)
+    defined.define()
+    yield defined
+    defined.undefine()
+
+
+def lease(server: Server, name: str, **labels: str) -> dict[str, Any]:
+    obj = nt.lease(name, server.namespace, f"{name}/agent", renewed=1.8e9, acquired=1.8e9)
+    obj["metadata"]["labels"] = labels
+    return obj
+
+
+def test_custom_resources_are_served_from_their_definition_on(server: Server) -> None:
+    """Before its definition, a custom resource's path is Go's plain-text 404 (no group
+    version there), as after it (once the real server has removed it)."""
+    undefined = Widgets(server)
+    assert answer(undefined.calls.list) == (404, "404 page not found\n")
+    undefined.define()
+    assert answer(undefined.calls.list)[0] == 200
+    undefined.undefine()
+    settle(lambda: answer(undefined.calls.list)[0] == 404, "the definition gone")
+
+
+def test_creating_an_existing_custom_resource_conflicts(widgets: Widgets) -> None:
+    assert answer(widgets.calls.create, widgets.widget("a"))[0] == 201
+    code, status = answer(widgets.calls.create, widgets.widget("a", size=2))
+    assert (code, status["reason"], status["details"]) == (
+        409,
+        "AlreadyExists",
+        {"name": "a", "group": widgets.group, "kind": "widgets"},
+    )
+    assert status["message"] == f'widgets.{widgets.group} "a" already exists'
+
+
+def test_reading_a_missing_custom_resource_is_not_found(widgets: Widgets) -> None:
+    code, status = answer(widgets.calls.read, "a")
+    assert (code, status["reason"], status["message"]) == (
+        404,
+        "NotFound",
+        f'widgets.{widgets.group} "a" not found',
+    )
+
+
+def test_a_put_at_a_stale_resource_version_conflicts(widgets: Widgets) -> None:
+    created = answer(widgets.calls.create, widgets.widget("a"))[1]
+    newer = answer(widgets.calls.patch, "a", {"spec": {"size": 2}})[1]
+    assert newer["metadata"]["generation"] == 2
+    stale = copy.deepcopy(created)
+    stale["spec"]["size"] = 3
+    code, status = answer(widgets.calls.replace, "a", stale)
+    assert (code, status["reason"]) == (409, "Conflict")
+    assert answer(widgets.calls.read, "a")[1]["spec"]["size"] == 2
+
+
+def test_a_put_without_a_resource_version_is_invalid(server: Server, widgets: Widgets) -> None:
+    """Found against kube-apiserver 1.37: Leases too refuse an unconditional PUT (422), and
+    a PUT of a missing Lease creates it."""
+    created = answer(widgets.calls.create, widgets.widget("a"))[1]
+    del created["metadata"]["resourceVersion"]
+    code, status = answer(widgets.calls.replace, "a", created)
+    assert (code, status["message"]) == (
+        422,
+        f'widgets.{widgets.group} "a" is invalid: metadata.resourceVersion: Invalid value: 0: '
+        "must be specified for an update",
+    )
+    calls = leases(server.api, server.namespace)
+    assert answer(calls.replace, nt.lease_name("gpu-1"), lease(server, "gpu-1"))[0] == 201
+    code, status = answer(calls.replace, nt.lease_name("gpu-1"), lease(server, "gpu-1"))
+    assert (code, status["details"]["causes"][0]["field"]) == (422, "metadata.resourceVersion")
+
+
+def test_unknown_fields_are_pruned(widgets: Widgets) -> None:
+    code, created = answer(
+        widgets.calls.create, widgets.widget("a", bogus=1, note=None, other=None)
+    )
+    assert (code, created["spec"]) == (201, {"size": 1, "note": None})
+    assert created["metadata"]["generation"] == 1
+
+
+def test_a_wrong_type_is_invalid(widgets: Widgets) -> None:
+    code, status = answer(widgets.calls.create, widgets.widget("a", size="big"))
+    assert (code, status["reason"], status["details"]["causes"]) == (
+        422,
+        "Invalid",
+        [
+            {
+                "reason": "FieldValueTypeInvalid",
+                "message": 'Invalid value: "string": spec.size in body must be of type '
+                'integer: "string"',
+                "field": "spec.size",
+            }
+        ],
+    )
+    assert status["message"].startswith(f'Widget.{widgets.group} "a" is invalid: spec.size:')
+    code, status = answer(widgets.calls.create, {**widgets.widget("b"), "kind": "Gadget"})
+    assert (code, status["message"]) == (
+        422,
+        f'Gadget.{widgets.group} "b" is invalid: kind: Invalid value: "Gadget": must be Widget',
+    )
+
+
+def test_a_lease_is_created_and_renewed(server: Server) -> None:
+    calls = leases(server.api, server.namespace)
+    sent = lease(server, "gpu-1")
+    sent["spec"]["renewTime"] = "2027-01-15T09:00:00.250000+01:00"
+    code, created = answer(calls.create, sent)
+    assert (code, created["spec"]["renewTime"]) == (201, "2027-01-15T08:00:00.250000Z")
+    created["spec"]["renewTime"] = "2027-01-15T08:00:20.500000Z"
+    code, renewed = answer(calls.replace, created["metadata"]["name"], created)
+    assert (code, renewed["spec"]["renewTime"]) == (200, "2027-01-15T08:00:20.500000Z")
+
+    refused = lease(server, "gpu-2")
+    refused["spec"]["renewTime"] = "2027-01-15T08:00:20Z"
+    code, status = answer(calls.create, refused)
+    assert (code, status["message"]) == (
+        400,
+        'Lease in version "v1" cannot be handled as a Lease: parsing time '
+        '"2027-01-15T08:00:20Z" as "2006-01-02T15:04:05.000000Z07:00": cannot parse "Z" as '
+        '".000000"',
+    )
+    refused["spec"]["renewTime"] = None
+    refused["spec"]["leaseDurationSeconds"] = 0
+    code, status = answer(calls.create, refused)
+    assert (code, status["details"]["causes"][0]["message"]) == (
+        422,
+        "Invalid value: 0: must be greater than 0",
+    )
+
+
+def test_a_field_selector_on_metadata_name(server: Server, widgets: Widgets) -> None:
+    calls = leases(server.api, server.namespace)
+    for name in ("gpu-1", "gpu-2"):
+        calls.create(lease(server, name))
+        widgets.calls.create(widgets.widget(name))
+    picked = answer(calls.list, field_selector="metadata.name=gpulet-node-gpu-2")[1]["items"]
+    assert [i["metadata"]["name"] for i in picked] == ["gpulet-node-gpu-2"]
+    picked = answer(widgets.calls.list, field_selector="metadata.name=gpu-1")[1]["items"]
+    assert [i["metadata"]["name"] for i in picked] == ["gpu-1"]
+
+    code, status = answer(calls.list, field_selector="spec.holderIdentity=x")
+    assert (code, status["message"]) == (
+        400,
+        '"spec.holderIdentity" is not a known field selector: only "metadata.name", '
+        '"metadata.namespace"',
+    )
+    code, status = answer(widgets.calls.list, field_selector="metadata.namespace=x")
+    assert (code, status["message"]) == (400, "field label not supported: metadata.namespace")
+
+
+def test_a_label_selected_watch_sees_matching_leases_only(server: Server) -> None:
+    calls = leases(server.api, server.namespace)
+    calls.create(lease(server, "before"))
+    start = answer(calls.list)[1]["metadata"]["resourceVersion"]
+    ours = answer(calls.create, lease(server, "gpu-1", **nt.LEASE_LABELS))[1]
+    calls.create(lease(server, "gpu-2", app="other"))
+    ours["spec"]["renewTime"] = "2027-01-15T08:00:20.000000Z"
+    calls.replace(ours["metadata"]["name"], ours)
+    calls.patch("gpulet-node-gpu-1", {"metadata": {"labels": {"app.kubernetes.io/name": "x"}}})
+    calls.patch("gpulet-node-gpu-2", {"metadata": {"labels": nt.LEASE_LABELS}})
+    calls.delete("gpulet-node-gpu-2")
+
+    stream = calls.list(
+        watch=True, resource_version=start, timeout_seconds=2, label_selector=nt.LEASE_SELECTOR
+    )
+    seen = [json.loads(line) for line in iter_resp_lines(stream)]  # type: ignore[no-untyped-call]
+
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in seen] == [
+        ("ADDED", "gpulet-node-gpu-1"),
+        ("MODIFIED", "gpulet-node-gpu-1"),
+        ("DELETED", "gpulet-node-gpu-1"),
+        ("ADDED", "gpulet-node-gpu-2"),
+        ("DELETED", "gpulet-node-gpu-2"),
+    ]
+
+
+def test_garbage_collection_of_dependents(server: Server) -> None:
+    """The documented difference is when: the stand-in collects at once, the real
+    kube-controller-manager seconds later."""
+    calls = leases(server.api, server.namespace)
+
+    def owned(name: str, *owners: dict[str, Any]) -> dict[str, Any]:
+        obj = lease(server, name)
+        obj["metadata"]["ownerReferences"] = [
+            {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", **o} for o in owners
+        ]
+        return obj
+
+    def ref(name: str) -> dict[str, str]:
+        meta = answer(calls.create, lease(server, name))[1]["metadata"]
+        return {"name": meta["name"], "uid": meta["uid"]}
+
+    first, second = ref("first"), ref("second")
+    calls.create(owned("only-first", first))
+    calls.create(owned("both", first, second))
+    assert answer(calls.create, owned("dangling", {**first, "uid": "not-its-uid"}))[0] == 201
+
+    settle(lambda: answer(calls.read, "gpulet-node-dangling")[0] == 404, "dangling collected")
+    calls.delete(first["name"])
+    settle(lambda: answer(calls.read, "gpulet-node-only-first")[0] == 404, "dependent collected")
+
+    def trimmed() -> bool:
+        refs = answer(calls.read, "gpulet-node-both")[1]["metadata"]["ownerReferences"]
+        return [r["name"] for r in refs] == [second["name"]]
+
+    settle(trimmed, "the gone owner's reference removed")

@@ -12,23 +12,28 @@ from gpulet.standins.apiserver.status import ApiError, bad_request
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
 
 
-def apply_patch(content_type: str, target: JsonObject, patch: Any) -> JsonObject:
+def apply_patch(
+    content_type: str, target: JsonObject, patch: Any, *, strategic: bool = True
+) -> JsonObject:
     """The target with the patch applied, by the patch type the content type names.
-    Strategic merge patch is treated as a merge patch: lists are replaced, not merged."""
+    Strategic merge patch is treated as a merge patch: lists are replaced, not merged;
+    `strategic` False refuses it (415), as for custom resources."""
     media_type = content_type.partition(";")[0].strip().lower()
-    if media_type in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
+    if media_type == MERGE_PATCH or (strategic and media_type == STRATEGIC_MERGE_PATCH):
         if not isinstance(patch, dict):
             raise bad_request("a merge patch must be a JSON object")
         result: Any = merge_patch(target, patch)
     elif media_type == JSON_PATCH:
         result = json_patch(target, patch)
     else:
+        accepted = [JSON_PATCH, MERGE_PATCH] + ([STRATEGIC_MERGE_PATCH] if strategic else [])
         raise ApiError(
             415,
             "the body of the request was in an unknown format - accepted media types include: "
-            f"{JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_MERGE_PATCH}",
+            + ", ".join([*accepted, APPLY_PATCH]),
         )
     if not isinstance(result, dict):
         raise ApiError(422, "the patched object is not a JSON object")

@@ -1,43 +1,29 @@
-"""The core v1 API's node, pod, status and binding endpoints: a request's path, verb and body
-turned into store operations and the reply the API server gives."""
+"""The REST verbs on every served kind (routes.py resolves the path): a request's verb and
+body turned into store operations and the reply the API server gives."""
 
 from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
+from gpulet.standins.apiserver.binding import bind
+from gpulet.standins.apiserver.kinds import Kind, Kinds
 from gpulet.standins.apiserver.patch import apply_patch
-from gpulet.standins.apiserver.resources import EVENTS, NODES, PODS, JsonObject, Resource, metadata
+from gpulet.standins.apiserver.resources import JsonObject, Resource, metadata
+from gpulet.standins.apiserver.routes import BINDING, COLLECTION, OBJECT, STATUS, Target, route
 from gpulet.standins.apiserver.selectors import selector
-from gpulet.standins.apiserver.status import ApiError, bad_request, conflict, invalid, success
+from gpulet.standins.apiserver.status import (
+    ApiError,
+    FieldError,
+    bad_request,
+    invalid_fields,
+    success,
+)
 from gpulet.standins.apiserver.store import Store
 from gpulet.standins.apiserver.watch import WatchRequest
-
-COLLECTION = "collection"
-OBJECT = "object"
-STATUS = "status"
-BINDING = "binding"
-
-_NAMESPACE = r"/api/v1/namespaces/(?P<namespace>[^/]+)"
-_ROUTES: list[tuple[re.Pattern[str], Resource, str]] = [
-    (re.compile(r"/api/v1/nodes"), NODES, COLLECTION),
-    (re.compile(r"/api/v1/nodes/(?P<name>[^/]+)"), NODES, OBJECT),
-    (re.compile(r"/api/v1/nodes/(?P<name>[^/]+)/status"), NODES, STATUS),
-    (re.compile(r"/api/v1/pods"), PODS, COLLECTION),
-    (re.compile(_NAMESPACE + r"/pods"), PODS, COLLECTION),
-    (re.compile(_NAMESPACE + r"/pods/(?P<name>[^/]+)"), PODS, OBJECT),
-    (re.compile(_NAMESPACE + r"/pods/(?P<name>[^/]+)/status"), PODS, STATUS),
-    (re.compile(_NAMESPACE + r"/pods/(?P<name>[^/]+)/binding"), PODS, BINDING),
-    (re.compile(_NAMESPACE + r"/bindings"), PODS, BINDING),
-    (re.compile(r"/api/v1/events"), EVENTS, COLLECTION),
-    (re.compile(_NAMESPACE + r"/events"), EVENTS, COLLECTION),
-    (re.compile(_NAMESPACE + r"/events/(?P<name>[^/]+)"), EVENTS, OBJECT),
-]
 
 
 @dataclass(frozen=True)
@@ -60,21 +46,20 @@ class Reply:
     body: JsonObject
 
 
-@dataclass(frozen=True)
-class _Target:
-    resource: Resource
-    endpoint: str
-    namespace: str | None
-    name: str | None
+Handler = Callable[[Target, Request], "Reply | WatchRequest"]
 
 
-class CoreV1:
-    """Serves the endpoints over a store; hands every Binding body received to on_binding."""
+class RestApi:
+    """Serves every kind `kinds` serves over a store; hands every Binding body received to
+    on_binding."""
 
-    def __init__(self, store: Store, on_binding: Callable[[JsonObject], None]) -> None:
+    def __init__(
+        self, store: Store, kinds: Kinds, on_binding: Callable[[JsonObject], None]
+    ) -> None:
         self._store = store
+        self._kinds = kinds
         self._on_binding = on_binding
-        self._verbs: dict[tuple[str, str], Callable[[_Target, Request], Reply | WatchRequest]] = {
+        self._verbs: dict[tuple[str, str], Handler] = {
             (COLLECTION, "GET"): self._list,
             (COLLECTION, "POST"): self._create,
             (OBJECT, "GET"): self._get,
@@ -89,39 +74,47 @@ class CoreV1:
 
     def serve(self, request: Request) -> Reply | WatchRequest:
         """The reply, or the watch to stream; raises ApiError for a failure."""
-        target = _route(request.path)
+        target = route(request.path, self._kinds)
         handler = self._verbs.get((target.endpoint, request.method))
         creates_everywhere = request.method == "POST" and target.namespace is None
-        if handler is None or (target.resource.namespaced and creates_everywhere):
-            raise ApiError(405, "the server does not allow this method on the requested resource")
+        if handler is None or (target.kind.resource.namespaced and creates_everywhere):
+            raise ApiError(
+                405, "the server does not allow this method on the requested resource", details={}
+            )
         return handler(target, request)
 
-    def _list(self, target: _Target, request: Request) -> Reply | WatchRequest:
-        query = request.query
+    def _list(self, target: Target, request: Request) -> Reply | WatchRequest:
+        query, kind = request.query, target.kind
         matches = selector(
-            target.resource, query.get("fieldSelector", ""), query.get("labelSelector", "")
+            kind.fields, query.get("fieldSelector", ""), query.get("labelSelector", "")
         )
         if query.get("watch", "").lower() in ("true", "1"):
             return WatchRequest(
-                target.resource,
+                kind.resource,
                 target.namespace,
                 matches,
                 _resource_version(query.get("resourceVersion", "")),
                 _timeout(query.get("timeoutSeconds", "")),
+                kind.api_version,
             )
-        items, version = self._store.list_objects(target.resource, target.namespace, matches)
+        items, version = self._store.list_objects(kind.resource, target.namespace, matches)
         return Reply(
             200,
             {
-                "kind": target.resource.list_kind,
-                "apiVersion": "v1",
+                "kind": kind.resource.list_kind,
+                "apiVersion": kind.api_version,
                 "metadata": {"resourceVersion": str(version)},
-                "items": items,
+                "items": [served(kind, item) for item in items],
             },
         )
 
-    def _create(self, target: _Target, request: Request) -> Reply:
-        obj = _json_object(request.body)
+    def _create(self, target: Target, request: Request) -> Reply:
+        return Reply(201, self.create(target, json_object(request.body)))
+
+    def create(self, target: Target, obj: JsonObject) -> JsonObject:
+        """Create the object in the target's collection (and namespace); its answer."""
+        kind = target.kind
+        _check_type(kind, obj)
         if target.namespace is not None:
             meta = metadata(obj)
             if meta.setdefault("namespace", target.namespace) != target.namespace:
@@ -129,99 +122,173 @@ class CoreV1:
                     "the namespace of the provided object does not match the namespace sent "
                     "on the request"
                 )
-        return Reply(201, self._store.create(target.resource, obj))
+        if kind.custom and kind.status_subresource:
+            obj.pop("status", None)  # status is the subresource's to write
+        obj = kind.admit(obj, None)
+        _set_generation(kind, obj, None)
+        return served(kind, self._store.create(kind.resource, obj))
 
-    def _get(self, target: _Target, request: Request) -> Reply:
-        return Reply(200, self._store.get(*_object_key(target)))
+    def _get(self, target: Target, request: Request) -> Reply:
+        return Reply(200, served(target.kind, self._store.get(*object_key(target))))
 
-    def _replace(self, target: _Target, request: Request) -> Reply:
-        obj = _json_object(request.body)
-        return self._update(target, lambda _: obj)
+    def _replace(self, target: Target, request: Request) -> Reply:
+        obj = json_object(request.body)
+        kind = target.kind
+        if kind.create_on_update and self._store.find(*object_key(target)) is None:
+            metadata(obj).setdefault("name", target.name)
+            return Reply(201, self.create(target, obj))
+        return Reply(200, self.replace(target, obj))
 
-    def _patch(self, target: _Target, request: Request) -> Reply:
+    def replace(self, target: Target, obj: JsonObject) -> JsonObject:
+        """PUT: the object replaced by `obj`, over the resourceVersion `obj` carries (which
+        a kind without unconditional updates requires); the answer."""
+        kind = target.kind
+        _check_type(kind, obj)
+        named = metadata(obj).get("name")
+        if named and named != target.name:
+            raise bad_request(
+                f"the name of the object ({named}) does not match the name on the URL "
+                f"({target.name})"
+            )
+
+        def replace(current: JsonObject) -> JsonObject:
+            if not kind.unconditional_update and not metadata(obj).get("resourceVersion"):
+                resource = kind.resource
+                raise invalid_fields(
+                    resource.plural,
+                    resource.group,
+                    target.name or "",
+                    [
+                        FieldError(
+                            "metadata.resourceVersion",
+                            "FieldValueInvalid",
+                            "Invalid value: 0: must be specified for an update",
+                        )
+                    ],
+                )
+            return obj
+
+        return self.update(target, replace)
+
+    def _patch(self, target: Target, request: Request) -> Reply:
         patch = _json(request.body)
-        return self._update(
-            target, lambda current: apply_patch(request.content_type, current, patch)
+        strategic = not target.kind.custom
+        return Reply(
+            200,
+            self.update(
+                target,
+                lambda current: apply_patch(
+                    request.content_type, current, patch, strategic=strategic
+                ),
+            ),
         )
 
-    def _update(self, target: _Target, change: Callable[[JsonObject], JsonObject]) -> Reply:
-        """Through the object's path a change to its status is ignored; through /status only
-        that counts, as the API server's update strategies for pods and nodes have it."""
+    def update(self, target: Target, change: Callable[[JsonObject], JsonObject]) -> JsonObject:
+        """The object replaced by change(a copy of it), admitted by its kind; the answer.
+        With a status subresource, a change to status through the object's path is ignored,
+        and through /status only that counts, as the API server's update strategies have it."""
+        kind = target.kind
 
         def scoped(current: JsonObject) -> JsonObject:
             before = copy.deepcopy(current)
             updated = change(current)
+            if not kind.status_subresource:
+                return updated
             if target.endpoint != STATUS:
                 return _with_status(updated, before.get("status"))
             before["metadata"]["resourceVersion"] = metadata(updated).get("resourceVersion")
             return _with_status(before, updated.get("status"))
 
-        return Reply(200, self._store.update(*_object_key(target), scoped))
+        def admit(updated: JsonObject, current: JsonObject) -> JsonObject:
+            admitted = kind.admit(updated, current)
+            _set_generation(kind, admitted, current)
+            return admitted
 
-    def _delete(self, target: _Target, request: Request) -> Reply:
-        gone = self._store.delete(*_object_key(target))
-        if target.resource == PODS:
-            return Reply(200, gone)
-        details = {"name": gone["metadata"]["name"], "kind": target.resource.plural}
-        return Reply(200, success(200, details | {"uid": gone["metadata"]["uid"]}))
+        return served(kind, self._store.update(*object_key(target), scoped, admit))
 
-    def _bind(self, target: _Target, request: Request) -> Reply:
+    def _delete(self, target: Target, request: Request) -> Reply:
+        return Reply(200, self.delete(target))
+
+    def delete(self, target: Target) -> JsonObject:
+        """Delete the object at once (its dependents follow); the answer: its last state or
+        a Status, as the kind's."""
+        kind = target.kind
+        gone = self._store.delete(*object_key(target))
+        assert gone is not None  # no uid given: NotFound raised instead
+        if kind.delete_answers_object:
+            return served(kind, gone)
+        meta, resource = gone["metadata"], kind.resource
+        details = {"name": meta["name"], "group": resource.group, "kind": resource.plural}
+        return success(None, {k: v for k, v in details.items() if v} | {"uid": meta["uid"]})
+
+    def _bind(self, target: Target, request: Request) -> Reply:
         """Set the pod's spec.nodeName from a v1 Binding, as the scheduler's bind does."""
-        binding = _json_object(request.body)
+        binding = json_object(request.body)
         self._on_binding(binding)
-        binding_meta = metadata(binding)
-        name = binding_meta.get("name")
-        if target.name is not None and name != target.name:
-            raise bad_request("name in URL does not match name in Binding object")
-        if not name:
-            raise invalid("Binding", "bindings", "", "metadata.name: Required value")
-        node_ref = binding.get("target")
-        node = node_ref.get("name") if isinstance(node_ref, dict) else None
-        if not node:
-            raise invalid("Binding", "bindings", name, "target.name: Required value")
-        # The pods/{name}/binding subresource takes the Binding's uid as a precondition; the
-        # collection (POST .../bindings) is a create, whose uid the API server replaces, so
-        # it checks none (kube-apiserver 1.37, tests/e2e/test_standin_parity.py). Both take
-        # its resourceVersion as one.
-        uid = binding_meta.get("uid") if target.name is not None else None
-        version = binding_meta.get("resourceVersion")
-
-        def assign(pod: JsonObject) -> JsonObject:
-            """The pod on the node; Conflict if it is another pod (uid) or version, or is
-            already placed."""
-            if uid and uid != pod["metadata"]["uid"]:
-                raise conflict(
-                    "pods/binding",
-                    name,
-                    f"Precondition failed: UID in precondition: {uid}, "
-                    f"UID in object meta: {pod['metadata']['uid']}",
-                )
-            if version and version != pod["metadata"].get("resourceVersion"):
-                raise conflict(
-                    "pods/binding",
-                    name,
-                    "the object has been modified; please apply your changes to the latest "
-                    "version and try again",
-                )
-            assigned = (pod.get("spec") or {}).get("nodeName")
-            if assigned:
-                raise conflict(
-                    "pods/binding", name, f'pod {name} is already assigned to node "{assigned}"'
-                )
-            pod.setdefault("spec", {})["nodeName"] = node
-            return pod
-
-        self._store.update(PODS, target.namespace or "", name, assign)
+        bind(self._store, target.namespace or "", target.name, binding)
         return Reply(201, success(201))
 
 
-def _route(path: str) -> _Target:
-    for pattern, resource, endpoint in _ROUTES:
-        found = pattern.fullmatch(path)
-        if found:
-            groups = {k: unquote(v) for k, v in found.groupdict().items()}
-            return _Target(resource, endpoint, groups.get("namespace"), groups.get("name"))
-    raise ApiError(404, "the server could not find the requested resource")
+def served(kind: Kind, obj: JsonObject) -> JsonObject:
+    """A stored object (a copy) as the kind's version serves it: a custom resource is
+    converted between its versions by its apiVersion alone (conversion strategy None)."""
+    obj["apiVersion"] = kind.api_version
+    return obj
+
+
+def _check_type(kind: Kind, obj: JsonObject) -> None:
+    """apiVersion and kind, as the API server's decoding (400) and a custom resource's
+    validation (422) check them; core kinds take what they are sent (the store sets both)."""
+    if not kind.checks_type:
+        return
+    api_version, kind_name = obj.get("apiVersion"), obj.get("kind")
+    if kind.custom and not kind_name:
+        raise bad_request(
+            f"the object provided is unrecognized (must be of type {kind.resource.kind}): "
+            f"Object 'Kind' is missing in '{json.dumps(obj)}'"
+        )
+    if (kind.custom or api_version) and api_version != kind.api_version:
+        raise bad_request(
+            f"the API version in the data ({api_version or ''}) does not match the expected "
+            f"API version ({kind.api_version})"
+        )
+    if kind_name and kind_name != kind.resource.kind:
+        if not kind.custom:
+            version = str(api_version or "").rpartition("/")[2]
+            raise bad_request(
+                f'{kind_name} in version "{version}" cannot be handled as a '
+                f'{kind.resource.kind}: no kind "{kind_name}" is registered for version '
+                f'"{api_version}" in scheme "pkg/runtime/scheme.go:111"'
+            )
+        name = str(metadata(obj).get("name", ""))
+        wrong = FieldError(
+            "kind",
+            "FieldValueInvalid",
+            f'Invalid value: "{kind_name}": must be {kind.resource.kind}',
+        )
+        raise invalid_fields(str(kind_name), kind.resource.group, name, [wrong])
+
+
+def _set_generation(kind: Kind, obj: JsonObject, old: JsonObject | None) -> None:
+    """1 on create; one more when anything but metadata (and status, when it has its own
+    subresource) changed."""
+    if not kind.tracks_generation:
+        return
+    meta = metadata(obj)
+    if old is None:
+        meta["generation"] = 1
+        return
+    generation = int(old["metadata"].get("generation") or 1)
+    meta["generation"] = (
+        generation + 1 if _content(kind, obj) != _content(kind, old) else generation
+    )
+
+
+def _content(kind: Kind, obj: JsonObject) -> JsonObject:
+    ignored = {"apiVersion", "kind", "metadata"} | (
+        {"status"} if kind.status_subresource else set()
+    )
+    return {k: v for k, v in obj.items() if k not in ignored}
 
 
 def _with_status(obj: JsonObject, status: Any) -> JsonObject:
@@ -232,8 +299,9 @@ def _with_status(obj: JsonObject, status: Any) -> JsonObject:
     return obj
 
 
-def _object_key(target: _Target) -> tuple[Resource, str, str]:
-    return target.resource, target.namespace or "", target.name or ""
+def object_key(target: Target) -> tuple[Resource, str, str]:
+    """The store's key of the target's object."""
+    return target.kind.resource, target.namespace or "", target.name or ""
 
 
 def _json(body: bytes) -> Any:
@@ -243,7 +311,8 @@ def _json(body: bytes) -> Any:
         raise bad_request(f"couldn't get version/kind; json parse error: {e}") from e
 
 
-def _json_object(body: bytes) -> JsonObject:
+def json_object(body: bytes) -> JsonObject:
+    """The request body, which must be a JSON object (else 400)."""
     obj = _json(body)
     if not isinstance(obj, dict):
         raise bad_request("the request body is not a JSON object")

@@ -1,7 +1,7 @@
 """TokenReview and SubjectAccessReview, as the API server answers them for a server that
 delegates its authentication and authorization to it: tokens the test gives (each a user),
 and grants of non-resource URLs the test gives (RBAC's `nonResourceURLs`, to a user or a
-group). Every other path goes on to the core API."""
+group). Every other path goes on to the REST API."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 from collections.abc import Mapping, Sequence
 
 from gpulet.standins.apiserver.resources import JsonObject
-from gpulet.standins.apiserver.rest import CoreV1, Reply, Request, _json_object
+from gpulet.standins.apiserver.rest import Reply, Request, RestApi, json_object
 from gpulet.standins.apiserver.status import ApiError, bad_request, invalid
 from gpulet.standins.apiserver.watch import WatchRequest
 
@@ -21,7 +21,7 @@ AUTHENTICATED = "system:authenticated"
 
 
 class Reviews:
-    def __init__(self, core: CoreV1) -> None:
+    def __init__(self, core: RestApi) -> None:
         self._core = core
         self._lock = threading.Lock()
         self._users: dict[str, JsonObject] = {}
@@ -56,7 +56,7 @@ class Reviews:
             return self._core.serve(request)
         if request.method != "POST":
             raise ApiError(405, "the server does not allow this method on the requested resource")
-        review = _json_object(request.body)
+        review = json_object(request.body)
         spec = review.get("spec")
         if not isinstance(spec, dict):
             raise bad_request("spec must be an object")

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from gpulet.standins.apiserver.resources import NODES, PODS, JsonObject, Resource
+from gpulet.standins.apiserver.resources import JsonObject
 from gpulet.standins.apiserver.status import bad_request
 
 Predicate = Callable[[JsonObject], bool]
 
-# The fields each kind's selectors support, with the value an absent field reads as.
-SELECTABLE_FIELDS: dict[Resource, dict[str, str]] = {
-    PODS: {
+
+@dataclass(frozen=True)
+class Fields:
+    """The fields a kind's field selectors support, each with the value an absent field reads
+    as, and how the API server words the refusal of another (`{label}` stands for it)."""
+
+    supported: Mapping[str, str]
+    unsupported: str = "field label not supported: {label}"
+
+
+#: Every kind without a field label conversion of its own (Leases, CustomResourceDefinitions):
+#: apimachinery's DefaultMetaV1FieldSelectorConversion.
+META_FIELDS = Fields(
+    {"metadata.name": "", "metadata.namespace": ""},
+    '"{label}" is not a known field selector: only "metadata.name", "metadata.namespace"',
+)
+#: A custom resource's, namespaced or cluster-scoped (apiextensions' crConverter).
+CUSTOM_NAMESPACED_FIELDS = Fields({"metadata.name": "", "metadata.namespace": ""})
+CUSTOM_CLUSTER_FIELDS = Fields({"metadata.name": ""})
+EVENT_FIELDS = Fields({"metadata.name": "", "metadata.namespace": ""})
+POD_FIELDS = Fields(
+    {
         "metadata.name": "",
         "metadata.namespace": "",
         "spec.nodeName": "",
@@ -22,14 +42,14 @@ SELECTABLE_FIELDS: dict[Resource, dict[str, str]] = {
         "status.phase": "",
         "status.podIP": "",
         "status.nominatedNodeName": "",
-    },
-    NODES: {"metadata.name": "", "spec.unschedulable": "false"},
-}
+    }
+)
+NODE_FIELDS = Fields({"metadata.name": "", "spec.unschedulable": "false"})
 
 
-def selector(resource: Resource, fields: str, labels: str) -> Predicate:
+def selector(supported: Fields, fields: str, labels: str) -> Predicate:
     """Whether an object matches both selectors (each an AND of comma-separated terms)."""
-    tests = [_field_term(resource, t) for t in _terms(fields)]
+    tests = [_field_term(supported, t) for t in _terms(fields)]
     tests += [_label_term(t) for t in _terms(labels)]
     return lambda obj: all(test(obj) for test in tests)
 
@@ -47,15 +67,14 @@ def _split(term: str) -> tuple[str, str, str] | None:
     return None
 
 
-def _field_term(resource: Resource, term: str) -> Predicate:
+def _field_term(supported: Fields, term: str) -> Predicate:
     parts = _split(term)
     if parts is None:
         raise bad_request(f"invalid selector: '{term}'; can't understand '{term}'")
     field, op, wanted = parts
-    fields = SELECTABLE_FIELDS[resource]
-    if field not in fields:
-        raise bad_request(f"field label not supported: {field}")
-    absent = fields[field]
+    if field not in supported.supported:
+        raise bad_request(supported.unsupported.format(label=field))
+    absent = supported.supported[field]
     if op == "!=":
         return lambda obj: _field_value(obj, field, absent) != wanted
     return lambda obj: _field_value(obj, field, absent) == wanted

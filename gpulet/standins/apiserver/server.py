@@ -1,5 +1,5 @@
-"""HTTP/1.1 plumbing: requests decoded for CoreV1, replies with Content-Length, watches as
-chunked streams of JSON lines, injected faults, and the request log."""
+"""HTTP/1.1 plumbing: requests decoded for the REST API, replies with Content-Length,
+watches as chunked streams of JSON lines, injected faults, and the traffic log."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from gpulet.standins.apiserver.faults import Faults
-from gpulet.standins.apiserver.journal import Journal
 from gpulet.standins.apiserver.rest import Reply, Request
 from gpulet.standins.apiserver.status import ApiError
 from gpulet.standins.apiserver.store import Store
+from gpulet.standins.apiserver.traffic import Entry, TrafficLog
 from gpulet.standins.apiserver.watch import WatchRequest, watch_events
 
 
@@ -25,7 +25,7 @@ class Api(Protocol):
 
 
 class ApiHttpServer(ThreadingHTTPServer):
-    """Serves the API (CoreV1 and the reviews) over HTTP, one daemon thread per connection,
+    """Serves the API (the REST API and the reviews) over HTTP, one daemon thread per connection,
     and keeps track of its connections so that closing the server closes them too."""
 
     daemon_threads = True
@@ -36,7 +36,7 @@ class ApiHttpServer(ThreadingHTTPServer):
         self.api = api
         self.store = store
         self.faults = Faults()
-        self.requests: Journal[tuple[str, str]] = Journal()
+        self.traffic = TrafficLog()
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         #: Watch streams still being written; `drain_streams` waits for them to end.
@@ -83,6 +83,7 @@ class ApiHttpServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ApiHttpServer
+    _entry: Entry
 
     def setup(self) -> None:
         super().setup()
@@ -100,7 +101,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        self.server.requests.append((self.command, self.path))
+        self._entry = self.server.traffic.start(
+            self.command, self.path, len(body), self.headers.get("User-Agent", "")
+        )
         url = urlsplit(self.path)
         request = Request(
             self.command,
@@ -115,7 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(injected, f"injected failure for {self.command} {self.path}")
             reply = self.server.api.serve(request)
         except ApiError as e:
-            self._send_json(e.code, e.status())
+            if e.plain:
+                self._send(e.code, e.message.encode(), "text/plain; charset=utf-8")
+            else:
+                self._send_json(e.code, e.status())
             return
         if isinstance(reply, WatchRequest):
             self._stream(reply)
@@ -125,9 +131,12 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
     def _send_json(self, code: int, body: object) -> None:
-        data = json.dumps(body).encode()
+        self._send(code, json.dumps(body).encode(), "application/json")
+
+    def _send(self, code: int, data: bytes, content_type: str) -> None:
+        self._entry.response_bytes += len(data)
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -141,7 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.stream_started()
         try:
             for event in watch_events(self.server.store, watch, self._client_gone):
-                self._write_chunk(json.dumps(event).encode() + b"\n")
+                line = json.dumps(event).encode() + b"\n"
+                self._entry.response_bytes += len(line)
+                self._write_chunk(line)
             self._write_chunk(b"")
             self.wfile.flush()
         except OSError:

@@ -11,24 +11,36 @@ from types import TracebackType
 import kubernetes.client
 import yaml
 
+from gpulet.standins.apiserver.crds import CRD_KIND, CrdController
+from gpulet.standins.apiserver.gc import Collector
 from gpulet.standins.apiserver.journal import Journal
+from gpulet.standins.apiserver.kinds import CORE_KINDS, Kinds
+from gpulet.standins.apiserver.leases import LEASE_KIND
 from gpulet.standins.apiserver.resources import EVENTS, NODES, PODS, JsonObject, Resource, key_of
-from gpulet.standins.apiserver.rest import CoreV1
+from gpulet.standins.apiserver.rest import RestApi, object_key, served
 from gpulet.standins.apiserver.reviews import Reviews
+from gpulet.standins.apiserver.routes import COLLECTION, OBJECT, Target, not_served
 from gpulet.standins.apiserver.server import ApiHttpServer
 from gpulet.standins.apiserver.store import Store
+from gpulet.standins.apiserver.traffic import Traffic
 
 
 class ApiServerStandIn:
-    """A Kubernetes API server for nodes, pods and bindings, and the TokenReviews and
-    SubjectAccessReviews of the tokens and grants given it (add_token, allow), on 127.0.0.1
-    at a free port, serving from a daemon thread from construction until stop()."""
+    """A Kubernetes API server for nodes, pods, bindings, events, Leases,
+    CustomResourceDefinitions and their custom resources (with garbage collection of
+    dependents), and the TokenReviews and SubjectAccessReviews of the tokens and grants
+    given it (add_token, allow), on 127.0.0.1 at a free port, serving from a daemon thread
+    from construction until stop(). docs/e2e.md lists where it differs from the real one."""
 
     def __init__(self, *, history_size: int = 10_000) -> None:
         """history_size: how many writes back a watch can resume from (older: 410)."""
         self._store = Store(history_size)
+        self._kinds = Kinds([*CORE_KINDS, LEASE_KIND, CRD_KIND])
+        self._store.observe(CrdController(self._store, self._kinds).observe)
+        self._store.observe(Collector(self._store, self._kinds).observe)
         self._bindings: Journal[JsonObject] = Journal()
-        self._reviews = Reviews(CoreV1(self._store, self._bindings.append))
+        self._rest = RestApi(self._store, self._kinds, self._bindings.append)
+        self._reviews = Reviews(self._rest)
         self._server = ApiHttpServer(("127.0.0.1", 0), self._reviews, self._store)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
@@ -128,6 +140,55 @@ class ApiServerStandIn:
     def delete_pod(self, namespace: str, name: str) -> None:
         self._store.delete(PODS, namespace, name)
 
+    def create_crd(self, obj: JsonObject) -> JsonObject:
+        """Create a CustomResourceDefinition (checked, given its status, Established at
+        once): its custom resources are served from now on."""
+        return self._rest.create(Target(CRD_KIND, COLLECTION, None, None), obj)
+
+    def create_object(self, api_version: str, plural: str, obj: JsonObject) -> JsonObject:
+        """Create an object of any served kind (`coordination.k8s.io/v1`, `leases`; a
+        custom resource's group/version and plural), admitted as over HTTP
+        (validated and pruned: ApiError 422). A namespaced object's namespace is
+        metadata.namespace, else "default"; apiVersion and kind default to the path's."""
+        target = self._target(api_version, plural, obj)
+        obj = {"apiVersion": target.kind.api_version, "kind": target.kind.resource.kind, **obj}
+        return self._rest.create(target, obj)
+
+    def get_object(
+        self, api_version: str, plural: str, name: str, namespace: str = ""
+    ) -> JsonObject | None:
+        target = self._target(api_version, plural, _named(name, namespace))
+        found = self._store.find(*object_key(target))
+        return None if found is None else served(target.kind, found)
+
+    def objects(self, api_version: str, plural: str) -> list[JsonObject]:
+        """Every object of the kind, of every namespace."""
+        kind = self._target(api_version, plural, {}).kind
+        items = self._store.list_objects(kind.resource)[0]
+        return [served(kind, item) for item in items]
+
+    def update_object(self, api_version: str, plural: str, obj: JsonObject) -> JsonObject:
+        """Replace the object, whatever resourceVersion obj carries (MODIFIED), admitted as
+        over HTTP."""
+        target = self._target(api_version, plural, obj)
+        replacement = copy.deepcopy(obj)
+        replacement.get("metadata", {}).pop("resourceVersion", None)
+        return self._rest.update(target, lambda _: replacement)
+
+    def delete_object(self, api_version: str, plural: str, name: str, namespace: str = "") -> None:
+        """Delete the object; its dependents go with it (garbage collection)."""
+        self._rest.delete(self._target(api_version, plural, _named(name, namespace)))
+
+    def _target(self, api_version: str, plural: str, obj: JsonObject) -> Target:
+        group, _, version = api_version.rpartition("/")
+        kind = self._kinds.find(group, version, plural)
+        if kind is None:
+            raise not_served()
+        namespace, name = key_of(copy.deepcopy(obj))
+        if kind.resource.namespaced:
+            return Target(kind, OBJECT if name else COLLECTION, namespace or "default", name)
+        return Target(kind, OBJECT if name else COLLECTION, None, name)
+
     def _replace(self, resource: Resource, obj: JsonObject) -> JsonObject:
         replacement = copy.deepcopy(obj)
         replacement.get("metadata", {}).pop("resourceVersion", None)
@@ -167,7 +228,12 @@ class ApiServerStandIn:
     @property
     def requests(self) -> list[tuple[str, str]]:
         """(method, path with query) of every HTTP request, in order."""
-        return self._server.requests.items()
+        return [(e.method, e.path) for e in self._server.traffic.entries()]
+
+    def traffic(self) -> list[Traffic]:
+        """Every HTTP request so far, in order, with its bytes each way and its User-Agent
+        (a watch still open: the bytes it has streamed so far)."""
+        return self._server.traffic.snapshot()
 
     def fail_next(self, method: str, path_regex: str, code: int, times: int = 1) -> None:
         """Answer the next `times` requests of `method` whose path with query matches
@@ -177,3 +243,7 @@ class ApiServerStandIn:
     def drop_watches(self) -> None:
         """End every open watch stream cleanly, as an API server's watch timeout does."""
         self._store.drop_watches()
+
+
+def _named(name: str, namespace: str) -> JsonObject:
+    return {"metadata": {"name": name, "namespace": namespace}}

@@ -1,18 +1,17 @@
-"""Nodes and pods, the resourceVersion counter, and the recent history that watches replay."""
+"""The stored objects of every kind, the resourceVersion counter, the recent history that
+watches replay, and the observers that act on each write (the garbage collector, the
+CustomResourceDefinition controller)."""
 
 from __future__ import annotations
 
 import copy
 import threading
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import takewhile
 
 from gpulet.standins.apiserver.resources import (
-    EVENTS,
-    NODES,
-    PODS,
     JsonObject,
     Resource,
     generated_name,
@@ -39,22 +38,34 @@ class Change:
     previous: JsonObject | None
 
 
+Observer = Callable[[Change], None]
+
+
 class Store:
     """The API server's storage: every write takes the next resourceVersion of one global
-    counter and goes into a bounded history. Thread-safe; hands out copies only."""
+    counter and goes into a bounded history. Thread-safe; hands out copies only.
+
+    Observers see every change, in order, right after it: within the write that made it,
+    before that write returns, so their own writes (a garbage collector's deletion) follow
+    it at once, with later resourceVersions."""
 
     def __init__(self, history_size: int) -> None:
-        self._changed = threading.Condition()
-        self._objects: dict[Resource, dict[tuple[str, str], JsonObject]] = {
-            PODS: {},
-            NODES: {},
-            EVENTS: {},
-        }
+        # Reentrant (an RLock): observers write from within a write.
+        self._changed = threading.Condition(threading.RLock())
+        self._objects: defaultdict[Resource, dict[tuple[str, str], JsonObject]] = defaultdict(dict)
+        self._observers: list[Observer] = []
+        self._undispatched: deque[Change] = deque()
+        self._dispatching = False
         self._version = 0
         self._history: deque[Change] = deque(maxlen=history_size)
         self._compacted = 0  # the newest resourceVersion no longer in the history
         self._watch_generation = 0
         self._closed = False
+
+    def observe(self, observer: Observer) -> None:
+        """Call observer(change) after every write from now on (holding the store's lock)."""
+        with self._changed:
+            self._observers.append(observer)
 
     def find(self, resource: Resource, namespace: str, name: str) -> JsonObject | None:
         """A copy of the object, or None."""
@@ -66,7 +77,7 @@ class Store:
         """A copy of the object; raises NotFound."""
         found = self.find(resource, namespace, name)
         if found is None:
-            raise not_found(resource.plural, name)
+            raise not_found(resource.plural, name, resource.group)
         return found
 
     def list_objects(
@@ -93,7 +104,7 @@ class Store:
         if not meta.get("name"):
             if not meta.get("generateName"):
                 raise invalid(
-                    resource.kind,
+                    resource.qualified_kind,
                     resource.plural,
                     "",
                     "metadata.name: Required value: name or generateName is required",
@@ -107,7 +118,7 @@ class Store:
         key = key_of(obj)
         with self._changed:
             if key in self._objects[resource]:
-                raise already_exists(resource.plural, key[1])
+                raise already_exists(resource.plural, key[1], resource.group)
             self._commit(resource, ADDED, obj, None)
         return copy.deepcopy(obj)
 
@@ -117,23 +128,25 @@ class Store:
         namespace: str,
         name: str,
         change: Callable[[JsonObject], JsonObject],
+        admit: Callable[[JsonObject, JsonObject], JsonObject] | None = None,
     ) -> JsonObject:
         """Replace the object by change(a copy of it), atomically. A metadata.resourceVersion
         left in the result is a precondition (Conflict unless current); the name and
-        namespace may not change; uid and creationTimestamp are kept."""
+        namespace may not change; uid and creationTimestamp are kept. Then admit(the result,
+        the stored object), when given, makes what is stored (or raises)."""
         with self._changed:
             current = self._objects[resource].get((namespace, name))
             if current is None:
-                raise not_found(resource.plural, name)
+                raise not_found(resource.plural, name, resource.group)
             updated = change(copy.deepcopy(current))
             meta, before = metadata(updated), current["metadata"]
             expected = meta.get("resourceVersion")
             if expected not in (None, "") and str(expected) != before["resourceVersion"]:
-                raise conflict(resource.plural, name)
+                raise conflict(resource.plural, name, group=resource.group)
             for field in ("name", "namespace"):
                 if meta.get(field, before.get(field)) != before.get(field):
                     raise invalid(
-                        resource.kind,
+                        resource.qualified_kind,
                         resource.plural,
                         name,
                         f'metadata.{field}: Invalid value: "{meta[field]}": field is immutable',
@@ -142,15 +155,23 @@ class Store:
                 if field in before:
                     meta[field] = before[field]
             updated["apiVersion"], updated["kind"] = current["apiVersion"], current["kind"]
+            if admit is not None:
+                updated = admit(updated, copy.deepcopy(current))
             self._commit(resource, MODIFIED, updated, current)
             return copy.deepcopy(updated)
 
-    def delete(self, resource: Resource, namespace: str, name: str) -> JsonObject:
-        """Remove the object at once; returns its last state, at the deletion's version."""
+    def delete(
+        self, resource: Resource, namespace: str, name: str, *, uid: str | None = None
+    ) -> JsonObject | None:
+        """Remove the object at once; returns its last state, at the deletion's version.
+        With `uid`: only the object of that uid, and None (no error) when it is gone or
+        another object has its name now."""
         with self._changed:
             current = self._objects[resource].get((namespace, name))
+            if uid is not None and (current is None or current["metadata"].get("uid") != uid):
+                return None
             if current is None:
-                raise not_found(resource.plural, name)
+                raise not_found(resource.plural, name, resource.group)
             gone = copy.deepcopy(current)
             self._commit(resource, DELETED, gone, current)
             return copy.deepcopy(gone)
@@ -167,8 +188,25 @@ class Store:
             self._objects[resource][key] = obj
         if len(self._history) == self._history.maxlen:
             self._compacted = self._history[0].resource_version
-        self._history.append(Change(self._version, kind, resource, obj, previous))
+        change = Change(self._version, kind, resource, obj, previous)
+        self._history.append(change)
         self._changed.notify_all()
+        self._dispatch(change)
+
+    def _dispatch(self, change: Change) -> None:
+        """Hand the change to every observer, after those of the changes before it."""
+        self._undispatched.append(change)
+        if self._dispatching:
+            return  # an observer's write: the outer loop hands it on
+        self._dispatching = True
+        try:
+            while self._undispatched:
+                pending = self._undispatched.popleft()
+                for observer in self._observers:
+                    observer(pending)
+        finally:
+            self._dispatching = False
+            self._undispatched.clear()
 
     def watch_generation(self) -> int:
         """Changes when drop_watches() is called: a watch ends when it sees it change."""

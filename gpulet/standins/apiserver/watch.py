@@ -17,13 +17,15 @@ POLL_SECONDS = 0.25
 
 @dataclass(frozen=True)
 class WatchRequest:
-    """What to watch. resource_version None starts with a synthetic ADDED per object."""
+    """What to watch. resource_version None starts with a synthetic ADDED per object;
+    api_version is the version objects are shown at (a custom resource's served version)."""
 
     resource: Resource
     namespace: str | None
     matches: Callable[[JsonObject], bool]
     resource_version: int | None
     timeout_seconds: float | None
+    api_version: str = ""
 
     def shows(self, obj: JsonObject) -> bool:
         """Whether the object is within this watch's namespace and selectors."""
@@ -45,7 +47,7 @@ def watch_events(
     if cursor is None:
         objects, cursor = store.list_objects(request.resource, request.namespace, request.matches)
         for obj in objects:
-            yield _event(ADDED, obj)
+            yield _event(ADDED, obj, request.api_version)
     while not client_gone():
         wait = POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())
         if wait <= 0:
@@ -64,7 +66,10 @@ def watch_events(
                 yield event
 
 
-def _event(kind: str, obj: JsonObject) -> JsonObject:
+def _event(kind: str, obj: JsonObject, api_version: str = "") -> JsonObject:
+    """The event; the object (never mutated: it may be the store's) at `api_version`."""
+    if api_version and obj.get("apiVersion") != api_version:
+        obj = {**obj, "apiVersion": api_version}
     return {"type": kind, "object": obj}
 
 
@@ -73,14 +78,15 @@ def _seen_by(request: WatchRequest, change: Change) -> JsonObject | None:
     an object moving into the selection is ADDED, one moving out is DELETED."""
     if change.resource != request.resource:
         return None
+    version = request.api_version
     if change.type == DELETED:
-        return _event(DELETED, change.object) if request.shows(change.object) else None
+        return _event(DELETED, change.object, version) if request.shows(change.object) else None
     previous = change.previous
     before = previous if previous is not None and request.shows(previous) else None
     if request.shows(change.object):
-        return _event(ADDED if before is None else MODIFIED, change.object)
+        return _event(ADDED if before is None else MODIFIED, change.object, version)
     if before is None:
         return None
     left = copy.deepcopy(before)
     left["metadata"]["resourceVersion"] = str(change.resource_version)
-    return _event(DELETED, left)
+    return _event(DELETED, left, version)
