@@ -1,6 +1,8 @@
-"""The agent's link to the API server: publishing its node (`NodePublisher`) and the pods
-bound to it (`ApiPodSource`, the device plugin's `PodSource`), both through the official
-`kubernetes` client.
+"""The agent's link to the API server: the pods bound to its node (`ApiPodSource`, the
+device plugin's `PodSource`), its Events and allocation records, through the official
+`kubernetes` client; and the two helpers its reports (`agent.publish`, `agent.heartbeat`)
+read objects with. What it writes to say what the node is and that it is alive is in those
+two modules.
 
 What a pod asks of gpulet is read by the extender's reader, `gpulet.placement.podspec`, and
 by nothing else here, so the agent and the extender never disagree on it: `pod_ask` for
@@ -32,16 +34,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from kubernetes.client import ApiException
+
 from deviceplugin.assignment import ContainerRequest, PendingPod
 from deviceplugin.grants import Grant
-from gpulet.api.resources import (
-    ALLOCATED_ANNOTATION,
-    ASSIGNMENT_ANNOTATION,
-    HEARTBEAT_ANNOTATION,
-    TOPOLOGY_ANNOTATION,
-)
+from gpulet.api.resources import ALLOCATED_ANNOTATION, ASSIGNMENT_ANNOTATION
 from gpulet.api.stamps import epoch, stamp
-from gpulet.kube.calls import CoreCalls
+from gpulet.kube.calls import CoreCalls, ObjectCalls
 from gpulet.kube.reflector import Reflector
 from gpulet.placement.podspec import ContainerAsk, PodSpecError, pod_ask, pod_counts
 
@@ -51,67 +50,35 @@ log = logging.getLogger("gpulet.agent")
 _FINISHED = frozenset({"Succeeded", "Failed"})
 
 
-class NodePublisher:
-    """Puts the topology document on this agent's Node (`gpulet.io/topology`), with a
-    heartbeat (`gpulet.io/heartbeat`) renewed every `heartbeat_s`; the document again
-    whenever `set_topology` changes it."""
+def answer(response: Any) -> dict[str, Any]:
+    """The JSON object a call's (read) response carries."""
+    obj = json.loads(response.data)
+    if not isinstance(obj, dict):
+        raise ValueError("the API server answered something other than a JSON object")
+    return obj
 
-    def __init__(
-        self,
-        core: CoreCalls,
-        node: str,
-        topology_text: str,
-        *,
-        heartbeat_s: float = 60.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._core = core
-        self._node = node
-        self._text = topology_text
-        self._published: str | None = None
-        self._heartbeat = heartbeat_s
-        self._clock = clock
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def set_topology(self, text: str) -> None:
-        if text != self._text:
-            self._text = text
-            self._wake.set()
+def why(e: Exception) -> str:
+    """An error, on one line: for the API's, its status and the Status message it sent."""
+    if not isinstance(e, ApiException):
+        return str(e)[:300]
+    message = ""
+    try:
+        status = json.loads(e.body or "{}")
+        message = str(status.get("message") or "") if isinstance(status, dict) else ""
+    except ValueError:
+        pass
+    return f"{e.status} {e.reason}" + (f": {message[:300]}" if message else "")
 
-    def publish(self) -> None:
-        """One patch of the Node: the heartbeat, and the document when it changed."""
-        annotations = {HEARTBEAT_ANNOTATION: stamp(self._clock())}
-        text = self._text
-        if text != self._published:
-            annotations[TOPOLOGY_ANNOTATION] = text
-        self._core.patch_node(self._node, {"metadata": {"annotations": annotations}})
-        if text != self._published:
-            log.info("event=published node=%s bytes=%d", self._node, len(text))
-            self._published = text
 
-    def start(self) -> None:
-        self.publish()  # the first one in the caller's thread: an error there is fatal
-        self._thread = threading.Thread(target=self._run, name="gpulet-publish", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self._heartbeat)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.publish()
-            except Exception as e:
-                log.warning("event=publish-failed node=%s error=%r", self._node, str(e)[:300])
+def read_object(calls: ObjectCalls, name: str) -> dict[str, Any] | None:
+    """The object `name` of `calls`' collection, or None where there is none (404)."""
+    try:
+        return answer(calls.read(name))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
 
 
 class ApiPodSource:

@@ -1,13 +1,14 @@
 """`gpulet agent run`: the node agent with the Kubernetes API. It publishes the node's
-topology (with a heartbeat), serves the device plugins following the extender's assignments
-of the pods bound to this node, pins the containers of pods that ask to their GPUs' NUMA
-node, and frees a pod's devices, regions and checkpoint entries when the pod is deleted or
-finishes."""
+topology (its NodeTopology, `agent.publish`), renews its Lease (`agent.heartbeat`), serves
+the device plugins following the extender's assignments of the pods bound to this node,
+pins the containers of pods that ask to their GPUs' NUMA node, and frees a pod's devices,
+regions and checkpoint entries when the pod is deleted or finishes."""
 
 from __future__ import annotations
 
 import gc
 import logging
+import socket
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,12 +25,14 @@ from agent.backstop import (
     thaw_left_frozen,
 )
 from agent.cgroups import ContainerRef, ProcessTable
-from agent.kube import AllocatedRecorder, ApiPodSource, EventReporter, NodePublisher
+from agent.heartbeat import LeaseHeartbeat
+from agent.kube import AllocatedRecorder, ApiPodSource, EventReporter
 from agent.loop import Every
 from agent.metrics import AgentCollector, MetricsServer
 from agent.monitor import Finding, Monitor, Violation
 from agent.pinner import Pinner
 from agent.plugincore import AgentSpec, ListedContainer, build
+from agent.publish import TopologyPublisher
 from agent.recover import recover_from_pods
 from agent.supervisor import Supervisor
 from agent.usage import UsageSource
@@ -38,8 +41,8 @@ from deviceplugin.grants import Grant
 from deviceplugin.health import PortStates, XidSource
 from deviceplugin.ledger import Ledger
 from deviceplugin.manager import PluginManager
+from gpulet.api import nodetopology as nt
 from gpulet.kube.calls import CoreCalls, ReviewCalls
-from gpulet.topology.document import dumps
 
 log = logging.getLogger("gpulet.agent")
 
@@ -88,7 +91,8 @@ class NodeAgent:
     core: DevicePluginCore
     manager: PluginManager
     pods: ApiPodSource
-    publisher: NodePublisher
+    topology: TopologyPublisher
+    heartbeat: LeaseHeartbeat
     supervisor: Supervisor
     monitor: Monitor | None = None
     metrics: MetricsServer | None = None
@@ -143,24 +147,35 @@ def start(
     xids: XidSource | None,
     ports: PortStates | None,
     *,
-    heartbeat_s: float = 60.0,
+    heartbeat_s: float = nt.HEARTBEAT_S,
+    namespace: str = nt.DEFAULT_NAMESPACE,
+    pod_name: str | None = None,
+    legacy_annotations: str = "remove",
     sync_timeout_s: float = 30.0,
     pinning: Pinning | None = None,
     monitoring: Monitoring | None = None,
 ) -> NodeAgent:
-    """Publish, learn the node's pods, then serve kubelet (which may call Allocate at once,
-    so the pods come first); then pin, watch usage, serve metrics. Each part is started as
-    it is built, in that order: if one fails (or building one does), those started are
-    stopped, last first, and the error raised."""
+    """Publish the node's NodeTopology, take its Lease in `namespace` (held as `pod_name`,
+    the host name by default; renewed every `heartbeat_s`) and settle the previous
+    release's Node annotations (`legacy_annotations`: remove, or keep the topology one);
+    learn the node's pods, then serve kubelet (which may call Allocate at once, so the pods
+    come first); then pin, watch usage, serve metrics. Each part is started as it is built,
+    in that order: if one fails (or building one does), those started are stopped, last
+    first, and the error raised."""
     node = spec.config.node_name
     if not node:
         raise ValueError("the agent needs its Kubernetes node name (--node-name)")
     topo = replace(spec.topo, node=node)
     spec = replace(spec, topo=topo)
+    heartbeat = LeaseHeartbeat(
+        api.client, node, namespace, pod_name or socket.gethostname(), heartbeat_s=heartbeat_s
+    )
     parts = Supervisor()
     with parts.starting():
-        publisher = NodePublisher(api, node, dumps(topo), heartbeat_s=heartbeat_s)
-        parts.start("node-publisher", publisher)
+        publisher = TopologyPublisher(api, topo, legacy=legacy_annotations)
+        parts.start("topology-publisher", publisher)
+        parts.start("heartbeat", heartbeat)
+        publisher.retire_legacy()
         link = CoreLink()
         pods = parts.start("pods-watch", ApiPodSource(api, node, on_gone=link.release_pod))
         if not pods.wait_ready(sync_timeout_s):
@@ -174,7 +189,7 @@ def start(
         core = build(spec, pods, recorder.granted, recover=recover)
         link.bind(core)
         manager = parts.start("device-plugins", PluginManager(core, spec.plugin_dir, xids, ports))
-        agent = NodeAgent(core, manager, pods, publisher, parts, recorder=recorder)
+        agent = NodeAgent(core, manager, pods, publisher, heartbeat, parts, recorder=recorder)
         if pinning is not None:
             pinner = Pinner(topo, pods.pods, pinning.cgroup_root, pinning.cpu_manager_state)
             loop = Every("gpulet-pin", pinning.interval_s, pinner.reconcile)

@@ -7,19 +7,20 @@ import socket
 from pathlib import Path
 
 import click
-from kubernetes import client
 
 from agent import node_agent
 from agent.adapters import read_adapters
 from agent.library import install_limiter
 from agent.node_agent import NodeAgent
 from agent.plugincore import AgentSpec
+from agent.publish import LEGACY_MODES
 from agent.standalone import StandaloneAgent
 from agent.standalone import start as standalone_start
 from deviceplugin.resources import PluginConfig
+from gpulet.api import nodetopology as nt
 from gpulet.api.resources import MAX_SLOTS
 from gpulet.cli.common import kube_configuration, simulate_option, until_signalled, user_errors
-from gpulet.kube.calls import CoreCalls
+from gpulet.kube.calls import CoreCalls, api_client
 from native import LibraryMissingError, library_path
 
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
@@ -152,9 +153,32 @@ def agent() -> None:
 @click.option(
     "--heartbeat-seconds",
     type=click.FloatRange(min=1),
-    default=60.0,
+    default=nt.HEARTBEAT_S,
     show_default=True,
-    help="How often the agent renews gpulet.io/heartbeat on its Node.",
+    help="How often the agent renews its Lease (gpulet-node-<node>); the extender judges "
+    "the node quiet after three heartbeats without a renewal.",
+)
+@click.option(
+    "--namespace",
+    envvar="POD_NAMESPACE",
+    default=nt.DEFAULT_NAMESPACE,
+    show_default=True,
+    help="The install namespace, where the agent's Lease lives [$POD_NAMESPACE].",
+)
+@click.option(
+    "--pod-name",
+    envvar="POD_NAME",
+    help="This agent's pod, named in its Lease's holderIdentity [default: $POD_NAME, else "
+    "the host name].",
+)
+@click.option(
+    "--legacy-annotations",
+    type=click.Choice(LEGACY_MODES),
+    default="remove",
+    show_default=True,
+    help="The previous release's gpulet.io/topology and gpulet.io/heartbeat on the Node: "
+    "`remove` both, or `keep` gpulet.io/topology current (and remove the heartbeat) for an "
+    "extender not yet upgraded.",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
 @user_errors
@@ -179,13 +203,19 @@ def run(
     metrics_auth: str,
     usage_file: Path | None,
     heartbeat_seconds: float,
+    namespace: str,
+    pod_name: str | None,
+    legacy_annotations: str,
     log_level: str,
 ) -> None:
     """Serve gpulet.io/gpu and gpulet.io/rdma to kubelet until SIGTERM or SIGINT.
 
-    With the Kubernetes API (the default), it publishes the node's topology, follows the
-    scheduler extender's assignments, and frees what a pod held when it ends. With
-    --standalone, containers get whole GPUs and nothing needs the API."""
+    With the Kubernetes API (the default), it publishes the node's topology (its
+    NodeTopology), renews its Lease, follows the scheduler extender's assignments, and frees
+    what a pod held when it ends. With --standalone, containers get whole GPUs and nothing
+    needs the API."""
+    if not standalone:
+        _check_node_name(node_name or socket.gethostname())
     kube = None if standalone else kube_configuration(kubeconfig)
     logging.basicConfig(
         level=log_level.upper(),
@@ -214,10 +244,13 @@ def run(
     else:
         agent = node_agent.start(
             spec,
-            CoreCalls(client.ApiClient(kube)),
+            CoreCalls(api_client(kube, "agent")),
             node.xids,
             node.ports,
             heartbeat_s=heartbeat_seconds,
+            namespace=namespace,
+            pod_name=pod_name or socket.gethostname(),
+            legacy_annotations=legacy_annotations,
             pinning=node_agent.Pinning(cgroup_root, kubelet_state_dir / "cpu_manager_state"),
             monitoring=node_agent.Monitoring(
                 node.usage,
@@ -243,6 +276,14 @@ def run(
         click.echo(f"gpulet agent: inject XIDs with: echo 'GPU XID' >> {node.xid_file}", err=True)
     until_signalled().wait()
     agent.stop()
+
+
+def _check_node_name(node: str) -> None:
+    """Refuse a node name gpulet cannot name its Lease after, before anything starts."""
+    try:
+        nt.lease_name(node)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--node-name") from None
 
 
 def _limiter(standalone: bool, library_dir: Path) -> tuple[Path | None, Path | None]:

@@ -1,7 +1,8 @@
 """One pod's whole path, on a simulated node with everything real but the cluster: the agent
-publishes its node on the API server (stand-in), the extender (watching it) places the pod and
-binds it, kubelet (stand-in) admits it and calls the agent's Allocate, which follows the
-assignment and writes the container's limits; the pod deleted, all of it goes away."""
+publishes its node on the API server (stand-in: its NodeTopology, and its Lease renewed),
+the extender (watching both) places the pod and binds it, kubelet (stand-in) admits it and
+calls the agent's Allocate, which follows the assignment and writes the container's
+limits; the pod deleted, all of it goes away."""
 
 from __future__ import annotations
 
@@ -24,20 +25,23 @@ from click.testing import CliRunner
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.kube import ApiPodSource
+from agent.kube import ApiPodSource, read_object
 from agent.node_agent import Monitoring, NodeAgent, start
 from agent.plugincore import CHECKPOINT, AgentSpec
 from agent.usage import FileUsageSource
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, PluginConfig
+from gpulet.api import nodetopology as nt
 from gpulet.api.assignment import ContainerAssignment, parse_assignment
 from gpulet.cli import main as cli
-from gpulet.kube.calls import CoreCalls
+from gpulet.kube.calls import CoreCalls, leases, node_topologies
+from gpulet.kube.crd import node_topology_crd
 from gpulet.standins.apiserver import ApiServerStandIn
+from gpulet.standins.apiserver.traffic import Traffic
 from gpulet.standins.kubelet import KubeletStandIn, PodRef
 from gpulet.standins.objects import container, pod_object
-from gpulet.topology.document import loads
+from gpulet.topology.document import from_document
 from native.region import Region, read_limits
 from scorer.app import Scorer, build
 from scorer.config import ScorerConfig
@@ -128,6 +132,7 @@ def cluster() -> Iterator[Cluster]:
         kubelet = KubeletStandIn(short / "dp", short / "pr", dial_timeout=2.0)
         kubelet.start()
         core_api = CoreCalls(client.ApiClient(api.configuration()))
+        api.create_crd(node_topology_crd())
         spec = AgentSpec(
             topo=topo,
             plugin_dir=kubelet.plugin_dir,
@@ -208,14 +213,32 @@ def assigned(pod: dict[str, Any]) -> ContainerAssignment:
     return main
 
 
-def test_the_node_is_published_with_a_heartbeat(cluster: Cluster) -> None:
-    node = cluster.api.get_node(NODE)
-    assert node is not None
-    annotations = node["metadata"]["annotations"]
-    assert loads(annotations["gpulet.io/topology"]).node == NODE
-    first = annotations["gpulet.io/heartbeat"]
-    assert first.endswith("Z")
+def test_the_node_is_published_and_its_lease_renewed(cluster: Cluster) -> None:
+    calls = CoreCalls(client.ApiClient(cluster.api.configuration()))
+    obj = read_object(node_topologies(calls.client), NODE)
+    assert obj is not None
+    assert from_document(nt.document_of(obj)).node == NODE
+    lease = leases(calls.client, nt.DEFAULT_NAMESPACE)
+    first = (read_object(lease, nt.lease_name(NODE)) or {})["spec"]["renewTime"]
+    wait_for(lambda: (read_object(lease, nt.lease_name(NODE)) or {})["spec"]["renewTime"] != first)
     assert cluster.scorer.server.extender.view.node(NODE) is not None  # the extender saw it
+
+
+def test_steady_state_writes_one_lease_renewal_per_heartbeat(cluster: Cluster) -> None:
+    """With no hardware change and no pod, the agent's only writes are its Lease's renewals,
+    one per heartbeat (0.2 s here), each well under a KiB; nothing is written to its Node,
+    nor read from it."""
+    mark, began = len(cluster.api.requests), time.monotonic()
+    lease = f"/leases/{nt.lease_name(NODE)}"
+
+    def writes() -> list[Traffic]:
+        return [t for t in cluster.api.traffic()[mark:] if t.method in ("POST", "PUT", "PATCH")]
+
+    wait_for(lambda: len(writes()) >= 6)
+    assert time.monotonic() - began >= 5 * 0.2 * 0.9
+    assert [(t.method, t.path.endswith(lease)) for t in writes()] == [("PUT", True)] * len(writes())
+    assert max(t.request_bytes for t in writes()) < 1024
+    assert not [r for r in cluster.api.requests[mark:] if r[1].startswith("/api/v1/nodes/")]
 
 
 def test_a_slice_from_the_extender_to_the_container(cluster: Cluster) -> None:

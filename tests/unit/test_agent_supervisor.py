@@ -24,6 +24,7 @@ from agent.supervisor import Part, Supervisor
 from agent.usage import FileUsageSource
 from deviceplugin.resources import GPU_RESOURCE, PluginConfig
 from gpulet.kube.calls import CoreCalls
+from gpulet.kube.crd import node_topology_crd
 from gpulet.standins.apiserver import ApiServerStandIn
 from gpulet.standins.kubelet import KubeletStandIn
 from tests.nodes import shipped
@@ -189,9 +190,9 @@ def short() -> Iterator[Path]:
 def test_the_node_agent_stops_what_started_when_a_later_part_fails(
     short: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The metrics port is taken: the agent had published, watched the pods, started its
-    device plugins and the monitor; all of that is stopped again, last first, and the error
-    is the port's."""
+    """The metrics port is taken: the agent had published, taken its Lease, watched the
+    pods, started its device plugins and the monitor; all of that is stopped again, last
+    first, and the error is the port's."""
     caplog.set_level(logging.INFO, "gpulet.agent")
     taken = socket.socket()
     taken.bind(("0.0.0.0", 0))
@@ -213,6 +214,7 @@ def test_the_node_agent_stops_what_started_when_a_later_part_fails(
             metrics_auth="none",
         )
         calls = CoreCalls(client.ApiClient(api.configuration()))
+        api.create_crd(node_topology_crd())
         with pytest.raises(OSError, match="in use"):
             node_agent.start(spec, calls, None, None, heartbeat_s=0.2, monitoring=monitoring)
         assert not list(kubelet.plugin_dir.glob("gpulet-*.sock"))
@@ -226,7 +228,8 @@ def test_the_node_agent_stops_what_started_when_a_later_part_fails(
         "device-plugins",
         "allocated-recorder",
         "pods-watch",
-        "node-publisher",
+        "heartbeat",
+        "topology-publisher",
     ]
     assert not [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
 

@@ -1,6 +1,6 @@
 """`gpulet agent run` as a process: it registers with a kubelet (the stand-in), serves
-allocations, publishes its node when it has an API server (the stand-in), and stops cleanly
-on SIGTERM."""
+allocations, publishes its node and takes its Lease when it has an API server (the
+stand-in), and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,12 +16,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from kubernetes.client import ApiClient
 
+from agent.kube import read_object
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE
+from gpulet import __version__
+from gpulet.api import nodetopology as nt
 from gpulet.cli import main
+from gpulet.kube.calls import leases, node_topologies
+from gpulet.kube.crd import node_topology_crd
 from gpulet.standins.apiserver import ApiServerStandIn
 from gpulet.standins.kubelet import KubeletStandIn, PodRef
-from gpulet.topology.document import loads
+from gpulet.topology.document import from_document
 
 
 @pytest.fixture
@@ -77,6 +83,8 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
     plugins serve kubelet; SIGTERM stops both."""
     with ApiServerStandIn() as api, KubeletStandIn(short / "dp", short / "pr") as kubelet:
         api.create_node({"metadata": {"name": "gpu-7"}, "spec": {}, "status": {}})
+        calls = ApiClient(api.configuration())
+        api.create_crd(node_topology_crd())
         api.write_kubeconfig(short / "kubeconfig")
         api.add_token("scraper-token", "system:serviceaccount:monitoring:prometheus")
         api.allow("system:serviceaccount:monitoring:prometheus", "/metrics")
@@ -102,7 +110,12 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
                 "--metrics-port",
                 "0",
             ],
-            env={**os.environ, "NODE_NAME": "gpu-7"},
+            env={
+                **os.environ,
+                "NODE_NAME": "gpu-7",
+                "POD_NAMESPACE": "gpulet-system",
+                "POD_NAME": "gpulet-agent-x1",
+            },
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -115,9 +128,16 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
             assert "gpulet_gpu_memory_total_bytes" in get(port, "/metrics", "scraper-token")
             assert "gpulet_gpu" not in get(port, "/metrics")
             assert get(port, "/healthz") == "ok\n"
-            node = api.get_node("gpu-7")
-            assert node is not None
-            assert loads(node["metadata"]["annotations"]["gpulet.io/topology"]).node == "gpu-7"
+            obj = read_object(node_topologies(calls), "gpu-7")
+            assert obj is not None and from_document(nt.document_of(obj)).node == "gpu-7"
+            lease = read_object(leases(calls, "gpulet-system"), "gpulet-node-gpu-7")
+            assert lease is not None
+            assert lease["spec"]["holderIdentity"] == "gpu-7/gpulet-agent-x1"
+            assert lease["spec"]["leaseDurationSeconds"] == 60  # --heartbeat-seconds 20
+            # It names itself to the API server (audit logs, API Priority and Fairness).
+            writes = [t for t in api.traffic() if t.method in ("POST", "PUT", "PATCH")]
+            agents = {t.user_agent for t in writes if "/leases" in t.path or "/nodetopol" in t.path}
+            assert agents == {f"gpulet-agent/{__version__}"}
             assert (
                 (short / "lib" / "ld.so.preload")
                 .read_text()
@@ -156,3 +176,28 @@ def test_agent_run_with_an_unknown_node_is_one_line() -> None:
     assert result.exit_code == 1
     assert result.output.startswith("Error:")
     assert "Traceback" not in result.output
+
+
+def test_agent_run_refuses_a_node_name_its_lease_cannot_carry() -> None:
+    long = "n" * (nt.MAX_NODE_NAME + 1)
+    result = CliRunner().invoke(
+        main, ["agent", "run", "--simulate", "pcie-4gpu", "--node-name", long]
+    )
+    assert result.exit_code == 2
+    assert "--node-name" in result.output and f"at most {nt.MAX_NODE_NAME}" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_agent_run_takes_its_lease_settings_from_the_pod() -> None:
+    from gpulet.cli.agent import run  # noqa: PLC0415
+
+    env = {"POD_NAMESPACE": "gpulet-system", "POD_NAME": "gpulet-agent-x1"}
+    ctx = run.make_context("run", [], default_map=None)
+    assert (ctx.params["namespace"], ctx.params["heartbeat_seconds"]) == ("kube-system", 20.0)
+    assert ctx.params["legacy_annotations"] == "remove"
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        ctx = run.make_context("run", ["--legacy-annotations", "keep"])
+    assert (ctx.params["namespace"], ctx.params["pod_name"]) == tuple(env.values())
+    assert ctx.params["legacy_annotations"] == "keep"
