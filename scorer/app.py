@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from kubernetes import client
 
-from gpulet.kube.calls import CoreCalls
+from gpulet.kube.calls import CoreCalls, api_client
 from gpulet.placement import Capacity
 from scorer.cluster import ClusterView
 from scorer.config import ScorerConfig
@@ -69,7 +69,9 @@ def build(config: ScorerConfig, kube: client.Configuration | None) -> Scorer:
 
     if kube is None:
         return Scorer(serve(Extender(view)), None)
-    core = CoreCalls(client.ApiClient(kube))
-    sync = ClusterSync(core, view, watch_timeout_s=config.watch_timeout_s)
+    core = CoreCalls(api_client(kube, "extender"))
+    sync = ClusterSync(
+        core, view, namespace=config.lease_namespace, watch_timeout_s=config.watch_timeout_s
+    )
     extender = Extender(view, KubePodApi(core), scheduler_names=config.scheduler_names)
     return Scorer(serve(extender, sync.ready), sync)

@@ -6,37 +6,51 @@ bind time whose pod the watch has not yet shown bound. An assumption counts unti
 shows up bound (it then counts as that), it is forgotten (the bind failed), or it expires.
 So two pods decided back to back never get the same slice.
 
-A node whose agent has stopped reporting (its `gpulet.io/heartbeat` unchanged for longer than
-`stale_after`) is shown with a problem, so nothing new is placed on a node nobody serves.
-Liveness is judged by when the extender saw the heartbeat change, not by the clock of the
-node that wrote it; only a node seen for the first time is aged by its stamp.
+A node's topology is its NodeTopology (`nodetopologies.gpulet.io`) when there is one owned by
+its Node, else the previous release's `gpulet.io/topology` annotation (an agent not yet
+upgraded). A NodeTopology counts only while its Node exists with the uid it names as owner: one
+left from an earlier Node of the same name, or naming another node's, has no effect.
+
+A node whose agent has stopped reporting is shown with a problem, so nothing new is placed on
+a node nobody serves: its heartbeat Lease's `renewTime` unchanged for the Lease's
+`leaseDurationSeconds`; with a NodeTopology but no Lease, `LEASE_DURATION_S` since it was seen
+so; with neither (an old agent), its `gpulet.io/heartbeat` unchanged for longer than
+`stale_after`. Liveness is judged by when the extender saw the renewal change, not by the
+clock of the node that wrote it; only a renewal seen for the first time is aged by its stamp.
 
 Everything here is in memory and thread-safe; feeding it from the API is `scorer.kube`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from gpulet.api import nodetopology as nt
 from gpulet.api.assignment import Assignment, AssignmentError, parse_assignment
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
 from gpulet.api.share import IDLE, GpuUsage
 from gpulet.api.stamps import epoch
 from gpulet.placement import Capacity, NodeState, Placer
 from gpulet.topology import Topology
-from gpulet.topology.document import DocumentError, loads
+from gpulet.topology.document import DocumentError, from_document, loads
 
 log = logging.getLogger("gpulet.scorer")
 
 #: How long a decision counts without its pod showing up bound.
 ASSUME_TTL_S = 120.0
-#: How long a node's heartbeat may stay unchanged: three of the agent's default 60 s.
+#: How long a node's heartbeat annotation may stay unchanged: three of the previous agent's
+#: default 60 s; also the limit for a Lease that gives no `leaseDurationSeconds`.
 STALE_HEARTBEAT_S = 180.0
+#: The bounds a Lease's `leaseDurationSeconds` is held to.
+LEASE_DURATION_BOUNDS = (1.0, 3600.0)
 
 
 @dataclass(frozen=True)
@@ -55,10 +69,42 @@ class NodeInfo:
 
 
 @dataclass
+class _Published:
+    """A NodeTopology as last seen: the uid of the Node it names as owner, a digest of its
+    spec (to tell a change without keeping the document), and what it reads as."""
+
+    owner: str | None
+    digest: bytes
+    topo: Topology | None
+    problem: str | None
+    #: Whether it was logged as an orphan.
+    warned: bool = False
+
+
+@dataclass
+class _Lease:
+    """A heartbeat Lease as last seen."""
+
+    ref: str  # namespace/name, for the problem text
+    renewed: str | None  # its renewTime as written
+    duration: float | None  # leaseDurationSeconds, within bounds (None: none given)
+    heard: float  # the monotonic time `renewed` was written, as far as the extender can tell
+
+
+#: What a node's info was read from: ("object", digest), ("annotation", text), or None.
+_Source = tuple[str, bytes | str] | None
+
+
+@dataclass
 class _Node:
     info: NodeInfo
-    #: The annotation it was read from, so that an unchanged node is not parsed again.
-    source: str | None
+    #: Its Node's uid, which its NodeTopology must name as owner.
+    uid: str | None
+    #: Its `gpulet.io/topology` annotation (None: none).
+    annotation: str | None
+    #: What `info` was read from, so that an unchanged node is not parsed again (`_UNREAD`
+    #: until it is first read).
+    source: _Source | object
     pods: set[str] = field(default_factory=set)
     generation: int = 0
     state: NodeState | None = None  # cached for `generation`
@@ -66,6 +112,12 @@ class _Node:
     #: and the monotonic time it was written, as far as the extender can tell.
     heartbeat: str | None = None
     heard: float = 0.0
+    #: Its heartbeat Lease, and (with a NodeTopology but no Lease) since when it has none.
+    lease: _Lease | None = None
+    unleased_since: float | None = None
+
+
+_UNREAD = object()
 
 
 @dataclass(frozen=True)
@@ -88,7 +140,8 @@ class ClusterView:
     ) -> None:
         """`capacity`: slots per GPU and per RDMA port, as the agents advertise them (their
         `--gpu-slots` and `--rdma-slots`; one setting for the cluster, in the Helm values).
-        `stale_after` 0: heartbeats are not judged."""
+        `stale_after`: how long a heartbeat annotation may stay unchanged, and a Lease that
+        gives no duration; 0: liveness is not judged at all."""
         self._capacity = capacity or Capacity()
         self._clock = clock
         self._wall_clock = wall_clock
@@ -96,6 +149,10 @@ class ClusterView:
         self._stale_after = stale_after
         self._lock = threading.RLock()
         self._nodes: dict[str, _Node] = {}
+        #: NodeTopology objects and heartbeat Leases by node name, whether or not the Node
+        #: is known (the three watches do not keep step with one another).
+        self._published: dict[str, _Published] = {}
+        self._leases: dict[str, _Lease] = {}
         self._pods: dict[str, _Pod] = {}
         #: (deadline, uid) of assumptions, soonest first; stale entries are skipped.
         self._deadlines: list[tuple[float, str]] = []
@@ -104,25 +161,27 @@ class ClusterView:
 
     # ---- nodes -------------------------------------------------------------------------
 
-    def set_node(self, name: str, topology_text: str | None, heartbeat: str | None = None) -> None:
-        """The node as its API object says: its topology and heartbeat annotations (None: it
-        has none)."""
+    def set_node(
+        self,
+        name: str,
+        topology_text: str | None,
+        heartbeat: str | None = None,
+        *,
+        uid: str | None = None,
+    ) -> None:
+        """The node as its API object says: its uid, and its topology and heartbeat
+        annotations (None: it has none)."""
         with self._lock:
             known = self._nodes.get(name)
             if known is None:
-                known = self._nodes[name] = _Node(
-                    self._node_info(name, topology_text), topology_text
-                )
+                info = NodeInfo(name, None, None, self._capacity, "not read yet")
+                known = self._nodes[name] = _Node(info, uid, topology_text, _UNREAD)
                 known.pods = {uid for uid, pod in self._pods.items() if pod.node == name}
-                self._touch(name)
-            elif known.source != topology_text:
-                known.info, known.source = self._node_info(name, topology_text), topology_text
-                self._touch(name)
+                known.lease = self._leases.get(name)
+            known.uid, known.annotation = uid, topology_text
+            self._refresh(name, known)
             if heartbeat is not None and heartbeat != known.heartbeat:
-                # Seen change now; seen first: as old as its stamp says.
-                first = known.heartbeat is None
-                age = _age(heartbeat, self._wall_clock()) if first else 0.0
-                known.heard = self._clock() - age
+                known.heard = self._heard(heartbeat, first=known.heartbeat is None)
             known.heartbeat = heartbeat
 
     def set_node_object(self, node: Mapping[str, object]) -> str:
@@ -133,16 +192,95 @@ class ClusterView:
         annotations = meta.get("annotations")
         if not isinstance(annotations, Mapping):
             annotations = {}
-        text, beat = (annotations.get(k) for k in (TOPOLOGY_ANNOTATION, HEARTBEAT_ANNOTATION))
+        text, beat, uid = (
+            annotations.get(TOPOLOGY_ANNOTATION),
+            annotations.get(HEARTBEAT_ANNOTATION),
+            meta.get("uid"),
+        )
         name = str(meta["name"])
         self.set_node(
-            name, text if isinstance(text, str) else None, beat if isinstance(beat, str) else None
+            name,
+            text if isinstance(text, str) else None,
+            beat if isinstance(beat, str) else None,
+            uid=uid if isinstance(uid, str) and uid else None,
         )
         return name
 
     def remove_node(self, name: str) -> None:
+        """The Node is gone: the node is unknown, whatever NodeTopology or Lease is left."""
         with self._lock:
             self._nodes.pop(name, None)
+
+    def set_node_topology_object(self, obj: Mapping[str, object]) -> str | None:
+        """A NodeTopology as JSON; the node it is named after (None: it has no name). Read
+        only when its spec or owner changed; a spec that cannot be read gives the node a
+        problem."""
+        name = _name_of(obj)
+        if name is None:
+            return None
+        owner = nt.owner_uid(obj)
+        spec = json.dumps(obj.get("spec"), sort_keys=True, default=str).encode()
+        digest = hashlib.blake2b(spec, digest_size=16).digest()
+        with self._lock:
+            old = self._published.get(name)
+        if old is not None and (old.digest, old.owner) == (digest, owner):
+            return name
+        try:
+            topo, problem = from_document(nt.document_of(obj)), None
+        except (DocumentError, ValueError) as e:
+            topo, problem = None, f"its NodeTopology {name} cannot be read: {e}"
+        with self._lock:
+            self._published[name] = _Published(owner, digest, topo, problem)
+            if (known := self._nodes.get(name)) is not None:
+                self._refresh(name, known)
+        return name
+
+    def remove_node_topology(self, name: str) -> None:
+        with self._lock:
+            if self._published.pop(name, None) is not None and name in self._nodes:
+                self._refresh(name, self._nodes[name])
+
+    def node_topology_names(self) -> list[str]:
+        """The NodeTopology objects held, orphans included."""
+        with self._lock:
+            return list(self._published)
+
+    def set_lease_object(self, obj: Mapping[str, object]) -> str | None:
+        """A Lease as JSON; the node whose heartbeat it is (None: not a heartbeat Lease, by
+        its name, and ignored)."""
+        name = _name_of(obj)
+        node = None if name is None else nt.node_of_lease(name)
+        if name is None or node is None:
+            return None
+        meta, spec = obj.get("metadata"), obj.get("spec")
+        namespace = meta.get("namespace") if isinstance(meta, Mapping) else None
+        spec = spec if isinstance(spec, Mapping) else {}
+        renewed = spec.get("renewTime") if isinstance(spec.get("renewTime"), str) else None
+        duration = _lease_duration(spec.get("leaseDurationSeconds"))
+        with self._lock:
+            lease = self._leases.get(node)
+            if lease is None:
+                heard = self._heard(renewed, first=True)
+                lease = self._leases[node] = _Lease(f"{namespace}/{name}", renewed, duration, heard)
+                if (known := self._nodes.get(node)) is not None:
+                    known.lease = lease
+                    self._refresh(node, known)
+            elif renewed != lease.renewed:
+                lease.renewed, lease.heard = renewed, self._clock()
+            lease.duration = duration
+        return node
+
+    def remove_lease(self, node: str) -> None:
+        """`node`'s heartbeat Lease is gone."""
+        with self._lock:
+            if self._leases.pop(node, None) is not None and (known := self._nodes.get(node)):
+                known.lease = None
+                self._refresh(node, known)
+
+    def lease_nodes(self) -> list[str]:
+        """The nodes whose heartbeat Lease is held."""
+        with self._lock:
+            return list(self._leases)
 
     def node(self, name: str) -> NodeInfo | None:
         with self._lock:
@@ -180,28 +318,82 @@ class ClusterView:
                 known.state = self._tally(known)
             return known.state
 
+    def _refresh(self, name: str, known: _Node) -> None:
+        """Read the node again from its sources, if they changed (the lock is held)."""
+        published = self._published.get(name)
+        if published is not None and not (known.uid and published.owner == known.uid):
+            if not published.warned:
+                published.warned = True
+                log.warning(
+                    "event=nodetopology-orphan node=%s owner_uid=%s node_uid=%s",
+                    name,
+                    published.owner,
+                    known.uid,
+                )
+            published = None
+        source: _Source = None
+        if published is not None:
+            source = ("object", published.digest)
+        elif known.annotation is not None:
+            source = ("annotation", known.annotation)
+        if source != known.source:
+            known.info, known.source = self._info_of(name, published, known.annotation), source
+            self._touch(name)
+        if published is None or known.lease is not None:
+            known.unleased_since = None
+        elif known.unleased_since is None:
+            known.unleased_since = self._clock()
+
+    def _heard(self, stamp: str | None, *, first: bool) -> float:
+        """When a renewal stamped `stamp` was written, by the monotonic clock: now, but as
+        old as its stamp says when it is the first seen."""
+        age = _age(stamp, self._wall_clock()) if first and stamp is not None else 0.0
+        return self._clock() - age
+
     def _judged(self, known: _Node, now: float) -> tuple[NodeInfo, int]:
-        """(info, generation), or the node marked quiet when its heartbeat is stale."""
-        if not self._stale_after or known.heartbeat is None:
+        """(info, generation), or the node marked quiet when its agent stopped reporting."""
+        if not self._stale_after:
             return known.info, known.generation
-        quiet = now - known.heard
-        if quiet <= self._stale_after:
+        if (lease := known.lease) is not None:
+            since, limit = lease.heard, lease.duration or self._stale_after
+            last = f"its heartbeat Lease {lease.ref} last renewed {lease.renewed}"
+        elif known.unleased_since is not None:
+            since, limit = known.unleased_since, float(nt.LEASE_DURATION_S)
+            last = (
+                f"it has a NodeTopology but no heartbeat Lease {nt.LEASE_PREFIX}{known.info.name}"
+            )
+        elif known.heartbeat is not None:
+            since, limit = known.heard, self._stale_after
+            last = f"last {HEARTBEAT_ANNOTATION} {known.heartbeat}"
+        else:
+            return known.info, known.generation
+        quiet = now - since
+        if quiet <= limit:
             return known.info, known.generation
         problem = (
-            f"the gpulet agent on this node has not reported for {quiet:.0f} s (last "
-            f"{HEARTBEAT_ANNOTATION} {known.heartbeat}; stale after {self._stale_after:.0f} s): "
-            "is its DaemonSet pod running?"
+            f"the gpulet agent on this node has not reported for {quiet:.0f} s ({last}; "
+            f"stale after {limit:.0f} s): is its DaemonSet pod running?"
         )
         return replace(known.info, topo=None, placer=None, problem=problem, shape=-1), -1
 
-    def _node_info(self, name: str, text: str | None) -> NodeInfo:
+    def _info_of(self, name: str, published: _Published | None, text: str | None) -> NodeInfo:
+        """The node as its NodeTopology says, else as its annotation does."""
+        if published is not None:
+            return self._node_info(name, published.topo, published.problem)
         if text is None:
-            problem = f"node has no {TOPOLOGY_ANNOTATION} annotation (is the gpulet agent running?)"
-            return NodeInfo(name, None, None, self._capacity, problem)
+            problem = (
+                f"node has no NodeTopology ({nt.CRD_NAME}) and no {TOPOLOGY_ANNOTATION} "
+                "annotation (is the gpulet agent running?)"
+            )
+            return self._node_info(name, None, problem)
         try:
-            topo = loads(text)
+            return self._node_info(name, loads(text), None)
         except (DocumentError, ValueError) as e:
             problem = f"its {TOPOLOGY_ANNOTATION} annotation cannot be read: {e}"
+            return self._node_info(name, None, problem)
+
+    def _node_info(self, name: str, topo: Topology | None, problem: str | None) -> NodeInfo:
+        if topo is None:
             return NodeInfo(name, None, None, self._capacity, problem)
         hardware = (
             tuple((g.index, g.memory_mib, g.mig, g.numa, g.location) for g in topo.gpus),
@@ -317,6 +509,21 @@ class ClusterView:
                 for key in container.nics:
                     nics[key] = nics.get(key, 0) + 1
         return NodeState(gpus=gpus, nic_slots=nics)
+
+
+def _name_of(obj: Mapping[str, object]) -> str | None:
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _lease_duration(value: object) -> float | None:
+    """A Lease's `leaseDurationSeconds` within `LEASE_DURATION_BOUNDS` (None: none, or not a
+    number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    low, high = LEASE_DURATION_BOUNDS
+    return min(high, max(low, float(value)))
 
 
 def _age(stamp: str, now: float) -> float:

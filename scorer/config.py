@@ -3,12 +3,15 @@ optional; flags on the command line override the file. Schema in docs/scorer.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gpulet.api.nodetopology import DEFAULT_NAMESPACE
 from gpulet.api.resources import MAX_SLOTS
 from gpulet.httpd import ServerTLS, TLSError, TLSFiles
 from scorer.cluster import ASSUME_TTL_S, STALE_HEARTBEAT_S
@@ -27,6 +30,7 @@ _KEYS = {
     "assumeTTLSeconds": "assume_ttl_s",
     "watchTimeoutSeconds": "watch_timeout_s",
     "staleHeartbeatSeconds": "stale_heartbeat_s",
+    "leaseNamespace": "lease_namespace",
     "healthHost": "health_host",
     "healthPort": "health_port",
     "tlsCertFile": "tls_cert_file",
@@ -39,6 +43,15 @@ _TLS_KEYS = {
     "tls_key_file": "tlsKeyFile",
     "client_ca_file": "clientCAFile",
 }
+
+#: A namespace's name (a DNS-1123 label).
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def default_namespace() -> str:
+    """The install namespace: the pod's own (`POD_NAMESPACE`, from the downward API), else
+    kube-system."""
+    return os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
 
 
 class ConfigError(ValueError):
@@ -58,6 +71,8 @@ class ScorerConfig:
     watch_timeout_s: int = 300
     #: A node whose agent's heartbeat is unchanged this long takes no pods (0: not judged).
     stale_heartbeat_s: float = STALE_HEARTBEAT_S
+    #: Where the agents' heartbeat Leases are: the install namespace.
+    lease_namespace: str = field(default_factory=default_namespace)
     #: The schedulers whose pods this extender binds (their profiles call it).
     scheduler_names: tuple[str, ...] = DEFAULT_SCHEDULER_NAMES
     #: A second listener, plain HTTP, for `GET /healthz` and `GET /metrics` only (None: none).
@@ -90,6 +105,9 @@ class ScorerConfig:
         stale = self.stale_heartbeat_s
         if isinstance(stale, bool) or not isinstance(stale, int | float) or stale < 0:
             raise ConfigError(f"staleHeartbeatSeconds must be >= 0 (0: off), got {stale!r}")
+        namespace = self.lease_namespace
+        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+            raise ConfigError(f"leaseNamespace must be a namespace's name, got {namespace!r}")
         self._check_listeners()
         self._check_tls()
 

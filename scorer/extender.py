@@ -304,7 +304,7 @@ class Extender:
                 continue
             if info is None:
                 result: Decision | Refusal = Refusal(
-                    f"the extender has no {name!r} node (no gpulet.io/topology seen)"
+                    f"the extender has not seen node {name!r} (no Node object)"
                 )
             else:
                 result = decide(info, self.view.state(name), ask)

@@ -78,7 +78,8 @@ class Metrics:
         nodes.set_function(lambda: len(extender.view.node_names()))
         quiet = Gauge(
             "gpulet_scorer_nodes_quiet",
-            "Nodes whose gpulet agent stopped reporting (stale heartbeat): nothing new goes there",
+            "Nodes whose gpulet agent stopped reporting (stale heartbeat Lease or annotation): "
+            "nothing new goes there",
             registry=self.registry,
         )
         quiet.set_function(lambda: len(extender.view.quiet_nodes()))

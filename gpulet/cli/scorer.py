@@ -63,6 +63,11 @@ def scorer() -> None:
 )
 @click.option("--gpu-slots", type=int, help="Slots per GPU, as the agents advertise [100].")
 @click.option("--rdma-slots", type=int, help="Slots per RDMA port, as the agents advertise [100].")
+@click.option(
+    "--lease-namespace",
+    help="The namespace of the agents' heartbeat Leases, gpulet's install namespace "
+    "[default: $POD_NAMESPACE, else kube-system].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every request.")
 @user_errors
 def serve(
@@ -78,6 +83,7 @@ def serve(
     standalone: bool,
     gpu_slots: int | None,
     rdma_slots: int | None,
+    lease_namespace: str | None,
     verbose: bool,
 ) -> None:
     """Serve filter, prioritize and bind to kube-scheduler until SIGTERM or SIGINT."""
@@ -96,6 +102,7 @@ def serve(
         client_ca_file=client_ca_file,
         gpu_slots=gpu_slots,
         rdma_slots=rdma_slots,
+        lease_namespace=lease_namespace,
     )
     kube = None if standalone else kube_configuration(kubeconfig)
     app = build(settings, kube)

@@ -109,7 +109,7 @@ def test_names_only_after_the_nodes_were_seen(server: ExtenderServer) -> None:
     answer = filter_(server, ExtenderArgs(pod, node_names=("gpu-2", "gpu-9", "gpu-1")))
     assert answer.node_names == ("gpu-2", "gpu-1") and answer.nodes is None
     unknown = answer.failed_and_unresolvable_nodes["gpu-9"]
-    assert unknown == "the extender has no 'gpu-9' node (no gpulet.io/topology seen)"
+    assert unknown == "the extender has not seen node 'gpu-9' (no Node object)"
     assert bind(server, pod, "gpu-1") == ExtenderBindingResult()
     # gpu-1 is now full: the next 8-GPU pod fails there, with the reason, and may preempt.
     other = pod_object("train-2", container(gpus=8))
