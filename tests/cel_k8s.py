@@ -135,16 +135,28 @@ class User:
     extra: Mapping[str, Sequence[str]] | None = None
 
 
+def resource_of(kind: str) -> str:
+    """A kind's resource, as Kubernetes guesses it (meta.UnsafeGuessKindToResource): Pod ->
+    pods, Lease -> leases, NodeTopology -> nodetopologies."""
+    lower = kind.lower()
+    if lower.endswith("s"):
+        return lower + "es"
+    if lower.endswith("y"):
+        return lower[:-1] + "ies"
+    return lower + "s"
+
+
 def admission_request(
     operation: str, user: User, obj: Doc, sub_resource: str = "", dry_run: bool = False
 ) -> Doc:
-    """The `request` variable for a request on a core/v1 object (a pod unless `obj` says
-    another kind), as CreateAdmissionRequest builds it and the unstructured converter leaves
-    it (no objects in it; empty fields absent)."""
+    """The `request` variable for a request on an object of `obj`'s apiVersion and kind (a
+    core/v1 pod where it names none), as CreateAdmissionRequest builds it and the
+    unstructured converter leaves it (no objects in it; empty fields absent)."""
     meta = obj.get("metadata") or {}
     kind_name = str(obj.get("kind") or "Pod")
-    kind = {"group": "", "version": "v1", "kind": kind_name}
-    resource = {"group": "", "version": "v1", "resource": kind_name.lower() + "s"}
+    group, _, version = str(obj.get("apiVersion") or "v1").rpartition("/")
+    kind = {"group": group, "version": version, "kind": kind_name}
+    resource = {"group": group, "version": version, "resource": resource_of(kind_name)}
     user_info: Doc = {"username": user.username}
     if user.groups:
         user_info["groups"] = list(user.groups)
@@ -297,4 +309,5 @@ __all__ = [
     "compile_expression",
     "evaluate",
     "pruned",
+    "resource_of",
 ]

@@ -1,6 +1,7 @@
 """Each layout of deploy/, as `kubectl apply -k` renders it, is accepted by a real
-kube-apiserver (its validation, defaulting and CEL compilation of the admission policies), on
-the release the suite runs against (`make e2e-oldest`: the oldest supported)."""
+kube-apiserver (its validation, defaulting and CEL compilation of the admission policies, the
+NodeTopology CRD's structural schema), on the release the suite runs against
+(`make e2e-oldest`: the oldest supported)."""
 
 from __future__ import annotations
 
@@ -37,5 +38,11 @@ def test_the_layout_applies_to_a_real_api_server(world: World, layout: str) -> N
             dry_run="All",
         )
         applied.append(f"{doc['kind']}/{doc['metadata']['name']}")
-    assert "DaemonSet/gpulet-agent" in applied
-    assert "ValidatingAdmissionPolicy/gpulet-agent" in applied
+    assert {
+        "CustomResourceDefinition/nodetopologies.gpulet.io",
+        "DaemonSet/gpulet-agent",
+        "Role/gpulet-agent-heartbeat",
+        "Role/gpulet-extender-heartbeats",
+        "ValidatingAdmissionPolicy/gpulet-agent",
+        "ValidatingAdmissionPolicy/gpulet-node-reports",
+    } <= set(applied)

@@ -1,15 +1,18 @@
 """What gpulet's own accounts may do, asked of a real kube-apiserver with deploy/'s RBAC and
 admission policies: a node's agent, with the token kubelet gives its pod (which names the
-node), changes its own Node and the pods bound to it, and of them only gpulet's annotations;
-the extender changes a pod's assignment annotation and nothing else. Each attack is what a
-stolen token would try."""
+node), changes its own Node and the pods bound to it, and of them only gpulet's annotations,
+and writes its own node's NodeTopology and heartbeat Lease and no other; the extender changes a
+pod's assignment annotation and nothing else, and reads the NodeTopologies and heartbeats
+without writing either. Each attack is what a stolen token would try."""
 
 from __future__ import annotations
 
 import re
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +21,17 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from gpulet.api import nodetopology as nt
 from gpulet.api.resources import (
     ALLOCATED_ANNOTATION,
     ASSIGNMENT_ANNOTATION,
     HEARTBEAT_ANNOTATION,
     TOPOLOGY_ANNOTATION,
 )
-from gpulet.standins.objects import container
-from tests.e2e.conftest import SCHEDULER, World
+from gpulet.standins.objects import container, lease_object, node_topology_object
+from tests.e2e.conftest import SCHEDULER, World, agent_kubeconfig
 from tests.e2e.test_real_kubernetes import create, new_pod
+from tests.nodes import shipped
 
 pytestmark = pytest.mark.e2e
 
@@ -227,3 +232,252 @@ def test_the_agents_allocations_and_metrics_answer_only_who_may_read_them(
     scraper = token_of(world.cp.service_account_kubeconfig(ns, "scraper"))
     assert get(port, "/metrics", scraper) == 200
     assert get(port, "/allocations", scraper) == 200
+
+
+# ---- what an agent says about its node: its NodeTopology and its heartbeat Lease -----------
+
+#: Two nodes of these tests' own: Node objects (no kubelet), each with an agent pod's token.
+#: (gpu-a's and gpu-b's objects are their running agents' to write.)
+C, D = "gpu-c", "gpu-d"
+NAMESPACE = nt.DEFAULT_NAMESPACE
+MACHINE = "pcie-4gpu"
+
+
+@dataclass
+class Reporter:
+    """A user's NodeTopology and Lease clients (its token's), and the uid of the Node it
+    reports on: an agent's own node's, or the one it would write about."""
+
+    uid: str
+    objects: Any  # CustomObjectsApi
+    leases: Any  # CoordinationV1Api
+
+
+def clients(api: Any) -> tuple[Any, Any]:
+    """The NodeTopology (CustomObjectsApi) and Lease (CoordinationV1Api) clients of an
+    ApiClient (Any: the tests send and read the API's JSON)."""
+    return client.CustomObjectsApi(api), client.CoordinationV1Api(api)
+
+
+def clients_of(kubeconfig: Path) -> tuple[Any, Any]:
+    """clients() with a user's credentials."""
+    return clients(config.new_client_from_config(config_file=str(kubeconfig)))  # type: ignore[no-untyped-call]
+
+
+def reporter_of(kubeconfig: Path, uid: str) -> Reporter:
+    return Reporter(uid, *clients_of(kubeconfig))
+
+
+def gone(call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """`call(*args, **kwargs)`, a delete: done, or nothing there to delete."""
+    try:
+        call(*args, **kwargs)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+@pytest.fixture
+def reporters(world: World) -> Iterator[dict[str, Reporter]]:
+    """Nodes C and D, each with its agent's credentials (a token bound to a pod on it, as
+    kubelet gives the DaemonSet's pod); their objects are gone afterwards."""
+    core = world.core
+    admin, leases = clients(world.cp.api())
+    made: dict[str, Reporter] = {}
+    try:
+        for node in (C, D):
+            created = core.create_node(
+                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
+            )
+            credentials = agent_kubeconfig(world.cp, core, node)
+            made[node] = reporter_of(credentials, created.metadata.uid)
+        yield made
+    finally:
+        for node in (C, D, "gpu-e"):
+            gone(leases.delete_namespaced_lease, nt.lease_name(node), NAMESPACE)
+            gone(admin.delete_cluster_custom_object, nt.GROUP, nt.VERSION, nt.PLURAL, node)
+            pod = f"gpulet-agent-{node}"
+            gone(core.delete_namespaced_pod, pod, NAMESPACE, grace_period_seconds=0)
+            gone(core.delete_node, node)
+
+
+def topology_of(node: str, uid: str) -> dict[str, Any]:
+    """The NodeTopology the agent of `node` writes (its Node's uid `uid`)."""
+    return node_topology_object(node, shipped(MACHINE), uid=uid)
+
+
+def heartbeat_of(node: str, holder_node: str | None = None) -> dict[str, Any]:
+    """The Lease the agent of `node` writes now, held by the agent of `holder_node`."""
+    lease = lease_object(node, renewed=time.time(), namespace=NAMESPACE)
+    holder = holder_node or node
+    lease["spec"]["holderIdentity"] = nt.holder_identity(holder, f"gpulet-agent-{holder}")
+    return lease
+
+
+def as_read(body: dict[str, Any], current: Any) -> dict[str, Any]:
+    """`body` as a replacement of the object `current` (its resourceVersion)."""
+    version = (
+        current["metadata"]["resourceVersion"]
+        if isinstance(current, dict)
+        else current.metadata.resource_version
+    )
+    body["metadata"]["resourceVersion"] = version
+    return body
+
+
+def create_topology(r: Reporter, body: dict[str, Any]) -> Any:
+    return r.objects.create_cluster_custom_object(nt.GROUP, nt.VERSION, nt.PLURAL, body)
+
+
+def replace_topology(r: Reporter, body: dict[str, Any]) -> Any:
+    name = body["metadata"]["name"]
+    return r.objects.replace_cluster_custom_object(nt.GROUP, nt.VERSION, nt.PLURAL, name, body)
+
+
+def refused_by_policy(call: Callable[[], object]) -> str:
+    body = refused(call)
+    assert "gpulet-node-reports" in body, body
+    return body
+
+
+def refused_by_rbac(call: Callable[[], object]) -> None:
+    with pytest.raises(ApiException) as denied:
+        call()
+    assert denied.value.status == 403, denied.value
+    assert "cannot" in str(denied.value.body), denied.value.body  # RBAC's "... cannot create"
+
+
+def test_an_agent_writes_its_own_nodes_topology_and_heartbeat_and_no_others(
+    world: World, reporters: dict[str, Reporter]
+) -> None:
+    c, d = reporters[C], reporters[D]
+    # What it is for: its own, created and replaced.
+    mine = create_topology(c, topology_of(C, c.uid))
+    changed = topology_of(C, c.uid)
+    changed["spec"]["driver"] = "999.99"
+    mine = replace_topology(c, as_read(changed, mine))
+    assert mine["spec"]["driver"] == "999.99"
+    lease = c.leases.create_namespaced_lease(NAMESPACE, heartbeat_of(C))
+    lease = c.leases.replace_namespaced_lease(
+        nt.lease_name(C), NAMESPACE, as_read(heartbeat_of(C), lease)
+    )
+    # What D's agent, stolen, would try against C, and with its own objects.
+    attacks: dict[str, Callable[[], object]] = {
+        "replace C's NodeTopology": lambda: replace_topology(
+            d, as_read(topology_of(C, c.uid), mine)
+        ),
+        "create C's NodeTopology": lambda: create_topology(d, topology_of(C, c.uid)),
+        "create a NodeTopology for a node yet to come": lambda: create_topology(
+            d, topology_of("gpu-e", c.uid)
+        ),
+        "its own NodeTopology, owned by Node C": lambda: create_topology(
+            d,
+            {**topology_of(D, d.uid), "metadata": topology_of(C, c.uid)["metadata"] | {"name": D}},
+        ),
+        "its own NodeTopology, saying it is C": lambda: create_topology(
+            d, {**topology_of(D, d.uid), "spec": topology_of(C, c.uid)["spec"]}
+        ),
+        "renew C's Lease": lambda: d.leases.replace_namespaced_lease(
+            nt.lease_name(C), NAMESPACE, as_read(heartbeat_of(C, D), lease)
+        ),
+        "its own Lease, held as C's agent": lambda: d.leases.create_namespaced_lease(
+            NAMESPACE, heartbeat_of(D, holder_node=C)
+        ),
+        "its own Lease, unlabelled (a heartbeat the extender never hears)": lambda: (
+            d.leases.create_namespaced_lease(
+                NAMESPACE, {**heartbeat_of(D), "metadata": {"name": nt.lease_name(D)}}
+            )
+        ),
+    }
+    for what, attack in attacks.items():
+        body = refused_by_policy(attack)
+        assert f"the gpulet agent of node {D} may not write" in body, (what, body)
+    # No delete at all (RBAC): a Node's NodeTopology goes with the Node.
+    refused_by_rbac(
+        lambda: d.objects.delete_cluster_custom_object(nt.GROUP, nt.VERSION, nt.PLURAL, C)
+    )
+    refused_by_rbac(lambda: d.leases.delete_namespaced_lease(nt.lease_name(C), NAMESPACE))
+    # C's are as C's agent wrote them.
+    admin, admin_leases = clients(world.cp.api())
+    now = admin.get_cluster_custom_object(nt.GROUP, nt.VERSION, nt.PLURAL, C)
+    assert nt.owner_uid(now) == c.uid and now["spec"]["driver"] == "999.99"
+    held = admin_leases.read_namespaced_lease(nt.lease_name(C), NAMESPACE)
+    assert held.spec.holder_identity.startswith(f"{C}/")
+    assert not admin.list_cluster_custom_object(
+        nt.GROUP, nt.VERSION, nt.PLURAL, field_selector=f"metadata.name={D}"
+    )["items"]
+
+
+def test_an_agent_token_that_names_no_node_writes_no_report(
+    world: World, reporters: dict[str, Reporter]
+) -> None:
+    c = reporters[C]
+    unbound = reporter_of(world.cp.service_account_kubeconfig(NAMESPACE, "gpulet-agent"), c.uid)
+    body = refused_by_policy(lambda: create_topology(unbound, topology_of(C, c.uid)))
+    assert "credentials name no node" in body
+    body = refused_by_policy(
+        lambda: unbound.leases.create_namespaced_lease(NAMESPACE, heartbeat_of(C))
+    )
+    assert "credentials name no node" in body
+
+
+def watches(call: Callable[..., Any]) -> bool:
+    """Whether a watch through `call` (a list call) is allowed: it opens, and is closed."""
+    response = call(watch=True, timeout_seconds=1, _preload_content=False)
+    try:
+        return bool(response.status == 200)
+    finally:
+        response.release_conn()
+
+
+def test_the_extender_reads_the_reports_and_writes_none(
+    world: World, ns: str, reporters: dict[str, Reporter]
+) -> None:
+    c = reporters[C]
+    create_topology(c, topology_of(C, c.uid))
+    lease = c.leases.create_namespaced_lease(NAMESPACE, heartbeat_of(C))
+    objects, leases = clients_of(world.cp.service_account_kubeconfig(NAMESPACE, SCHEDULER))
+    # What it is for: list and watch every NodeTopology and the namespace's heartbeats.
+    listed = objects.list_cluster_custom_object(nt.GROUP, nt.VERSION, nt.PLURAL)
+    assert C in {o["metadata"]["name"] for o in listed["items"]}
+    assert watches(
+        lambda **kw: objects.list_cluster_custom_object(nt.GROUP, nt.VERSION, nt.PLURAL, **kw)
+    )
+    heartbeats = leases.list_namespaced_lease(NAMESPACE, label_selector=nt.LEASE_SELECTOR)
+    assert nt.lease_name(C) in {lease.metadata.name for lease in heartbeats.items}
+    assert watches(
+        lambda **kw: leases.list_namespaced_lease(NAMESPACE, label_selector=nt.LEASE_SELECTOR, **kw)
+    )
+    # Another namespace's Leases are not its to read.
+    refused_by_rbac(lambda: leases.list_namespaced_lease(ns))
+    # Writes: RBAC grants none on NodeTopologies, nor updates of the agents' Leases...
+    refused_by_rbac(
+        lambda: objects.create_cluster_custom_object(
+            nt.GROUP, nt.VERSION, nt.PLURAL, topology_of("gpu-e", c.uid)
+        )
+    )
+    refused_by_rbac(
+        lambda: objects.patch_cluster_custom_object(
+            nt.GROUP, nt.VERSION, nt.PLURAL, C, {"spec": {"driver": "1.0"}}
+        )
+    )
+    refused_by_rbac(
+        lambda: leases.replace_namespaced_lease(
+            nt.lease_name(C), NAMESPACE, as_read(heartbeat_of(C), lease)
+        )
+    )
+    # ...and the Leases its account may create (kube-scheduler's role, for its leader
+    # election) are not heartbeats: the policy refuses a forged one.
+    body = refused_by_policy(
+        lambda: leases.create_namespaced_lease(NAMESPACE, heartbeat_of("gpu-e"))
+    )
+    assert f"system:serviceaccount:{NAMESPACE}:{SCHEDULER} may not write Lease" in body
+
+
+def test_a_tenant_writes_no_report(world: World, ns: str, reporters: dict[str, Reporter]) -> None:
+    c = reporters[C]
+    tenant = reporter_of(world.cp.service_account_kubeconfig(ns, "default"), c.uid)
+    objects, leases = tenant.objects, tenant.leases
+    refused_by_rbac(lambda: create_topology(tenant, topology_of(C, c.uid)))
+    refused_by_rbac(lambda: leases.create_namespaced_lease(NAMESPACE, heartbeat_of(C)))
+    refused_by_rbac(lambda: objects.list_cluster_custom_object(nt.GROUP, nt.VERSION, nt.PLURAL))

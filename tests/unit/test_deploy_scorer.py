@@ -137,17 +137,29 @@ def test_the_extenders_account_has_the_verbs_it_uses_and_the_policies_name_it(
     assert granted == {
         ("nodes", "list"),
         ("nodes", "watch"),
+        ("nodetopologies", "list"),
+        ("nodetopologies", "watch"),
         ("pods", "list"),
         ("pods", "watch"),
         ("pods", "get"),
         ("pods", "patch"),
         ("pods/binding", "create"),
     }
-    binding = one(docs, "ClusterRoleBinding", "gpulet-extender")
-    account = ACCOUNT[layout]
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": account, "namespace": "kube-system"}
+    # The heartbeats: the Leases of its own namespace, read only.
+    heartbeats = one(docs, "Role", "gpulet-extender-heartbeats")
+    assert heartbeats["metadata"]["namespace"] == "kube-system"
+    assert heartbeats["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list", "watch"]}
     ]
+    account = ACCOUNT[layout]
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": "kube-system"}
+    for kind, name in (
+        ("ClusterRoleBinding", "gpulet-extender"),
+        ("RoleBinding", "gpulet-extender-heartbeats"),
+    ):
+        binding = one(docs, kind, name)
+        assert binding["subjects"] == [subject], name
+        assert binding["roleRef"]["name"] == name
     one(docs, "ServiceAccount", account)
     name = "gpulet-scheduler" if layout == "sidecar" else "gpulet-scorer"
     assert pod_spec(docs, "Deployment", name)["serviceAccountName"] == account

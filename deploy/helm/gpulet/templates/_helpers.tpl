@@ -38,6 +38,12 @@ in the service layout, its certificate's. Call with (dict "root" $ "name" "score
   image: {{ include "gpulet.image" .root }}
   imagePullPolicy: {{ .root.Values.image.pullPolicy }}
   args: ["scorer", "serve", "--config", "/etc/gpulet/scorer.yaml"]
+  # Where the agents' heartbeat Leases are: the release's namespace, its own.
+  env:
+    - name: POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
   ports:
     {{- toYaml .ports | nindent 4 }}
   readinessProbe:
