@@ -76,6 +76,7 @@ bench: install
 	$(BIN)/python bench/limiter_overhead.py
 	$(BIN)/python bench/deviceplugin.py
 	$(BIN)/python bench/scorer.py
+	$(BIN)/python bench/api_footprint.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

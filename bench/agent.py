@@ -2,7 +2,7 @@
 (8 GPUs) serving 64 containers, each with a GPU process NVML reports every second.
 
 In this process: an API server stand-in and a kubelet stand-in. The agent runs as its own
-process, as in its DaemonSet: published node and heartbeat, the pods' watch, the device
+process, as in its DaemonSet: its NodeTopology and Lease heartbeat, the pods' watch, the device
 plugins, the monitor reading usage every second and writing each container's feedback, the
 pinning pass, /metrics scraped every 15 s as Prometheus would. 64 pods are bound with
 assignments (8 slices of each GPU), allocated through kubelet, and given a running
@@ -42,6 +42,7 @@ from gpulet.api.assignment import Assignment, ContainerAssignment, dump_assignme
 from gpulet.api.share import GpuShare
 from gpulet.api.stamps import stamp
 from gpulet.demo.run import allocate_once_seen
+from gpulet.kube.crd import node_topology_crd
 from gpulet.standins.apiserver import ApiServerStandIn
 from gpulet.standins.kubelet import KubeletStandIn, PodRef
 from gpulet.standins.objects import container, pod_object
@@ -179,6 +180,7 @@ def main() -> None:
     try:
         with ApiServerStandIn() as api, KubeletStandIn(work / "dp", work / "pr") as kubelet:
             api.create_node({"metadata": {"name": NODE}, "spec": {}, "status": {}})
+            api.create_crd(node_topology_crd())
             agent = start_agent(work, api, kubelet, enforce=args.over_share)
             regions: list[Region] = []
             try:

@@ -30,8 +30,10 @@ from agent.simnode import open_simulated
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.api.assignment import Assignment, parse_assignment
+from gpulet.api.nodetopology import lease_name
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION, NUMA_PIN_ANNOTATION
 from gpulet.kube.calls import CoreCalls
+from gpulet.kube.crd import node_topology_crd
 from gpulet.standins.apiserver import ApiServerStandIn
 from gpulet.standins.kubelet import KubeletStandIn, PodRef
 from gpulet.standins.objects import container, pod_object
@@ -115,6 +117,8 @@ class Demo:
             with ExitStack() as stack:
                 api = stack.enter_context(ApiServerStandIn())
                 self.say(f"API server stand-in at {api.url}")
+                # As `kubectl apply -k deploy/` does first: the NodeTopology resource.
+                api.create_crd(node_topology_crd())
                 core_api = CoreCalls(client.ApiClient(api.configuration()))
                 limiter = install_limiter(library_path(), work / "lib")
                 for i in range(self.count):
@@ -131,7 +135,8 @@ class Demo:
                 assert scorer.sync is not None
                 if not scorer.sync.wait_ready(30):
                     raise RuntimeError("the extender did not sync with the API server")
-                _wait(lambda: len(scorer.server.extender.view.node_names()) == self.count)
+                view = scorer.server.extender.view
+                _wait(lambda: all((n := view.node(name)) and n.topo for name in self.nodes))
                 self.say(
                     f"scheduler extender at 127.0.0.1:{scorer.server.port}, watching "
                     f"{self.count} nodes\n"
@@ -177,7 +182,8 @@ class Demo:
             self.nodes[name] = DemoNode(name, topo, kubelet)
             self.say(
                 f"node {name}: {len(topo.gpus)} GPUs, {len(topo.nics)} RDMA NICs, "
-                f"{len(topo.numa_nodes)} NUMA nodes; agent registered "
+                f"{len(topo.numa_nodes)} NUMA nodes; agent published NodeTopology/{name}, "
+                f"holds Lease {agent.heartbeat.namespace}/{lease_name(name)} and registered "
                 f"{len(kubelet.view().devices(GPU_RESOURCE))} gpulet.io/gpu slots with kubelet"
             )
             yield

@@ -27,12 +27,15 @@ import grpc
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from deviceplugin.api import podresources_v1_pb2 as pr
 from deviceplugin.api import podresources_v1_pb2_grpc as pr_grpc
-from gpulet.api.resources import GPU_RESOURCE, TOPOLOGY_ANNOTATION
+from gpulet.api.nodetopology import document_of
+from gpulet.api.resources import GPU_RESOURCE
+from gpulet.kube.calls import node_topologies
 from gpulet.topology import Topology
-from gpulet.topology.document import loads
+from gpulet.topology.document import from_document
 from tests.kube.build import BuildError, build
 from tests.kube.cluster import ControlPlane, Process, documents, free_port, wait_until
 
@@ -159,11 +162,18 @@ class World:
     def pod(self, namespace: str, name: str) -> dict[str, Any]:
         return dict(self.json(self.core.read_namespaced_pod(name, namespace)))
 
-    def restart_agent(self, node: str, *, lose_checkpoint: bool = False) -> None:
+    def restart_agent(
+        self,
+        node: str,
+        *,
+        lose_checkpoint: bool = False,
+        while_down: Callable[[], None] | None = None,
+    ) -> None:
         """Stop the node's agent until kubelet's device manager has seen its plugins go, and
         start it again until the device manager has them back (kubelet's own pod-resources
         GetAllocatableResources: healthy devices only); with `lose_checkpoint`, its
-        checkpoint is deleted while it is down."""
+        checkpoint is deleted while it is down; `while_down` is called before it starts
+        again."""
         n = self.nodes[node]
         n.agent.stop()
         self.cp.processes.remove(n.agent)
@@ -176,6 +186,8 @@ class World:
             watch=self.cp.processes,
             why="the device manager saw the plugin go",
         )
+        if while_down is not None:
+            while_down()
         n.agent = start_agent(self.cp, n.name, n.agent_args)
         wait_until(
             lambda: n.allocatable(GPU_RESOURCE) > 0,
@@ -240,8 +252,16 @@ def start_agent(cp: ControlPlane, node: str, args: list[str]) -> Process:
 
 
 def _published(core: Any, node: str) -> Topology | None:
-    text = (core.read_node(node).metadata.annotations or {}).get(TOPOLOGY_ANNOTATION)
-    return loads(text) if text and _allocatable(core, node, GPU_RESOURCE) > 0 else None
+    """The topology the node's agent published (its NodeTopology), once kubelet counts its
+    devices too; None before."""
+    try:
+        raw = node_topologies(core.api_client).read(node)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    topo = from_document(document_of(json.loads(raw.data)))
+    return topo if _allocatable(core, node, GPU_RESOURCE) > 0 else None
 
 
 def add_node(
@@ -287,6 +307,9 @@ def add_node(
         str(base / "gpu-processes.json"),
         "--metrics-port",
         "0",
+        # The pod agent_kubeconfig made for it: its Lease's holder names it.
+        "--pod-name",
+        f"gpulet-agent-{name}",
         "--heartbeat-seconds",
         "5",
     ]
@@ -327,10 +350,28 @@ def world() -> Iterator[World]:
     try:
         cp.start()
         cp.apply(
+            # The CRD first, served (Established) before anyone writes a NodeTopology.
+            *documents(ROOT / "deploy/crd/nodetopology.yaml"),
+            # The accounts' ClusterRoles, and their Roles on the namespace's Leases.
             *documents(ROOT / "deploy/agent/rbac.yaml"),
             *documents(ROOT / "deploy/extender/rbac.yaml"),
             *documents(ROOT / "deploy/scheduler/deployment.yaml", skip_kinds=("Deployment",)),
             *documents(ROOT / "deploy/admission/policy.yaml"),
+        )
+        crds = client.ApiextensionsV1Api(cp.api())
+        wait_until(
+            lambda: any(
+                c.type == "Established" and c.status == "True"
+                for c in getattr(
+                    crds.read_custom_resource_definition("nodetopologies.gpulet.io").status,
+                    "conditions",
+                    None,
+                )
+                or ()
+            ),
+            30,
+            watch=cp.processes,
+            why="the NodeTopology CRD established",
         )
         core = client.CoreV1Api(cp.api())
         nodes = {

@@ -14,7 +14,10 @@ def test_demo_places_the_samples_and_explains_the_misfit() -> None:
     lines: list[str] = []
     assert run_demo(2, "dgx-h100", lines.append) == 0
     text = "\n".join(lines)
-    assert text.count("agent registered 800 gpulet.io/gpu slots") == 2
+    assert text.count("registered 800 gpulet.io/gpu slots with kubelet") == 2
+    for node in ("dgx-h100-0", "dgx-h100-1"):
+        published = f"published NodeTopology/{node}, holds Lease kube-system/gpulet-node-{node}"
+        assert published in text
     inference = text.split("== pod inference")[1].split("== pod")[0]
     assert "(30% core, 8192 MiB)" in inference and " 8192 MiB, 30% core" in inference
     assert "mount /etc/ld.so.preload <-" in inference  # a slice gets the limiter

@@ -1,0 +1,128 @@
+"""What the agents keep in a real API server (issue 15): each node's NodeTopology, owned by
+its Node, and a heartbeat Lease renewed every heartbeat, with nothing of gpulet's left on the
+Node; the garbage collector of kube-controller-manager deleting a NodeTopology with its Node;
+and the extender filtering out a node whose agent stopped renewing its Lease."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from gpulet.api import nodetopology as nt
+from gpulet.api.stamps import epoch
+from gpulet.kube.calls import leases, node_topologies
+from gpulet.standins.objects import container
+from scorer.wire import ExtenderArgs, ExtenderFilterResult
+from tests.e2e.conftest import NODES, World
+from tests.e2e.test_real_kubernetes import new_pod
+from tests.kube.cluster import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def _lease(world: World, node: str) -> dict[str, Any]:
+    raw = leases(world.core.api_client, nt.DEFAULT_NAMESPACE).read(nt.lease_name(node))
+    return dict(json.loads(raw.data))
+
+
+def _topology(world: World, node: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(node_topologies(world.core.api_client).read(node).data))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+@pytest.mark.parametrize("node", sorted(NODES))
+def test_each_agent_reports_in_its_nodetopology_and_lease_not_on_its_node(
+    world: World, node: str
+) -> None:
+    topology = _topology(world, node)
+    assert topology is not None
+    owner = world.core.read_node(node).metadata
+    assert nt.owner_uid(topology) == owner.uid
+    assert topology["spec"]["node"] == node
+    assert not [k for k in owner.annotations or {} if k.startswith("gpulet.io/")]
+    first = _lease(world, node)
+    assert first["metadata"]["labels"] == nt.LEASE_LABELS
+    assert first["spec"]["holderIdentity"] == f"{node}/gpulet-agent-{node}"
+    renewed = epoch(first["spec"]["renewTime"])
+    duration = first["spec"]["leaseDurationSeconds"]
+
+    def renewal() -> dict[str, Any] | None:
+        lease = _lease(world, node)
+        return lease if epoch(lease["spec"]["renewTime"]) != renewed else None
+
+    later = wait_until(
+        renewal,
+        duration,
+        watch=world.cp.processes,
+        why=f"the Lease of {node} renewed",
+    )
+    assert later["spec"]["acquireTime"] == first["spec"]["acquireTime"]
+    # Renewing the Lease wrote nothing else: the NodeTopology is as it was.
+    assert _topology(world, node) == topology
+
+
+def test_a_nodetopology_goes_with_its_node(world: World) -> None:
+    """kube-controller-manager's garbage collector deletes a NodeTopology whose Node is
+    deleted (it is its owner); gpulet deletes nothing itself."""
+    node = world.core.create_node({"metadata": {"name": "gone-1"}})
+    doc = _topology(world, sorted(NODES)[0])
+    assert doc is not None
+    body = nt.node_topology("gone-1", node.metadata.uid, {**doc["spec"], "node": "gone-1"})
+    node_topologies(world.core.api_client).create(body)
+    world.core.delete_node("gone-1")
+    wait_until(
+        lambda: _topology(world, "gone-1") is None,
+        60,
+        watch=world.cp.processes,
+        why="the garbage collector deleted NodeTopology gone-1",
+    )
+
+
+def _filter(world: World, node: str) -> ExtenderFilterResult:
+    pod = new_pod("probe", container("main", gpus=1, core=10, memory=1024))
+    pod["metadata"].update(namespace="default", uid="probe-uid")
+    request = urllib.request.Request(
+        f"{world.recorder.upstream}/gpulet/filter",
+        data=json.dumps(ExtenderArgs(pod, node_names=(node,)).dump()).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return ExtenderFilterResult.parse(json.loads(r.read()))
+
+
+def test_a_node_whose_agent_stops_renewing_is_filtered_with_its_reason(world: World) -> None:
+    node = "gpu-b"
+    assert _filter(world, node).names() == (node,)
+    duration = _lease(world, node)["spec"]["leaseDurationSeconds"]
+    reasons: list[str] = []
+
+    def quiet() -> bool:
+        result = _filter(world, node)
+        reason = {**result.failed_nodes, **result.failed_and_unresolvable_nodes}.get(node)
+        if reason is not None:
+            reasons.append(reason)
+        return reason is not None
+
+    # Filtered within the Lease's duration of its last renewal, and the watch's delay.
+    world.restart_agent(
+        node,
+        while_down=lambda: wait_until(
+            quiet, duration + 10, watch=world.cp.processes, why=f"{node} judged quiet"
+        ),
+    )
+    assert "heartbeat Lease" in reasons[-1] and nt.lease_name(node) in reasons[-1], reasons
+    wait_until(
+        lambda: _filter(world, node).names() == (node,),
+        duration,
+        watch=world.cp.processes,
+        why=f"{node} back once its agent renews",
+    )
