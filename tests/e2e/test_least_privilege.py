@@ -68,7 +68,7 @@ def refused(call: Callable[[], object]) -> str:
     return str(denied.value.body)
 
 
-def annotate(value: str, key: str) -> dict[str, Any]:
+def annotate(value: str | None, key: str) -> dict[str, Any]:
     return {"metadata": {"annotations": {key: value}}}
 
 
@@ -91,6 +91,9 @@ def test_an_agent_changes_only_gpulets_annotations_on_its_own_node(
     agent = agent_of(world, A)
     # What it is for.
     agent.patch_node(A, annotate("2026-12-06T00:00:00Z", HEARTBEAT_ANNOTATION))
+    # ... and removing it, as it does the previous release's (leaving none behind).
+    agent.patch_node(A, annotate(None, HEARTBEAT_ANNOTATION))
+    assert HEARTBEAT_ANNOTATION not in (world.core.read_node(A).metadata.annotations or {})
     agent.patch_namespaced_pod(pods[A], ns, annotate('{"version":1}', ALLOCATED_ANNOTATION))
     # What a stolen token would do with `patch`.
     attacks: dict[str, Callable[[], object]] = {
