@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -32,6 +33,7 @@ from agent.usage import FileUsageSource
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, PluginConfig
+from gpulet import __version__
 from gpulet.api import nodetopology as nt
 from gpulet.api.assignment import ContainerAssignment, parse_assignment
 from gpulet.cli import main as cli
@@ -239,6 +241,14 @@ def test_steady_state_writes_one_lease_renewal_per_heartbeat(cluster: Cluster) -
     assert [(t.method, t.path.endswith(lease)) for t in writes()] == [("PUT", True)] * len(writes())
     assert max(t.request_bytes for t in writes()) < 1024
     assert not [r for r in cluster.api.requests[mark:] if r[1].startswith("/api/v1/nodes/")]
+    # Since its start it has read pods only by its node (a field selector), and never listed
+    # all Nodes; the extender (which names itself) lists those, once.
+    agents = [t for t in cluster.api.traffic() if t.user_agent != f"gpulet-extender/{__version__}"]
+    pods = [urlsplit(t.path) for t in agents if t.path.startswith("/api/v1/pods")]
+    assert pods and {parse_qs(p.query).get("fieldSelector", [""])[0] for p in pods} == {
+        f"spec.nodeName={NODE}"
+    }
+    assert not [t for t in agents if urlsplit(t.path).path == "/api/v1/nodes"]
 
 
 def test_a_slice_from_the_extender_to_the_container(cluster: Cluster) -> None:
