@@ -74,8 +74,8 @@ test: lint typecheck unit
 bench: install
 	$(BIN)/python bench/placement.py
 	$(BIN)/python bench/limiter_overhead.py
-	$(BIN)/python bench/deviceplugin.py
-	$(BIN)/python bench/scorer.py
+	$(BIN)/python bench/device_plugin_latency.py
+	$(BIN)/python bench/extender_latency.py
 	$(BIN)/python bench/api_footprint.py
 
 clean:

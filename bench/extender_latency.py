@@ -15,7 +15,7 @@ idle, held whole, or carries 1-3 slices (random, seeded), and NICs carry 0-3 pod
   its search short (by default about 10% of a 5,000-node cluster), starting where the previous
   pod's search stopped.
 
-Run: .venv/bin/python bench/scorer.py [--nodes 1000 5000] [--pods 300] [--object-pods 10]
+Run: .venv/bin/python bench/extender_latency.py [--nodes 1000 5000] [--pods 300] [--object-pods 10]
      [--feasible K]
 """
 

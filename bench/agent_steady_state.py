@@ -16,7 +16,7 @@ over its share and put on the duty cycle, whose cgroups are files under the stan
 root (a v2 layout). NVML's figure does not move, so each is held at the largest frozen
 fraction: the duty cycle's worst case, every container frozen and thawed every 100 ms.
 
-Run: .venv/bin/python bench/agent.py [--seconds 60] [--containers 64] [--unlimited]
+Run: .venv/bin/python bench/agent_steady_state.py [--seconds 60] [--containers 64] [--unlimited]
         [--over-share]
 """
 

@@ -8,7 +8,8 @@ First the floor: the same GetPreferredAllocation to a handler that does nothing.
   the pod, checking the assignment, writing the container's region and limits (on tmpfs, as
   the agent does) and the checkpoint (on disk: an append to its journal).
 
-Run: .venv/bin/python bench/deviceplugin.py [--samples 400] [--state-dir D] [--region-root D]
+Run: .venv/bin/python bench/device_plugin_latency.py [--samples 400] [--state-dir D]
+        [--region-root D]
 """
 
 from __future__ import annotations
