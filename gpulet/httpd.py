@@ -71,6 +71,19 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("event=http %s", format % args)
 
 
+class ListenError(OSError):
+    """An address a server cannot listen on (in use, not this host's, not an address): the
+    message names it and says why, in the OS's words; `errno` is the OS's."""
+
+    def __init__(self, host: str, port: int, cause: BaseException) -> None:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = (cause.strerror if isinstance(cause, OSError) else None) or str(cause)
+        super().__init__(f"cannot listen on {address}: {reason}")
+        self.errno = cause.errno if isinstance(cause, OSError) else None
+        self.host = host
+        self.port = port
+
+
 _Which = Literal["cert", "key", "client_ca"]
 
 
@@ -277,7 +290,8 @@ class BackgroundServer:
     """`handler` on `host:port` (port 0: a free one), served from a daemon thread.
     `poll_s` is how soon `stop()` is noticed, and how often an idle server wakes;
     `max_connections` and `timeout_s` bound what clients can hold (module docstring);
-    `tls`: HTTPS with a client certificate required."""
+    `tls`: HTTPS with a client certificate required. ListenError when `host:port` cannot be
+    listened on (the port closed again)."""
 
     def __init__(
         self,
@@ -291,9 +305,12 @@ class BackgroundServer:
         timeout_s: float = TIMEOUT_S,
         tls: ServerTLS | None = None,
     ) -> None:
-        self._httpd = _BoundedServer(
-            (host, port), handler, limit=max_connections, timeout_s=timeout_s, tls=tls
-        )
+        try:  # socketserver closes the socket when its bind or listen fails
+            self._httpd = _BoundedServer(
+                (host, port), handler, limit=max_connections, timeout_s=timeout_s, tls=tls
+            )
+        except (OSError, OverflowError) as e:  # OverflowError: a port past 65535
+            raise ListenError(host, port, e) from e
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": poll_s}, name=name
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -28,6 +30,18 @@ DEFAULT_STATE_DIR = "/var/lib/gpulet"
 #: Regions are shared memory: on tmpfs they cost no disk I/O (docs/deviceplugin.md).
 DEFAULT_REGION_ROOT = "/run/gpulet/containers"
 DEFAULT_LIBRARY_DIR = "/var/lib/gpulet/lib"
+
+
+@contextlib.contextmanager
+def _path_errors() -> Iterator[None]:
+    """A file or directory of the options that the agent cannot make or use (a state
+    directory under a file, say) is one line (the parts started are stopped by then)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise
+        raise click.ClickException(f"cannot use {e.filename}: {e.strerror or e}") from None
 
 
 @click.group()
@@ -182,6 +196,7 @@ def agent() -> None:
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
 @user_errors
+@_path_errors()
 def run(
     simulate: str | None,
     kubelet_dir: Path,

@@ -22,6 +22,7 @@ from agent.discovery.netlink import NetlinkLinkState
 from agent.discovery.nvml import NvmlError
 from agent.discovery.pynvml_backend import PynvmlBackend
 from agent.simnode import SimulationError, open_simulated
+from gpulet.httpd import ListenError
 from gpulet.placement import RequestError
 from gpulet.placement.serialize import StateError
 from gpulet.topology import Topology
@@ -44,6 +45,7 @@ USER_ERRORS = (
     RegionError,
     LibraryMissingError,
     ConfigError,
+    ListenError,
 )
 
 simulate_option = click.option(

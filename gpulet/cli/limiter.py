@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from native import library_path
 from native.region import (
     LIMITS_FILE,
     MAX_DEVICES,
+    MAX_MIB,
     DeviceLimit,
     Limits,
     RegionError,
@@ -24,16 +26,57 @@ from native.region import (
     setup,
 )
 
+#: A GPU's or a MIG device's UUID as NVML spells it: GPU- or MIG-, then 8-4-4-4-12 hex digits.
+_NVML_UUID = re.compile(
+    r"(GPU|MIG)-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})", re.I | re.A
+)
+_UUID_FORM = (
+    "GPU- or MIG- followed by 8-4-4-4-12 hex digits "
+    "(GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, as `nvidia-smi -L` prints it)"
+)
+
+
+def _uuid(uuid: str) -> str:
+    """A GPU or MIG device UUID, spelt as NVML and CUDA spell it (the prefix upper case, the
+    hex digits lower case: the limiter compares UUIDs exactly); ValueError saying what is
+    wrong with it."""
+    if not uuid:
+        raise ValueError(f"the UUID is empty; expected {_UUID_FORM}")
+    if uuid[:8].upper() == "MIG-GPU-":
+        raise ValueError(
+            f"UUID {uuid!r} is in the MIG-GPU-<uuid>/<gi>/<ci> form of older drivers, which "
+            "a limits file cannot hold; give the MIG device's MIG- UUID (MIG- followed by "
+            "8-4-4-4-12 hex digits, as `nvidia-smi -L` prints it on newer drivers)"
+        )
+    if uuid[:4].upper() not in ("GPU-", "MIG-"):
+        raise ValueError(f"UUID {uuid!r} does not start with GPU- or MIG-; expected {_UUID_FORM}")
+    match = _NVML_UUID.fullmatch(uuid)
+    if match is None:
+        raise ValueError(f"UUID {uuid!r} is not {_UUID_FORM}")
+    return f"{match[1].upper()}-{match[2].lower()}"
+
+
+def _count(name: str, text: str, bounds: str) -> int:
+    """A whole number >= 0 (ValueError otherwise, naming the field and its `bounds`)."""
+    if text.isascii() and text.isdigit():
+        return int(text)
+    if text[:1] == "-" and text[1:].isascii() and text[1:].isdigit() and int(text[1:]) > 0:
+        raise ValueError(f"{name} {text} is negative: it must be {bounds}")
+    raise ValueError(f"{name} {text!r} is not a whole number: it must be {bounds}")
+
 
 def _device(spec: str) -> DeviceLimit:
     """UUID:MEMORY_MIB:CORE_PERCENT, checked against the limits file's rules."""
     parts = spec.split(":")
     if len(parts) != 3:
         raise click.BadParameter(f"{spec!r}: expected UUID:MEMORY_MIB:CORE_PERCENT")
-    uuid, memory, core = parts
-    if not (memory.isascii() and memory.isdigit() and core.isascii() and core.isdigit()):
-        raise click.BadParameter(f"{spec!r}: MEMORY_MIB and CORE_PERCENT must be whole numbers")
-    device = DeviceLimit(uuid, int(memory), int(core))
+    try:
+        uuid = _uuid(parts[0])
+        memory = _count("MEMORY_MIB", parts[1], f"1..{MAX_MIB} (MiB)")
+        core = _count("CORE_PERCENT", parts[2], "1..100 (percent)")
+    except ValueError as e:
+        raise click.BadParameter(f"{spec!r}: {e}") from None
+    device = DeviceLimit(uuid, memory, core)
     try:
         check_limits(Limits((device,)))
     except RegionError as e:

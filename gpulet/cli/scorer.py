@@ -11,6 +11,8 @@ from gpulet.cli.common import kube_configuration, until_signalled, user_errors
 from scorer.app import build
 from scorer.config import ScorerConfig, load_config
 
+PORT = click.IntRange(0, 65535)
+
 
 @click.group()
 def scorer() -> None:
@@ -25,13 +27,13 @@ def scorer() -> None:
     help="Settings file (YAML, docs/scorer.md); flags override it.",
 )
 @click.option("--host", help="Address to listen on [default: 0.0.0.0].")
-@click.option("--port", type=int, help="Port to listen on [default: 8888].")
+@click.option("--port", type=PORT, help="Port to listen on (0: a free one) [default: 8888].")
 @click.option(
     "--health-host", help="Address of the health listener (--health-port) [default: 0.0.0.0]."
 )
 @click.option(
     "--health-port",
-    type=int,
+    type=PORT,
     help="Also serve GET /healthz and GET /metrics, and nothing else, over plain HTTP on this "
     "port, for kubelet's probes and Prometheus [default: none].",
 )

@@ -4,10 +4,12 @@ stand-in), and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -201,3 +203,90 @@ def test_agent_run_takes_its_lease_settings_from_the_pod() -> None:
         ctx = run.make_context("run", ["--legacy-annotations", "keep"])
     assert (ctx.params["namespace"], ctx.params["pod_name"]) == tuple(env.values())
     assert ctx.params["legacy_annotations"] == "keep"
+
+
+def test_agent_run_with_its_metrics_port_in_use_is_one_line(short: Path) -> None:
+    """A --metrics-port another socket holds: one `Error:` line naming the address, the port
+    and the reason, exit status 1; what had started is stopped (its sockets removed)."""
+    with (
+        ApiServerStandIn() as api,
+        KubeletStandIn(short / "dp", short / "pr"),
+        socket.socket() as held,
+    ):
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        api.create_node({"metadata": {"name": "gpu-7"}, "spec": {}, "status": {}})
+        api.create_crd(node_topology_crd())
+        api.write_kubeconfig(short / "kubeconfig")
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from gpulet.cli import main; main()",
+                "agent",
+                "run",
+                "--simulate",
+                "pcie-4gpu",
+                "--node-name",
+                "gpu-7",
+                "--kubeconfig",
+                str(short / "kubeconfig"),
+                "--kubelet-dir",
+                str(short / "dp"),
+                "--state-dir",
+                str(short / "state"),
+                "--region-root",
+                str(short / "regions"),
+                "--library-dir",
+                str(short / "lib"),
+                "--metrics-port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"Error: cannot listen on 0.0.0.0:{port}: {os.strerror(errno.EADDRINUSE)}"
+    assert not (short / "dp" / "gpulet-gpu.sock").exists()
+
+
+@pytest.mark.parametrize("value", ["65536", "-1"])
+def test_agent_run_refuses_a_metrics_port_out_of_range(value: str) -> None:
+    result = CliRunner().invoke(main, ["agent", "run", "--metrics-port", value])
+    assert result.exit_code == 2
+    assert "Invalid value for '--metrics-port'" in result.output and "0<=x<=65535" in result.output
+
+
+@pytest.mark.parametrize("option", ["--kubelet-dir", "--state-dir"])
+def test_agent_run_with_a_directory_it_cannot_make_is_one_line(short: Path, option: str) -> None:
+    (short / "file").write_text("")
+    dirs = {"--kubelet-dir": short / "dp", "--state-dir": short / "state"}
+    dirs[option] = short / "file" / "sub"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from gpulet.cli import main; main()",
+            "agent",
+            "run",
+            "--standalone",
+            "--simulate",
+            "pcie-4gpu",
+            "--region-root",
+            str(short / "regions"),
+            *(str(x) for pair in dirs.items() for x in pair),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"Error: cannot use {short / 'file' / 'sub'}: {os.strerror(errno.ENOTDIR)}"

@@ -109,17 +109,31 @@ def test_usage_with_no_process(container: Path) -> None:
     assert result.exit_code == 0 and "no process attached" in result.output
 
 
+#: What a malformed UUID is told the form is.
+FORM = "GPU- or MIG- followed by 8-4-4-4-12 hex digits"
+MIG = "MIG-5c89852c-d268-c3f3-1b07-005d5ae1dc3f"
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("GPU-a:1024", "'GPU-a:1024': expected UUID:MEMORY_MIB:CORE_PERCENT"),
-        ("GPU-a:1:2:3", "expected UUID:MEMORY_MIB:CORE_PERCENT"),
-        ("GPU-a:1G:50", "'GPU-a:1G:50': MEMORY_MIB and CORE_PERCENT must be whole numbers"),
-        ("GPU-a:1024:-5", "must be whole numbers"),
-        ("GPU-a:1024:150", "device GPU-a: core percent 150 is not in 1..100"),
-        ("GPU-a:0:50", "device GPU-a: memory 0 MiB is not in 1.."),
-        ("GPU a:1:50", "uuid 'GPU a' is not 1..63 characters"),
-        (":1:50", "uuid '' is not 1..63 characters"),
+        (f"{UUID_A}:1024", f"'{UUID_A}:1024': expected UUID:MEMORY_MIB:CORE_PERCENT"),
+        (f"{UUID_A}:1:2:3", "expected UUID:MEMORY_MIB:CORE_PERCENT"),
+        (f"{UUID_A}:1G:50", f"'{UUID_A}:1G:50': MEMORY_MIB '1G' is not a whole number"),
+        (f"{UUID_A}:1024:half", "CORE_PERCENT 'half' is not a whole number"),
+        (f"{UUID_A}:1024:-5", "CORE_PERCENT -5 is negative: it must be 1..100"),
+        (f"{UUID_A}:-5:50", "MEMORY_MIB -5 is negative: it must be 1..1099511627776"),
+        (f"{UUID_A}:1024:150", f"device {UUID_A}: core percent 150 is not in 1..100"),
+        (f"{UUID_A}:1024:0", "core percent 0 is not in 1..100"),
+        (f"{UUID_A}:0:50", f"device {UUID_A}: memory 0 MiB is not in 1.."),
+        ("nonsense:4096:30", f"UUID 'nonsense' does not start with GPU- or MIG-; expected {FORM}"),
+        (":1:50", f"the UUID is empty; expected {FORM}"),
+        ("GPU-a:1:50", f"UUID 'GPU-a' is not {FORM}"),
+        (f"{UUID_A[:-1]}g:1:50", f"UUID '{UUID_A[:-1]}g' is not {FORM}"),
+        (f"{UUID_A}0:1:50", f"is not {FORM}"),
+        (f"{UUID_A[:12]}{UUID_A[13:]}:1:50", f"is not {FORM}"),
+        (f" {UUID_A}:1:50", "does not start with GPU- or MIG-"),
+        (f"MIG-{UUID_A}/7/0:1:50", "the MIG-GPU-<uuid>/<gi>/<ci> form of older drivers"),
     ],
 )
 def test_a_bad_device_spec_is_named(tmp_path: Path, spec: str, message: str) -> None:
@@ -128,12 +142,28 @@ def test_a_bad_device_spec_is_named(tmp_path: Path, spec: str, message: str) -> 
     assert not (tmp_path / "c").exists()
 
 
+def test_uuids_are_taken_in_either_case_and_written_as_nvml_spells_them(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    result = gpulet(
+        "limiter",
+        "setup",
+        str(directory),
+        "--device",
+        f"{UUID_A.upper()}:1024:50",
+        "--device",
+        f"{MIG.lower()}:512:25",
+    )
+    assert result.exit_code == 0, result.output
+    assert read_limits(directory / "limits") == Limits(
+        (DeviceLimit(UUID_A, 1024, 50), DeviceLimit(MIG, 512, 25))
+    )
+
+
 def test_setup_needs_a_device_and_distinct_ones(tmp_path: Path) -> None:
     one_line_error(gpulet("limiter", "setup", str(tmp_path)), 2, "Missing option '--device'")
-    result = gpulet(
-        "limiter", "setup", str(tmp_path / "c"), "--device", "GPU-a:1:1", "--device", "GPU-a:2:2"
-    )
-    one_line_error(result, 1, "duplicate device GPU-a")
+    devices = ("--device", f"{UUID_A}:1:1", "--device", f"{UUID_A.upper()}:2:2")
+    result = gpulet("limiter", "setup", str(tmp_path / "c"), *devices)
+    one_line_error(result, 1, f"duplicate device {UUID_A}")
 
 
 def test_usage_of_a_missing_directory_is_one_line(tmp_path: Path) -> None:

@@ -4,17 +4,22 @@ settings are one line."""
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
+import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from click.testing import CliRunner
+import pytest
+from click.testing import CliRunner, Result
 
 from gpulet.cli import main
 from gpulet.standins.apiserver import ApiServerStandIn
@@ -182,3 +187,88 @@ def test_incomplete_or_unusable_tls_settings_are_one_line(tmp_path: Path) -> Non
     )
     assert result.exit_code == 1
     assert result.output.startswith("Error: tlsKeyFile: ") and "Traceback" not in result.output
+
+
+#: An address of TEST-NET-3 (RFC 5737): on no host's interfaces.
+NOT_HERE = "203.0.113.1"
+IN_USE = os.strerror(errno.EADDRINUSE)
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that a socket of the test listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def not_here_reason() -> str:
+    """What the OS says to a bind to NOT_HERE (skip where this host may bind it)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((NOT_HERE, 0))
+        except OSError as e:
+            reason = e.strerror
+        else:
+            pytest.skip(f"this host may bind {NOT_HERE} (net.ipv4.ip_nonlocal_bind?)")
+    assert reason == os.strerror(errno.EADDRNOTAVAIL)
+    return reason
+
+
+def serve(args: str) -> Result:
+    """`gpulet scorer serve --standalone ARGS` in this process (for errors before serving)."""
+    return CliRunner().invoke(main, ["scorer", "serve", "--standalone", *args.split()])
+
+
+def one_line(result: Result, exit_code: int, *needles: str) -> None:
+    assert result.exit_code == exit_code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: "), result.stderr
+    if exit_code == 1:
+        assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def test_a_port_in_use_is_one_line(held_port: int) -> None:
+    result = serve(f"--host 127.0.0.1 --port {held_port}")
+    one_line(result, 1, f"cannot listen on 127.0.0.1:{held_port}: {IN_USE}")
+
+
+def test_a_health_port_in_use_is_one_line(held_port: int) -> None:
+    result = serve(f"--host 127.0.0.1 --port 0 --health-host 127.0.0.1 --health-port {held_port}")
+    one_line(result, 1, f"cannot listen on 127.0.0.1:{held_port}: {IN_USE}")
+
+
+def test_the_main_port_is_closed_when_the_health_port_fails(held_port: int) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    result = serve(
+        f"--host 127.0.0.1 --port {free} --health-host 127.0.0.1 --health-port {held_port}"
+    )
+    one_line(result, 1, f"127.0.0.1:{held_port}")
+    with socket.socket() as again:  # nothing holds the main listener's port
+        again.bind(("127.0.0.1", free))
+
+
+def test_an_address_not_on_this_host_is_one_line() -> None:
+    reason = not_here_reason()
+    result = serve(f"--host {NOT_HERE} --port 0")
+    one_line(result, 1, f"cannot listen on {NOT_HERE}:0: {reason}")
+    result = serve(f"--host 127.0.0.1 --port 0 --health-host {NOT_HERE} --health-port 0")
+    one_line(result, 1, f"cannot listen on {NOT_HERE}:0: {reason}")
+
+
+def test_a_host_that_does_not_resolve_is_one_line() -> None:
+    result = serve("--host no-such-host.invalid --port 0")
+    one_line(result, 1, "cannot listen on no-such-host.invalid:0: ")
+
+
+@pytest.mark.parametrize("option", ["--port", "--health-port"])
+@pytest.mark.parametrize("value", ["99999", "65536", "-1"])
+def test_a_port_out_of_range_is_a_usage_error(option: str, value: str) -> None:
+    one_line(serve(f"{option} {value}"), 2, f"Invalid value for '{option}'", "0<=x<=65535")
