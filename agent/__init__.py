@@ -1,2 +1,3 @@
-"""The node agent (`gpulet agent run`): discovers the node and publishes its topology, serves
-the device plugins, pins containers, watches usage and health, and frees what pods leave."""
+"""The node agent (`gpulet agent run`): discovers the node, publishes its topology (a
+`NodeTopology`) and renews its heartbeat Lease, serves the device plugins, pins containers,
+watches usage and health, and frees what pods leave (docs/agent.md)."""

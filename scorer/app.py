@@ -40,8 +40,8 @@ def tune_gc() -> None:
     (tens of thousands of objects at 5,000 nodes); with the default thresholds the collector
     walked them all every few requests, 100-150 ms each time, in the middle of a filter.
     Young collections every 10,000 allocations, the middle generation kept small (5), and a
-    full collection only after 1,000 of those (bench/scorer.py: p99 at 5,000 nodes 190 -> 48
-    ms in process)."""
+    full collection only after 1,000 of those (bench/extender_latency.py: p99 at 5,000 nodes
+    190 -> 48 ms in process)."""
     gc.set_threshold(10_000, 5, 1_000)
 
 

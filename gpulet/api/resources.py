@@ -1,4 +1,5 @@
-"""Extended resources and annotations (DESIGN.md, "Resources a pod asks for")."""
+"""The names of gpulet's extended resources and annotations. What each means in a pod spec,
+its units, defaults and errors: docs/pod-spec.md."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Time stamps as the Kubernetes API writes them and the agent writes its heartbeat
-(`gpulet.io/heartbeat`): RFC 3339 in UTC, whole seconds, `2026-12-05T12:00:00Z`."""
+"""Time stamps as the Kubernetes API writes them, RFC 3339 in UTC: whole seconds
+(`2026-12-05T12:00:00Z`: creation times, Events, the previous release's `gpulet.io/heartbeat`
+annotation), or with microseconds (`stamp_micro`: a Lease's `renewTime`, which the agent's
+heartbeat renews)."""
 
 from __future__ import annotations
 

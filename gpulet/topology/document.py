@@ -1,4 +1,5 @@
-"""The versioned JSON document a node publishes (annotation `gpulet.io/topology`).
+"""The versioned JSON document a node publishes: its `NodeTopology`'s spec (the previous
+release kept it in the Node annotation `gpulet.io/topology`).
 
 `to_document` and `from_document` are inverse; `from_document` validates and raises
 `DocumentError` naming the first bad field, so a malformed annotation never turns into a

@@ -20,7 +20,7 @@ from agent.simnode import SimulatedNode, open_simulated
 from gpulet.topology.cpulist import parse_cpulist
 from gpulet.topology.model import Gpu, Nic, NumaNode, PcieLocation, Topology
 
-# `nvidia-smi topo -m` as published for one DGX A100 (gpulet reference: topologies/dgx-a100.txt).
+# `nvidia-smi topo -m` as published for one DGX A100 (tests/fixtures/published/dgx-a100.txt).
 DGX_A100 = """
         GPU0 GPU1 GPU2 GPU3 GPU4 GPU5 GPU6 GPU7 mlx5_0 mlx5_1 mlx5_2 mlx5_3 mlx5_4 mlx5_5 mlx5_6 mlx5_7 mlx5_8 mlx5_9 mlx5_10 mlx5_11
 GPU0    X    NV12 NV12 NV12 NV12 NV12 NV12 NV12 PXB    PXB    SYS    SYS    SYS    SYS    SYS    SYS    SYS    SYS    SYS     SYS     48-63,176-191   3
@@ -45,7 +45,7 @@ mlx5_10 SYS  SYS  SYS  SYS  SYS  SYS  SYS  SYS  SYS    SYS    SYS    SYS    SYS 
 mlx5_11 SYS  SYS  SYS  SYS  SYS  SYS  SYS  SYS  SYS    SYS    SYS    SYS    SYS    SYS    SYS    SYS    SYS    SYS    PIX     X
 """
 
-# The GPU rows published for one DGX H100 (gpulet reference: topologies/dgx-h100.txt);
+# The GPU rows published for one DGX H100 (tests/fixtures/published/dgx-h100.txt);
 # NICn is mlx5_n.
 DGX_H100 = """
      GPU0 GPU1 GPU2 GPU3 GPU4 GPU5 GPU6 GPU7 NIC0 NIC1 NIC2 NIC3 NIC4 NIC5 NIC6 NIC7 NIC8 NIC9 NIC10 NIC11
@@ -253,7 +253,7 @@ def test_h100_vm_is_the_measured_machine() -> None:
             f"-> {os.readlink(node.sysfs / 'bus/pci/devices' / bdf).removeprefix('../../../')}\n"
             for bdf in sorted(os.listdir(node.sysfs / "bus/pci/devices"))
         )
-        # reference: real-h100/sysfs-pci-devices.txt, verbatim
+        # the real VM's /sys/bus/pci/devices, as listed on 2026-11-22, verbatim
         assert listing == (
             "0000:00:00.0 0x060000 0x8086 0x0d57 numa=-1 -> devices/pci0000:00/0000:00:00.0\n"
             "0000:00:01.0 0x018000 0x1af4 0x1042 numa=-1 -> devices/pci0000:00/0000:00:01.0\n"
