@@ -91,27 +91,7 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
         api.add_token("scraper-token", "system:serviceaccount:monitoring:prometheus")
         api.allow("system:serviceaccount:monitoring:prometheus", "/metrics")
         agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from gpulet.cli import main; main()",
-                "agent",
-                "run",
-                "--simulate",
-                "pcie-4gpu",
-                "--kubeconfig",
-                str(short / "kubeconfig"),
-                "--kubelet-dir",
-                str(short / "dp"),
-                "--state-dir",
-                str(short / "state"),
-                "--region-root",
-                str(short / "regions"),
-                "--library-dir",
-                str(short / "lib"),
-                "--metrics-port",
-                "0",
-            ],
+            api_agent(short, "0"),
             env={
                 **os.environ,
                 "NODE_NAME": "gpu-7",
@@ -151,6 +131,32 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
             _, err = agent.communicate(timeout=20)
         assert agent.returncode == 0, err
         assert "node gpu-7 published" in line
+
+
+def api_agent(short: Path, metrics_port: str) -> list[str]:
+    """`gpulet agent run` on a simulated pcie-4gpu with the API (short's kubeconfig), its
+    directories under `short`."""
+    return [
+        sys.executable,
+        "-c",
+        "from gpulet.cli import main; main()",
+        "agent",
+        "run",
+        "--simulate",
+        "pcie-4gpu",
+        "--kubeconfig",
+        str(short / "kubeconfig"),
+        "--kubelet-dir",
+        str(short / "dp"),
+        "--state-dir",
+        str(short / "state"),
+        "--region-root",
+        str(short / "regions"),
+        "--library-dir",
+        str(short / "lib"),
+        "--metrics-port",
+        metrics_port,
+    ]
 
 
 def get(port: int, path: str, token: str | None = None) -> str:
@@ -220,29 +226,7 @@ def test_agent_run_with_its_metrics_port_in_use_is_one_line(short: Path) -> None
         api.create_crd(node_topology_crd())
         api.write_kubeconfig(short / "kubeconfig")
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from gpulet.cli import main; main()",
-                "agent",
-                "run",
-                "--simulate",
-                "pcie-4gpu",
-                "--node-name",
-                "gpu-7",
-                "--kubeconfig",
-                str(short / "kubeconfig"),
-                "--kubelet-dir",
-                str(short / "dp"),
-                "--state-dir",
-                str(short / "state"),
-                "--region-root",
-                str(short / "regions"),
-                "--library-dir",
-                str(short / "lib"),
-                "--metrics-port",
-                str(port),
-            ],
+            [*api_agent(short, str(port)), "--node-name", "gpu-7"],
             capture_output=True,
             text=True,
             timeout=60,
