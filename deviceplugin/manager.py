@@ -80,12 +80,20 @@ class PluginManager:
     def _watch(self) -> None:
         kubelet = self.plugin_dir / KUBELET_SOCKET
         registered_with: tuple[int, int] | None = None
+        waiting = False
         while not self._stop.is_set():
             current = _identity(kubelet)
+            if current is None and not waiting:
+                # Said once per absence: the plugins register as soon as the socket appears.
+                log.info("event=waiting-for-kubelet socket=%s", kubelet)
+                waiting = True
             ours_gone = any(not s.socket.exists() for s in self.servers.values())
             if current is not None and (current != registered_with or ours_gone):
                 if registered_with is not None:
                     log.info("event=kubelet-restarted action=re-register")
+                elif waiting:
+                    log.info("event=kubelet-found socket=%s action=register", kubelet)
+                waiting = False
                 if self._serve_and_register():
                     registered_with = current
             self._stop.wait(WATCH_INTERVAL_S)

@@ -122,6 +122,7 @@ class PluginServer(pb_grpc.DevicePluginServicer):
     def GetDevicePluginOptions(
         self, request: pb.Empty, context: grpc.ServicerContext
     ) -> pb.DevicePluginOptions:
+        log.debug("event=plugin-options resource=%s", self.resource)
         return self._options()
 
     def ListAndWatch(
@@ -136,7 +137,16 @@ class PluginServer(pb_grpc.DevicePluginServicer):
                     return
                 generation = self._generation
             if generation != sent:
-                yield self._device_list()
+                devices = self._device_list()
+                # The first list on a stream is kubelet taking the plugin on (info); the
+                # later ones follow health or inventory changes.
+                (log.info if sent < 0 else log.debug)(
+                    "event=list-and-watch resource=%s devices=%d unhealthy=%d",
+                    self.resource,
+                    len(devices.devices),
+                    sum(d.health != HEALTHY for d in devices.devices),
+                )
+                yield devices
                 sent = generation
 
     def _device_list(self) -> pb.ListAndWatchResponse:
@@ -161,6 +171,13 @@ class PluginServer(pb_grpc.DevicePluginServicer):
     ) -> pb.PreferredAllocationResponse:
         responses = []
         for ask in request.container_requests:
+            log.debug(
+                "event=preferred-allocation resource=%s size=%d available=%d must_include=%d",
+                self.resource,
+                ask.allocation_size,
+                len(ask.available_deviceIDs),
+                len(ask.must_include_deviceIDs),
+            )
             try:
                 ids = self.core.preferred(
                     self.resource,

@@ -8,6 +8,7 @@ from typing import IO
 import click
 
 from gpulet.cli.common import print_json, read_node, simulate_option, user_errors
+from gpulet.cli.render import cost_lines
 from gpulet.placement import Capacity, GpuPolicy, NodeState, Placer, Request, TopologyPolicy
 from gpulet.placement.serialize import StateError, placement_to_json, state_from_json
 
@@ -111,7 +112,12 @@ def place(
             netdev, switch = n["netdev"] or "-", n["switch"] or "-"
             click.echo(f"  {n['name']}  {netdev}  NUMA {n['numa']}  switch {switch}")
         click.echo(f"  NUMA nodes: {', '.join(map(str, doc_out['numa']))}")
-        terms = ", ".join(f"{k}={v}" for k, v in doc_out["cost"].items() if v)
-        click.echo(f"  cost: {terms or 'none'}")
+        terms = cost_lines(doc_out["cost"], gpu_policy)
+        if not terms:
+            click.echo("  cost: none")
+        else:
+            click.echo("  cost (lower is better; --json has the engine's terms):")
+            for term in terms:
+                click.echo(f"    {term}")
     if not result.fits:
         raise SystemExit(1)

@@ -69,7 +69,7 @@ def topology_text(topo: Topology) -> str:
                 ]
             )
         out += [_table(sw_rows), ""]
-    out.append(matrix_text(topo))
+    out += [matrix_text(topo), "", legend_text()]
     return "\n".join(out)
 
 
@@ -83,6 +83,75 @@ def matrix_text(topo: Topology) -> str:
         cells = [" X " if a == b else topo.link(a, b) for b in names]
         rows.append([a, *cells, cpus.get(numa_of[a], "-"), str(numa_of[a])])
     return _table(rows)
+
+
+#: The link classes under the matrix, as `nvidia-smi topo -m` prints its legend, in the
+#: meanings gpulet gives them (docs/topology-document.md).
+LEGEND = (
+    ("X", "Self"),
+    (
+        "NV#",
+        "Connection traversing a bonded set of # NVLinks (direct links plus, when both GPUs "
+        "are on an NVSwitch fabric, the smaller of their fabric link counts)",
+    ),
+    ("PIX", "Connection traversing at most a single PCIe switch"),
+    ("PXB", "Connection traversing multiple PCIe switches (without a PCIe host bridge)"),
+    (
+        "PHB",
+        "Connection traversing PCIe and a PCIe host bridge (different root ports of one bridge)",
+    ),
+    ("NODE", "Connection traversing PCIe and the links between host bridges of one NUMA node"),
+    ("SYS", "Connection traversing PCIe and the link between NUMA nodes (e.g. QPI/UPI)"),
+)
+
+
+def legend_text() -> str:
+    return "\n".join(["Legend:", ""] + [f"  {code:<4} = {meaning}" for code, meaning in LEGEND])
+
+
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def cost_lines(cost: Mapping[str, int], gpu_policy: str) -> list[str]:
+    """A placement's cost terms (gpulet.placement.cost) in words, the ones that cost
+    something; the tie-break on device numbers is left out."""
+    c = {k: v for k, v in cost.items() if v}
+    lines = []
+    if "align" in c:
+        lines.append(
+            f"GPU-NIC distance {c['align']} (each GPU and NIC to its nearest partner: "
+            "PIX 0, PXB 1, PHB 2, NODE 3, SYS 4)"
+        )
+    if "pair_class" in c:
+        lines.append(
+            f"GPU-GPU distance {c['pair_class']} (each pair: NVLink 0, PIX 1, PXB 2, PHB 3, "
+            "NODE 4, SYS 5)"
+        )
+    if "nv_deficit" in c:
+        lines.append(f"{_n(c['nv_deficit'], 'NVLink', 'NVLinks')} fewer than the best-linked pairs")
+    if c.get("numa", 0) > 1:
+        lines.append(f"GPUs and NICs on {c['numa']} NUMA nodes")
+    if "touched" in c:
+        lines.append(f"{_n(c['touched'], 'idle GPU', 'idle GPUs')} put to use")
+    if "numa_broken" in c:
+        k = c["numa_broken"]
+        lines.append(
+            f"first GPUs taken on {_n(k, 'NUMA node', 'NUMA nodes')} "
+            f"({'its' if k == 1 else 'their'} GPUs were all idle)"
+        )
+    if "group_broken" in c:
+        k = c["group_broken"]
+        lines.append(
+            f"first GPUs taken behind {_n(k, 'PCIe switch', 'PCIe switches')} or root port"
+            f"{'' if k == 1 else 's'} ({'its' if k == 1 else 'their'} GPUs were all idle)"
+        )
+    if "fit" in c:
+        kind = "left free" if gpu_policy == "binpack" else "already used"
+        lines.append(f"core % + memory % {kind} on the chosen GPUs: {c['fit']}")
+    if "nic_load" in c:
+        lines.append(f"{_n(c['nic_load'], 'slot', 'slots')} already used on the chosen NICs")
+    return lines
 
 
 def usage_text(usage: Usage) -> str:

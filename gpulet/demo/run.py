@@ -60,7 +60,9 @@ class Sample:
     pod: dict[str, Any]
 
 
-def samples() -> list[Sample]:
+def samples(kind: str, most_per_numa: int) -> list[Sample]:
+    """The four sample pods; the last asks for more GPUs on one NUMA node than a `kind` node
+    has (`most_per_numa`)."""
     return [
         Sample(
             "inference",
@@ -87,7 +89,8 @@ def samples() -> list[Sample]:
         ),
         Sample(
             "too-big",
-            "8 whole GPUs all on one NUMA node (single-numa), which no DGX H100 has",
+            f"8 whole GPUs all on one NUMA node (single-numa); a {kind} node has at most "
+            f"{most_per_numa} GPUs on one NUMA node",
             pod_object(
                 "too-big",
                 container("trainer", gpus=8),
@@ -141,7 +144,9 @@ class Demo:
                     f"scheduler extender at 127.0.0.1:{scorer.server.port}, watching "
                     f"{self.count} nodes\n"
                 )
-                for sample in samples():
+                topo = next(iter(self.nodes.values())).topo
+                most = max(sum(g.numa == n.id for g in topo.gpus) for n in topo.numa_nodes)
+                for sample in samples(self.kind, most):
                     self._submit(api, scorer, sample)
             return 0
         finally:
@@ -249,7 +254,7 @@ class Demo:
                 if count:
                     response = allocate_once_seen(node.kubelet, ref, entry.name, resource, count)
                     responses.append(response.container_responses[0])
-            self._show(responses)
+            self._show(responses, {g.uuid for g in entry.gpus if g.exclusive})
             if meta.get("annotations", {}).get(NUMA_PIN_ANNOTATION) == "true":
                 cpus = [c for n in node.topo.numa_nodes if n.id in entry.numa for c in n.cpus]
                 say(
@@ -258,7 +263,8 @@ class Demo:
                 )
         say("")
 
-    def _show(self, responses: list[pb.ContainerAllocateResponse]) -> None:
+    def _show(self, responses: list[pb.ContainerAllocateResponse], whole: set[str]) -> None:
+        """Devices, env, mounts and the limits file; a GPU in `whole` has no limiter."""
         say = self.say
         devices = [d.host_path for r in responses for d in r.devices]
         say(f"     devices: {' '.join(devices)}")
@@ -268,7 +274,12 @@ class Demo:
         for r in responses:
             for m in r.mounts:
                 mode = "ro" if m.read_only else "rw"
-                say(f"     mount {m.container_path} <- {m.host_path} ({mode})")
+                paths = (
+                    m.container_path
+                    if m.container_path == m.host_path
+                    else f"{m.container_path} <- {m.host_path}"
+                )
+                say(f"     mount {paths} ({mode})")
         region = next(
             (m.host_path for r in responses for m in r.mounts if m.container_path == "/run/gpulet"),
             None,
@@ -276,7 +287,10 @@ class Demo:
         if region is not None:
             limits = read_limits(Path(region) / "limits")
             for d in limits.devices:
-                say(f"     limits: {d.uuid} {d.memory_mib} MiB, {d.core_percent}% core")
+                if d.uuid in whole:
+                    say(f"     limits: {d.uuid} no limiter (whole GPU)")
+                else:
+                    say(f"     limits: {d.uuid} {d.memory_mib} MiB, {d.core_percent}% core")
 
 
 def allocate_once_seen(

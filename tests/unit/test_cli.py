@@ -59,6 +59,30 @@ def test_inspect_text_shows_the_matrix() -> None:
     assert rows[0][1] == "uverbs11"  # the NIC table comes before the matrix
 
 
+def test_inspect_text_explains_the_matrix_under_it() -> None:
+    # As `nvidia-smi topo -m` does: the legend of the link classes follows the matrix.
+    proc = gpulet("node", "inspect", "--simulate", "dgx-h100")
+    assert proc.returncode == 0, proc.stderr
+    after = proc.stdout.split("CPU Affinity", 1)[1]
+    assert "Legend:" in after
+    legend = after.split("Legend:", 1)[1]
+    for code in ("X ", "NV#", "PIX", "PXB", "PHB", "NODE", "SYS"):
+        assert f"  {code}" in legend, code
+    assert "NUMA nodes" in legend and "NVLinks" in legend
+
+
+def test_place_text_says_its_cost_in_words() -> None:
+    proc = gpulet("place", "--simulate", "dgx-h100", "--gpus", "3", "--rdma", "2")
+    assert proc.returncode == 0, proc.stderr
+    # The engine's field names mean nothing to a user; --json keeps them.
+    for field in ("numa_broken", "group_broken", "pair_class", "touched", "align=", "order="):
+        assert field not in proc.stdout, field
+    assert "first GPUs taken on 1 NUMA node" in proc.stdout
+    assert "first GPUs taken behind 3 PCIe switches" in proc.stdout
+    raw = gpulet("place", "--simulate", "dgx-h100", "--gpus", "3", "--rdma", "2", "--json")
+    assert json.loads(raw.stdout)["cost"]["group_broken"] == 3
+
+
 def test_place_json_answer_and_no_fit() -> None:
     proc = gpulet(
         "place", "--simulate", "dgx-a100", "--gpus", "2", "--rdma", "2",

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,52 @@ def test_agent_run_serves_a_simulated_node_until_sigterm(short: Path) -> None:
         assert "event=registered resource=gpulet.io/gpu" in err
         assert "inject XIDs with" in err
         assert not (short / "dp" / "gpulet-gpu.sock").exists()
+
+
+def _stderr_shows(path: Path, needle: str, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in path.read_text():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_standalone_agent_says_it_waits_for_kubelet_and_when_kubelet_calls(short: Path) -> None:
+    errors = short / "stderr"
+    with errors.open("w") as sink:
+        agent = subprocess.Popen(
+            [
+                sys.executable, "-c", "from gpulet.cli import main; main()",
+                "agent", "run", "--standalone", "--simulate", "pcie-4gpu",
+                "--kubelet-dir", str(short / "dp"), "--state-dir", str(short / "state"),
+                "--region-root", str(short / "regions"), "--log-level", "debug",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            text=True,
+        )  # fmt: skip
+    try:
+        socket_path = short / "dp" / "kubelet.sock"
+        waiting = (
+            f"level=INFO logger=gpulet.deviceplugin event=waiting-for-kubelet socket={socket_path}"
+        )
+        assert _stderr_shows(errors, waiting), errors.read_text()
+        with KubeletStandIn(short / "dp", short / "pr") as kubelet:
+            assert kubelet.wait_for(lambda v: len(v.devices(GPU_RESOURCE)) == 400, timeout=20)
+            kubelet.allocate(PodRef("u1", "default", "p1"), "main", GPU_RESOURCE, 1)
+            assert _stderr_shows(errors, "event=allocated resource=gpulet.io/gpu")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+    err = errors.read_text()
+    assert agent.returncode == 0, err
+    assert err.count("event=waiting-for-kubelet") == 1  # said once, not every look
+    assert "event=kubelet-found" in err
+    assert "event=registered resource=gpulet.io/gpu" in err
+    assert "event=list-and-watch resource=gpulet.io/gpu devices=400" in err
+    # --log-level debug shows debug lines: each of kubelet's calls.
+    assert "level=DEBUG logger=gpulet.deviceplugin event=preferred-allocation" in err
 
 
 def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -> None:

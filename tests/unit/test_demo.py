@@ -31,3 +31,22 @@ def test_demo_places_the_samples_and_explains_the_misfit() -> None:
     assert "does not fit" in misfit and "single-numa: needs 8 whole GPUs" in misfit
     # Nothing of this run is left (another demo running meanwhile may remove its own).
     assert not set(Path(tempfile.gettempdir()).glob("gpulet-demo-*")) - before
+
+
+def test_demo_speaks_of_the_nodes_it_runs_and_shows_what_applies() -> None:
+    lines: list[str] = []
+    assert run_demo(1, "dgx-a100", lines.append) == 0
+    text = "\n".join(lines)
+    assert "DGX H100" not in text  # the misfit is explained for the kind that runs
+    misfit = text.split("== pod too-big")[1].split("\n")[0]
+    assert "a dgx-a100 node has at most 2 GPUs on one NUMA node" in misfit
+    # A whole GPU gets no limiter: its limits line says so instead of "100% core".
+    training = text.split("== pod training")[1].split("== pod")[0]
+    assert "100% core" not in training
+    assert training.count("no limiter (whole GPU)") == 4
+    # A mount with the same path on both sides shows it once.
+    for line in lines:
+        if line.strip().startswith("mount ") and " <- " in line:
+            inside, host = line.strip()[len("mount ") :].split(" (")[0].split(" <- ")
+            assert inside != host, line
+    assert any(line.strip().endswith("libgpulet-limiter.so (ro)") for line in lines)
