@@ -134,6 +134,11 @@ def test_values_follow_their_schema() -> None:
         ("extender", {"tls": {"certmanager": True}}),
         # The old switch for "no gpulet-scheduler": refused, not ignored (extender.layout).
         ("scheduler", {"enabled": False}),
+        # Prometheus's side (docs/monitoring.md): switches, a duration, whole subjects.
+        ("monitoring", {"serviceMonitor": {"enabled": "true", "labels": {}, "interval": "30s"}}),
+        ("monitoring", {"serviceMonitor": {"enabled": True, "labels": {}, "interval": "30"}}),
+        ("monitoring", {"metricsReaders": [{"kind": "ServiceAccount", "name": "prometheus"}]}),
+        ("monitoring", {"grafanaDashboard": {"enabled": True}}),
     ]
     for part, change in bad:
         wrong = values()
