@@ -43,22 +43,7 @@ def short() -> Iterator[Path]:
 def test_agent_run_serves_a_simulated_node_until_sigterm(short: Path) -> None:
     with KubeletStandIn(short / "dp", short / "pr") as kubelet:
         agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from gpulet.cli import main; main()",
-                "agent",
-                "run",
-                "--standalone",
-                "--simulate",
-                "dgx-h100",
-                "--kubelet-dir",
-                str(short / "dp"),
-                "--state-dir",
-                str(short / "state"),
-                "--region-root",
-                str(short / "regions"),
-            ],
+            agent_command(short, "--standalone", "--simulate", "dgx-h100"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -94,12 +79,9 @@ def test_standalone_agent_says_it_waits_for_kubelet_and_when_kubelet_calls(short
     errors = short / "stderr"
     with errors.open("w") as sink:
         agent = subprocess.Popen(
-            [
-                sys.executable, "-c", "from gpulet.cli import main; main()",
-                "agent", "run", "--standalone", "--simulate", "pcie-4gpu",
-                "--kubelet-dir", str(short / "dp"), "--state-dir", str(short / "state"),
-                "--region-root", str(short / "regions"), "--log-level", "debug",
-            ],
+            agent_command(
+                short, "--standalone", "--simulate", "pcie-4gpu", "--log-level", "debug"
+            ),
             stdout=subprocess.DEVNULL,
             stderr=sink,
             text=True,
@@ -183,26 +165,35 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
 def api_agent(short: Path, metrics_port: str) -> list[str]:
     """`gpulet agent run` on a simulated pcie-4gpu with the API (short's kubeconfig), its
     directories under `short`."""
+    return agent_command(
+        short,
+        "--simulate",
+        "pcie-4gpu",
+        "--kubeconfig",
+        str(short / "kubeconfig"),
+        "--library-dir",
+        str(short / "lib"),
+        "--metrics-port",
+        metrics_port,
+    )
+
+
+def agent_command(short: Path, *options: str) -> list[str]:
+    """`gpulet agent run` with kubelet's, the state and the regions' directories under
+    `short`, and `options`."""
     return [
         sys.executable,
         "-c",
         "from gpulet.cli import main; main()",
         "agent",
         "run",
-        "--simulate",
-        "pcie-4gpu",
-        "--kubeconfig",
-        str(short / "kubeconfig"),
         "--kubelet-dir",
         str(short / "dp"),
         "--state-dir",
         str(short / "state"),
         "--region-root",
         str(short / "regions"),
-        "--library-dir",
-        str(short / "lib"),
-        "--metrics-port",
-        metrics_port,
+        *options,
     ]
 
 
