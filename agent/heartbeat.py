@@ -24,10 +24,10 @@ from typing import Any
 
 from kubernetes.client import ApiClient, ApiException
 
-from agent.kube import answer, read_object, why
+from agent.kube import why
 from gpulet.api import nodetopology as nt
 from gpulet.api.stamps import stamp_micro
-from gpulet.kube.calls import leases
+from gpulet.kube.calls import json_object, leases
 
 log = logging.getLogger("gpulet.agent")
 
@@ -104,7 +104,7 @@ class LeaseHeartbeat:
                 # Left out, the server keeps them: a third of a real Lease's bytes.
                 body["metadata"].pop("managedFields", None)
                 try:
-                    self._last = answer(self._leases.replace(self.name, body))
+                    self._last = json_object(self._leases.replace(self.name, body).data)
                     return
                 except ApiException as e:
                     if e.status not in (404, 409):
@@ -120,13 +120,15 @@ class LeaseHeartbeat:
     def _acquire(self) -> dict[str, Any]:
         """Read the Lease, then take it (or create it where there is none)."""
         for _ in range(_TRIES):
-            current = read_object(self._leases, self.name)
+            current = self._leases.find(self.name)
             now = self._clock()
             try:
                 if current is None:
-                    taken = answer(self._leases.create(self._fresh(now)))
+                    taken = json_object(self._leases.create(self._fresh(now)).data)
                 else:
-                    taken = answer(self._leases.replace(self.name, self._taken(current, now)))
+                    taken = json_object(
+                        self._leases.replace(self.name, self._taken(current, now)).data
+                    )
             except ApiException as e:
                 if e.status not in (404, 409):  # created, changed or deleted since read
                     raise

@@ -40,7 +40,7 @@ from deviceplugin.assignment import ContainerRequest, PendingPod
 from deviceplugin.grants import Grant
 from gpulet.api.resources import ALLOCATED_ANNOTATION, ASSIGNMENT_ANNOTATION
 from gpulet.api.stamps import epoch, stamp
-from gpulet.kube.calls import CoreCalls, ObjectCalls
+from gpulet.kube.calls import CoreCalls, status_message
 from gpulet.kube.reflector import Reflector
 from gpulet.placement.podspec import ContainerAsk, PodSpecError, pod_ask, pod_counts
 
@@ -50,35 +50,12 @@ log = logging.getLogger("gpulet.agent")
 _FINISHED = frozenset({"Succeeded", "Failed"})
 
 
-def answer(response: Any) -> dict[str, Any]:
-    """The JSON object a call's (read) response carries."""
-    obj = json.loads(response.data)
-    if not isinstance(obj, dict):
-        raise ValueError("the API server answered something other than a JSON object")
-    return obj
-
-
 def why(e: Exception) -> str:
     """An error, on one line: for the API's, its status and the Status message it sent."""
     if not isinstance(e, ApiException):
         return str(e)[:300]
-    message = ""
-    try:
-        status = json.loads(e.body or "{}")
-        message = str(status.get("message") or "") if isinstance(status, dict) else ""
-    except ValueError:
-        pass
+    message = status_message(e)
     return f"{e.status} {e.reason}" + (f": {message[:300]}" if message else "")
-
-
-def read_object(calls: ObjectCalls, name: str) -> dict[str, Any] | None:
-    """The object `name` of `calls`' collection, or None where there is none (404)."""
-    try:
-        return answer(calls.read(name))
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
 
 
 class ApiPodSource:

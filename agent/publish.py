@@ -29,10 +29,10 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from agent.kube import answer, read_object, why
+from agent.kube import why
 from gpulet.api import nodetopology as nt
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
-from gpulet.kube.calls import CoreCalls, node_topologies
+from gpulet.kube.calls import CoreCalls, json_object, node_topologies
 from gpulet.kube.reflector import Obj, Reflector
 from gpulet.topology import Topology
 from gpulet.topology.document import loads, to_document
@@ -227,12 +227,12 @@ class TopologyPublisher:
         known = not read_first
         for _ in range(_TRIES):
             if not known:
-                current = read_object(self._objects, self.node)
+                current = self._objects.find(self.node)
             known = False  # after a refusal, read again
             if current is None:
                 desired = self._desired()
                 try:
-                    created = answer(self._objects.create(desired))
+                    created = json_object(self._objects.create(desired).data)
                 except ApiException as e:
                     if e.status != 409:  # 409: it exists after all
                         raise
@@ -243,7 +243,9 @@ class TopologyPublisher:
             if self._matches(current, desired["spec"]):
                 return
             try:
-                replaced = answer(self._objects.replace(self.node, _over(current, desired)))
+                replaced = json_object(
+                    self._objects.replace(self.node, _over(current, desired)).data
+                )
             except ApiException as e:
                 if e.status not in (404, 409):  # changed or deleted since read
                     raise
@@ -261,7 +263,7 @@ class TopologyPublisher:
 
     def _read_node(self) -> str:
         """Read the Node: its uid (the NodeTopology's owner) and its legacy annotations."""
-        node = answer(self._core.read_node(self.node))
+        node = json_object(self._core.read_node(self.node).data)
         meta = node.get("metadata") or {}
         uid = str(meta.get("uid") or "")
         if not uid:

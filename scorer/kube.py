@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpulet.api import nodetopology as nt
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION
-from gpulet.kube.calls import CoreCalls, leases, node_topologies
+from gpulet.kube.calls import CoreCalls, leases, node_topologies, status_message
 from gpulet.kube.reflector import Reflector
 from scorer.cluster import ClusterView
 from scorer.extender import ApiConflict, ApiNotFound
@@ -65,19 +65,12 @@ class KubePodApi:
 
 
 def _translated(e: ApiException) -> Exception:
-    message = _status_message(e)
+    message = status_message(e) or str(e.reason)
     if e.status == 409:
         return ApiConflict(message)
     if e.status == 404:
         return ApiNotFound(message)
     return e
-
-
-def _status_message(e: ApiException) -> str:
-    try:
-        return str(json.loads(str(e.body)).get("message") or e.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(e.reason)
 
 
 class ClusterSync:

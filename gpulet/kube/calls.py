@@ -146,6 +146,15 @@ class ObjectCalls(_Calls):
     def read(self, name: str) -> Any:
         return _read(self._call("GET", f"{self.collection}/{name}"))
 
+    def find(self, name: str) -> dict[str, Any] | None:
+        """The object `name`, as JSON, or None where there is none (404)."""
+        try:
+            return json_object(self.read(name).data)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     def create(self, body: Mapping[str, Any]) -> Any:
         return _read(self._call("POST", self.collection, body=body))
 
@@ -185,7 +194,7 @@ class ReviewCalls(_Calls):
             "spec": {"token": token},
         }
         path = "/apis/authentication.k8s.io/v1/tokenreviews"
-        return _json_object(self._call("POST", path, body=body, timeout_s=timeout_s).data)
+        return json_object(self._call("POST", path, body=body, timeout_s=timeout_s).data)
 
     def review_access(self, spec: Mapping[str, Any], *, timeout_s: float) -> dict[str, Any]:
         """A SubjectAccessReview of `spec` (user, groups, ..., and the attributes asked
@@ -196,14 +205,24 @@ class ReviewCalls(_Calls):
             "spec": dict(spec),
         }
         path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
-        return _json_object(self._call("POST", path, body=body, timeout_s=timeout_s).data)
+        return json_object(self._call("POST", path, body=body, timeout_s=timeout_s).data)
 
 
-def _json_object(data: bytes) -> dict[str, Any]:
+def json_object(data: bytes) -> dict[str, Any]:
+    """The JSON object an answer's body is; ValueError for anything else."""
     obj = json.loads(data)
     if not isinstance(obj, dict):
         raise ValueError("the API server answered something other than a JSON object")
     return obj
+
+
+def status_message(e: ApiException) -> str:
+    """The message of the Status the API server answered an error with ("" for none)."""
+    try:
+        status = json.loads(e.body or "{}")
+    except (TypeError, ValueError):
+        return ""
+    return str(status.get("message") or "") if isinstance(status, dict) else ""
 
 
 def _list_query(options: Mapping[str, Any]) -> list[tuple[str, str]]:

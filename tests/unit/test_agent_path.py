@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.kube import ApiPodSource, read_object
+from agent.kube import ApiPodSource
 from agent.node_agent import Monitoring, NodeAgent, start
 from agent.plugincore import CHECKPOINT, AgentSpec
 from agent.usage import FileUsageSource
@@ -217,12 +217,12 @@ def assigned(pod: dict[str, Any]) -> ContainerAssignment:
 
 def test_the_node_is_published_and_its_lease_renewed(cluster: Cluster) -> None:
     calls = CoreCalls(client.ApiClient(cluster.api.configuration()))
-    obj = read_object(node_topologies(calls.client), NODE)
+    obj = node_topologies(calls.client).find(NODE)
     assert obj is not None
     assert from_document(nt.document_of(obj)).node == NODE
     lease = leases(calls.client, nt.DEFAULT_NAMESPACE)
-    first = (read_object(lease, nt.lease_name(NODE)) or {})["spec"]["renewTime"]
-    wait_for(lambda: (read_object(lease, nt.lease_name(NODE)) or {})["spec"]["renewTime"] != first)
+    first = (lease.find(nt.lease_name(NODE)) or {})["spec"]["renewTime"]
+    wait_for(lambda: (lease.find(nt.lease_name(NODE)) or {})["spec"]["renewTime"] != first)
     assert cluster.scorer.server.extender.view.node(NODE) is not None  # the extender saw it
 
 

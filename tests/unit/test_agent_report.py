@@ -14,7 +14,6 @@ import pytest
 from kubernetes.client import ApiClient, ApiException
 
 from agent.heartbeat import LeaseHeartbeat, lease_duration
-from agent.kube import read_object
 from agent.publish import LegacyAnnotations, TopologyPublisher
 from gpulet.api import nodetopology as nt
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
@@ -51,10 +50,10 @@ class Api:
         return leases(self.client, NAMESPACE)
 
     def topology(self) -> dict[str, Any] | None:
-        return read_object(self.topologies, NODE)
+        return self.topologies.find(NODE)
 
     def lease(self) -> dict[str, Any] | None:
-        return read_object(self.leases, nt.lease_name(NODE))
+        return self.leases.find(nt.lease_name(NODE))
 
     def node(self) -> dict[str, Any]:
         node = self.server.get_node(NODE)

@@ -21,7 +21,6 @@ import pytest
 from click.testing import CliRunner
 from kubernetes.client import ApiClient
 
-from agent.kube import read_object
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE
 from gpulet import __version__
 from gpulet.api import nodetopology as nt
@@ -139,9 +138,9 @@ def test_agent_run_with_the_api_publishes_and_follows_assignments(short: Path) -
             assert "gpulet_gpu_memory_total_bytes" in get(port, "/metrics", "scraper-token")
             assert "gpulet_gpu" not in get(port, "/metrics")
             assert get(port, "/healthz") == "ok\n"
-            obj = read_object(node_topologies(calls), "gpu-7")
+            obj = node_topologies(calls).find("gpu-7")
             assert obj is not None and from_document(nt.document_of(obj)).node == "gpu-7"
-            lease = read_object(leases(calls, "gpulet-system"), "gpulet-node-gpu-7")
+            lease = leases(calls, "gpulet-system").find("gpulet-node-gpu-7")
             assert lease is not None
             assert lease["spec"]["holderIdentity"] == "gpu-7/gpulet-agent-x1"
             assert lease["spec"]["leaseDurationSeconds"] == 60  # --heartbeat-seconds 20
