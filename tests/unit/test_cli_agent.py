@@ -286,22 +286,10 @@ def test_agent_run_refuses_a_metrics_port_out_of_range(value: str) -> None:
 @pytest.mark.parametrize("option", ["--kubelet-dir", "--state-dir"])
 def test_agent_run_with_a_directory_it_cannot_make_is_one_line(short: Path, option: str) -> None:
     (short / "file").write_text("")
-    dirs = {"--kubelet-dir": short / "dp", "--state-dir": short / "state"}
-    dirs[option] = short / "file" / "sub"
+    # The option given again: click takes its last value.
+    unusable = ("--standalone", "--simulate", "pcie-4gpu", option, str(short / "file" / "sub"))
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from gpulet.cli import main; main()",
-            "agent",
-            "run",
-            "--standalone",
-            "--simulate",
-            "pcie-4gpu",
-            "--region-root",
-            str(short / "regions"),
-            *(str(x) for pair in dirs.items() for x in pair),
-        ],
+        agent_command(short, *unusable),
         capture_output=True,
         text=True,
         timeout=60,
