@@ -77,7 +77,7 @@ _GPU = _object(
     **_location(),
     mig={"type": "boolean"},
     nvswitch_links=_int(0),
-    nvlink_peers={"type": "object", "additionalProperties": _int(0)},
+    nvlink_peers={"type": "object", "maxProperties": MAX_GPUS, "additionalProperties": _int(0)},
 )
 
 _NIC = _object(
@@ -126,8 +126,14 @@ SPEC_SCHEMA: dict[str, Any] = _object(
     nics=_list(_NIC, MAX_NICS),
     numa=_list(_NUMA, MAX_NUMA),
     switches=_list(_SWITCH, MAX_SWITCHES),
+    # A row per GPU and NIC port, each with a cell per GPU and NIC port.
     links={
         "type": "object",
-        "additionalProperties": {"type": "object", "additionalProperties": _text(16)},
+        "maxProperties": MAX_GPUS + MAX_NICS,
+        "additionalProperties": {
+            "type": "object",
+            "maxProperties": MAX_GPUS + MAX_NICS,
+            "additionalProperties": _text(16),
+        },
     },
 )

@@ -342,6 +342,20 @@ def test_a_wrong_type_in_a_node_topology_is_invalid(
     assert api.objects(nt.API_VERSION, nt.PLURAL) == []
 
 
+def test_a_node_topology_with_more_links_than_any_node_is_invalid(
+    api: ApiServerStandIn, topologies: ObjectCalls
+) -> None:
+    """maxProperties, as the real server checks it: a compromised agent's oversized map."""
+    desired = topology(api)
+    desired["spec"]["links"] = {f"GPU{i}": {} for i in range(400)}
+
+    code, status = failure(topologies.create, desired)
+
+    assert code == 422
+    assert status["details"]["causes"][0]["field"] == "spec.links"
+    assert api.objects(nt.API_VERSION, nt.PLURAL) == []
+
+
 def test_api_version_kind_and_name_are_checked(client: ApiClient) -> None:
     ObjectCalls(client, CRDS).create(widget_crd())
     calls = widgets(client)

@@ -149,3 +149,18 @@ def test_the_crd_carries_the_spec_schema_for_its_one_version() -> None:
     assert crd["spec"]["scope"] == "Cluster"
     assert version["name"] == nt.VERSION and version["served"] and version["storage"]
     assert version["schema"]["openAPIV3Schema"]["properties"]["spec"] == SPEC_SCHEMA
+
+
+@pytest.mark.parametrize(
+    ("path", "huge"),
+    [
+        (("links",), {f"GPU{i}": {} for i in range(400)}),
+        (("links", "GPU0"), {f"GPU{i}": "X" for i in range(400)}),
+        (("gpus", 0, "nvlink_peers"), {str(i): 1 for i in range(400)}),
+    ],
+)
+def test_a_map_no_node_could_have_is_refused(path: Path, huge: dict[str, Any]) -> None:
+    """A compromised agent may not store a NodeTopology the extender would spend long on: its
+    maps are bounded like its lists (a key per GPU or NIC port at most)."""
+    spec = spec_of(to_document(shipped("dgx-h100")))
+    assert _refused(changed(spec, path, huge))

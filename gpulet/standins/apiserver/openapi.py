@@ -182,6 +182,13 @@ def _object_errors(value: JsonObject, schema: Schema, path: str, *, root: bool) 
     for key in schema.get("required") or ():
         if key not in value and not (root and key in ROOT_FIELDS):
             errors.append(FieldError(_child(path, key), "FieldValueRequired", "Required value"))
+    most = schema.get("maxProperties")
+    if isinstance(most, int) and len(value) > most:
+        errors.append(
+            FieldError(
+                path, "FieldValueTooMany", f"Too many: {len(value)}: must have at most {most} items"
+            )
+        )
     additional = schema.get("additionalProperties")
     for key, item in value.items():
         sub = properties.get(key, additional if isinstance(additional, dict) else None)
