@@ -354,22 +354,27 @@ class ClusterView:
         """(info, generation), or the node marked quiet when its agent stopped reporting."""
         if not self._stale_after:
             return known.info, known.generation
-        if (lease := known.lease) is not None:
+        lease = known.lease
+        if lease is not None:
             since, limit = lease.heard, lease.duration or self._stale_after
-            last = f"its heartbeat Lease {lease.ref} last renewed {lease.renewed}"
         elif known.unleased_since is not None:
             since, limit = known.unleased_since, float(nt.LEASE_DURATION_S)
-            last = (
-                f"it has a NodeTopology but no heartbeat Lease {nt.LEASE_PREFIX}{known.info.name}"
-            )
         elif known.heartbeat is not None:
             since, limit = known.heard, self._stale_after
-            last = f"last {HEARTBEAT_ANNOTATION} {known.heartbeat}"
         else:
             return known.info, known.generation
         quiet = now - since
         if quiet <= limit:
             return known.info, known.generation
+        # Quiet: only now is it worth saying why (this runs for every node of every filter).
+        if lease is not None:
+            last = f"its heartbeat Lease {lease.ref} last renewed {lease.renewed}"
+        elif known.unleased_since is not None:
+            last = (
+                f"it has a NodeTopology but no heartbeat Lease {nt.LEASE_PREFIX}{known.info.name}"
+            )
+        else:
+            last = f"last {HEARTBEAT_ANNOTATION} {known.heartbeat}"
         problem = (
             f"the gpulet agent on this node has not reported for {quiet:.0f} s ({last}; "
             f"stale after {limit:.0f} s): is its DaemonSet pod running?"
