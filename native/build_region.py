@@ -1,22 +1,16 @@
-"""Build `native._region`, the cffi (API mode) extension over native/limiter/region.c.
+"""`native._region`, the cffi (API mode) extension over native/limiter/region.c, as the build
+backend builds it (setup.py's `cffi_modules`; cffi compiles it against Python's limited API).
 
-Run from anywhere: `python native/build_region.py`. It compiles under build/region (so that
-setuptools never reads the project's pyproject.toml) and copies the extension next to this
-file. In API mode the compiler checks the declarations below against region.h, and the
-extension checks the layout of each complete struct when first used: a drift cannot go unseen.
+In API mode the compiler checks the declarations below against region.h, and the extension
+checks the layout of each complete struct when first used: a drift cannot go unseen.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 from cffi import FFI
 
-ROOT = Path(__file__).resolve().parent.parent
-LIMITER = ROOT / "native" / "limiter"
-BUILD = ROOT / "build" / "region"
+# Relative to the project's root, where the build backend runs: setuptools refuses absolute paths.
+LIMITER = "native/limiter"
 
 CDEF = """
 #define GPULET_REGION_MAGIC ...
@@ -145,20 +139,7 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "native._region",
     '#include "region.h"',
-    sources=[str(LIMITER / "region.c")],
-    include_dirs=[str(LIMITER)],
+    sources=[f"{LIMITER}/region.c"],
+    include_dirs=[LIMITER],
     extra_compile_args=["-std=c11", "-D_GNU_SOURCE", "-O2"],
 )
-
-
-def main() -> None:
-    BUILD.mkdir(parents=True, exist_ok=True)
-    built = Path(ffibuilder.compile(tmpdir=str(BUILD), verbose=False))
-    target = ROOT / "native" / built.name
-    staged = target.with_name(f"{built.name}.{os.getpid()}.tmp")
-    shutil.copy2(built, staged)
-    os.replace(staged, target)  # a new file: processes that loaded the old one keep it
-
-
-if __name__ == "__main__":
-    main()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,32 +10,34 @@ from tests.fakes.cuda import build_cuda_client, build_fake_cuda, sanitizers_avai
 from tests.fakes.nvml import c_compiler
 
 ROOT = Path(__file__).resolve().parent.parent
-REGION_SOURCES = [
-    ROOT / "native" / "build_region.py",
-    ROOT / "native" / "limiter" / "region.c",
-    ROOT / "native" / "limiter" / "region.h",
-]
+# The build backend's outputs in the tree (setup.py, through the editable install) and what
+# each is built from.
+BUILD_OUTPUTS = {
+    "native/_region.*.so": ["native/build_region.py", "native/limiter/region.[ch]"],
+    "native/lib/libgpulet-limiter.so": ["native/build_limiter.py", "native/limiter/*.[ch]"],
+    "deviceplugin/api/*_pb2*.py": ["deviceplugin/api/generate.py", "deviceplugin/api/*.proto"],
+}
 
 
-def _region_extension_stale() -> bool:
-    built = list((ROOT / "native").glob("_region.*.so"))
-    newest_source = max(p.stat().st_mtime for p in REGION_SOURCES)
-    return not built or min(p.stat().st_mtime for p in built) < newest_source
+def stale_build_outputs(root: Path) -> list[str]:
+    """The build outputs under `root` that are missing or older than what they are built from."""
+    stale: list[str] = []
+    for output, inputs in BUILD_OUTPUTS.items():
+        built = list(root.glob(output))
+        newest = max(p.stat().st_mtime for pattern in inputs for p in root.glob(pattern))
+        if not built or min(p.stat().st_mtime for p in built) < newest:
+            stale.append(output)
+    return stale
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Build native._region (as `make native` does) when it is missing or older than its
-    sources, before any test module imports it."""
-    if not _region_extension_stale():
-        return
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "native" / "build_region.py")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise pytest.UsageError(f"building native/_region failed:\n{proc.stdout}{proc.stderr}")
+    """The tests run the tree's code: its build outputs must be current (`make native` reruns
+    the build backend's steps, as `./dev test` does)."""
+    if stale := stale_build_outputs(ROOT):
+        raise pytest.UsageError(
+            f"build outputs missing or older than their sources: {', '.join(stale)}; "
+            "run `make native`"
+        )
 
 
 # ---- the fake CUDA driver and its client (tests/fakes/cuda), plain and sanitized -----------

@@ -4,7 +4,6 @@ the preload, and the environment that points the fake CUDA and NVML libraries at
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -12,48 +11,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.fakes.nvml import CompilerNotFound, build_fake_nvml, c_compiler
+from native import build_limiter as limiter_build
+from tests.fakes.nvml import build_fake_nvml, c_compiler
 
 ROOT = Path(__file__).resolve().parent.parent
-LIMITER_DIR = ROOT / "native" / "limiter"
-SONAME = "libgpulet-limiter.so"
+SONAME = limiter_build.SONAME
 MIB = 1 << 20
 SANITIZE = ("-fsanitize=address,undefined", "-fno-omit-frame-pointer")
 
 
 def build_limiter(out_dir: Path, sanitize: bool = False) -> Path:
-    """Compiles native/limiter/*.c with the project's flags into `out_dir` and returns the
-    library's path (the same command as the Makefile's, plus sanitizers when asked)."""
-    compiler = c_compiler()
-    if compiler is None:
-        raise CompilerNotFound("no C compiler ($CC, else cc) on PATH")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / SONAME
-    command = [
-        *compiler,
-        "-std=c11",
-        "-D_GNU_SOURCE",
-        "-O1" if sanitize else "-O2",
-        "-g",
-        "-fPIC",
-        "-shared",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        "-fvisibility=hidden",
-        *(SANITIZE if sanitize else ()),
-        "-o",
-        str(out),
-        *sorted(str(p) for p in LIMITER_DIR.glob("*.c")),
-        # As the Makefile's LIMITER_LIBS (native/limiter/glibc_compat.h says why).
-        "-Wl,--no-as-needed",
-        "-l:libdl.so.2",
-        "-l:libpthread.so.0",
-    ]
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(command)} failed:\n{proc.stderr}")
-    return out
+    """Compiles the limiter into `out_dir` with the build's own command (native/build_limiter.py),
+    plus sanitizers when asked, and returns the library's path."""
+    if sanitize:
+        return limiter_build.build(out_dir / SONAME, optimize="-O1", extra=SANITIZE)
+    return limiter_build.build(out_dir / SONAME)
 
 
 def asan_runtime() -> str:

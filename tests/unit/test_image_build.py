@@ -18,21 +18,11 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from tests.old_glibc import FLOOR, needed_glibc_versions
+from tests.source_tree import copy_source_tree
 from tests.unit.test_image_pins import LOCK, parse_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_RUNTIME = ROOT / "deploy" / "image" / "build-runtime.sh"
-
-
-def _source_files() -> list[str]:
-    """What `docker build` would copy: the tracked files and the new ones git does not ignore."""
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
-    return [name for name in out.decode().split("\0") if name and (ROOT / name).is_file()]
 
 
 def _build_runtime(src: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
@@ -51,13 +41,8 @@ def _build_runtime(src: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout: no list of the files an image build copies")
     base = tmp_path_factory.mktemp("image")
-    src, prefix = base / "src", base / "opt-gpulet"
-    for name in _source_files():
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, src / name)
+    src, prefix = copy_source_tree(base / "src"), base / "opt-gpulet"
     proc = _build_runtime(src, prefix)
     assert proc.returncode == 0, f"build-runtime.sh failed:\n{proc.stdout}\n{proc.stderr}"
     shutil.rmtree(src)  # the image has no source tree either
@@ -84,9 +69,12 @@ def test_the_runtime_runs_the_demo_from_the_install_alone(runtime: Path, tmp_pat
     assert "does not fit" in proc.stdout
 
 
-def test_the_runtime_has_no_test_extras(runtime: Path) -> None:
+def test_the_runtime_has_no_test_extras_and_no_build_requirements(runtime: Path) -> None:
     site = _site_packages(runtime)
-    for package in ("pytest", "hypothesis", "mypy", "kubernetes_validate", "helm_python"):
+    for package in (
+        *("pytest", "hypothesis", "mypy", "kubernetes_validate", "helm_python"),
+        *("grpc_tools", "mypy_protobuf", "setuptools"),
+    ):
         assert not (site / package).exists(), f"the image would carry {package}"
 
 

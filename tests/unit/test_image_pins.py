@@ -1,6 +1,8 @@
 """What the image pulls is pinned: its base image by digest (deploy/image/Containerfile) and its
-Python distributions by deploy/image/requirements.lock, which must agree with pyproject.toml.
-No network: the lock is read, not installed (tests/unit/test_image_build.py installs it)."""
+Python distributions by two locks that must agree with pyproject.toml: deploy/image/
+requirements.lock (the runtime dependencies) and build-requirements.lock (the build-system
+requirements). No network: the locks are read, not installed (tests/unit/test_image_build.py
+installs them)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "deploy" / "image" / "requirements.lock"
+BUILD_LOCK = ROOT / "deploy" / "image" / "build-requirements.lock"
 CONTAINERFILE = ROOT / "deploy" / "image" / "Containerfile"
 PYPROJECT = ROOT / "pyproject.toml"
 
@@ -37,7 +40,7 @@ TARGETS = [
     for machine in ("x86_64", "aarch64")
 ]
 # How uv (`make lock`) marks a pin wanted by a root: pyproject.toml's [project] dependencies,
-# or the build-system requirements it reads from a requirements file.
+# or the build-system requirements it reads from a requirements file (`-r FILE`).
 VIA_PROJECT = "gpulet (pyproject.toml)"
 
 
@@ -105,14 +108,18 @@ def _wanted(req: Requirement) -> bool:
     return req.marker is None or any(req.marker.evaluate(env) for env in TARGETS)
 
 
-def lock_problems(pyproject: dict[str, Any], lock_text: str) -> list[str]:
-    """Where the lock and pyproject.toml disagree: a root (runtime dependency or build-system
-    requirement) without a pin, or with one outside its range; a pin without a hash; a pin no
-    root needs (a test extra, say, or one left from a dependency since dropped)."""
+def _is_root(via: str) -> bool:
+    return via == VIA_PROJECT or via.startswith("-r ")
+
+
+def lock_problems(roots: list[str], lock_text: str) -> list[str]:
+    """Where a lock and its roots (pyproject.toml's runtime dependencies, or its build-system
+    requirements) disagree: a root without a pin, or with one outside its range; a pin without
+    a hash; a pin no root needs (a test extra, say, or one left from a dependency since
+    dropped)."""
     pins, problems = parse_lock(lock_text)
-    runtime = [Requirement(r) for r in pyproject["project"]["dependencies"]]
-    build = [Requirement(r) for r in pyproject["build-system"]["requires"]]
-    for req in filter(_wanted, runtime + build):
+    wanted = [req for req in map(Requirement, roots) if _wanted(req)]
+    for req in wanted:
         pin = pins.get(canonicalize_name(req.name))
         if pin is None:
             problems.append(f"{req}: no pin in the lock (run `make lock`)")
@@ -122,17 +129,14 @@ def lock_problems(pyproject: dict[str, Any], lock_text: str) -> list[str]:
         if not pin.hashes:
             problems.append(f"{pin.name}=={pin.version}: no --hash=sha256:")
 
-    runtime_names = {canonicalize_name(r.name) for r in runtime}
-    build_names = {canonicalize_name(r.name) for r in build}
+    root_names = {canonicalize_name(r.name) for r in map(Requirement, roots)}
     reached: set[str] = set()
     for pin in pins.values():
-        for via in pin.via:
-            if via == VIA_PROJECT and pin.name not in runtime_names:
-                problems.append(f"{pin.name}: pinned for pyproject.toml, which does not need it")
-            elif via.startswith("-r ") and pin.name not in build_names:
-                problems.append(f"{pin.name}: pinned as a build requirement, which it is not")
-            elif via == VIA_PROJECT or via.startswith("-r "):
+        if any(map(_is_root, pin.via)):
+            if pin.name in root_names:
                 reached.add(pin.name)
+            else:
+                problems.append(f"{pin.name}: pinned as a root, which it is not")
     # Then whatever a reached pin's package wants, as the annotations say.
     frontier = set(reached)
     while frontier:
@@ -143,7 +147,7 @@ def lock_problems(pyproject: dict[str, Any], lock_text: str) -> list[str]:
         }
         reached |= frontier
     for name in sorted(pins.keys() - reached):
-        problems.append(f"{name}: no runtime dependency or build requirement needs it")
+        problems.append(f"{name}: nothing the lock is for needs it")
     return problems
 
 
@@ -152,18 +156,28 @@ def _pyproject() -> dict[str, Any]:
         return tomllib.load(f)
 
 
-def test_the_lock_agrees_with_pyproject() -> None:
-    assert lock_problems(_pyproject(), LOCK.read_text()) == []
+def _runtime() -> list[str]:
+    return list(_pyproject()["project"]["dependencies"])
 
 
-def test_the_lock_holds_no_test_extra() -> None:
+def _build() -> list[str]:
+    return list(_pyproject()["build-system"]["requires"])
+
+
+@pytest.mark.parametrize(("roots", "lock"), [(_runtime, LOCK), (_build, BUILD_LOCK)])
+def test_each_lock_agrees_with_pyproject(roots: Any, lock: Path) -> None:
+    assert lock_problems(roots(), lock.read_text()) == []
+
+
+def test_the_runtime_lock_holds_no_test_extra_and_no_build_requirement() -> None:
     pyproject = _pyproject()
-    runtime = {canonicalize_name(Requirement(r).name) for r in pyproject["project"]["dependencies"]}
+    runtime = {canonicalize_name(Requirement(r).name) for r in _runtime()}
     pins, _ = parse_lock(LOCK.read_text())
-    for extra, reqs in pyproject["project"]["optional-dependencies"].items():
-        for r in reqs:
-            name = canonicalize_name(Requirement(r).name)
-            assert name in runtime or name not in pins, f"the lock pins {name} (extra {extra})"
+    others = [*pyproject["project"]["optional-dependencies"]["test"], *_build()]
+    for r in others:
+        name = canonicalize_name(Requirement(r).name)
+        assert name in runtime or name not in pins, f"the runtime lock pins {name}"
+    assert "grpcio-tools" not in pins
 
 
 def _without_hashes(text: str, name: str) -> str:
@@ -176,58 +190,84 @@ def _without_hashes(text: str, name: str) -> str:
     return "\n".join([*lines[:start], *out, *rest]) + "\n"
 
 
-def _with_dependency(pyproject: dict[str, Any], old: str | None, new: str) -> dict[str, Any]:
-    deps = [d for d in pyproject["project"]["dependencies"] if d != old]
-    return {**pyproject, "project": {**pyproject["project"], "dependencies": [*deps, new]}}
+def _replaced(roots: list[str], name: str, new: str | None) -> list[str]:
+    kept = [r for r in roots if canonicalize_name(Requirement(r).name) != name]
+    return [*kept, new] if new else kept
+
+
+ORPHAN = "pytest==8.0.0 \\\n    --hash=sha256:" + "0" * 64 + "\n"
 
 
 @pytest.mark.parametrize(
-    ("change", "expected"),
+    ("roots", "lock", "change", "expected"),
     [
         pytest.param(
-            lambda p, lock: (_with_dependency(p, None, "left-pad>=1"), lock),
+            _runtime,
+            LOCK,
+            lambda r, lock: ([*r, "left-pad>=1"], lock),
             "left-pad>=1: no pin in the lock",
             id="a dependency without a pin",
         ),
         pytest.param(
-            lambda p, lock: (_with_dependency(p, "grpcio>=1.66", "grpcio>=99"), lock),
+            _runtime,
+            LOCK,
+            lambda r, lock: (_replaced(r, "grpcio", "grpcio>=99"), lock),
             "grpcio>=99: the lock pins grpcio==",
             id="a pin outside the range",
         ),
         pytest.param(
-            lambda p, lock: (p, _without_hashes(lock, "cffi")),
+            _runtime,
+            LOCK,
+            lambda r, lock: (r, _without_hashes(lock, "cffi")),
             "cffi==",
             id="a pin without a hash",
         ),
         pytest.param(
-            lambda p, lock: (p, lock + "pytest==8.0.0 \\\n    --hash=sha256:" + "0" * 64 + "\n"),
-            "pytest: no runtime dependency or build requirement needs it",
+            _runtime,
+            LOCK,
+            lambda r, lock: (r, lock + ORPHAN),
+            "pytest: nothing the lock is for needs it",
             id="a pin nothing needs",
         ),
         pytest.param(
-            lambda p, lock: (p, lock.replace("click==", "click>=", 1)),
+            _runtime,
+            LOCK,
+            lambda r, lock: (r, lock.replace("click==", "click>=", 1)),
             "is not pinned with == to one version",
             id="a range instead of a pin",
         ),
         pytest.param(
-            lambda p, lock: (
-                {**p, "build-system": {**p["build-system"], "requires": ["flit-core>=3"]}},
-                lock,
-            ),
+            _runtime,
+            LOCK,
+            lambda r, lock: (_replaced(r, "prometheus-client", None), lock),
+            "prometheus-client: pinned as a root, which it is not",
+            id="a pin left from a dropped dependency",
+        ),
+        pytest.param(
+            _build,
+            BUILD_LOCK,
+            lambda r, lock: ([*r, "flit-core>=3"], lock),
             "flit-core>=3: no pin in the lock",
             id="a build requirement without a pin",
         ),
+        pytest.param(
+            _build,
+            BUILD_LOCK,
+            lambda r, lock: (_replaced(r, "grpcio-tools", "grpcio-tools==1.85.1"), lock),
+            "grpcio-tools==1.85.1: the lock pins grpcio-tools==",
+            id="a generator pin the build lock does not follow",
+        ),
     ],
 )
-def test_a_disagreement_is_found(change: Any, expected: str) -> None:
-    pyproject, lock = change(_pyproject(), LOCK.read_text())
-    problems = lock_problems(pyproject, lock)
+def test_a_disagreement_is_found(roots: Any, lock: Path, change: Any, expected: str) -> None:
+    changed_roots, changed_lock = change(roots(), lock.read_text())
+    problems = lock_problems(changed_roots, changed_lock)
     assert any(expected in p for p in problems), problems
 
 
 def test_a_dependency_for_another_platform_needs_no_pin() -> None:
-    pyproject = _with_dependency(_pyproject(), None, "pywin32>=300; sys_platform == 'win32'")
-    assert lock_problems(pyproject, LOCK.read_text()) == []
+    roots = [*_runtime(), "pywin32>=300; sys_platform == 'win32'"]
+    assert lock_problems(roots, LOCK.read_text()) == []
 
 
 def _instructions(text: str) -> list[tuple[str, str]]:

@@ -14,13 +14,18 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from native import build_limiter
+
+# No C compiler; the compiler command ($CC, else cc): the build's own (native/build_limiter.py).
+CompilerNotFound = build_limiter.CompilerNotFound
+c_compiler = build_limiter.compiler
 
 SOURCE = Path(__file__).with_name("fake_nvml.c")
 RUNNER = Path(__file__).with_name("runner.py")
@@ -29,10 +34,6 @@ CONFIG_ENV = "GPULET_FAKE_NVML"
 CFLAGS = ("-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-O2")
 #: What `link` lines accept as the far end of an NVLink.
 REMOTE_TYPES = ("gpu", "ibmnpu", "switch", "unknown")
-
-
-class CompilerNotFound(RuntimeError):
-    """No C compiler ($CC, else cc) on PATH."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,6 @@ class Run:
 
     output: Any
     stderr: str
-
-
-def c_compiler() -> list[str] | None:
-    """The compiler command ($CC split like a shell would, else `cc`), or None if absent."""
-    command = shlex.split(os.environ.get("CC") or "cc")
-    if not command or shutil.which(command[0]) is None:
-        return None
-    return command
 
 
 def build_fake_nvml(out_dir: Path, extra_flags: Sequence[str] = ()) -> Path:
