@@ -201,24 +201,36 @@ class ClusterSync:
     # ---- pods ---------------------------------------------------------------------------
 
     def _apply_pod(self, event: str, pod: Mapping[str, Any]) -> None:
-        meta = pod.get("metadata") or {}
-        uid = str(meta.get("uid") or "")
-        phase = (pod.get("status") or {}).get("phase")
-        if event == "DELETED" or phase in _FINISHED:
-            self._view.remove_pod(uid)
-            return
-        node = (pod.get("spec") or {}).get("nodeName") or None
-        text = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
-        self._view.set_pod(uid, node, text if isinstance(text, str) else None)
+        apply_pod(self._view, event, pod)
 
     def _replace_pods(self, pods: Sequence[Mapping[str, Any]]) -> None:
-        seen = set()
-        for pod in pods:
-            seen.add(str((pod.get("metadata") or {}).get("uid") or ""))
-            self._apply_pod("ADDED", pod)
-        for uid, _, assumed in list(self._view.pods()):
-            if uid not in seen and not assumed:
-                self._view.remove_pod(uid)
+        replace_pods(self._view, pods)
+
+
+def apply_pod(view: ClusterView, event: str, pod: Mapping[str, Any]) -> None:
+    """One event of the bound pods' watch into `view`. A pod counts until it is deleted or
+    finished; a Terminating one (deletionTimestamp set) still holds its devices."""
+    meta = pod.get("metadata") or {}
+    uid = str(meta.get("uid") or "")
+    phase = (pod.get("status") or {}).get("phase")
+    if event == "DELETED" or phase in _FINISHED:
+        view.remove_pod(uid)
+        return
+    node = (pod.get("spec") or {}).get("nodeName") or None
+    text = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
+    view.set_pod(uid, node, text if isinstance(text, str) else None)
+
+
+def replace_pods(view: ClusterView, pods: Sequence[Mapping[str, Any]]) -> None:
+    """A fresh list of the bound pods into `view`: what it no longer holds is gone, except
+    assumptions, whose binds may be newer than the list (they expire on their own)."""
+    seen = set()
+    for pod in pods:
+        seen.add(str((pod.get("metadata") or {}).get("uid") or ""))
+        apply_pod(view, "ADDED", pod)
+    for uid, _, assumed in list(view.pods()):
+        if uid not in seen and not assumed:
+            view.remove_pod(uid)
 
 
 def _name(obj: Mapping[str, Any]) -> str | None:

@@ -3,6 +3,7 @@ without the build outputs an editable install wrote into this one."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,3 +32,23 @@ def copy_source_tree(dst: Path) -> Path:
         (dst / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dst / name)
     return dst
+
+
+def outside_env() -> dict[str, str]:
+    """This environment without what ties a process to the tests' virtualenv and tree."""
+    return {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+
+
+def run_outside(
+    argv: list[str], cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Runs `argv` in `cwd` with outside_env(), its output captured as text."""
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        env=outside_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

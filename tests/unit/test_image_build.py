@@ -6,7 +6,6 @@ and be exactly what the lock pins."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from tests.old_glibc import FLOOR, needed_glibc_versions
-from tests.source_tree import copy_source_tree
+from tests.source_tree import copy_source_tree, outside_env
 from tests.unit.test_image_pins import LOCK, parse_lock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +25,7 @@ BUILD_RUNTIME = ROOT / "deploy" / "image" / "build-runtime.sh"
 
 
 def _build_runtime(src: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env = outside_env()
     # The same Python as the tests', from outside their virtualenv, as the image's is.
     env["PYTHON"] = getattr(sys, "_base_executable", sys.executable)
     return subprocess.run(
@@ -58,7 +57,7 @@ def test_the_runtime_runs_the_demo_from_the_install_alone(runtime: Path, tmp_pat
     proc = subprocess.run(
         [str(runtime / "bin" / "gpulet"), "demo"],
         cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")},
+        env=outside_env(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -6,7 +6,6 @@ stop cleanly."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -15,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.source_tree import outside_env, run_outside
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -59,15 +60,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-
-
 def _serve(command: str, ready: str) -> None:
     proc = subprocess.Popen(
         ["bash", "-c", f"exec {command}"],
         cwd=ROOT,
-        env=_env(),
+        env=outside_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -109,15 +106,7 @@ def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
         if server is not None:
             _serve(command, server)
         else:
-            proc = subprocess.run(
-                ["bash", "-c", command],
-                cwd=ROOT,
-                env=_env(),
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
+            proc = run_outside(["bash", "-c", command], ROOT)
             assert proc.returncode == 0, f"{command}:\n{proc.stdout}\n{proc.stderr}"
             assert "Traceback" not in proc.stderr, f"{command}:\n{proc.stderr}"
         ran += 1

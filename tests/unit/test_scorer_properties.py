@@ -4,7 +4,7 @@ beyond what the node has, and the view's tally is what the assignments add up to
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,6 +14,7 @@ from gpulet.standins.objects import container, node_object, pod_object
 from scorer.cluster import ClusterView
 from scorer.extender import Extender
 from scorer.wire import ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, NodeList
+from tests.grants import over_grants
 from tests.nodes import shipped
 from tests.strategies import examples
 
@@ -43,25 +44,9 @@ ops = st.lists(
 def check(view: ClusterView) -> None:
     for name, topo in NODES.items():
         mine = [view.assignment(uid) for uid, node, _ in view.pods() if node == name]
-        shares = defaultdict(list)
-        nics: Counter[str] = Counter()
-        for assignment in mine:
-            assert assignment is not None
-            for c in assignment.containers:
-                for g in c.gpus:
-                    shares[g.uuid].append(g)
-                nics.update(c.nics)
-        for gpu in topo.gpus:
-            held = shares.pop(gpu.uuid, [])
-            if any(g.exclusive for g in held):
-                assert len(held) == 1, f"{name} GPU{gpu.index} whole and shared: {held}"
-                continue
-            assert len(held) <= CAPACITY.gpu_slots
-            assert sum(g.core for g in held) <= 100
-            assert sum(g.memory_mib for g in held) <= gpu.memory_mib
-        assert not shares, f"assignments name GPUs node {name} does not have: {shares}"
-        assert all(n <= CAPACITY.nic_slots for n in nics.values())
-        assert set(nics) <= {n.key for n in topo.nics}
+        assert None not in mine
+        held = [a for a in mine if a is not None]
+        assert over_grants(replace(topo, node=name), held, CAPACITY) == []
 
 
 @given(ops)

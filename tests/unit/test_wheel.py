@@ -6,7 +6,6 @@ compiler and PyPI (or a mirror), as such an install does."""
 from __future__ import annotations
 
 import email.parser
-import os
 import platform
 import re
 import shutil
@@ -21,15 +20,11 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from deviceplugin.api.generate import runtime_floors
-from tests.source_tree import ROOT, copy_source_tree
+from tests.source_tree import ROOT, copy_source_tree, outside_env, run_outside
 
 UUID = "GPU-8b0b9d22-4d8e-8e2a-3f1c-5b6a9e0d7c41"
 # ELF e_machine of what this machine runs.
 ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
 
 
 @pytest.fixture(scope="module")
@@ -38,31 +33,16 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = copy_source_tree(base / "src")
     prefix = base / "venv"
     python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([python, "-m", "venv", str(prefix)], check=True, env=_env(), timeout=120)
-    proc = subprocess.run(
-        [str(prefix / "bin" / "pip"), "install", "--disable-pip-version-check", str(src)],
-        cwd=base,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    subprocess.run([python, "-m", "venv", str(prefix)], check=True, env=outside_env())
+    pip = [str(prefix / "bin" / "pip"), "--disable-pip-version-check"]
+    proc = run_outside([*pip, "install", str(src)], base, timeout=600)
     assert proc.returncode == 0, f"pip install . failed:\n{proc.stdout}\n{proc.stderr}"
     shutil.rmtree(src)  # nothing may come from the tree it was built from
     return prefix
 
 
 def _run(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(venv / "bin" / "gpulet"), *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_outside([str(venv / "bin" / "gpulet"), *args], cwd)
 
 
 def _dist_info(venv: Path) -> Path:
@@ -115,14 +95,9 @@ def test_the_wheel_is_tagged_for_what_it_holds(venv: Path) -> None:
     assert "podresources_v1_pb2.pyi" in generated
 
 
-def test_no_code_generator_is_a_runtime_requirement(venv: Path) -> None:
-    proc = subprocess.run(
-        [str(venv / "bin" / "pip"), "show", "gpulet"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def test_no_code_generator_is_a_runtime_requirement(venv: Path, tmp_path: Path) -> None:
+    proc = run_outside([str(venv / "bin" / "pip"), "show", "gpulet"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
     (requires,) = [line for line in proc.stdout.splitlines() if line.startswith("Requires:")]
     names = {canonicalize_name(n.strip()) for n in requires.removeprefix("Requires:").split(",")}
     assert "grpcio" in names
