@@ -15,6 +15,7 @@ from gpulet.placement import (
     RequestError,
     TopologyPolicy,
 )
+from gpulet.topology import Gpu, Nic, NumaNode, PcieLocation, Topology
 from tests.nodes import shipped
 
 A100_PAIRS = [{0, 1}, {2, 3}, {4, 5}, {6, 7}]
@@ -170,3 +171,20 @@ def test_an_empty_node_fills_from_gpu0() -> None:
 def test_nics_come_back_in_natural_order() -> None:
     p = fit(Placer(shipped("dgx-h100")).place(Request(8, rdma=8)))
     assert p.nics == tuple(f"mlx5_{i}" for i in (0, 3, 4, 5, 6, 9, 10, 11))
+
+
+def test_restricted_refuses_a_gpu_and_nic_that_share_a_root_port_but_no_switch() -> None:
+    """A card with a GPU and a NIC as its two functions, straight on a root port: the same
+    NUMA node and bus, but no PCIe switch between them, so `restricted` cannot be met;
+    best-effort takes the pair."""
+    host, port = "pci0000:00", "0000:00:01.0"
+    gpu = Gpu(0, "GPU-0000", "Test GPU", 1000, 0, PcieLocation("0000:01:00.0", host, (port,)), 0)
+    nic = Nic(
+        "mlx5_0", 1, PcieLocation("0000:01:00.1", host, (port,)), 0, "ib0", "ACTIVE", "UP",
+        200.0, "InfiniBand",
+    )  # fmt: skip
+    topo = Topology.build("card", [gpu], [nic], [NumaNode(0, (0, 1), 1024)])
+    restricted = Placer(topo).place(Request(1, rdma=1, topology=TopologyPolicy.RESTRICTED))
+    assert isinstance(restricted, NoFit), restricted
+    assert "restricted" in restricted.reason
+    fit(Placer(topo).place(Request(1, rdma=1, topology=TopologyPolicy.BEST_EFFORT)))
