@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.cuda import build_cuda_client, build_fake_cuda, sanitizers_available
-from tests.fakes.nvml import c_compiler
+from tests.fakes.cuda import build_cuda_client, build_fake_cuda
+from tests.needs import asan_runtime, c_compiler
 
 ROOT = Path(__file__).resolve().parent.parent
 # The build backend's outputs in the tree (setup.py, through the editable install) and what
@@ -44,10 +44,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _compiler_or_skip(sanitize: bool) -> None:
-    if c_compiler() is None:
-        pytest.skip("no C compiler ($CC, else cc) on PATH")
-    if sanitize and not sanitizers_available():
-        pytest.skip("the C compiler has no libasan.so")
+    c_compiler()
+    if sanitize:
+        asan_runtime()
 
 
 @pytest.fixture(scope="session")

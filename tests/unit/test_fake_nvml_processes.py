@@ -8,7 +8,6 @@ interpreter (tests/fakes/nvml/runner.py).
 from __future__ import annotations
 
 import ctypes
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,11 @@ from tests.fakes.nvml import (
     Process,
     UtilSample,
     build_fake_nvml,
-    c_compiler,
     config_text,
     run_pynvml,
     write_fake_config,
 )
+from tests.needs import asan_runtime, c_compiler
 
 MIB = 1 << 20
 NOT_IN_MIG = 0xFFFFFFFF
@@ -92,8 +91,7 @@ MALFORMED = [
 
 @pytest.fixture(scope="module")
 def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if c_compiler() is None:
-        pytest.skip("no C compiler ($CC, else cc) on PATH to build the fake libnvidia-ml.so.1")
+    c_compiler()
     return build_fake_nvml(tmp_path_factory.mktemp("fake-nvml"))
 
 
@@ -304,14 +302,7 @@ def test_reload_changes_the_node_under_an_open_session(fake_lib: Path, tmp_path:
 
 
 def test_clean_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:
-    compiler = c_compiler()
-    if compiler is None:
-        pytest.skip("no C compiler ($CC, else cc) on PATH to build the fake libnvidia-ml.so.1")
-    asan = subprocess.run(
-        [*compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    if not Path(asan).is_absolute():
-        pytest.skip(f"{compiler[0]} has no libasan.so to preload")
+    asan = asan_runtime()
     flags = ["-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
     lib = build_fake_nvml(tmp_path, [*flags, "-fno-sanitize-recover=all"])
     env = {

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
+from tests.needs import readelf
 from tests.old_glibc import FLOOR, needed_glibc_versions
 from tests.source_tree import copy_source_tree, outside_env
 from tests.unit.test_image_pins import LOCK, parse_lock
@@ -78,8 +79,7 @@ def test_the_runtime_has_no_test_extras_and_no_build_requirements(runtime: Path)
 
 
 def test_the_shipped_limiter_loads_on_old_glibc(runtime: Path) -> None:
-    if shutil.which("readelf") is None:
-        pytest.skip("no readelf (binutils)")
+    readelf()
     library = _site_packages(runtime) / "native" / "lib" / "libgpulet-limiter.so"
     assert max(needed_glibc_versions(library)) <= FLOOR
 

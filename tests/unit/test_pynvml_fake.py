@@ -10,7 +10,6 @@ import ctypes
 import json
 import random
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,11 @@ from tests.fakes.nvml import (
     Failure,
     Run,
     build_fake_nvml,
-    c_compiler,
     config_text,
     run_pynvml,
     write_fake_config,
 )
+from tests.needs import asan_runtime, c_compiler
 
 GIB = 1 << 30
 
@@ -188,8 +187,7 @@ MALFORMED = [
 
 @pytest.fixture(scope="session")
 def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if c_compiler() is None:
-        pytest.skip("no C compiler ($CC, else cc) on PATH to build the fake libnvidia-ml.so.1")
+    c_compiler()
     return build_fake_nvml(tmp_path_factory.mktemp("fake-nvml"))
 
 
@@ -471,14 +469,7 @@ def test_garbled_configs_fail_cleanly(fake_lib: Path, tmp_path: Path) -> None:
 
 def test_clean_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:
     """The fake built with -fsanitize=address,undefined runs every scenario without a report."""
-    compiler = c_compiler()
-    if compiler is None:
-        pytest.skip("no C compiler ($CC, else cc) on PATH to build the fake libnvidia-ml.so.1")
-    asan = subprocess.run(
-        [*compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    if not Path(asan).is_absolute():
-        pytest.skip(f"{compiler[0]} has no libasan.so to preload")
+    asan = asan_runtime()
     flags = ["-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
     lib = build_fake_nvml(tmp_path, [*flags, "-fno-sanitize-recover=all"])
     env = {

@@ -28,7 +28,7 @@ from native.region import (
     read_limits,
     setup,
 )
-from tests.fakes.nvml import c_compiler
+from tests.needs import asan_runtime, c_compiler
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
@@ -410,13 +410,7 @@ def test_slots_of_dead_processes_are_reused(directory: Path, start_child: StartC
 
 def test_region_c_is_clean_under_address_and_undefined_sanitizers(tmp_path: Path) -> None:
     compiler = c_compiler()
-    if compiler is None:
-        pytest.skip("no C compiler ($CC, else cc) on PATH")
-    asan = subprocess.run(
-        [*compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=False
-    )
-    if not Path(asan.stdout.strip()).is_absolute():
-        pytest.skip(f"{compiler[0]} has no ASan runtime")
+    asan_runtime()
     program = tmp_path / "region_test"
     flags = ["-std=c11", "-D_GNU_SOURCE", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-fPIC"]
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
