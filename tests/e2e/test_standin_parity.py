@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from gpulet.api import nodetopology as nt
+from gpulet.api.stamps import epoch, stamp
 from gpulet.kube.calls import ObjectCalls, leases
 from gpulet.standins.apiserver import ApiServerStandIn
 from gpulet.standins.objects import container
@@ -36,12 +37,12 @@ class Server:
     def json(self, obj: object) -> Any:
         return self.core.api_client.sanitize_for_serialization(obj)
 
-    def create(self, name: str, **meta: str) -> dict[str, Any]:
+    def create(self, name: str, *, spec: Any = None, **meta: Any) -> dict[str, Any]:
         body = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": name, **meta},
-            "spec": {"containers": [container("main")]},
+            "spec": {"containers": [container("main")], **(spec or {})},
         }
         return dict(self.json(self.core.create_namespaced_pod(self.namespace, body)))
 
@@ -62,8 +63,10 @@ class Server:
             )
 
     def read(self, name: str) -> dict[str, Any] | None:
+        """The pod as the server's JSON."""
         try:
-            return dict(self.json(self.core.read_namespaced_pod(name, self.namespace)))
+            answer = self.core.read_namespaced_pod(name, self.namespace, _preload_content=False)
+            return dict(json.loads(answer.data))
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -130,21 +133,6 @@ def test_a_merge_patch_at_a_stale_resource_version_conflicts(server: Server) -> 
     with pytest.raises(ApiException) as e:
         server.core.patch_namespaced_pod("web", server.namespace, body)
     assert e.value.status == 409
-
-
-def test_deleting_a_bound_pod(server: Server) -> None:
-    """The documented difference: the real API server keeps a bound pod, Terminating, until
-    its kubelet confirms its containers stopped (node-x has none); the stand-in deletes it
-    at once."""
-    created = server.create("web")
-    server.bind("web", "node-x", uid=created["metadata"]["uid"])
-    server.core.delete_namespaced_pod("web", server.namespace)
-    after = server.read("web")
-    if server.name == "real":
-        assert after is not None and "deletionTimestamp" in after["metadata"]
-        assert after["metadata"]["deletionGracePeriodSeconds"] == 30
-    else:
-        assert after is None
 
 
 # ---- custom resources and Leases (issue 15) ----
@@ -451,3 +439,205 @@ def test_garbage_collection_of_dependents(server: Server) -> None:
         return [r["name"] for r in refs] == [second["name"]]
 
     settle(trimmed, "the gone owner's reference removed")
+
+
+# ---- deletion, server-set fields and no-op writes ----
+
+HOLD = "parity.gpulet.test/hold"
+
+
+def pod_events(server: Server, since: str) -> list[tuple[str, Any, Any]]:
+    """(type, deletionTimestamp, deletionGracePeriodSeconds) of each pod event after
+    resourceVersion `since`, for 2 s."""
+    stream = server.core.list_namespaced_pod(
+        server.namespace,
+        watch=True,
+        resource_version=since,
+        timeout_seconds=2,
+        _preload_content=False,
+    )
+    seen = [json.loads(line) for line in iter_resp_lines(stream)]  # type: ignore[no-untyped-call]
+    return [
+        (
+            e["type"],
+            e["object"]["metadata"].get("deletionTimestamp"),
+            e["object"]["metadata"].get("deletionGracePeriodSeconds"),
+        )
+        for e in seen
+    ]
+
+
+def delete_pod(server: Server, name: str, grace: int | None = None) -> dict[str, Any]:
+    """DELETE with DeleteOptions in the body (gracePeriodSeconds when given); the answer."""
+    body = {"gracePeriodSeconds": grace} if grace is not None else {}
+    answer = server.core.delete_namespaced_pod(
+        name, server.namespace, body=body, _preload_content=False
+    )
+    assert answer.status == 200
+    return dict(json.loads(answer.data))
+
+
+def bound(server: Server, name: str, **meta: Any) -> dict[str, Any]:
+    created = server.create(name, **meta)
+    server.bind(name, "node-x", uid=created["metadata"]["uid"])
+    pod = server.read(name)
+    assert pod is not None
+    return pod
+
+
+def test_deleting_a_bound_pod_is_graceful(server: Server) -> None:
+    """A bound pod is Terminating until its kubelet deletes it with grace 0 (node-x has no
+    kubelet: the test is it); a second DELETE may only shorten the grace."""
+    pod = bound(server, "web")
+    since = pod["metadata"]["resourceVersion"]
+    answered = delete_pod(server, "web")
+    meta = answered["metadata"]
+    assert (answered["kind"], meta["deletionGracePeriodSeconds"]) == ("Pod", 30)
+    deadline = epoch(meta["deletionTimestamp"])
+    assert deadline is not None and abs(deadline - (time.time() + 30)) < 5
+    assert server.read("web") == answered
+
+    longer = delete_pod(server, "web", 60)
+    assert longer == answered  # no write
+    shorter = delete_pod(server, "web", 10)["metadata"]
+    assert shorter["deletionGracePeriodSeconds"] == 10
+    assert epoch(shorter["deletionTimestamp"]) == deadline - 20
+    assert delete_pod(server, "web", 0)["metadata"]["deletionGracePeriodSeconds"] == 0
+    assert server.read("web") is None
+    stamps = [meta["deletionTimestamp"], shorter["deletionTimestamp"], stamp(deadline - 30)]
+    assert pod_events(server, since) == [
+        ("MODIFIED", stamps[0], 30),
+        ("MODIFIED", stamps[1], 10),
+        ("MODIFIED", stamps[2], 0),
+        ("DELETED", stamps[2], 0),
+    ]
+
+
+def test_the_grace_period_is_the_pods_own_by_default(server: Server) -> None:
+    created = server.create("web", spec={"terminationGracePeriodSeconds": 5})
+    server.bind("web", "node-x", uid=created["metadata"]["uid"])
+    assert delete_pod(server, "web")["metadata"]["deletionGracePeriodSeconds"] == 5
+    delete_pod(server, "web", 0)
+
+
+def test_unbound_and_finished_pods_are_deleted_at_once(server: Server) -> None:
+    since = server.create("pending")["metadata"]["resourceVersion"]
+    gone = delete_pod(server, "pending")
+    assert gone["metadata"]["deletionGracePeriodSeconds"] == 0
+    assert server.read("pending") is None
+    bound(server, "done")
+    server.core.patch_namespaced_pod_status(
+        "done", server.namespace, {"status": {"phase": "Succeeded"}}
+    )
+    delete_pod(server, "done", 30)
+    assert server.read("done") is None
+    events = [(t, grace) for t, _, grace in pod_events(server, since)]
+    assert events == [
+        ("MODIFIED", 0),
+        ("DELETED", 0),
+        ("ADDED", None),
+        ("MODIFIED", None),
+        ("MODIFIED", None),
+        ("MODIFIED", 0),
+        ("DELETED", 0),
+    ]
+
+
+def test_finalizers_hold_a_deleted_object(server: Server) -> None:
+    """Of every kind: a Lease (no graceful deletion) is marked at once, grace 0, and goes
+    when an update empties its finalizers; a bound pod's finalizers emptied before its
+    grace ends wait for the kubelet's DELETE."""
+    calls = leases(server.api, server.namespace)
+    held = lease(server, "held")
+    held["metadata"]["finalizers"] = [HOLD]
+    name = answer(calls.create, held)[1]["metadata"]["name"]
+    code, deleted = answer(calls.delete, name)
+    assert (code, deleted["kind"], deleted["metadata"]["deletionGracePeriodSeconds"]) == (
+        200,
+        "Lease",
+        0,
+    )
+    assert answer(calls.delete, name)[1] == deleted  # no write
+    code, status = answer(calls.patch, name, {"metadata": {"finalizers": [HOLD, "b.test/c"]}})
+    assert (code, status["message"]) == (
+        422,
+        f'Lease.coordination.k8s.io "{name}" is invalid: metadata.finalizers: Forbidden: no new '
+        "finalizers can be added if the object is being deleted, found new finalizers "
+        '[]string{"b.test/c"}',
+    )
+    code, kept = answer(calls.patch, name, {"metadata": {"labels": {"a": "1"}}})
+    assert (code, kept["metadata"]["deletionTimestamp"]) == (
+        200,
+        deleted["metadata"]["deletionTimestamp"],
+    )
+    assert answer(calls.patch, name, {"metadata": {"finalizers": None}})[0] == 200
+    assert answer(calls.read, name)[0] == 404
+
+    bound(server, "web", finalizers=[HOLD])
+    assert delete_pod(server, "web")["metadata"]["deletionGracePeriodSeconds"] == 30
+    server.core.patch_namespaced_pod("web", server.namespace, {"metadata": {"finalizers": None}})
+    assert server.read("web") is not None
+    delete_pod(server, "web", 0)
+    assert server.read("web") is None
+
+    server.create("held", finalizers=[HOLD])
+    assert delete_pod(server, "held")["metadata"]["deletionGracePeriodSeconds"] == 0
+    assert server.read("held") is not None
+    server.core.patch_namespaced_pod("held", server.namespace, {"metadata": {"finalizers": None}})
+    assert server.read("held") is None
+
+
+def test_the_server_sets_uid_creation_timestamp_and_resource_version(server: Server) -> None:
+    body: dict[str, Any] = {"metadata": {"name": "web", "resourceVersion": "1"}}
+    body["spec"] = {"containers": [container("main")]}
+    with pytest.raises(ApiException) as e:
+        server.core.create_namespaced_pod(server.namespace, body)
+    status = json.loads(e.value.body or "")
+    assert (e.value.status, status["message"]) == (
+        500,
+        "resourceVersion should not be set on objects to be created",
+    )
+
+    created = server.create("web")
+    meta = created["metadata"]
+    changed = copy.deepcopy(created)
+    changed["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"
+    changed["metadata"]["labels"] = {"a": "1"}
+    replaced = server.json(server.core.replace_namespaced_pod("web", server.namespace, changed))
+    assert replaced["metadata"]["creationTimestamp"] == meta["creationTimestamp"]
+    assert replaced["metadata"]["labels"] == {"a": "1"}
+
+    replaced["metadata"]["uid"] = "another"
+    with pytest.raises(ApiException) as e:
+        server.core.replace_namespaced_pod("web", server.namespace, replaced)
+    # The real server's message names its storage error and etcd key in between.
+    message = json.loads(e.value.body or "")["message"]
+    assert e.value.status == 409
+    assert message.startswith('Operation cannot be fulfilled on pods "web": ')
+    assert message.endswith(
+        f"Precondition failed: UID in precondition: another, UID in object meta: {meta['uid']}"
+    )
+    with pytest.raises(ApiException) as e:
+        server.core.patch_namespaced_pod("web", server.namespace, {"metadata": {"uid": "x"}})
+    assert (e.value.status, json.loads(e.value.body or "")["message"]) == (
+        422,
+        'Pod "web" is invalid: metadata.uid: Invalid value: "x": field is immutable',
+    )
+
+
+def test_a_write_that_changes_nothing_is_no_write(server: Server) -> None:
+    calls = leases(server.api, server.namespace)
+    created = answer(calls.create, lease(server, "gpu-1", a="0"))[1]
+    name, version = created["metadata"]["name"], created["metadata"]["resourceVersion"]
+    replaced = answer(calls.replace, name, created)[1]
+    patched = answer(calls.patch, name, {"metadata": {"labels": created["metadata"]["labels"]}})[1]
+    assert replaced == patched == created
+
+    pod = server.create("web")
+    same = server.json(server.core.replace_namespaced_pod("web", server.namespace, pod))
+    assert same["metadata"]["resourceVersion"] == pod["metadata"]["resourceVersion"]
+    calls.patch(name, {"metadata": {"labels": {"a": "1"}}})
+    stream = calls.list(watch=True, resource_version=version, timeout_seconds=2)
+    seen = [json.loads(line) for line in iter_resp_lines(stream)]  # type: ignore[no-untyped-call]
+    assert [e["type"] for e in seen] == ["MODIFIED"]
+    assert pod_events(server, pod["metadata"]["resourceVersion"]) == []

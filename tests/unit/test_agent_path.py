@@ -283,12 +283,57 @@ def test_a_slice_from_the_extender_to_the_container(cluster: Cluster) -> None:
     assert cluster.value("gpulet_container_memory_cap_bytes", **mine) == 8192 * 2**20
     assert cluster.value("gpulet_container_core_percent", **mine) == 30
     assert cluster.value("gpulet_gpu_allocated_core_percent", uuid=share.uuid) == 30
-    # Deleted: the agent frees the grant, the region and the series; the extender the slice.
+    # Deleted: Terminating while its kubelet stops it, it keeps its slice on both sides.
+    # A later pod, seen by both watches after the deletion's event, shows they have passed it.
+    view = cluster.scorer.server.extender.view
+
+    def granted() -> set[str | None]:
+        return {g.pod_uid for g in Ledger.load(cluster.state / CHECKPOINT).grants()}
+
     cluster.api.delete_pod("default", "infer")
+    later = schedule(cluster, pod_object("later", container("main", gpus=1, core=10, memory=512)))
+    later_uid = later["metadata"]["uid"]
+    wait_for(lambda: (later_uid, NODE, False) in set(view.pods()))
+    admit(cluster, later)
+    assert Path(region).exists()
+    assert granted() == {uid, later_uid}
+    assert (uid, NODE, False) in set(view.pods())
+    # Gone once its kubelet has stopped it: the agent frees the grant, the region and the
+    # series; the extender the slice.
+    cluster.api.finish_pod_deletion("default", "infer")
     wait_for(lambda: not Path(region).exists())
     assert uid not in cluster.metrics()
-    wait_for(lambda: not Ledger.load(cluster.state / CHECKPOINT).grants())
-    wait_for(lambda: not list(cluster.scorer.server.extender.view.pods()))
+    wait_for(lambda: granted() == {later_uid})
+    wait_for(lambda: {u for u, _, _ in view.pods()} == {later_uid})
+
+
+@pytest.mark.parametrize("main_gpus", [1, 2])
+def test_an_init_containers_devices_reused_by_kubelet(cluster: Cluster, main_gpus: int) -> None:
+    """Kubelet's device manager hands the app container the device IDs its init container
+    got (all of them when they are enough; else with them as must_include_deviceIDs): each
+    container still gets the GPUs and shares of its own assignment, and both are held."""
+    pod = pod_object(
+        "staged",
+        container("main", gpus=main_gpus, core=40, memory=4096),
+        init=(container("warmup", gpus=1, core=20, memory=2048),),
+    )
+    pod = schedule(cluster, pod)
+    assignment = parse_assignment(pod["metadata"]["annotations"]["gpulet.io/assignment"])
+    want = {c.name: sorted(g.uuid for g in c.gpus) for c in assignment.containers}
+    uid = pod["metadata"]["uid"]
+    wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
+    ref = PodRef(uid=uid, namespace="default", name="staged")
+    got = {}
+    for name, count, init in (("warmup", 1, True), ("main", main_gpus, False)):
+        response = cluster.kubelet.allocate(ref, name, GPU_RESOURCE, count, init=init)
+        got[name] = sorted(
+            response.container_responses[0].envs["NVIDIA_VISIBLE_DEVICES"].split(",")
+        )
+    warmup, main = (r for r in cluster.kubelet.allocations() if r.pod.uid == uid)
+    assert set(warmup.device_ids) <= set(main.device_ids)  # kubelet reused the init's ID
+    assert got == want
+    held = {g.container: g for g in cluster.agent.core.grants() if g.pod_uid == uid}
+    assert set(held) == {"warmup", "main"}
 
 
 def test_a_finished_pod_is_released_too(cluster: Cluster) -> None:
@@ -434,6 +479,7 @@ def test_a_pod_deleted_while_the_watch_lags_is_not_brought_back(cluster: Cluster
     uid = pod["metadata"]["uid"]
     wait_for(lambda: any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
     cluster.api.delete_pod("default", "brief")
+    cluster.api.finish_pod_deletion("default", "brief")
     wait_for(lambda: not any(p.uid == uid for p in cluster.agent.pods.pending_pods()))
     # A later catch-up with the API (another container's miss) does not revive it.
     cluster.agent.pods.refresh()

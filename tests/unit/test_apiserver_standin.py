@@ -442,8 +442,10 @@ def test_watch_from_a_resource_version_gets_the_later_changes_in_order(v1: CoreV
         allow_watch_bookmarks=True,
         timeout_seconds=WATCH_LIMIT_S,
     )
-    assert watched(stream, 4) == [
+    # A DELETE marks even an unbound pod (deletionTimestamp, grace 0) before removing it.
+    assert watched(stream, 5) == [
         ("ADDED", "web"),
+        ("MODIFIED", "web"),
         ("MODIFIED", "web"),
         ("DELETED", "web"),
         ("ADDED", "last"),
@@ -460,7 +462,7 @@ def test_watch_without_a_resource_version_lists_first_then_streams_live(
     for event in watch(v1.list_node, timeout_seconds=WATCH_LIMIT_S):
         seen.append((event["type"], event["object"].metadata.name))
         if len(seen) == 2:
-            api.update_node(api.get_node("a") or {})
+            api.update_node(node("a") | {"spec": {"unschedulable": True}})
             api.delete_node("b")
         if len(seen) == 4:
             break

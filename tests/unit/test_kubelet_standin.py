@@ -365,6 +365,31 @@ def test_allocate_follows_the_preference_and_never_shares(
     assert len(registered.allocate_requests) == 2
 
 
+def test_an_init_containers_devices_are_reused_as_kubelet_reuses_them(
+    kubelet: KubeletStandIn, registered: FakePlugin
+) -> None:
+    """devicesToAllocate: the pod's next containers take what its init containers got first;
+    when that is enough the plugin is not asked, else it is asked with them as
+    must_include_deviceIDs; an app container's devices are not reusable after it."""
+    kubelet.allocate(POD_A, "init", RESOURCE, 1, init=True)
+    (init_ids,) = (r.device_ids for r in kubelet.allocations())
+    asked_before = len(registered.preferred_requests)
+    kubelet.allocate(POD_A, "main", RESOURCE, 1)
+    assert len(registered.preferred_requests) == asked_before  # enough: no preference asked
+    kubelet.allocate(POD_A, "second-init", RESOURCE, 2, init=True)
+    [asked] = registered.preferred_requests[-1].container_requests
+    assert list(asked.must_include_deviceIDs) == []  # the app container took the reused one
+    second_init = kubelet.allocations()[-1].device_ids
+    kubelet.allocate(POD_A, "big", RESOURCE, 3)
+    [asked] = registered.preferred_requests[-1].container_requests
+    assert sorted(asked.must_include_deviceIDs) == sorted(second_init)
+    assert set(second_init) <= set(asked.available_deviceIDs)
+    assert asked.allocation_size == 3
+    init, main, _, big = kubelet.allocations()
+    assert main.device_ids == init.device_ids == init_ids
+    assert set(second_init) < set(big.device_ids)
+
+
 def test_shortfall_is_filled_and_unknown_preferences_ignored(
     kubelet: KubeletStandIn, registered: FakePlugin
 ) -> None:

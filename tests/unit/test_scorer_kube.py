@@ -196,15 +196,33 @@ def test_restart_of_the_extender_loses_nothing(api: ApiServerStandIn) -> None:
         again.stop()
 
 
-def test_a_deleted_pod_frees_its_slices(api: ApiServerStandIn, scorer: Scorer) -> None:
+def test_a_deleted_pod_frees_its_slices_once_it_is_gone(
+    api: ApiServerStandIn, scorer: Scorer
+) -> None:
+    """A deleted pod is Terminating (deletionTimestamp set, still bound) while its kubelet
+    stops its containers, which still hold its GPUs: its slices stay taken until the pod is
+    gone."""
     for i in range(2):
         assert schedule(scorer, api, pod_object(f"full-{i}", container(gpus=8))) is not None
     assert schedule(scorer, api, pod_object("waiting", container(gpus=8))) is None
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in api.pods()}
     api.delete_pod("default", "full-1")
-    # kube-scheduler retries the pod; it fits once the watch has shown the deletion.
-    wait_for(lambda: len(list(scorer.server.extender.view.pods())) == 1)
+    # full-0 goes at once, after full-1's deletion began: once the view has seen it go, it
+    # has seen full-1 Terminating too.
+    api.delete_pod("default", "full-0", grace_period_seconds=0)
+    wait_for(
+        lambda: uids["full-0"] not in {uid for uid, _, _ in scorer.server.extender.view.pods()}
+    )
+    assert [uid for uid, _, _ in scorer.server.extender.view.pods()] == [uids["full-1"]]
     pod = next(p for p in api.pods() if p["metadata"]["name"] == "waiting")
-    assert len(filter_(scorer, pod, NODES).names()) == 1
+    terminating = api.get_pod("default", "full-1") or {}
+    passed = filter_(scorer, pod, NODES).names()
+    assert len(passed) == 1 and terminating["spec"]["nodeName"] not in passed
+
+    api.finish_pod_deletion("default", "full-1")
+    # kube-scheduler retries the pod; it fits anywhere once the watch has shown it gone.
+    wait_for(lambda: not list(scorer.server.extender.view.pods()))
+    assert len(filter_(scorer, pod, NODES).names()) == 2
 
 
 def test_finished_pods_free_their_slices_too(api: ApiServerStandIn, scorer: Scorer) -> None:

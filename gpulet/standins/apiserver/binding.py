@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from gpulet.standins.apiserver.resources import PODS, JsonObject, metadata
-from gpulet.standins.apiserver.status import MODIFIED, bad_request, conflict, invalid
+from gpulet.standins.apiserver.status import (
+    MODIFIED,
+    bad_request,
+    conflict,
+    invalid,
+    uid_precondition_failed,
+)
 from gpulet.standins.apiserver.store import Store
 
 
@@ -31,12 +37,7 @@ def bind(store: Store, namespace: str, subresource_name: str | None, binding: Js
         """The pod on the node; Conflict if it is another pod (uid) or version, or is
         already placed."""
         if uid and uid != pod["metadata"]["uid"]:
-            raise conflict(
-                "pods/binding",
-                name,
-                f"Precondition failed: UID in precondition: {uid}, "
-                f"UID in object meta: {pod['metadata']['uid']}",
-            )
+            raise uid_precondition_failed("pods/binding", name, uid, pod["metadata"]["uid"])
         if version and version != pod["metadata"].get("resourceVersion"):
             raise conflict("pods/binding", name, MODIFIED)
         assigned = (pod.get("spec") or {}).get("nodeName")

@@ -19,8 +19,10 @@ from gpulet.standins.apiserver.status import (
     ApiError,
     FieldError,
     bad_request,
+    conflict,
     invalid_fields,
     success,
+    uid_precondition_failed,
 )
 from gpulet.standins.apiserver.store import Store
 from gpulet.standins.apiserver.watch import WatchRequest
@@ -135,7 +137,9 @@ class RestApi:
         obj = json_object(request.body)
         kind = target.kind
         if kind.create_on_update and self._store.find(*object_key(target)) is None:
-            metadata(obj).setdefault("name", target.name)
+            meta = metadata(obj)
+            meta.setdefault("name", target.name)
+            meta.pop("resourceVersion", None)  # a create through the update path
             return Reply(201, self.create(target, obj))
         return Reply(200, self.replace(target, obj))
 
@@ -152,6 +156,11 @@ class RestApi:
             )
 
         def replace(current: JsonObject) -> JsonObject:
+            uid, stored = metadata(obj).get("uid"), current["metadata"]["uid"]
+            if uid and uid != stored:  # the API server takes a PUT's uid as a precondition
+                raise uid_precondition_failed(
+                    kind.resource.qualified, target.name or "", uid, stored
+                )
             if not kind.unconditional_update and not metadata(obj).get("resourceVersion"):
                 resource = kind.resource
                 raise invalid_fields(
@@ -207,17 +216,55 @@ class RestApi:
         return served(kind, self._store.update(*object_key(target), scoped, admit))
 
     def _delete(self, target: Target, request: Request) -> Reply:
-        return Reply(200, self.delete(target))
+        """DeleteOptions from the body, else from the query (as the API server reads them):
+        gracePeriodSeconds and preconditions (uid, resourceVersion)."""
+        options = json_object(request.body) if request.body.strip() else {}
+        grace = options.get("gracePeriodSeconds", request.query.get("gracePeriodSeconds"))
+        preconditions = options.get("preconditions") or {}
+        return Reply(
+            200,
+            self.delete(
+                target,
+                grace_period_seconds=None
+                if grace is None
+                else _integer("gracePeriodSeconds", grace),
+                uid=preconditions.get("uid"),
+                resource_version=preconditions.get("resourceVersion"),
+            ),
+        )
 
-    def delete(self, target: Target) -> JsonObject:
-        """Delete the object at once (its dependents follow); the answer: its last state or
-        a Status, as the kind's."""
+    def delete(
+        self,
+        target: Target,
+        *,
+        grace_period_seconds: int | None = None,
+        uid: str | None = None,
+        resource_version: str | None = None,
+    ) -> JsonObject:
+        """Delete the object (deletion.py; once removed, its dependents follow), if it has
+        the uid and resourceVersion given (else Conflict). The answer: the object while it
+        is held (graceful deletion, finalizers); once removed, its last state or a Status,
+        as the kind's."""
         kind = target.kind
-        gone = self._store.delete(*object_key(target))
-        assert gone is not None  # no uid given: NotFound raised instead
-        if kind.delete_answers_object:
-            return served(kind, gone)
-        meta, resource = gone["metadata"], kind.resource
+        resource, _, name = object_key(target)
+
+        def precondition(current: JsonObject) -> None:
+            meta = current["metadata"]
+            if uid and uid != meta["uid"]:
+                raise uid_precondition_failed(resource.qualified, name, uid, meta["uid"])
+            if resource_version and resource_version != meta["resourceVersion"]:
+                raise conflict(resource.plural, name, group=resource.group)
+
+        deleted = self._store.delete(
+            *object_key(target),
+            grace_period_seconds=grace_period_seconds,
+            precondition=precondition,
+        )
+        assert deleted is not None  # no uid given: NotFound raised instead
+        last, removed = deleted
+        if kind.delete_answers_object or not removed:
+            return served(kind, last)
+        meta = last["metadata"]
         details = {"name": meta["name"], "group": resource.group, "kind": resource.plural}
         return success(None, {k: v for k, v in details.items() if v} | {"uid": meta["uid"]})
 
@@ -326,6 +373,13 @@ def _resource_version(text: str) -> int | None:
     if not text.isdigit():
         raise bad_request(f'resourceVersion: Invalid value: "{text}": must be an integer')
     return int(text)
+
+
+def _integer(name: str, value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as e:
+        raise bad_request(f'{name}: Invalid value: "{value}": must be an integer') from e
 
 
 def _timeout(text: str) -> float | None:

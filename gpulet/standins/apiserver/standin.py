@@ -102,13 +102,16 @@ class ApiServerStandIn:
             yaml.safe_dump(config, f)
 
     # ---- the store, directly (no HTTP); writes reach watchers as any other ----
+    # The create_* helpers drop a resourceVersion the object carries (a create over HTTP
+    # with one fails, as on the real server), so that an object as a client or
+    # kube-scheduler holds it (pod_object) can be stored as it is.
 
     def create_node(self, obj: JsonObject) -> JsonObject:
-        return self._store.create(NODES, obj)
+        return self._store.create(NODES, _unversioned(obj))
 
     def create_pod(self, obj: JsonObject) -> JsonObject:
         """The namespace is metadata.namespace, else "default"."""
-        return self._store.create(PODS, obj)
+        return self._store.create(PODS, _unversioned(obj))
 
     def get_node(self, name: str) -> JsonObject | None:
         return self._store.find(NODES, "", name)
@@ -135,10 +138,31 @@ class ApiServerStandIn:
         return self._replace(PODS, obj)
 
     def delete_node(self, name: str) -> None:
+        """Delete the node (marked only while it has finalizers)."""
         self._store.delete(NODES, "", name)
 
-    def delete_pod(self, namespace: str, name: str) -> None:
-        self._store.delete(PODS, namespace, name)
+    def delete_pod(
+        self, namespace: str, name: str, *, grace_period_seconds: int | None = None
+    ) -> JsonObject:
+        """DELETE the pod as a client does: a pod bound to a node, not finished, is only
+        marked (deletionTimestamp) until finish_pod_deletion; one on no node, or finished,
+        goes at once (unless finalizers hold it). Its state after."""
+        deleted = self._store.delete(
+            PODS, namespace, name, grace_period_seconds=grace_period_seconds
+        )
+        assert deleted is not None  # no uid given: NotFound raised instead
+        return deleted[0]
+
+    def finish_pod_deletion(self, namespace: str, name: str) -> None:
+        """What the pod's kubelet does once its containers stopped, there being no kubelet
+        here: DELETE it with grace 0, on condition of its uid. The pod goes (unless
+        finalizers hold it)."""
+        pod = self._store.get(PODS, namespace, name)
+        self._rest.delete(
+            self._target("v1", "pods", _named(name, namespace)),
+            grace_period_seconds=0,
+            uid=pod["metadata"]["uid"],
+        )
 
     def create_crd(self, obj: JsonObject) -> JsonObject:
         """Create a CustomResourceDefinition (checked, given its status, Established at
@@ -152,7 +176,7 @@ class ApiServerStandIn:
         metadata.namespace, else "default"; apiVersion and kind default to the path's."""
         target = self._target(api_version, plural, obj)
         obj = {"apiVersion": target.kind.api_version, "kind": target.kind.resource.kind, **obj}
-        return self._rest.create(target, obj)
+        return self._rest.create(target, _unversioned(obj))
 
     def get_object(
         self, api_version: str, plural: str, name: str, namespace: str = ""
@@ -171,8 +195,7 @@ class ApiServerStandIn:
         """Replace the object, whatever resourceVersion obj carries (MODIFIED), admitted as
         over HTTP."""
         target = self._target(api_version, plural, obj)
-        replacement = copy.deepcopy(obj)
-        replacement.get("metadata", {}).pop("resourceVersion", None)
+        replacement = _unversioned(obj)
         return self._rest.update(target, lambda _: replacement)
 
     def delete_object(self, api_version: str, plural: str, name: str, namespace: str = "") -> None:
@@ -190,8 +213,7 @@ class ApiServerStandIn:
         return Target(kind, OBJECT if name else COLLECTION, None, name)
 
     def _replace(self, resource: Resource, obj: JsonObject) -> JsonObject:
-        replacement = copy.deepcopy(obj)
-        replacement.get("metadata", {}).pop("resourceVersion", None)
+        replacement = _unversioned(obj)
         namespace, name = key_of(replacement)
         if resource.namespaced and not namespace:
             namespace = "default"
@@ -247,3 +269,10 @@ class ApiServerStandIn:
 
 def _named(name: str, namespace: str) -> JsonObject:
     return {"metadata": {"name": name, "namespace": namespace}}
+
+
+def _unversioned(obj: JsonObject) -> JsonObject:
+    """A copy of obj without metadata.resourceVersion."""
+    copied = copy.deepcopy(obj)
+    copied.get("metadata", {}).pop("resourceVersion", None)
+    return copied

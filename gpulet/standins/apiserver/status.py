@@ -115,6 +115,15 @@ def conflict(plural: str, name: str, cause: str = MODIFIED, group: str = "") -> 
     )
 
 
+def uid_precondition_failed(plural: str, name: str, expected: str, actual: str) -> ApiError:
+    """409 Conflict: a request conditional on another uid than the object's."""
+    return conflict(
+        plural,
+        name,
+        f"Precondition failed: UID in precondition: {expected}, UID in object meta: {actual}",
+    )
+
+
 def invalid(kind: str, plural: str, name: str, cause: str) -> ApiError:
     """422 Invalid, worded as the API server's validation failures."""
     return ApiError(422, f'{kind} "{name}" is invalid: {cause}', name=name, kind=plural)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import takewhile
 
+from gpulet.standins.apiserver import deletion
 from gpulet.standins.apiserver.resources import (
     JsonObject,
     Resource,
@@ -19,7 +21,14 @@ from gpulet.standins.apiserver.resources import (
     metadata,
     stamp_new,
 )
-from gpulet.standins.apiserver.status import already_exists, conflict, expired, invalid, not_found
+from gpulet.standins.apiserver.status import (
+    ApiError,
+    already_exists,
+    conflict,
+    expired,
+    invalid,
+    not_found,
+)
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
@@ -98,9 +107,14 @@ class Store:
 
     def create(self, resource: Resource, obj: JsonObject) -> JsonObject:
         """Store a new object (a pod's namespace defaults to "default"); raises
-        AlreadyExists, or Invalid when it has neither name nor generateName."""
+        AlreadyExists, Invalid when it has neither name nor generateName, and a 500 when it
+        carries a resourceVersion (as etcd3's storage refuses it)."""
         obj = copy.deepcopy(obj)
         meta = metadata(obj)
+        if meta.get("resourceVersion"):
+            raise ApiError(500, "resourceVersion should not be set on objects to be created")
+        meta.pop("deletionTimestamp", None)
+        meta.pop("deletionGracePeriodSeconds", None)
         if not meta.get("name"):
             if not meta.get("generateName"):
                 raise invalid(
@@ -132,8 +146,10 @@ class Store:
     ) -> JsonObject:
         """Replace the object by change(a copy of it), atomically. A metadata.resourceVersion
         left in the result is a precondition (Conflict unless current); the name and
-        namespace may not change; uid and creationTimestamp are kept. Then admit(the result,
-        the stored object), when given, makes what is stored (or raises)."""
+        namespace may not change, nor the server's fields (deletion.keep_system_fields).
+        Then admit(the result, the stored object), when given, makes what is stored (or
+        raises). A result equal to the stored object writes nothing; one that empties the
+        finalizers of an object whose deletion is due removes it (its last state answered)."""
         with self._changed:
             current = self._objects[resource].get((namespace, name))
             if current is None:
@@ -151,30 +167,63 @@ class Store:
                         name,
                         f'metadata.{field}: Invalid value: "{meta[field]}": field is immutable',
                     )
-            for field in ("name", "namespace", "uid", "creationTimestamp"):
                 if field in before:
                     meta[field] = before[field]
+            deletion.keep_system_fields(resource, meta, before)
             updated["apiVersion"], updated["kind"] = current["apiVersion"], current["kind"]
             if admit is not None:
                 updated = admit(updated, copy.deepcopy(current))
-            self._commit(resource, MODIFIED, updated, current)
-            return copy.deepcopy(updated)
+            if deletion.released(updated, current):
+                return self._remove(resource, current)
+            return copy.deepcopy(self._write(resource, updated, current))
 
     def delete(
-        self, resource: Resource, namespace: str, name: str, *, uid: str | None = None
-    ) -> JsonObject | None:
-        """Remove the object at once; returns its last state, at the deletion's version.
-        With `uid`: only the object of that uid, and None (no error) when it is gone or
-        another object has its name now."""
+        self,
+        resource: Resource,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        grace_period_seconds: int | None = None,
+        precondition: Callable[[JsonObject], None] | None = None,
+    ) -> tuple[JsonObject, bool] | None:
+        """Delete the object as a DELETE does (deletion.py): removed at once, or marked while
+        its grace period or finalizers hold it. Returns its state after (when removed, its
+        last state at the removal's version) and whether it was removed. With `uid`: only the
+        object of that uid, and None (no error) when it is gone or another object has its
+        name now. precondition(the stored object) raises to refuse the deletion."""
         with self._changed:
-            current = self._objects[resource].get((namespace, name))
+            key = (namespace, name)
+            current = self._objects[resource].get(key)
             if uid is not None and (current is None or current["metadata"].get("uid") != uid):
                 return None
             if current is None:
                 raise not_found(resource.plural, name, resource.group)
-            gone = copy.deepcopy(current)
-            self._commit(resource, DELETED, gone, current)
-            return copy.deepcopy(gone)
+            if precondition is not None:
+                precondition(copy.deepcopy(current))
+            marked, remove = deletion.plan(resource, current, grace_period_seconds, time.time())
+            if marked is not None:
+                self._write(resource, marked, current)
+            now = self._objects[resource].get(key)
+            if now is None:  # an observer of the mark removed it
+                return copy.deepcopy(marked or current), True
+            if not remove:
+                return copy.deepcopy(now), False
+            return self._remove(resource, now), True
+
+    def _write(self, resource: Resource, updated: JsonObject, current: JsonObject) -> JsonObject:
+        """Store `updated` over `current` (MODIFIED), unless nothing but its resourceVersion
+        differs: the API server writes nothing then, and watchers see nothing. Returns what
+        is stored (not a copy)."""
+        if _without_version(updated) == _without_version(current):
+            return current
+        self._commit(resource, MODIFIED, updated, current)
+        return updated
+
+    def _remove(self, resource: Resource, current: JsonObject) -> JsonObject:
+        gone = copy.deepcopy(current)
+        self._commit(resource, DELETED, gone, current)
+        return copy.deepcopy(gone)
 
     def _commit(
         self, resource: Resource, kind: str, obj: JsonObject, previous: JsonObject | None
@@ -243,3 +292,7 @@ class Store:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
+
+
+def _without_version(obj: JsonObject) -> JsonObject:
+    return {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}}

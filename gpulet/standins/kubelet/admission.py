@@ -15,11 +15,13 @@ def devices_to_allocate(
     container: str,
     resource: str,
     count: int,
+    reused: int = 0,
 ) -> AllocationRecord | frozenset[str]:
     """The container's existing allocation when it already holds the resource (a restarted
     container: kubelet reuses it without calling the plugin), else the healthy devices no
-    container holds, at least `count` of them. `devices` is None for an unregistered resource.
-    Raises StandInError with kubelet's reasons, checked in kubelet's order."""
+    container holds, at least `count` of them less the `reused` ones an init container of the
+    pod held. `devices` is None for an unregistered resource. Raises StandInError with
+    kubelet's reasons, checked in kubelet's order."""
     existing = [
         r
         for r in allocations
@@ -47,17 +49,22 @@ def devices_to_allocate(
         return existing[0]
     in_use = {i for r in allocations if r.resource == resource for i in r.device_ids}
     available = healthy - in_use
-    if len(available) < count:
+    if len(available) < count - reused:
         raise StandInError(
             f"insufficient {resource}: requested number of devices unavailable. "
-            f"Requested: {count}, Available: {len(available)}"
+            f"Requested: {count - reused}, Available: {len(available)}"
         )
     return available
 
 
-def choose_devices(available: Collection[str], preferred: Iterable[str], count: int) -> list[str]:
-    """Kubelet's use of a preference: IDs outside `available` are ignored and any shortfall is
+def choose_devices(
+    available: Collection[str], preferred: Iterable[str], count: int, reused: Sequence[str] = ()
+) -> list[str]:
+    """Kubelet's use of a preference: `reused` (devices an init container of the pod held)
+    first, then the preferred IDs that are `available` (others are ignored), and any shortfall
     filled from `available` (in sorted order here; kubelet's order is unspecified)."""
-    chosen = [i for i in dict.fromkeys(preferred) if i in available][:count]
+    chosen = list(reused)[:count]
+    chosen += [i for i in dict.fromkeys(preferred) if i in available and i not in chosen]
+    chosen = chosen[:count]
     rest = [i for i in sorted(available) if i not in chosen]
     return chosen + rest[: count - len(chosen)]

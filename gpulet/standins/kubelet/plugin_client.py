@@ -88,12 +88,16 @@ class PluginClient:
             return StreamEnd(time.monotonic(), err.code(), err.details() or "")
         return StreamEnd(time.monotonic(), grpc.StatusCode.OK, "")
 
-    def preferred(self, available: Sequence[str], size: int) -> list[str]:
-        """One container request, nothing that must be included; the first answer's IDs."""
+    def preferred(
+        self, available: Sequence[str], must_include: Sequence[str], size: int
+    ) -> list[str]:
+        """One container request; the first answer's IDs."""
         request = pb.PreferredAllocationRequest(
             container_requests=[
                 pb.ContainerPreferredAllocationRequest(
-                    available_deviceIDs=available, must_include_deviceIDs=[], allocation_size=size
+                    available_deviceIDs=available,
+                    must_include_deviceIDs=must_include,
+                    allocation_size=size,
                 )
             ]
         )

@@ -5,12 +5,13 @@ DevicePlugin service on the socket it registers), plus the pod-resources service
 What it reproduces: the Register checks and synchronous dial, ListAndWatch in the background
 (each message replaces the device set; a stream that ends leaves the devices unhealthy, and
 kubelet never reconnects), allocation as kubelet's admission does it (GetPreferredAllocation
-as advice, one container per Allocate, PreStartContainer when asked for), and a restart that
-drops every connection and deletes every socket in the directory, keeping the checkpoint.
-Kubelet's own refusals reach the plugin as code UNKNOWN (KUBELET_ERROR_CODE), as from kubelet.
-What it leaves out: the Topology Manager's NUMA alignment, init-container device reuse, and the
-5-minute removal of a resource whose plugin has gone. Where it is simpler: a re-registration
-cancels the resource's old stream at once (kubelet leaves it open until the plugin ends it).
+as advice, one container per Allocate, PreStartContainer when asked for, an init container's
+devices reused by the pod's next containers), and a restart that drops every connection and
+deletes every socket in the directory, keeping the checkpoint. Kubelet's own refusals reach
+the plugin as code UNKNOWN (KUBELET_ERROR_CODE), as from kubelet. What it leaves out: the
+Topology Manager's NUMA alignment and the 5-minute removal of a resource whose plugin has gone.
+Where it is simpler: a re-registration cancels the resource's old stream at once (kubelet
+leaves it open until the plugin ends it).
 
 Unix socket paths are limited to 107 bytes: pytest's `tmp_path` can be too long, so tests use
 a short directory from `tempfile.mkdtemp(prefix="kl")`.
@@ -88,6 +89,9 @@ class KubeletStandIn:
         self._epoch = 0  # bumped on every shutdown: a registration from before it is refused
         self._lifecycle = threading.Lock()  # start, stop and restart, one at a time
         self._admission = threading.Lock()  # kubelet admits pods one at a time
+        #: devicesToReuse: the pod being admitted's devices its init containers held, by
+        #: resource, which its next containers take first (guarded by `_admission`).
+        self._reusable: dict[str, dict[str, set[str]]] = {}
         self._checkpoint = threading.Lock()
 
     @property
@@ -298,14 +302,23 @@ class KubeletStandIn:
         resource: str,
         count: int,
         *,
+        init: bool = False,
         timeout: float | None = None,
     ) -> pb.AllocateResponse:
-        """Allocates `count` devices to a container as kubelet's admission does. Raises
-        StandInError where kubelet refuses without calling the plugin, AllocateFailed where a
-        plugin call fails (nothing is recorded then) and PreStartFailed (recorded)."""
+        """Allocates `count` devices to a container as kubelet's admission does (`init`: an
+        init container that is not a sidecar). Raises StandInError where kubelet refuses
+        without calling the plugin, AllocateFailed where a plugin call fails (nothing is
+        recorded then) and PreStartFailed (recorded).
+
+        As kubelet's device manager, devices an init container got are reused: the pod's next
+        containers take them first (without asking the plugin when they are enough; else
+        GetPreferredAllocation is asked with them as `must_include_deviceIDs`), and an app
+        container's devices are reusable no more."""
         if count < 1:
             raise ValueError("count must be positive")
         with self._admission:
+            reusable = self._reusable_for(pod.uid).setdefault(resource, set())
+            reused = sorted(reusable)[:count]
             with self._cond:
                 current = self._resources.get(resource)
                 devices = current.devices if current else None
@@ -316,16 +329,30 @@ class KubeletStandIn:
                     container=container,
                     resource=resource,
                     count=count,
+                    reused=len(reused),
                 )
             if isinstance(found, AllocationRecord):
                 return pb.AllocateResponse(container_responses=[found.response])
             assert current is not None
             client, options = current.client, current.registration.plugin_options
             preferred: list[str] = []
-            if options.get_preferred_allocation_available:
-                preferred = client.preferred(sorted(found), count)
-            ids = choose_devices(found, preferred, count)
-            return self._commit(pod, container, resource, ids, registered=current, timeout=timeout)
+            if len(reused) < count and options.get_preferred_allocation_available:
+                preferred = client.preferred(sorted({*found, *reused}), reused, count)
+            ids = choose_devices(found, preferred, count, reused)
+            response = self._commit(
+                pod, container, resource, ids, registered=current, timeout=timeout
+            )
+            if init:
+                reusable.update(ids)
+            else:
+                reusable.difference_update(ids)
+            return response
+
+    def _reusable_for(self, pod_uid: str) -> dict[str, set[str]]:
+        """The pod's reusable devices; kubelet forgets those of any other pod."""
+        for other in [uid for uid in self._reusable if uid != pod_uid]:
+            del self._reusable[other]
+        return self._reusable.setdefault(pod_uid, {})
 
     def allocate_ids(
         self,
