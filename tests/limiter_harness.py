@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from native import build_limiter as limiter_build
-from tests.fakes.nvml import build_fake_nvml, c_compiler
+from tests.fakes.nvml import build_fake_nvml
+from tests.needs import asan_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 SONAME = limiter_build.SONAME
 MIB = 1 << 20
+#: What the fake driver rounds each allocation's reserved size up to, unless a test picks
+#: another: 2 MiB, what cuMemAlloc reserves in on many GPUs (tests/fakes/cuda/fake_cuda.c).
+GRANULARITY = 2 * MIB
 SANITIZE = ("-fsanitize=address,undefined", "-fno-omit-frame-pointer")
 
 
@@ -28,14 +32,9 @@ def build_limiter(out_dir: Path, sanitize: bool = False) -> Path:
     return limiter_build.build(out_dir / SONAME)
 
 
-def asan_runtime() -> str:
-    """The path of the compiler's libasan, which must come first in LD_PRELOAD."""
-    compiler = c_compiler()
-    assert compiler is not None
-    proc = subprocess.run(
-        [*compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
-    )
-    return proc.stdout.strip()
+def reserved(size: int, granularity: int) -> int:
+    """What the fake driver reserves for an allocation of `size` bytes: whole granules."""
+    return -(-size // granularity) * granularity
 
 
 def fake_nvml_config(uuids: Sequence[str], total_mib: int) -> str:

@@ -129,6 +129,10 @@ def test_sizes_round_up_to_the_granularity(
     )
     # pitch: 100 bytes -> a 512-byte pitch, 3 rows; array: 36 bytes -> one granule
     assert out[2] == f"stats launches=0 reserved={3 * 512 + 512}"
+    out = _run(
+        cuda_client, fake_cuda_dir, mode, "alloc-bytes 3000001", "vmm 3", "stats", granularity=1
+    )
+    assert out[2] == f"stats launches=0 reserved={3000001 + 3 * MIB}"  # exact sizes
 
 
 #: (name, version, flags) -> the exported symbol cuGetProcAddress gives, or None: not found.
@@ -253,11 +257,15 @@ def test_nvml_commands_read_libnvidia_ml(
     assert out == [f"nvml total={1 << 30} free={1 << 30} used=0"] * 2
 
 
-def test_files_hold_and_pid(cuda_client: Path, fake_cuda_dir: Path, tmp_path: Path) -> None:
+def test_files_hold_pid_and_clock(cuda_client: Path, fake_cuda_dir: Path, tmp_path: Path) -> None:
     flag = tmp_path / "flag"
     out = _run(cuda_client, fake_cuda_dir, "dlsym", f"touch {flag}", f"wait-file {flag}", "hold 0")
     assert out == ["touch ok", "wait-file ok", "hold ok"]
     assert flag.exists()
+    first, held, last = _run(cuda_client, fake_cuda_dir, "dlsym", "clock", "hold 0.05", "clock")
+    assert held == "hold ok"
+    elapsed_ns = int(last.removeprefix("clock ")) - int(first.removeprefix("clock "))
+    assert 50_000_000 <= elapsed_ns < 5_000_000_000
 
 
 @pytest.mark.parametrize("command", ["alloc", "alloc x", "alloc -1", "launch 1", "bogus", ""])
@@ -269,11 +277,18 @@ def test_malformed_commands_exit_2(cuda_client: Path, fake_cuda_dir: Path, comma
     assert caught.value.stdout.startswith("info free=")  # earlier commands ran
 
 
-def test_a_bad_config_fails_cu_init(cuda_client: Path, fake_cuda_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [({"devices": 17}, "devices must be 1..16"), ({"granularity": 0}, "granularity must be 1..")],
+    ids=["devices", "granularity"],
+)
+def test_a_bad_config_fails_cu_init(
+    cuda_client: Path, fake_cuda_dir: Path, config: dict[str, int], message: str
+) -> None:
     with pytest.raises(ClientError) as caught:
-        _run(cuda_client, fake_cuda_dir, "runtime", "info", devices=17)
+        _run(cuda_client, fake_cuda_dir, "runtime", "info", **config)
     assert caught.value.returncode == 3
-    assert "fake_cuda: GPULET_FAKE_CUDA: devices must be 1..16" in caught.value.stderr
+    assert f"fake_cuda: GPULET_FAKE_CUDA: {message}" in caught.value.stderr
     assert "cuInit(0): error 999" in caught.value.stderr
     with pytest.raises(ValueError, match="unknown fake CUDA settings"):
         fake_cuda_env(fake_cuda_dir, memory=1)

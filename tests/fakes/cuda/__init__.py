@@ -63,17 +63,6 @@ def _compile(args: Sequence[str]) -> None:
         raise RuntimeError(f"{shlex.join(command)} failed:\n{proc.stderr}")
 
 
-def sanitizers_available() -> bool:
-    """Whether the C compiler has the ASan runtime that sanitized builds link."""
-    compiler = c_compiler()
-    if compiler is None:
-        return False
-    proc = subprocess.run(
-        [*compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=False
-    )
-    return Path(proc.stdout.strip()).is_absolute()
-
-
 def build_fake_cuda(out_dir: Path, sanitize: bool = False) -> Path:
     """Compiles fake_cuda.c into `out_dir/libcuda.so.1`; returns `out_dir`."""
     extra = SANITIZE_FLAGS if sanitize else ()

@@ -635,6 +635,7 @@ static int arity(size_t args, size_t expected) {
  *   wait-file PATH        poll every 10 ms            -> wait-file ok
  *   touch PATH            create PATH                 -> touch ok
  *   pid                                               -> pid N
+ *   clock                 CLOCK_MONOTONIC, in ns      -> clock NS
  */
 static void run_command(const char *text) {
     char buf[1024], *words[MAX_WORDS + 1];
@@ -796,6 +797,8 @@ static void run_command(const char *text) {
         say("%s ok", cmd);
     } else if (IS("pid", 0)) {
         say("pid %ld", (long)getpid());
+    } else if (IS("clock", 0)) {
+        say("clock %llu", (unsigned long long)now_ns());
     } else {
         malformed("unknown command");
     }

@@ -8,8 +8,10 @@
  * comma-separated key=value pairs, decimal numbers, all optional:
  *   devices=N        number of GPUs, 1..16 (default 1)
  *   total_mib=M      memory of each GPU in MiB, >= 1 (default 16384)
- *   granularity=B    bytes; every allocation's reserved size is rounded up to a multiple
- *                    of it, and cuMemCreate sizes must be multiples of it (default 2097152)
+ *   granularity=B    bytes, 1..2^40; every allocation's reserved size is rounded up to a
+ *                    multiple of it, and cuMemCreate sizes must be multiples of it (default
+ *                    2097152, what cuMemAlloc reserves in on many GPUs; 1: exact sizes, as
+ *                    when small allocations are packed; larger: a large VMM granularity)
  *   graph_us=U       how long one cuGraphLaunch keeps the GPU busy, in µs (default 500)
  *   capturing=0|1    1: every stream is being captured into a graph (global mode), so
  *                    cuStreamIsCapturing says ACTIVE, launches run nothing, and
