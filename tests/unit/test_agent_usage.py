@@ -17,10 +17,10 @@ from tests.fakes.nvml import (
     Process,
     UtilSample,
     build_fake_nvml,
-    c_compiler,
     run_pynvml,
     write_fake_config,
 )
+from tests.needs import c_compiler
 
 MIB = 1 << 20
 #: The source's clock, standing still: it takes no utilisation samples older than 2 s before
@@ -52,8 +52,7 @@ ONE_EACH = [Process(gpu, 100 + gpu, (gpu + 1) * MIB) for gpu in range(3)]
 
 @pytest.fixture(scope="module")
 def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if c_compiler() is None:
-        pytest.skip("no C compiler ($CC, else cc) on PATH to build the fake libnvidia-ml.so.1")
+    c_compiler()
     return build_fake_nvml(tmp_path_factory.mktemp("fake-nvml"))
 
 

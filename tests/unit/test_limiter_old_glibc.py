@@ -11,7 +11,6 @@ preloaded into them is the one built with this machine's toolchain, as the image
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from native.region import DeviceLimit, Limits, Region, setup
 from tests.fakes.cuda import build_cuda_client, build_fake_cuda, fake_uuid
 from tests.limiter_harness import (
+    GRANULARITY,
     MIB,
     Container,
     build_limiter,
@@ -27,14 +27,15 @@ from tests.limiter_harness import (
     die_holding_the_lock,
     fake_nvml_config,
 )
+from tests.needs import need, readelf
 from tests.old_glibc import ENV, FLOOR, OldGlibc, needed_glibc_versions
 
 ROOT = Path(__file__).resolve().parents[2]
 TOTAL_MIB = 16384
 
 
-@pytest.mark.skipif(shutil.which("readelf") is None, reason="no readelf (binutils)")
 def test_the_limiter_asks_for_no_glibc_newer_than_the_floor(tmp_path: Path) -> None:
+    readelf()
     built = [build_limiter(tmp_path)]
     shipped = ROOT / "native" / "lib" / "libgpulet-limiter.so"
     if shipped.is_file():  # what `make native` built
@@ -51,15 +52,13 @@ def test_the_limiter_asks_for_no_glibc_newer_than_the_floor(tmp_path: Path) -> N
 # ---- on an older glibc ---------------------------------------------------------------------
 
 OLD = OldGlibc.from_env()
-needs_old_glibc = pytest.mark.skipif(
-    OLD is None, reason=f"${ENV} names no older glibc (make one with tests/old_glibc/fetch.sh)"
-)
 
 
 @pytest.fixture(scope="module")
 def old_box(tmp_path_factory: pytest.TempPathFactory) -> Container:
     """A container whose client, fake libcuda and fake NVML are built against the old glibc
     and started by its loader; the limiter is built as here."""
+    need(OLD is not None, f"${ENV} names no older glibc (make one with tests/old_glibc/fetch.sh)")
     assert OLD is not None
     if OLD.version() >= (2, 34):
         pytest.fail(f"${ENV} names glibc {OLD.version()}: the point is one older than 2.34")
@@ -76,12 +75,11 @@ def old_box(tmp_path_factory: pytest.TempPathFactory) -> Container:
         cuda_dir=cuda,
         nvml_dir=nvml,
         client=client,
-        fake_config=f"devices=1,total_mib={TOTAL_MIB},granularity={2 * MIB}",
+        fake_config=f"devices=1,total_mib={TOTAL_MIB},granularity={GRANULARITY}",
         loader=OLD.loader([cuda, nvml]),
     )
 
 
-@needs_old_glibc
 def test_without_the_limiter_the_old_client_runs(old_box: Container) -> None:
     """The set-up itself: the client really runs on the old glibc."""
     proc = old_box.run("runtime", ["total"], preload=False)
@@ -89,7 +87,6 @@ def test_without_the_limiter_the_old_client_runs(old_box: Container) -> None:
     assert proc.stdout.split() == ["total", str(TOTAL_MIB * MIB)]
 
 
-@needs_old_glibc
 @pytest.mark.parametrize("mode", ["runtime", "dlsym"])
 def test_the_cap_holds_on_the_old_glibc(old_box: Container, mode: str) -> None:
     out = old_box.lines(mode, ["total", "alloc 1000", "alloc 100", "free", "alloc 100"])
@@ -97,7 +94,6 @@ def test_the_cap_holds_on_the_old_glibc(old_box: Container, mode: str) -> None:
                    "alloc 100 ok"]  # fmt: skip
 
 
-@needs_old_glibc
 def test_a_lock_left_by_a_dead_holder_on_the_new_glibc_is_taken_over(
     old_box: Container,
 ) -> None:
