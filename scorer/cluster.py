@@ -30,7 +30,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from gpulet.api import nodetopology as nt
@@ -497,23 +497,29 @@ class ClusterView:
         known.state = None
 
     def _tally(self, known: _Node) -> NodeState:
-        topo = known.info.topo
-        if topo is None:
-            return NodeState()
-        by_uuid = {g.uuid: g for g in topo.gpus}
-        gpus: dict[int, GpuUsage] = {}
-        nics: dict[str, int] = {}
-        for uid in known.pods:
-            for container in self._pods[uid].assignment.containers:
-                for share in container.gpus:
-                    gpu = by_uuid.get(share.uuid)
-                    if gpu is None:
-                        continue  # the node's GPUs changed under the pod: nothing to count
-                    charge = share.charge(known.info.capacity.gpu_slots, gpu.memory_mib)
-                    gpus[gpu.index] = gpus.get(gpu.index, IDLE).plus(charge)
-                for key in container.nics:
-                    nics[key] = nics.get(key, 0) + 1
-        return NodeState(gpus=gpus, nic_slots=nics)
+        return tally(known.info, (self._pods[uid].assignment for uid in known.pods))
+
+
+def tally(info: NodeInfo, assignments: Iterable[Assignment]) -> NodeState:
+    """What `assignments` take of the node's GPUs and NIC ports, as the placement engine
+    counts it (an assignment's GPU the node no longer has is not counted)."""
+    topo = info.topo
+    if topo is None:
+        return NodeState()
+    by_uuid = {g.uuid: g for g in topo.gpus}
+    gpus: dict[int, GpuUsage] = {}
+    nics: dict[str, int] = {}
+    for assignment in assignments:
+        for container in assignment.containers:
+            for share in container.gpus:
+                gpu = by_uuid.get(share.uuid)
+                if gpu is None:
+                    continue  # the node's GPUs changed under the pod: nothing to count
+                charge = share.charge(info.capacity.gpu_slots, gpu.memory_mib)
+                gpus[gpu.index] = gpus.get(gpu.index, IDLE).plus(charge)
+            for key in container.nics:
+                nics[key] = nics.get(key, 0) + 1
+    return NodeState(gpus=gpus, nic_slots=nics)
 
 
 def _name_of(obj: Mapping[str, object]) -> str | None:
