@@ -126,6 +126,22 @@ class _Pod:
     assignment: Assignment
     #: monotonic deadline for an assumed pod; None once the API shows it bound.
     assumed_until: float | None
+    #: Its spec.priority and creation time (epoch seconds), for preemption.
+    priority: int = 0
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A pod that holds devices on a node, as preemption weighs it."""
+
+    uid: str
+    assignment: Assignment
+    priority: int
+    #: Creation time, epoch seconds (newer is larger).
+    created: float
+    #: Not yet shown bound by the API (an assumption): never a victim.
+    assumed: bool = False
 
 
 class ClusterView:
@@ -409,10 +425,19 @@ class ClusterView:
 
     # ---- pods --------------------------------------------------------------------------
 
-    def set_pod(self, uid: str, node: str | None, assignment_text: str | None) -> None:
+    def set_pod(
+        self,
+        uid: str,
+        node: str | None,
+        assignment_text: str | None,
+        *,
+        priority: int = 0,
+        created: float = 0.0,
+    ) -> None:
         """A pod as the API shows it: bound to `node` (None: not yet) with this assignment
-        (None: none). A bound pod with a readable assignment for its node counts; anything
-        else does not (an assumption for a pod not yet bound is kept)."""
+        (None: none), its priority and creation time. A bound pod with a readable assignment
+        for its node counts; anything else does not (an assumption for a pod not yet bound is
+        kept)."""
         with self._lock:
             if node is None:
                 known = self._pods.get(uid)
@@ -428,7 +453,7 @@ class ClusterView:
             if assignment is None or assignment.node != node:
                 self._drop(uid)
                 return
-            self._put(uid, _Pod(node, assignment, None))
+            self._put(uid, _Pod(node, assignment, None, priority, created))
 
     def remove_pod(self, uid: str) -> None:
         """The pod is gone, or finished: its devices are free."""
@@ -456,6 +481,17 @@ class ClusterView:
         with self._lock:
             known = self._pods.get(uid)
             return None if known is None else known.assignment
+
+    def holders(self, name: str) -> list[Holder]:
+        """The pods that count on node `name`."""
+        with self._lock:
+            self._expire()
+            known = self._nodes.get(name)
+            pods = [(uid, self._pods[uid]) for uid in (known.pods if known else ())]
+        return [
+            Holder(uid, p.assignment, p.priority, p.created, p.assumed_until is not None)
+            for uid, p in pods
+        ]
 
     def pods(self) -> Iterator[tuple[str, str, bool]]:
         """(uid, node, assumed) of every pod that counts."""

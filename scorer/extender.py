@@ -23,13 +23,18 @@ from gpulet.placement import NodeState
 from gpulet.placement.podspec import PodAsk, PodSpecError, pod_ask
 from scorer.cluster import ClusterView, NodeInfo
 from scorer.decide import Decision, Refusal, decide
+from scorer.preemption import victims_for
 from scorer.wire import (
     BadRequest,
     ExtenderArgs,
     ExtenderBindingArgs,
     ExtenderBindingResult,
     ExtenderFilterResult,
+    ExtenderPreemptionArgs,
+    ExtenderPreemptionResult,
     HostPriorityList,
+    MetaPod,
+    MetaVictims,
     NodeList,
 )
 
@@ -161,6 +166,40 @@ class Extender:
             for _, _, result in self._decide_all(names, ask)
         ]
         return HostPriorityList(tuple(names), tuple(scores))
+
+    # ---- preempt ------------------------------------------------------------------------
+
+    def preempt(self, args: ExtenderPreemptionArgs) -> ExtenderPreemptionResult:
+        """kube-scheduler's victims per candidate node, checked per GPU (scorer.preemption):
+        each node where evicting them, plus the fewest further lower-priority pods, frees a
+        placement, with those victims; the others are dropped. A pod that asks for no gpulet
+        resource is not this extender's to judge: its victims stand as proposed."""
+        proposals: dict[str, MetaVictims] = {
+            name: MetaVictims(tuple(MetaPod(_uid(p)) for p in v.pods), v.num_pdb_violations)
+            for name, v in (args.node_name_to_victims or {}).items()
+        }
+        proposals.update(args.node_name_to_meta_victims or {})
+        try:
+            ask = pod_ask(args.pod)
+        except PodSpecError as e:
+            log.info("event=preempt-refused reason=%r", str(e))
+            return ExtenderPreemptionResult({})
+        if not ask.wants:
+            return ExtenderPreemptionResult(proposals)
+        priority = _priority(args.pod)
+        kept: dict[str, MetaVictims] = {}
+        for name, proposal in proposals.items():
+            info = self.view.node(name)
+            if info is None or info.problem is not None:
+                continue
+            proposed = {p.uid for p in proposal.pods}
+            found = victims_for(info, self.view.holders(name), ask, priority, proposed)
+            if found is not None:
+                kept[name] = MetaVictims(
+                    tuple(MetaPod(uid) for uid in found), proposal.num_pdb_violations
+                )
+        log.info("event=preempt pod=%s candidates=%d kept=%d", ask.ref, len(proposals), len(kept))
+        return ExtenderPreemptionResult(kept)
 
     # ---- bind ---------------------------------------------------------------------------
 
@@ -335,3 +374,13 @@ class Extender:
 
 class BindFailed(Exception):
     """A bind that did not happen; the message goes back to kube-scheduler."""
+
+
+def _uid(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("uid") or "")
+
+
+def _priority(pod: Mapping[str, Any]) -> int:
+    """A pod's spec.priority (set by the API server from its PriorityClass); 0 without one."""
+    value = (pod.get("spec") or {}).get("priority")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

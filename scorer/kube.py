@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpulet.api import nodetopology as nt
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION
+from gpulet.api.stamps import epoch
 from gpulet.kube.calls import CoreCalls, leases, node_topologies, status_message
 from gpulet.kube.reflector import Reflector
 from scorer.cluster import ClusterView
@@ -216,9 +217,16 @@ def apply_pod(view: ClusterView, event: str, pod: Mapping[str, Any]) -> None:
     if event == "DELETED" or phase in _FINISHED:
         view.remove_pod(uid)
         return
-    node = (pod.get("spec") or {}).get("nodeName") or None
+    spec = pod.get("spec") or {}
     text = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
-    view.set_pod(uid, node, text if isinstance(text, str) else None)
+    priority = spec.get("priority")
+    view.set_pod(
+        uid,
+        spec.get("nodeName") or None,
+        text if isinstance(text, str) else None,
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
+        created=epoch(meta.get("creationTimestamp")) or 0.0,
+    )
 
 
 def replace_pods(view: ClusterView, pods: Sequence[Mapping[str, Any]]) -> None:

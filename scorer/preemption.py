@@ -15,29 +15,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
 
-from gpulet.api.assignment import Assignment
 from gpulet.placement.podspec import PodAsk
-from scorer.cluster import NodeInfo, tally
+from scorer.cluster import Holder, NodeInfo, tally
 from scorer.decide import Decision, decide
 
 #: How many victim sets one node's search may try before it settles for adding candidates in
 #: preference order until the pod fits (fewer then no longer guaranteed).
 SEARCH_BUDGET = 2000
-
-
-@dataclass(frozen=True)
-class Holder:
-    """A pod that holds devices on the node."""
-
-    uid: str
-    assignment: Assignment
-    priority: int
-    #: Creation time, epoch seconds (newer is larger).
-    created: float
-    #: Not yet shown bound by the API (an assumption): never a victim.
-    assumed: bool = False
 
 
 def victims_for(

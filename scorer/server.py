@@ -1,4 +1,4 @@
-"""The extender's HTTP server: `POST <prefix>/filter|prioritize|bind`, `GET /healthz`,
+"""The extender's HTTP server: `POST <prefix>/filter|prioritize|bind|preempt`, `GET /healthz`,
 `GET /metrics`. Any URL prefix works (the verb is the path's last segment), so the scheduler
 configuration's `urlPrefix` may carry one.
 
@@ -29,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gpulet.httpd import TIMEOUT_S, BackgroundServer, Handler, ServerTLS
 from scorer.extender import Extender
-from scorer.wire import BadRequest, ExtenderArgs, ExtenderBindingArgs
+from scorer.wire import BadRequest, ExtenderArgs, ExtenderBindingArgs, ExtenderPreemptionArgs
 
 log = logging.getLogger("gpulet.scorer")
 
@@ -55,7 +55,7 @@ def parse_cost(body: bytes) -> int:
     return 2 * len(body) + 120 * containers + 30 * body.count(b'"') + 16 * body.count(b",")
 
 
-_VERBS = ("filter", "prioritize", "bind")
+_VERBS = ("filter", "prioritize", "bind", "preempt")
 
 
 class Metrics:
@@ -196,6 +196,9 @@ class ExtenderServer:
                 return HTTPStatus.OK, self.extender.filter(ExtenderArgs.parse(args)).dump()
             if verb == "prioritize":
                 return HTTPStatus.OK, self.extender.prioritize(ExtenderArgs.parse(args)).dump()
+            if verb == "preempt":
+                answer = self.extender.preempt(ExtenderPreemptionArgs.parse(args))
+                return HTTPStatus.OK, answer.dump()
             return HTTPStatus.OK, self.extender.bind(ExtenderBindingArgs.parse(args)).dump()
         except BadRequest as e:
             return HTTPStatus.BAD_REQUEST, {"Error": str(e)}

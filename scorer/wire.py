@@ -17,7 +17,7 @@ answer carries the request's own Node objects, and `dump` shares them.
 - preempt: `ExtenderPreemptionArgs` (Pod, NodeNameToVictims, NodeNameToMetaVictims) in,
   `ExtenderPreemptionResult` (NodeNameToMetaVictims) out; per node, `Victims` (Pods: v1.Pod
   objects, NumPDBViolations) or `MetaVictims` (Pods: `MetaPod`s, each a UID;
-  NumPDBViolations). This extender serves no preempt verb; the types are here for when it does.
+  NumPDBViolations).
 
 The requests this extender serves are read as strictly as it always read them: `Pod` must be
 an object; filter and prioritize need `Nodes` or `NodeNames` (with both, `Nodes` counts and
@@ -283,7 +283,7 @@ class ExtenderBindingResult:
         return {"Error": self.error}
 
 
-# ---- preempt (parsed and serialised; this extender serves no preempt verb) ----------------
+# ---- preempt ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -219,11 +219,14 @@ def test_url_prefix_health_and_metrics(server: ExtenderServer) -> None:
     args = ExtenderArgs(pod, nodes=node_objects("gpu-1"))
     code, _ = post(server, "/gpulet/v1/filter", args.dump())
     assert code == 200
-    code, answer = post(server, "/preempt", {})
+    code, answer = post(server, "/gpulet/v1/preempt", {"Pod": pod, "NodeNameToMetaVictims": {}})
+    assert (code, answer) == (200, {"NodeNameToMetaVictims": {}})
+    code, answer = post(server, "/evict", {})
     assert code == 404 and "no such verb" in answer["Error"]
     code, text = get(server, "/metrics")
     assert code == 200
     assert 'gpulet_scorer_requests_total{code="200",verb="filter"} 1.0' in text
+    assert 'gpulet_scorer_requests_total{code="200",verb="preempt"} 1.0' in text
     assert 'gpulet_scorer_requests_total{code="404",verb="other"} 1.0' in text
     assert "gpulet_scorer_nodes 1.0" in text
     assert 'gpulet_scorer_request_seconds_count{verb="filter"} 1.0' in text

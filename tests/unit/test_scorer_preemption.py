@@ -17,9 +17,9 @@ from gpulet.api.assignment import dump_assignment, parse_assignment
 from gpulet.placement import Capacity, Placer
 from gpulet.placement.podspec import pod_ask
 from gpulet.standins.objects import container, pod_object
-from scorer.cluster import NodeInfo, tally
+from scorer.cluster import Holder, NodeInfo, tally
 from scorer.decide import Decision, decide
-from scorer.preemption import Holder, victims_for
+from scorer.preemption import victims_for
 from tests.nodes import shipped
 from tests.strategies import examples
 
