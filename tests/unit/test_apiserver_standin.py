@@ -38,18 +38,6 @@ STALE = (
 WATCH_LIMIT_S = 5
 
 
-@pytest.fixture
-def api() -> Iterator[ApiServerStandIn]:
-    with ApiServerStandIn() as server:
-        yield server
-
-
-@pytest.fixture
-def v1(api: ApiServerStandIn) -> Iterator[CoreV1Api]:
-    with ApiClient(api.configuration()) as client:
-        yield CoreV1Api(client)
-
-
 def node(name: str) -> dict[str, Any]:
     return {"metadata": {"name": name}}
 

@@ -5,11 +5,10 @@ real kube-apiserver by tests/e2e/test_standin_parity.py."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes.client import ApiClient, ApiException, CoreV1Api
+from kubernetes.client import ApiClient, ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from gpulet.api import nodetopology as nt
@@ -19,18 +18,6 @@ from gpulet.standins.apiserver import ApiServerStandIn
 from tests.e2e.test_standin_parity import answer
 
 HOLD = "example.com/hold"
-
-
-@pytest.fixture
-def api() -> Iterator[ApiServerStandIn]:
-    with ApiServerStandIn() as server:
-        yield server
-
-
-@pytest.fixture
-def v1(api: ApiServerStandIn) -> Iterator[CoreV1Api]:
-    with ApiClient(api.configuration()) as client:
-        yield CoreV1Api(client)
 
 
 def pod(name: str, node: str | None = "gpu-1", **spec: Any) -> dict[str, Any]:
