@@ -15,7 +15,7 @@ BUILD_INPUTS := pyproject.toml setup.py native/build_limiter.py native/build_reg
 .PHONY: help install native proto kubebox e2e-oldest demo test lint typecheck unit bench clean
 
 help:
-	@echo "targets: demo (run gpulet on a simulated node), test (lint + types + all tests), e2e-oldest (the end-to-end tests on Kubernetes 1.31), bench, clean"
+	@echo "targets: demo (run gpulet on a simulated node), test (lint + types + all tests), e2e-oldest (the end-to-end tests on Kubernetes 1.31), mutate (mutation testing, about 40 minutes), bench, clean"
 
 $(STAMP): $(BUILD_INPUTS)
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,14 @@ e2e-oldest: install
 	GPULET_KUBEBOX_RELEASE=1.31 $(BIN)/pytest tests/e2e
 
 test: lint typecheck unit
+
+# Mutation testing (tests/mutation, docs/mutation.md): mutmut over the modules that guard an
+# invariant, each against the tests that cover it, and hand-written mutants of the limiter's
+# charge arithmetic against the limiter's tests. Survivors and their diffs go to
+# build/mutation/survivors.md. About 40 minutes on 2 CPUs; not part of `make test`.
+.PHONY: mutate
+mutate: install
+	$(BIN)/python -m tests.mutation.run $(MUTATE_ARGS)
 
 bench: install
 	$(BIN)/python bench/placement.py

@@ -267,3 +267,25 @@ def test_static_source() -> None:
     assert list(source.pending_pods()) == [a, b]
     assert source.remove("a") and not source.remove("a")
     assert list(source.pending_pods()) == [b]
+
+
+def test_a_stale_view_of_a_pod_says_which_container_still_waits() -> None:
+    """Kubelet allocates a container's every resource before the next container's: a pod
+    whose second container asks while its first still waits is one the agent is behind on."""
+    first = ContainerRequest("first", gpus=1, rdma=1)
+    second = ContainerRequest("second", gpus=2)
+    waiting = PendingPod("u", "team", "job", "node-7", 1.0, (first, second), None, None)
+    done = {("u", "first", GPU_RESOURCE)}
+    with pytest.raises(MatchError) as caught:
+        match([waiting], GPU_RESOURCE, 2, done)
+    assert str(caught.value) == (
+        'pod team/job container "second" asks 2 gpulet.io/gpu, but its container "first" has '
+        "not been allocated all its devices yet: the agent's view of the pod is behind "
+        "kubelet's"
+    )
+
+
+def test_what_a_container_asks_and_a_container_the_pod_lacks() -> None:
+    assert ContainerRequest("main").asks() == "no gpulet device"
+    waiting = PendingPod("u", "team", "job", "node-7", 1.0, (ContainerRequest("main"),), None, None)
+    assert waiting.container("other") is None

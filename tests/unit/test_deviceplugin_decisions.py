@@ -519,3 +519,42 @@ def test_deciding_needs_neither_grpc_nor_the_region_library() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+class _Behind(StaticPodSource):
+    """A pod source whose view is behind kubelet's until it is refreshed; counts refreshes."""
+
+    def __init__(self, later: Sequence[PendingPod], now: Sequence[PendingPod] = ()) -> None:
+        super().__init__(now)
+        self.later = list(later)
+        self.refreshes = 0
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+        for p in self.later:
+            self.add(p)
+
+
+def decider(pods: _Behind, region_root: Path) -> Decider:
+    config = PluginConfig(
+        node_name=NODE,
+        region_root=region_root,
+        limiter_host_path=LIB,
+        preload_host_path=LIB.with_name("preload"),
+    )
+    inventory = Inventory.of(A100, config)
+    return Decider(inventory, DeviceHealth(inventory), Ledger(), pods)
+
+
+def test_a_pod_the_agent_has_not_seen_yet_is_found_after_one_refresh(region_root: Path) -> None:
+    pods = _Behind(later=[pod("u", whole(3))])
+    decision = decider(pods, region_root).decide(GPU_RESOURCE, [gid(0)])
+    assert (decision.pod_uid, decision.gpus) == ("u", (whole(3),))
+    assert pods.refreshes == 1
+
+
+def test_a_pod_the_agent_has_seen_needs_no_refresh(region_root: Path) -> None:
+    """A refresh asks the API server: an Allocate the agent can answer makes none."""
+    pods = _Behind(later=[], now=[pod("u", whole(3))])
+    assert decider(pods, region_root).decide(GPU_RESOURCE, [gid(0)]).pod_uid == "u"
+    assert pods.refreshes == 0

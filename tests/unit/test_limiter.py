@@ -465,3 +465,17 @@ def test_launches_into_a_capturing_stream_are_not_paced(make_container: MakeCont
     out = box.lines("runtime", ["launch 200 1000", "launch-ex 50 1000", "sync"])
     assert out[:2] == ["launch 200 ok", "launch-ex 50 ok"]
     assert time.monotonic() - start < 0.5
+
+
+# A C mutant `make mutate` found alive (docs/mutation.md): where the driver's rounding makes the
+# correction of an allocation's charge (memory.c, `settle`) not fit the cap, the up-front
+# charge must be given back.
+def test_a_correction_that_does_not_fit_gives_back_the_up_front_charge(
+    make_container: MakeContainer,
+) -> None:
+    box = make_container((5, 100))  # a 5 MiB cap; the fake reserves in 2 MiB steps
+    # 3 MiB: charged 3, reserved 4. Then 1 byte passes the up-front check (4 MiB + 1 byte)
+    # but the driver reserves 2 MiB, which does not fit: refused, and its byte given back.
+    out = box.lines("runtime", ["alloc-bytes 3145728", "alloc-bytes 1", "info"])
+    assert out[:2] == ["alloc-bytes 3145728 ok", "alloc-bytes 1 err 2"]
+    assert field(out[2], "free") == 1 * MIB

@@ -216,6 +216,19 @@ def test_reserve_up_to_the_cap_then_refuse_with_nothing_charged(directory: Path)
         assert region.reserve(1, 0, 0)
 
 
+def test_a_container_already_over_a_lowered_cap_gets_nothing_more(directory: Path) -> None:
+    """The cap is the caller's (the limits file's, read again): charges above a lower one
+    stay, and no reservation passes until they are given back below it."""
+    with Region.open(directory) as region:
+        region.attach()
+        assert region.reserve(0, 100 * MIB, CAP)
+        assert not region.reserve(0, 1, 50 * MIB)
+        assert not region.reserve(0, 0, 50 * MIB)
+        assert region.used(0) == 100 * MIB
+        region.release(0, 60 * MIB)
+        assert region.reserve(0, 10 * MIB, 50 * MIB)
+
+
 def test_calls_that_need_a_slot_or_a_device_say_so(directory: Path) -> None:
     with Region.open(directory) as region:
         with pytest.raises(RegionError, match="not attached"):

@@ -166,7 +166,8 @@ def test_what_does_not_belong_to_a_node_is_ignored(api: ApiServerStandIn, scorer
     put_lease(api, lease_object("b", renewed=time.time(), namespace="default"))
     view = scorer.server.extender.view
     wait_for(lambda: sorted(view.node_topology_names()) == ["a", "b"])
-    wait_for(lambda: gpus(scorer, "b") is None)
+    # Known, and refused: not merely not listed yet.
+    wait_for(lambda: (known := view.node("b")) is not None and known.problem is not None)
     assert gpus(scorer, "a") == 4  # still its annotation
     info = view.node("b")
     assert info is not None and (info.problem or "").startswith(
