@@ -188,3 +188,24 @@ def test_restricted_refuses_a_gpu_and_nic_that_share_a_root_port_but_no_switch()
     assert isinstance(restricted, NoFit), restricted
     assert "restricted" in restricted.reason
     fit(Placer(topo).place(Request(1, rdma=1, topology=TopologyPolicy.BEST_EFFORT)))
+
+
+def test_behind_one_switch_the_nvlinked_pair_is_taken() -> None:
+    """A switch with three GPUs, two of them NVLinked: the leaf is not uniform, so the engine
+    weighs its pairs; two GPUs are the linked two, whichever index order says."""
+    host, port, up = "pci0000:00", "0000:00:01.0", "0000:01:00.0"
+    gpus = [
+        Gpu(
+            i,
+            f"GPU-{i:04d}",
+            "Test GPU",
+            1000,
+            i,
+            PcieLocation(f"0000:{3 + i:02x}:00.0", host, (port, up, f"0000:02:{i:02x}.0")),
+            0,
+            nvlink_peers=peers,
+        )
+        for i, peers in enumerate((((2, 4),), (), ((0, 4),)))
+    ]
+    topo = Topology.build("nvl", gpus, [], [NumaNode(0, (0, 1), 1024)])
+    assert gpu_set(fit(Placer(topo).place(Request(2)))) == {0, 2}
