@@ -12,8 +12,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from grpc_tools import protoc
-
 API_DIR = Path(__file__).resolve().parent
 ROOT = API_DIR.parents[1]
 PROTOS = ("deviceplugin_v1beta1.proto", "podresources_v1.proto")
@@ -42,6 +40,8 @@ def _plugin(kind: str) -> Path:
 
 def generate(out_root: Path) -> list[Path]:
     """Writes the modules and stubs under `out_root` (as `deviceplugin/api/...`); returns them."""
+    from grpc_tools import protoc  # noqa: PLC0415 - a build requirement, absent at runtime
+
     api_out = out_root / "deviceplugin" / "api"
     api_out.mkdir(parents=True, exist_ok=True)
     plugins = [f"--plugin=protoc-gen-{k}={_plugin(k)}" for k in ("mypy", "mypy_grpc")]
