@@ -253,6 +253,9 @@ def run(
         pod_resources_socket=(pod_resources_dir or kubelet_dir.parent / "pod-resources")
         / "kubelet.sock",
     )
+    # From here a SIGTERM (a rolling update, say) waits for the start to finish, then stops
+    # what started, rather than killing the agent half started.
+    done = until_signalled()
     agent: StandaloneAgent | NodeAgent
     if kube is None:
         agent = standalone_start(spec, node.xids, node.ports)
@@ -289,7 +292,7 @@ def run(
     )
     if node.xid_file is not None:
         click.echo(f"gpulet agent: inject XIDs with: echo 'GPU XID' >> {node.xid_file}", err=True)
-    until_signalled().wait()
+    done.wait()
     agent.stop()
 
 

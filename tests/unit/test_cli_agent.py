@@ -65,6 +65,23 @@ def test_agent_run_serves_a_simulated_node_until_sigterm(short: Path) -> None:
         assert not (short / "dp" / "gpulet-gpu.sock").exists()
 
 
+def test_a_sigterm_while_the_agent_starts_stops_it_cleanly(short: Path) -> None:
+    """SIGTERM as soon as the agent logs its first line, in the middle of its start (a
+    rolling update can come then): it finishes starting, stops what it started, exits 0."""
+    agent = subprocess.Popen(
+        agent_command(short, "--standalone", "--simulate", "dgx-h100"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert agent.stderr is not None
+    first = agent.stderr.readline()
+    assert "level=" in first, first
+    agent.send_signal(signal.SIGTERM)
+    _, rest = agent.communicate(timeout=30)
+    assert agent.returncode == 0, first + rest
+    assert not (short / "dp" / "gpulet-gpu.sock").exists()
+
+
 def _stderr_shows(path: Path, needle: str, timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
