@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpulet.placement import (
+    Capacity,
     GpuPolicy,
     GpuUsage,
     NodeState,
@@ -14,6 +15,7 @@ from gpulet.placement import (
     Request,
     RequestError,
     TopologyPolicy,
+    place,
 )
 from gpulet.topology import Gpu, Nic, NumaNode, PcieLocation, Topology
 from tests.nodes import shipped
@@ -209,3 +211,16 @@ def test_behind_one_switch_the_nvlinked_pair_is_taken() -> None:
     ]
     topo = Topology.build("nvl", gpus, [], [NumaNode(0, (0, 1), 1024)])
     assert gpu_set(fit(Placer(topo).place(Request(2)))) == {0, 2}
+
+
+def test_a_one_off_placement_is_a_placers() -> None:
+    """`place`, for one request, answers as a Placer built with the same capacity does: GPU1
+    has its 4 slots taken, which only the capacity given says."""
+    topo = shipped("dgx-a100")
+    capacity = Capacity(gpu_slots=4, nic_slots=2)
+    state = NodeState({0: WHOLE, 2: WHOLE, 1: GpuUsage(slots=4, core=40, memory_mib=1000)})
+    assert gpu_set(fit(place(topo, Request(1, core=10), state, capacity))) != {1}
+    assert gpu_set(fit(place(topo, Request(1, core=10), state))) == {1}  # 100 slots: binpack
+    for req in (Request(2, rdma=2, topology=TopologyPolicy.RESTRICTED), Request(1, core=30)):
+        assert place(topo, req, state, capacity) == Placer(topo, capacity).place(req, state)
+    assert place(topo, Request(1)) == Placer(topo).place(Request(1), NodeState())
