@@ -149,12 +149,13 @@ class Placer:
             paths[gpu.name] = path
             for depth in range(len(path) + 1):
                 node_at(path[:depth]).gpus.append(gpu.index)
-            node_at(path[:3]).switched = loc.switch is not None
         for nic in topo.nics:
             loc = nic.location
             path = (nic.numa, loc.host_bridge, group_of(loc), pix_of(loc))
             paths[nic.key] = path
             node_at(path).nics.append(nic.key)
+            # Whether the group is a PCIe switch: read by the restricted rule, and only for a
+            # group with a NIC (whose devices all sit behind the same switch, or none).
             node_at(path[:3]).switched = loc.switch is not None
         for node in root.walk():
             node.children.sort(key=lambda n: str(n.key))
