@@ -17,6 +17,7 @@ from gpulet.placement import (
     TopologyPolicy,
     place,
 )
+from gpulet.placement.cost import Shape, score
 from gpulet.topology import Gpu, Nic, NumaNode, PcieLocation, Topology
 from tests.nodes import shipped
 
@@ -224,3 +225,14 @@ def test_a_one_off_placement_is_a_placers() -> None:
     for req in (Request(2, rdma=2, topology=TopologyPolicy.RESTRICTED), Request(1, core=30)):
         assert place(topo, req, state, capacity) == Placer(topo, capacity).place(req, state)
     assert place(topo, Request(1)) == Placer(topo).place(Request(1), NodeState())
+
+
+def test_a_placements_score_is_its_cost_weighed_for_its_request() -> None:
+    """The 0-100 score the extender ranks nodes by is the documented weighing of the
+    placement's cost for the request's GPUs, NICs and the node's NUMA nodes; one GPU on an
+    empty DGX A100 scores 95 (a fixed point, so that a change to the weighing shows)."""
+    topo = shipped("dgx-a100")
+    for req in (Request(2, rdma=2), Request(1, rdma=1), Request(8, rdma=8)):
+        p = fit(Placer(topo).place(req))
+        assert p.score == score(p.cost, Shape(req.gpus, req.rdma, len(topo.numa_nodes)))
+    assert fit(Placer(topo).place(Request(1))).score == 95.0
