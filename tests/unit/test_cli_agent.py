@@ -213,6 +213,15 @@ def agent_command(short: Path, *options: str) -> list[str]:
     ]
 
 
+def fails_with(argv: list[str], error: str) -> None:
+    """The agent exits 1 with `error` as the last line of its stderr (its log lines come
+    before it) and no traceback."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == error
+
+
 def get(port: int, path: str, token: str | None = None) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -279,17 +288,10 @@ def test_agent_run_with_its_metrics_port_in_use_is_one_line(short: Path) -> None
         api.create_node({"metadata": {"name": "gpu-7"}, "spec": {}, "status": {}})
         api.create_crd(node_topology_crd())
         api.write_kubeconfig(short / "kubeconfig")
-        proc = subprocess.run(
+        fails_with(
             [*api_agent(short, str(port)), "--node-name", "gpu-7"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+            f"Error: cannot listen on 0.0.0.0:{port}: {os.strerror(errno.EADDRINUSE)}",
         )
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last == f"Error: cannot listen on 0.0.0.0:{port}: {os.strerror(errno.EADDRINUSE)}"
     assert not (short / "dp" / "gpulet-gpu.sock").exists()
 
 
@@ -305,14 +307,7 @@ def test_agent_run_with_a_directory_it_cannot_make_is_one_line(short: Path, opti
     (short / "file").write_text("")
     # The option given again: click takes its last value.
     unusable = ("--standalone", "--simulate", "pcie-4gpu", option, str(short / "file" / "sub"))
-    proc = subprocess.run(
+    fails_with(
         agent_command(short, *unusable),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        f"Error: cannot use {short / 'file' / 'sub'}: {os.strerror(errno.ENOTDIR)}",
     )
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last == f"Error: cannot use {short / 'file' / 'sub'}: {os.strerror(errno.ENOTDIR)}"
