@@ -23,7 +23,7 @@ from gpulet.placement import NodeState
 from gpulet.placement.podspec import PodAsk, PodSpecError, pod_ask
 from scorer.cluster import ClusterView, NodeInfo
 from scorer.decide import Decision, Refusal, decide
-from scorer.preemption import victims_for
+from scorer.preemption import pod_priority, victims_for
 from scorer.wire import (
     BadRequest,
     ExtenderArgs,
@@ -186,7 +186,7 @@ class Extender:
             return ExtenderPreemptionResult({})
         if not ask.wants:
             return ExtenderPreemptionResult(proposals)
-        priority = _priority(args.pod)
+        priority = pod_priority(args.pod)
         kept: dict[str, MetaVictims] = {}
         for name, proposal in proposals.items():
             info = self.view.node(name)
@@ -378,9 +378,3 @@ class BindFailed(Exception):
 
 def _uid(pod: Mapping[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("uid") or "")
-
-
-def _priority(pod: Mapping[str, Any]) -> int:
-    """A pod's spec.priority (set by the API server from its PriorityClass); 0 without one."""
-    value = (pod.get("spec") or {}).get("priority")
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -24,6 +24,7 @@ from gpulet.kube.calls import CoreCalls, leases, node_topologies, status_message
 from gpulet.kube.reflector import Reflector
 from scorer.cluster import ClusterView
 from scorer.extender import ApiConflict, ApiNotFound
+from scorer.preemption import pod_priority
 
 log = logging.getLogger("gpulet.scorer")
 
@@ -219,12 +220,11 @@ def apply_pod(view: ClusterView, event: str, pod: Mapping[str, Any]) -> None:
         return
     spec = pod.get("spec") or {}
     text = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
-    priority = spec.get("priority")
     view.set_pod(
         uid,
         spec.get("nodeName") or None,
         text if isinstance(text, str) else None,
-        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
+        priority=pod_priority(pod),
         created=epoch(meta.get("creationTimestamp")) or 0.0,
     )
 

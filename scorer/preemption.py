@@ -14,7 +14,8 @@ Pods the extender has placed but the API has not shown bound (assumptions) are n
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any
 
 from gpulet.placement.podspec import PodAsk
 from scorer.cluster import Holder, NodeInfo, tally
@@ -23,6 +24,12 @@ from scorer.decide import Decision, decide
 #: How many victim sets one node's search may try before it settles for adding candidates in
 #: preference order until the pod fits (fewer then no longer guaranteed).
 SEARCH_BUDGET = 2000
+
+
+def pod_priority(pod: Mapping[str, Any]) -> int:
+    """A pod's spec.priority (set by the API server from its PriorityClass); 0 without one."""
+    value = (pod.get("spec") or {}).get("priority")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def victims_for(
