@@ -539,23 +539,42 @@ class ClusterView:
 def tally(info: NodeInfo, assignments: Iterable[Assignment]) -> NodeState:
     """What `assignments` take of the node's GPUs and NIC ports, as the placement engine
     counts it (an assignment's GPU the node no longer has is not counted)."""
-    topo = info.topo
-    if topo is None:
-        return NodeState()
-    by_uuid = {g.uuid: g for g in topo.gpus}
     gpus: dict[int, GpuUsage] = {}
     nics: dict[str, int] = {}
     for assignment in assignments:
-        for container in assignment.containers:
-            for share in container.gpus:
-                gpu = by_uuid.get(share.uuid)
-                if gpu is None:
-                    continue  # the node's GPUs changed under the pod: nothing to count
-                charge = share.charge(info.capacity.gpu_slots, gpu.memory_mib)
-                gpus[gpu.index] = gpus.get(gpu.index, IDLE).plus(charge)
-            for key in container.nics:
-                nics[key] = nics.get(key, 0) + 1
+        taken = charges(info, assignment)
+        for index, charge in taken.gpus:
+            gpus[index] = gpus.get(index, IDLE).plus(charge)
+        for key in taken.nics:
+            nics[key] = nics.get(key, 0) + 1
     return NodeState(gpus=gpus, nic_slots=nics)
+
+
+@dataclass(frozen=True)
+class Charges:
+    """What one assignment takes of a node: a charge per GPU it holds (by index), and one
+    slot per NIC port it holds (a key once per container)."""
+
+    gpus: tuple[tuple[int, GpuUsage], ...]
+    nics: tuple[str, ...]
+
+
+def charges(info: NodeInfo, assignment: Assignment) -> Charges:
+    """`assignment`'s charges on the node, as `tally` adds them up."""
+    topo = info.topo
+    if topo is None:
+        return Charges((), ())
+    by_uuid = {g.uuid: g for g in topo.gpus}
+    gpus: list[tuple[int, GpuUsage]] = []
+    nics: list[str] = []
+    for container in assignment.containers:
+        for share in container.gpus:
+            gpu = by_uuid.get(share.uuid)
+            if gpu is None:
+                continue  # the node's GPUs changed under the pod: nothing to count
+            gpus.append((gpu.index, share.charge(info.capacity.gpu_slots, gpu.memory_mib)))
+        nics.extend(container.nics)
+    return Charges(tuple(gpus), tuple(nics))
 
 
 def _name_of(obj: Mapping[str, object]) -> str | None:

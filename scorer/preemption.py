@@ -18,7 +18,8 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from gpulet.placement.podspec import PodAsk
-from scorer.cluster import Holder, NodeInfo, tally
+from gpulet.placement.request import NodeState
+from scorer.cluster import Holder, NodeInfo, charges, tally
 from scorer.decide import Decision, decide
 
 #: How many victim sets one node's search may try before it settles for adding candidates in
@@ -44,14 +45,15 @@ def victims_for(
     """The UIDs to evict on the node so that `ask` (of `priority`) fits: `proposed` and the
     fewest further lower-priority holders, in the order of the module's docstring; None when
     no such set frees a placement."""
+    fits = _Fits(info, holders, ask)
     chosen = set(proposed)
-    if _fits(info, holders, ask, chosen):
+    if fits(chosen):
         return sorted(chosen)
     candidates = sorted(
         (h for h in holders if h.uid not in chosen and not h.assumed and h.priority < priority),
         key=lambda h: (h.priority, -h.created, h.uid),
     )
-    if not _fits(info, holders, ask, chosen | {h.uid for h in candidates}):
+    if not fits(chosen | {h.uid for h in candidates}):
         return None
     tries = 0
     for level in sorted({h.priority for h in candidates}):
@@ -61,8 +63,8 @@ def victims_for(
                 continue  # tried at a lower level
             tries += 1
             if tries > budget:
-                return _greedy(info, holders, ask, chosen, candidates)
-            if _fits(info, holders, ask, chosen | {h.uid for h in extra}):
+                return _greedy(fits, chosen, candidates)
+            if fits(chosen | {h.uid for h in extra}):
                 return sorted(chosen | {h.uid for h in extra})
     raise AssertionError("every candidate evicted fits, so some set must")  # pragma: no cover
 
@@ -75,22 +77,35 @@ def _smallest_first(pool: Sequence[Holder]) -> Iterator[tuple[Holder, ...]]:
         yield from itertools.combinations(by_recency, size)
 
 
-def _greedy(
-    info: NodeInfo,
-    holders: Sequence[Holder],
-    ask: PodAsk,
-    chosen: set[str],
-    candidates: Sequence[Holder],
-) -> list[str]:
+def _greedy(fits: _Fits, chosen: set[str], candidates: Sequence[Holder]) -> list[str]:
     """Candidates added in preference order until the pod fits."""
     taken = set(chosen)
     for h in candidates:
         taken.add(h.uid)
-        if _fits(info, holders, ask, taken):
+        if fits(taken):
             break
     return sorted(taken)
 
 
-def _fits(info: NodeInfo, holders: Sequence[Holder], ask: PodAsk, gone: Collection[str]) -> bool:
-    state = tally(info, (h.assignment for h in holders if h.uid not in gone))
-    return isinstance(decide(info, state, ask), Decision)
+class _Fits:
+    """Whether the pod fits once a set of holders is gone: the node's state with every holder
+    counted once, less the charges of those gone (a try costs its victims, not the node)."""
+
+    def __init__(self, info: NodeInfo, holders: Sequence[Holder], ask: PodAsk) -> None:
+        self.info, self.ask = info, ask
+        self.charges = {h.uid: charges(info, h.assignment) for h in holders}
+        self.full = tally(info, (h.assignment for h in holders))
+
+    def __call__(self, gone: Collection[str]) -> bool:
+        gpus = dict(self.full.gpus)
+        nics = dict(self.full.nic_slots)
+        for uid in gone:
+            taken = self.charges.get(uid)
+            if taken is None:
+                continue  # not on this node: nothing to give back
+            for index, charge in taken.gpus:
+                gpus[index] = gpus[index].minus(charge)
+            for key in taken.nics:
+                nics[key] -= 1
+        state = NodeState(gpus=gpus, nic_slots=nics)
+        return isinstance(decide(self.info, state, self.ask), Decision)

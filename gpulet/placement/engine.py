@@ -116,16 +116,13 @@ class Placer:
         self._nic_path: dict[str, tuple[int, ...]] = {}
         self._order: list[_Node] = []
         self.root, self.hierarchical = self._build()
-        #: Per GPU, the GPUs of its NUMA node and of its group (None: no group above it):
-        #: what a single-GPU placement breaks when they are all idle.
-        self._gpu_pristine: dict[int, tuple[frozenset[int], frozenset[int] | None]] = {}
+        #: Per GPU, the GPUs of its NUMA node and of its group (every device has a group:
+        #: a switch, a root port or a slot on the root bus): what a single-GPU placement
+        #: breaks when they are all idle.
+        self._gpu_pristine: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
         for i, path in self._gpu_path.items():
             above = {self._order[uid].level: self._order[uid] for uid in path}
-            group = above.get("group")
-            self._gpu_pristine[i] = (
-                frozenset(above["numa"].gpus),
-                None if group is None else frozenset(group.gpus),
-            )
+            self._gpu_pristine[i] = (frozenset(above["numa"].gpus), frozenset(above["group"].gpus))
 
     # -- construction -------------------------------------------------------------------
 
@@ -250,7 +247,7 @@ class Placer:
                 numa, group = self._gpu_pristine[i]
                 if busy.isdisjoint(numa):
                     cost += _NUMA_BROKEN
-                if group is not None and busy.isdisjoint(group):
+                if busy.isdisjoint(group):
                     cost += _GROUP_BROKEN
             if best is None or cost < best[0]:
                 best = (cost, i)
@@ -353,7 +350,7 @@ class _Memo:
             gpus.extend(chosen_gpus)
             nics.extend(chosen_nics)
             return
-        for child, back in reversed(self.steps.get(uid, ())):
+        for child, back in reversed(self.steps[uid]):
             before = 0 if back is None else back[key]
             if key != before:
                 self.follow(child, key - before, gpus, nics)
@@ -410,12 +407,14 @@ def _merge(
             if key:  # the (0, 0) state is handled in bulk below
                 a, b = key >> _B, key & _NMASK
                 items.append((key, a, b, cost + rank_cost * (a if not b else b if not a else 0)))
-        nothing = table.get(0)
+        # Taking nothing from a subtree costs nothing (every term is charged for a chosen
+        # device), but pruning may have dropped that state.
+        can_skip = 0 in table
         if target is not None and i == last:
             # Last child at the root: only the target is wanted, so look it up.
             wanted = {key: c for key, _, _, c in items}
-            if nothing is not None:
-                wanted[0] = nothing
+            if can_skip:
+                wanted[0] = 0
             ta = target >> _B
             found: tuple[int, int] | None = None
             for mkey, mc in merged.items():
@@ -437,10 +436,10 @@ def _merge(
         # then try the child's other states.
         costs: Table = {}
         back: dict[int, int] = {}
-        if nothing is not None:
+        if can_skip:
             for mkey, mc in merged.items():
                 if mkey >> _B >= need_g and mkey & _NMASK >= need_n:
-                    costs[mkey] = mc + nothing
+                    costs[mkey] = mc
                     back[mkey] = mkey
         for mkey, base in merged.items():
             ma, mb = mkey >> _B, mkey & _NMASK
@@ -501,7 +500,8 @@ def _leaf(
     cost and, where NVLink differs between them, their pairs. With both GPUs and NICs taken,
     each is charged the leaf's rank (0 in a PIX cluster, PXB in a group of them)."""
     table: Table = {0: 0}
-    picks: dict[int, tuple[tuple[int, ...], tuple[str, ...]]] = {0: ((), ())}
+    # Only chosen devices are looked up (`_Memo.follow` skips an empty share).
+    picks: dict[int, tuple[tuple[int, ...], tuple[str, ...]]] = {}
     ctx.memo.picks[node.uid] = picks
     if (not gpus or len(gpus) == 1) and (not nics or len(nics) == 1):
         # The common case (every group of a DGX): at most one GPU and one NIC.

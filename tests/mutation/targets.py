@@ -54,6 +54,7 @@ _PLACEMENT_TESTS = (
     "tests/unit/test_placement_properties.py",
     "tests/unit/test_placement_scenarios.py",
     "tests/unit/test_placement_shipped.py",
+    "tests/unit/test_placement_pruning.py",
 )
 
 PYTHON_TARGETS = (

@@ -203,6 +203,31 @@ def test_every_kind_of_allocation_is_charged_and_freed(
     assert used(box.region_dir) == 0
 
 
+@by_granularity
+def test_an_array_charged_high_up_front_is_settled_to_what_the_driver_reserved(
+    make_container: MakeContainer, granularity: int
+) -> None:
+    """An array of a format the limiter does not know (UNORM_INT8X1, 0x40) is charged 16
+    bytes an element up front; once the driver says what it reserved (the fake: 4 bytes an
+    element), the charge is that, and the difference is free again."""
+    box = make_container((64, 100), granularity=granularity)
+    marker = box.region_dir / "charged"
+    done = box.region_dir / "go"
+    proc = box.start(
+        "runtime", ["array-format 1024 1024 64", f"touch {marker}", f"wait-file {done}", "info"]
+    )
+    try:
+        _wait_for(marker)
+        assert used(box.region_dir) == reserved(4 * MIB, granularity)
+        done.touch()
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    lines = out.splitlines()
+    assert lines[0] == "array-format 1024 1024 64 ok", err
+    assert field(lines[-1], "free") == 64 * MIB - reserved(4 * MIB, granularity)
+
+
 @pytest.mark.parametrize("granularity", GRANULARITIES[:2], ids=granularity_id)
 def test_thousands_of_live_allocations_are_each_given_back(
     make_container: MakeContainer, granularity: int

@@ -615,6 +615,7 @@ static int arity(size_t args, size_t expected) {
  *   pool MIB              cuMemAllocFromPoolAsync, the device's default pool -> pool MIB ok
  *   vmm MIB               cuMemCreate, rounded up to the granularity -> vmm MIB ok
  *   array W H             cuArrayCreate, float, 1 channel -> array W H ok
+ *   array-format W H F    cuArrayCreate, format F (decimal), 1 channel -> ... ok
  *   free                  frees the newest allocation -> free ok | free err CODE | free none
  *   free-all              frees them all, newest first -> free-all ok N | free-all err CODE
  *   info                  cuMemGetInfo                -> info free=F total=T
@@ -693,10 +694,12 @@ static void run_command(const char *text) {
         alloc_result(text, r, a);
     } else if (IS("vmm", 1)) {
         vmm(text, mib(words[1]));
-    } else if (IS("array", 2)) {
+    } else if (IS("array", 2) || IS("array-format", 3)) {
         struct alloc a = {.kind = A_ARRAY};
         CUDA_ARRAY_DESCRIPTOR desc = {.Width = number(words[1]), .Height = number(words[2]),
                                       .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 1};
+        if (args == 3)
+            desc.Format = (int)number(words[3]);
         alloc_result(text, cu.cuArrayCreate(&a.array, &desc), a);
     } else if (IS("free", 0)) {
         if (pop_free(&r))
