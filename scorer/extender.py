@@ -23,7 +23,7 @@ from gpulet.placement import NodeState
 from gpulet.placement.podspec import PodAsk, PodSpecError, pod_ask
 from scorer.cluster import ClusterView, NodeInfo
 from scorer.decide import Decision, Refusal, decide
-from scorer.preemption import pod_priority, victims_for
+from scorer.preemption import node_budget, pod_priority, victims_for
 from scorer.wire import (
     BadRequest,
     ExtenderArgs,
@@ -188,12 +188,14 @@ class Extender:
             return ExtenderPreemptionResult(proposals)
         priority = pod_priority(args.pod)
         kept: dict[str, MetaVictims] = {}
+        budget = node_budget(len(proposals))
         for name, proposal in proposals.items():
             info = self.view.node(name)
             if info is None or info.problem is not None:
                 continue
             proposed = {p.uid for p in proposal.pods}
-            found = victims_for(info, self.view.holders(name), ask, priority, proposed)
+            holders = self.view.holders(name)
+            found = victims_for(info, holders, ask, priority, proposed, budget=budget)
             if found is not None:
                 kept[name] = MetaVictims(
                     tuple(MetaPod(uid) for uid in found), proposal.num_pdb_violations

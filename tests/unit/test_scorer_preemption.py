@@ -147,3 +147,26 @@ def test_a_search_cut_short_takes_the_lowest_priorities_first() -> None:
     ask = pod_ask(pod_object("p", container(gpus=1, core=50, memory=2048), uid="p"))
     assert victims_for(info, holders, ask, 3, set(), budget=0) == ["u1", "u2"]
     assert victims_for(info, holders, ask, 3, set()) == ["u1", "u2"]
+
+
+def test_a_search_cut_short_frees_one_gpu_rather_than_a_little_of_each() -> None:
+    """Four GPUs, each full of 25% slices (four slots each; priorities 0 and 1, all lower): a
+    slice of 60% needs three pods gone from one GPU. Past the budget, the plain preference order would take pods
+    from GPU after GPU before one has room; the pass focused on one GPU takes three."""
+    info = info_of(shipped("pcie-4gpu"))
+    holders: list[Holder] = []
+    for n in range(16):
+        spec = container(gpus=1, core=25, memory=1024)
+        ask = pod_ask(pod_object(f"h{n}", spec, uid=f"u{n:02d}"))
+        placed = decide(info, tally(info, (h.assignment for h in holders)), ask)
+        assert isinstance(placed, Decision)
+        holders.append(Holder(f"u{n:02d}", placed.assignment, n % 2, created=float(n)))
+    pending = pod_ask(pod_object("p", container(gpus=1, core=60, memory=1024), uid="p"))
+    assert not fits(info, holders, pending, set())
+    for budget in (0, 5):
+        found = victims_for(info, holders, pending, 5, set(), budget=budget)
+        assert found is not None and fits(info, holders, pending, set(found))
+        assert len(found) == 3, found
+        gpus = {s.uuid for h in holders if h.uid in found for c in h.assignment.containers
+                for s in c.gpus}  # fmt: skip
+        assert len(gpus) == 1, "the three victims share one GPU"
