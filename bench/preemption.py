@@ -18,6 +18,7 @@ import statistics
 import time
 from dataclasses import replace
 
+from agent.simnode import open_simulated
 from gpulet.api.assignment import dump_assignment, parse_assignment
 from gpulet.placement import Capacity, Placer
 from gpulet.placement.podspec import pod_ask
@@ -25,7 +26,6 @@ from gpulet.standins.objects import container, pod_object
 from scorer.cluster import Holder, NodeInfo, tally
 from scorer.decide import Decision, decide
 from scorer.preemption import SEARCH_BUDGET, victims_for
-from agent.simnode import open_simulated
 
 CAPACITY = Capacity(gpu_slots=100, nic_slots=8)
 

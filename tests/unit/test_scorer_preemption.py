@@ -151,8 +151,9 @@ def test_a_search_cut_short_takes_the_lowest_priorities_first() -> None:
 
 def test_a_search_cut_short_frees_one_gpu_rather_than_a_little_of_each() -> None:
     """Four GPUs, each full of 25% slices (four slots each; priorities 0 and 1, all lower): a
-    slice of 60% needs three pods gone from one GPU. Past the budget, the plain preference order would take pods
-    from GPU after GPU before one has room; the pass focused on one GPU takes three."""
+    slice of 60% needs three pods gone from one GPU. Past the budget, the plain preference
+    order would take pods from GPU after GPU before one has room; the pass focused on one GPU
+    takes three."""
     info = info_of(shipped("pcie-4gpu"))
     holders: list[Holder] = []
     for n in range(16):
