@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.access import KubernetesAccess
+from agent.advertise import CapacityAdvertiser
 from agent.allocations import allocations
 from agent.backstop import (
     CgroupFreezer,
@@ -97,6 +98,7 @@ class NodeAgent:
     monitor: Monitor | None = None
     metrics: MetricsServer | None = None
     recorder: AllocatedRecorder | None = None
+    capacity: CapacityAdvertiser | None = None
 
     def stop(self) -> None:
         """Stop every part, last started first (the monitor's loop before the duty cycle,
@@ -174,6 +176,7 @@ def start(
     with parts.starting():
         publisher = TopologyPublisher(api, topo, legacy=legacy_annotations)
         parts.start("topology-publisher", publisher)
+        capacity = parts.start("node-capacity", CapacityAdvertiser(api, topo))
         parts.start("heartbeat", heartbeat)
         publisher.retire_legacy()
         link = CoreLink()
@@ -189,7 +192,9 @@ def start(
         core = build(spec, pods, recorder.granted, recover=recover)
         link.bind(core)
         manager = parts.start("device-plugins", PluginManager(core, spec.plugin_dir, xids, ports))
-        agent = NodeAgent(core, manager, pods, publisher, heartbeat, parts, recorder=recorder)
+        agent = NodeAgent(
+            core, manager, pods, publisher, heartbeat, parts, recorder=recorder, capacity=capacity
+        )
         if pinning is not None:
             pinner = Pinner(topo, pods.pods, pinning.cgroup_root, pinning.cpu_manager_state)
             loop = Every("gpulet-pin", pinning.interval_s, pinner.reconcile)

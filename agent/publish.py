@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from kubernetes.client import ApiException
 
 from agent.kube import why
+from agent.loop import OnDemand
 from gpulet.api import nodetopology as nt
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
 from gpulet.kube.calls import CoreCalls, json_object, node_topologies
@@ -74,7 +75,6 @@ class TopologyPublisher:
         self._objects = node_topologies(core.client)
         self.legacy = LegacyAnnotations(core, self.node, legacy)
         self._retry_s = retry_s
-        self._max_retry_s = max_retry_s
         self._lock = threading.Lock()
         self._document = to_document(topo)
         #: The Node's uid, as last read; None: read it before the next create.
@@ -88,16 +88,17 @@ class TopologyPublisher:
         self.settled = threading.Event()
         #: One writer at a time: `start` and `retire_legacy` in the caller's thread, then ours.
         self._writing = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gpulet-topology", daemon=True)
+        self._writer = OnDemand(
+            "gpulet-topology", self._write, self._write_failed, retry_s=retry_s,
+            max_retry_s=max_retry_s,
+        )  # fmt: skip
         name = self.node
 
         def list_mine(**options: Any) -> Any:
             return self._objects.list(field_selector=f"metadata.name={name}", **options)
 
-        self.reflector = Reflector(
-            "node-topology", list_mine, self._listed, self._watched, watch_timeout_s=watch_timeout_s
+        self.reflector = Reflector.of_one(
+            "node-topology", list_mine, self._saw, watch_timeout_s=watch_timeout_s
         )
 
     @property
@@ -119,14 +120,11 @@ class TopologyPublisher:
             self._put(read_first=False)
         self.settled.set()
         self.reflector.start()
-        self._thread.start()
+        self._writer.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
+        self._writer.stop()
         self.reflector.stop()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
 
     def set_topology(self, topo: Topology | str) -> None:
         """Publish this document (a topology, or its JSON text) if it differs from the one
@@ -140,7 +138,7 @@ class TopologyPublisher:
             self._document = document
             self._dirty = True
             self.settled.clear()
-        self._wake.set()
+        self._writer.wake()
 
     def retire_legacy(self) -> None:
         """Settle the previous release's annotations (`LegacyAnnotations`), now and whenever
@@ -155,15 +153,9 @@ class TopologyPublisher:
             self._failed("legacy-annotations-failed", e, self._retry_s)
             with self._lock:
                 self.settled.clear()
-            self._wake.set()
+            self._writer.wake()
 
     # ---- the watch: note what the object is; the writes are the thread's ----
-
-    def _listed(self, items: Sequence[Obj]) -> None:
-        self._saw(items[0] if items else None)
-
-    def _watched(self, event: str, obj: Obj) -> None:
-        self._saw(None if event == "DELETED" else obj)
 
     def _saw(self, obj: Obj | None) -> None:
         with self._lock:
@@ -176,32 +168,21 @@ class TopologyPublisher:
                 self._uid = None  # its Node may be a new one
             self._dirty = True
             self.settled.clear()
-        self._wake.set()
+        self._writer.wake()
 
     # ---- the writes ----
 
-    def _run(self) -> None:
-        delay: float | None = None
-        retry = self._retry_s
-        while not self._stop.is_set():
-            self._wake.wait(delay)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                with self._writing:
-                    self._work()
-            except Exception as e:
-                delay = retry
-                retry = min(retry * 2, self._max_retry_s)
-                failed = isinstance(e, LegacyError)
-                event = "legacy-annotations-failed" if failed else "topology-publish-failed"
-                self._failed(event, e, delay)
-                continue
-            delay, retry = None, self._retry_s
-            with self._lock:
-                if not self._dirty:
-                    self.settled.set()
+    def _write(self) -> None:
+        with self._writing:
+            self._work()
+        with self._lock:
+            if not self._dirty:
+                self.settled.set()
+
+    def _write_failed(self, e: Exception, retry_s: float) -> None:
+        failed = isinstance(e, LegacyError)
+        event = "legacy-annotations-failed" if failed else "topology-publish-failed"
+        self._failed(event, e, retry_s)
 
     def _work(self) -> None:
         with self._lock:

@@ -3,13 +3,16 @@ its units, defaults and errors: docs/pod-spec.md."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: Counted by kubelet through the device plugin: slots of different physical GPUs.
 GPU_RESOURCE = "gpulet.io/gpu"
 #: Counted by kubelet through the device plugin: RDMA ports.
 RDMA_RESOURCE = "gpulet.io/rdma"
-#: Counted by the extender only (`ignoredByScheduler`): percent of each GPU, 1-100.
+#: Percent of each GPU, 1-100: placed per GPU by the extender; kube-scheduler and kubelet
+#: count it against the node's aggregate (`node_aggregates`), which the agent advertises.
 CORE_RESOURCE = "gpulet.io/gpu-core"
-#: Counted by the extender only: MiB of each GPU.
+#: MiB of each GPU: as `CORE_RESOURCE`.
 MEMORY_RESOURCE = "gpulet.io/gpu-memory"
 #: What the device plugin serves.
 RESOURCES = (GPU_RESOURCE, RDMA_RESOURCE)
@@ -28,6 +31,15 @@ GPU_POLICY_ANNOTATION = "gpulet.io/gpu-policy"
 NUMA_PIN_ANNOTATION = "gpulet.io/numa-pin"
 #: When the agent last published its node (RFC 3339, UTC); a stale one means the agent is gone.
 HEARTBEAT_ANNOTATION = "gpulet.io/heartbeat"
+
+
+def node_aggregates(gpu_memory_mib: Iterable[int]) -> dict[str, int]:
+    """What a node advertises in its status for kube-scheduler and kubelet to count, given
+    the memory of each of its GPUs: 100 percent of compute and all the memory of every GPU.
+    These are sums: kube-scheduler checks a pod against them, the extender places it on
+    concrete GPUs."""
+    memory = list(gpu_memory_mib)
+    return {CORE_RESOURCE: 100 * len(memory), MEMORY_RESOURCE: sum(memory)}
 
 
 class UnknownResourceError(ValueError):

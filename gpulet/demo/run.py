@@ -1,11 +1,14 @@
-"""`gpulet demo`: one pod's path through gpulet, for four sample pods, on simulated nodes.
+"""`gpulet demo`: one pod's path through gpulet, for four sample pods, on simulated nodes;
+then a preemption on a node that joins for it.
 
 In this process tree: an API server stand-in, N simulated nodes each with a kubelet
 stand-in and a real agent (device plugins over gRPC, its node published, pods watched), and
 the real extender watching the API. The demo plays kube-scheduler (filter, prioritize, bind
 over HTTP to the extender) and kubelet's admission (Allocate over gRPC to the agent), then
 prints what each container got: node, GPUs and shares, NICs, NUMA node, devices, env, mounts
-and its limits file. Everything runs on ports and sockets of its own and is removed at the end.
+and its limits file. For the preemption it plays kube-scheduler's too: its victims counted
+from the node's sums (gpulet.demo.dryrun), checked per GPU by the extender's preempt verb.
+Everything runs on ports and sockets of its own and is removed at the end.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.api.assignment import Assignment, parse_assignment
 from gpulet.api.nodetopology import lease_name
-from gpulet.api.resources import ASSIGNMENT_ANNOTATION, NUMA_PIN_ANNOTATION
+from gpulet.api.resources import (
+    ASSIGNMENT_ANNOTATION,
+    CORE_RESOURCE,
+    GPU_POLICY_ANNOTATION,
+    NUMA_PIN_ANNOTATION,
+)
+from gpulet.demo import dryrun
 from gpulet.kube.calls import CoreCalls
 from gpulet.kube.crd import node_topology_crd
 from gpulet.standins.apiserver import ApiServerStandIn
@@ -47,7 +56,11 @@ from scorer.wire import (
     ExtenderBindingArgs,
     ExtenderBindingResult,
     ExtenderFilterResult,
+    ExtenderPreemptionArgs,
+    ExtenderPreemptionResult,
     HostPriorityList,
+    MetaPod,
+    MetaVictims,
 )
 
 Say = Callable[[str], None]
@@ -148,6 +161,10 @@ class Demo:
                 most = max(sum(g.numa == n.id for g in topo.gpus) for n in topo.numa_nodes)
                 for sample in samples(self.kind, most):
                     self._submit(api, scorer, sample)
+                name = f"{self.kind}-{self.count}"
+                stack.enter_context(self._node(api, core_api, name, work / name, limiter=limiter))
+                _wait(lambda: bool((n := view.node(name)) and n.topo))
+                self._preemption(api, scorer, name)
             return 0
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -201,39 +218,132 @@ class Demo:
     def _submit(self, api: ApiServerStandIn, scorer: Scorer, sample: Sample) -> None:
         say = self.say
         stored = api.create_pod(sample.pod)
-        meta = stored["metadata"]
         say(f"== pod {sample.name}: {sample.what}")
-        names = list(self.nodes)
+        self._schedule(api, scorer, stored, list(self.nodes))
+
+    def _schedule(
+        self,
+        api: ApiServerStandIn,
+        scorer: Scorer,
+        stored: dict[str, Any],
+        names: list[str],
+        *,
+        quiet: bool = False,
+    ) -> str | None:
+        """kube-scheduler's part for a created pod: filter, prioritize, bind; then kubelet's
+        (`_admit`), unless `quiet`. The node it is bound to, or None."""
+        say = self.say
+        meta = stored["metadata"]
         passed = ExtenderFilterResult.parse(
             _post(scorer, "filter", ExtenderArgs(stored, node_names=tuple(names)).dump())
         )
         if not passed.names():
+            if quiet:
+                return None
             say("   does not fit; the extender says, per node:")
             reasons = {**passed.failed_nodes, **passed.failed_and_unresolvable_nodes}
             for node, reason in sorted(reasons.items()):
                 say(f"     {node}: {reason}")
             say("")
-            return
+            return None
         scores = HostPriorityList.parse(
             _post(scorer, "prioritize", ExtenderArgs(stored, node_names=passed.names()).dump())
         )
         best = max(scores, key=lambda s: s.score)
-        shown = ", ".join(f"{s.host} {s.score}" for s in scores)
-        say(f"   scores (0-10): {shown}; binding to {best.host}")
+        if not quiet:
+            shown = ", ".join(f"{s.host} {s.score}" for s in scores)
+            say(f"   scores (0-10): {shown}; binding to {best.host}")
         node = best.host
         bind = ExtenderBindingArgs(meta["name"], meta["namespace"], meta["uid"], node)
         answer = ExtenderBindingResult.parse(_post(scorer, "bind", bind.dump()))
         if answer.error:
             say(f"   bind failed: {answer.error}\n")
-            return
+            return None
         bound = api.get_pod(meta["namespace"], meta["name"])
         assert bound is not None
-        assignment = parse_assignment(bound["metadata"]["annotations"][ASSIGNMENT_ANNOTATION])
-        self._admit(self.nodes[node], bound, assignment)
+        annotation = bound["metadata"]["annotations"][ASSIGNMENT_ANNOTATION]
+        self._admit(self.nodes[node], bound, parse_assignment(annotation), quiet=quiet)
+        return node
 
-    def _admit(self, node: DemoNode, pod: dict[str, Any], assignment: Assignment) -> None:
-        """What kubelet does: Allocate each resource of each container, then show it."""
+    # ---- a preemption ---------------------------------------------------------------------
+
+    def _preemption(self, api: ApiServerStandIn, scorer: Scorer, node: str) -> None:
+        """Low-priority slices fill the node; a slice of high priority finds no room, and
+        gets it through preemption: kube-scheduler's proposal from the node's sums, the
+        extender's correction per GPU, the victims deleted, the pod placed."""
         say = self.say
+        topo = self.nodes[node].topo
+        gpus = len(topo.gpus)
+        say(f"== preemption: node {node} joins; the pods below ask for it (nodeSelector)")
+        held: dict[str, tuple[str, int]] = {}  # uid -> (name, GPU index)
+        by_uuid = {g.uuid: g.index for g in topo.gpus}
+        fill = [(f"first-{i}", 200, "spread") for i in range(gpus)]
+        fill += [(f"second-{i}", 100 if i < 2 else 101, "binpack") for i in range(gpus)]
+        for name, value, policy in fill:
+            stored = api.create_pod(_slice(name, 50, value, policy))
+            if self._schedule(api, scorer, stored, [node], quiet=True) is None:
+                raise RuntimeError(f"the demo's slice {name} found no room on {node}")
+            bound = api.get_pod(stored["metadata"]["namespace"], name)
+            assert bound is not None
+            annotation = bound["metadata"]["annotations"][ASSIGNMENT_ANNOTATION]
+            (share,) = [g for c in parse_assignment(annotation).containers for g in c.gpus]
+            held[stored["metadata"]["uid"]] = (name, by_uuid[share.uuid])
+        say(
+            f"   {len(fill)} slices of 50% fill its {gpus} GPUs, two on each: first-N at "
+            "priority 200, then second-N beside them at 100 (second-0, second-1) and 101"
+        )
+        urgent = api.create_pod(_slice("urgent", 60, 1000, "binpack"))
+        say("   pod urgent: a 60% slice at priority 1000")
+        if self._schedule(api, scorer, urgent, [node], quiet=True) is not None:
+            raise RuntimeError("the demo's urgent slice fit without preemption")
+        stored_node = api.get_node(node)
+        assert stored_node is not None
+        allocatable = stored_node["status"]["allocatable"]
+        on_node = [p for p in api.pods() if (p.get("spec") or {}).get("nodeName") == node]
+        used = sum(dryrun.requests(p)[CORE_RESOURCE] for p in on_node)
+        say(
+            f"   no room: kube-scheduler counts {used} of the {allocatable[CORE_RESOURCE]} "
+            f"{CORE_RESOURCE} the agent advertises for {node}"
+        )
+        proposed = dryrun.victims(allocatable, on_node, urgent) or []
+        names = [str(p["metadata"]["name"]) for p in proposed]
+        where = ", ".join(
+            f"{n} (GPU{held[p['metadata']['uid']][1]})"
+            for n, p in zip(names, proposed, strict=True)
+        )
+        say(f"   kube-scheduler's preemption, by the node's sums, proposes: {where}")
+        args = ExtenderPreemptionArgs(
+            urgent,
+            node_name_to_meta_victims={
+                node: MetaVictims(tuple(MetaPod(str(p["metadata"]["uid"])) for p in proposed))
+            },
+        )
+        answer = ExtenderPreemptionResult.parse(_post(scorer, "preempt", args.dump()))
+        kept = (answer.node_name_to_meta_victims or {}).get(node)
+        if kept is None:
+            say("   the extender drops the node: no victims there free a GPU\n")
+            return
+        chosen = sorted(held[v.uid] for v in kept.pods)
+        added = [f"{n} (GPU{i})" for n, i in chosen if n not in names]
+        say(
+            "   the extender checks per GPU: those leave no GPU with 60% free; it adds the "
+            f"fewest more of lower priority: {', '.join(added) or 'none'}"
+        )
+        for name, _ in chosen:
+            api.delete_pod("default", name)
+            api.finish_pod_deletion("default", name)
+        say(f"   kube-scheduler deletes {', '.join(n for n, _ in chosen)}; pod urgent is retried:")
+        view = scorer.server.extender.view
+        gone = {v.uid for v in kept.pods}
+        _wait(lambda: not gone & {h.uid for h in view.holders(node)})
+        self._schedule(api, scorer, urgent, [node])
+
+    def _admit(
+        self, node: DemoNode, pod: dict[str, Any], assignment: Assignment, *, quiet: bool = False
+    ) -> None:
+        """What kubelet does: Allocate each resource of each container, then show it (unless
+        `quiet`)."""
+        say: Say = (lambda _: None) if quiet else self.say
         meta = pod["metadata"]
         ref = PodRef(uid=meta["uid"], namespace=meta["namespace"], name=meta["name"])
         by_uuid = {g.uuid: g for g in node.topo.gpus}
@@ -254,7 +364,8 @@ class Demo:
                 if count:
                     response = allocate_once_seen(node.kubelet, ref, entry.name, resource, count)
                     responses.append(response.container_responses[0])
-            self._show(responses, {g.uuid for g in entry.gpus if g.exclusive})
+            if not quiet:
+                self._show(responses, {g.uuid for g in entry.gpus if g.exclusive})
             if meta.get("annotations", {}).get(NUMA_PIN_ANNOTATION) == "true":
                 cpus = [c for n in node.topo.numa_nodes if n.id in entry.numa for c in n.cpus]
                 say(
@@ -291,6 +402,18 @@ class Demo:
                     say(f"     limits: {d.uuid} no limiter (whole GPU)")
                 else:
                     say(f"     limits: {d.uuid} {d.memory_mib} MiB, {d.core_percent}% core")
+
+
+def _slice(name: str, core: int, priority: int, policy: str) -> dict[str, Any]:
+    """A one-GPU slice of `core`% and 1 GiB at `priority` (spec.priority, which the API
+    server sets from a PriorityClass), with the `gpu-policy` given."""
+    pod = pod_object(
+        name,
+        container("main", gpus=1, core=core, memory=1024),
+        annotations={GPU_POLICY_ANNOTATION: policy},
+    )
+    pod["spec"]["priority"] = priority
+    return pod
 
 
 def allocate_once_seen(

@@ -112,6 +112,11 @@ class CoreCalls(_Calls):
         path = f"/api/v1/nodes/{name}"
         return _read(self._call("PATCH", path, body=body, content_type=_MERGE_PATCH))
 
+    def patch_node_status(self, name: str, body: Mapping[str, Any]) -> Any:
+        """A JSON merge patch of the Node's status subresource."""
+        path = f"/api/v1/nodes/{name}/status"
+        return _read(self._call("PATCH", path, body=body, content_type=_MERGE_PATCH))
+
     def create_binding(self, namespace: str, name: str, uid: str, node: str) -> Any:
         body = {
             "apiVersion": "v1",

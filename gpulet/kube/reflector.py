@@ -53,6 +53,25 @@ class Reflector:
         self._lock = threading.Lock()
         self._open: Any = None
 
+    @classmethod
+    def of_one(
+        cls,
+        name: str,
+        list_call: Callable[..., Any],
+        saw: Callable[[Obj | None], None],
+        *,
+        watch_timeout_s: int = 300,
+    ) -> Reflector:
+        """A Reflector of one object (`list_call` selects it by name): `saw` gets it after each
+        (re)list and each change, and None where there is none or it was deleted."""
+        return cls(
+            name,
+            list_call,
+            lambda items: saw(items[0] if items else None),
+            lambda event, obj: saw(None if event == "DELETED" else obj),
+            watch_timeout_s=watch_timeout_s,
+        )
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"gpulet-{self.name}", daemon=True)
         self._thread.start()

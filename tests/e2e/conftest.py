@@ -32,7 +32,7 @@ from kubernetes.client.exceptions import ApiException
 from deviceplugin.api import podresources_v1_pb2 as pr
 from deviceplugin.api import podresources_v1_pb2_grpc as pr_grpc
 from gpulet.api.nodetopology import document_of
-from gpulet.api.resources import GPU_RESOURCE
+from gpulet.api.resources import CORE_RESOURCE, GPU_RESOURCE
 from gpulet.kube.calls import node_topologies
 from gpulet.topology import Topology
 from gpulet.topology.document import from_document
@@ -195,10 +195,8 @@ class World:
             watch=self.cp.processes,
             why="the plugin registered again",
         )
-        # And the Node shows it (kubelet posts its status later): a pod that kube-scheduler
-        # finds no room for meanwhile waits up to 5 minutes, as its requeueing hint for a
-        # Node update counts gpu-core and gpu-memory, which no node advertises
-        # (docs/e2e.md, "What the real components showed").
+        # And the Node shows it (kubelet posts its status later): a test that creates a pod
+        # at once would otherwise find it refused for want of gpulet.io/gpu.
         wait_until(
             lambda: _allocatable(self.core, node, GPU_RESOURCE) > 0,
             30,
@@ -240,6 +238,10 @@ class World:
             return dict(json.loads(path.read_text()))
         except (OSError, ValueError):
             return None
+
+
+def _advertised(core: Any, node: str) -> bool:
+    return _allocatable(core, node, CORE_RESOURCE) > 0
 
 
 def _allocatable(core: Any, node: str, resource: str) -> int:
@@ -410,6 +412,14 @@ def world() -> Iterator[World]:
                 60,
                 watch=cp.processes,
                 why=f"the agent published node {node.name} and kubelet its devices",
+            )
+            # kube-scheduler counts gpu-core and gpu-memory against the aggregates the agent
+            # advertises in the Node's status.
+            wait_until(
+                functools.partial(_advertised, core, node.name),
+                30,
+                watch=cp.processes,
+                why=f"the agent advertised node {node.name}'s aggregates",
             )
         wait_until(lambda: _healthy(health_port), 30, watch=cp.processes, why="the extender")
         yield World(cp, short, recorder, core, nodes)

@@ -25,6 +25,8 @@ from gpulet.api import nodetopology as nt
 from gpulet.api.resources import (
     ALLOCATED_ANNOTATION,
     ASSIGNMENT_ANNOTATION,
+    CORE_RESOURCE,
+    GPU_RESOURCE,
     HEARTBEAT_ANNOTATION,
     TOPOLOGY_ANNOTATION,
 )
@@ -124,6 +126,38 @@ def test_an_agent_changes_only_gpulets_annotations_on_its_own_node(
     assert pod["spec"]["containers"][0]["image"] != "evil:1"
     assert not pod["metadata"].get("finalizers")
     assert "example.com/other" not in pod["metadata"]["annotations"]
+
+
+def test_an_agent_writes_only_its_own_nodes_aggregates_in_its_status(world: World) -> None:
+    """`patch` on nodes/status is for every node and every field: the gpulet-node-status
+    policy holds the agent to its own Node's gpulet.io/gpu-core and gpu-memory."""
+    agent = agent_of(world, A)
+    before = world.json(world.core.read_node(A))["status"]
+    core = before["capacity"][CORE_RESOURCE]
+    # What it is for: its aggregates (as they are: the policy judges changes).
+    same = {CORE_RESOURCE: core}
+    agent.patch_node_status(A, {"status": {"capacity": same, "allocatable": same}})
+    forged_ready = [{**c, "reason": "Forged"} for c in before["conditions"]]
+    attacks: dict[str, Callable[[], object]] = {
+        "advertise another node's": lambda: agent.patch_node_status(
+            B, {"status": {"capacity": {CORE_RESOURCE: "1600"}}}
+        ),
+        "inflate gpulet.io/gpu": lambda: agent.patch_node_status(
+            A, {"status": {"allocatable": {GPU_RESOURCE: "100000"}}}
+        ),
+        "add cpu": lambda: agent.patch_node_status(A, {"status": {"capacity": {"cpu": "4096"}}}),
+        "forge a condition": lambda: agent.patch_node_status(
+            A, {"status": {"conditions": forged_ready}}
+        ),
+    }
+    for what, attack in attacks.items():
+        body = refused(attack)
+        assert "gpulet-node-status" in body, (what, body)
+    after = world.json(world.core.read_node(A))["status"]
+    assert after["allocatable"][GPU_RESOURCE] == before["allocatable"][GPU_RESOURCE]
+    assert after["capacity"]["cpu"] == before["capacity"]["cpu"]
+    assert all(c.get("reason") != "Forged" for c in after["conditions"])
+    assert world.json(world.core.read_node(B))["status"]["capacity"][CORE_RESOURCE] != "1600"
 
 
 def test_an_agent_token_that_names_no_node_changes_nothing(

@@ -6,6 +6,7 @@ and the extender filtering out a node whose agent stopped renewing its Lease."""
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from gpulet.api import nodetopology as nt
+from gpulet.api.resources import GPU_RESOURCE, node_aggregates
 from gpulet.api.stamps import epoch
 from gpulet.kube.calls import leases, node_topologies
 from gpulet.standins.objects import container
@@ -126,3 +128,32 @@ def test_a_node_whose_agent_stops_renewing_is_filtered_with_its_reason(world: Wo
         watch=world.cp.processes,
         why=f"{node} back once its agent renews",
     )
+
+
+def test_kubectl_describe_node_shows_the_aggregates(world: World) -> None:
+    """What an operator sees: kubectl's own describer (kubebox describe) lists the agent's
+    aggregates under the Node's Capacity and Allocatable, beside kubelet's gpulet.io/gpu."""
+    for node in NODES:
+        topo = world.topology(node)
+        want = node_aggregates(g.memory_mib for g in topo.gpus)
+        admin = world.cp.admin_kubeconfig
+        assert admin is not None
+        text = subprocess.run(
+            [str(world.cp.binary), "describe", "--kubeconfig", str(admin), "Node", node],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        for title in ("Capacity", "Allocatable"):
+            lines = text.splitlines()
+            start = lines.index(f"{title}:") + 1
+            section: dict[str, str] = {}
+            for line in lines[start:]:
+                if not line.startswith(" "):
+                    break  # the next section's title
+                name, _, shown = line.strip().partition(":")
+                section[name] = shown.strip()
+            for resource, amount in want.items():
+                assert section.get(resource) == str(amount), (title, resource, text)
+            assert GPU_RESOURCE in section, text

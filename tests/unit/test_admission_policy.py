@@ -26,8 +26,10 @@ from gpulet.api import nodetopology as nt
 from gpulet.api.resources import (
     ALLOCATED_ANNOTATION,
     ASSIGNMENT_ANNOTATION,
+    CORE_RESOURCE,
     GPU_RESOURCE,
     MANAGED_RESOURCES,
+    MEMORY_RESOURCE,
     RDMA_RESOURCE,
     TOPOLOGY_ANNOTATION,
 )
@@ -67,7 +69,13 @@ SOURCES: dict[str, Callable[[], list[Doc]]] = {
 
 
 #: gpulet's policies (deploy/admission/policy.yaml).
-POLICIES = ("gpulet-pods", "gpulet-agent", "gpulet-extender", "gpulet-node-reports")
+POLICIES = (
+    "gpulet-pods",
+    "gpulet-agent",
+    "gpulet-node-status",
+    "gpulet-extender",
+    "gpulet-node-reports",
+)
 
 
 @functools.cache
@@ -914,8 +922,129 @@ REPORT_CASES: list[Case] = [
     ),
 ]
 
+
+def node_status(
+    name: str = "node-a",
+    capacity: dict[str, str] | None = None,
+    allocatable: dict[str, str] | None = None,
+    **status: Any,
+) -> Doc:
+    """A Node as kubelet keeps it (conditions, addresses, capacity), with these changes."""
+    doc = node(name)
+    base = {"cpu": "64", "memory": "512Gi", "pods": "110", GPU_RESOURCE: "32"}
+    doc["status"] = {
+        "capacity": {**base, **(capacity or {})},
+        "allocatable": {**base, **(allocatable or {})},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+        "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {"kubeletVersion": "v1.37.2"},
+    }
+    doc["status"].update(status)
+    return doc
+
+
+AGGREGATES = {CORE_RESOURCE: "800", MEMORY_RESOURCE: "652688"}
+
+#: The gpulet-node-status policy: a node's agent writes its own Node's aggregates, and only them.
+NODE_STATUS_CASES: list[Case] = [
+    (
+        "agent advertises its node's aggregates",
+        "UPDATE",
+        AGENT_A,
+        node_status(capacity=AGGREGATES, allocatable=AGGREGATES),
+        node_status(),
+        None,
+    ),
+    (
+        "agent advertises them again after kubelet zeroed them",
+        "UPDATE",
+        AGENT_A,
+        node_status(capacity=AGGREGATES, allocatable=AGGREGATES),
+        node_status(
+            capacity={CORE_RESOURCE: "0", MEMORY_RESOURCE: "0"},
+            allocatable={CORE_RESOURCE: "0", MEMORY_RESOURCE: "0"},
+        ),
+        None,
+    ),
+    (
+        "agent advertises another node's aggregates",
+        "UPDATE",
+        AGENT_B,
+        node_status(capacity=AGGREGATES, allocatable=AGGREGATES),
+        node_status(),
+        "the gpulet agent of node node-b may not change the status of node node-a",
+    ),
+    (
+        "agent inflates its node's gpulet.io/gpu",
+        "UPDATE",
+        AGENT_A,
+        node_status(capacity={GPU_RESOURCE: "64"}, allocatable={GPU_RESOURCE: "64"}),
+        node_status(),
+        "may not change the capacity or allocatable of gpulet.io/gpu, gpulet.io/gpu: only",
+    ),
+    (
+        "agent advertises cpu it does not have",
+        "UPDATE",
+        AGENT_A,
+        node_status(allocatable={"cpu": "128", **AGGREGATES}),
+        node_status(),
+        "may not change the capacity or allocatable of cpu",
+    ),
+    (
+        "agent removes kubelet's memory",
+        "UPDATE",
+        AGENT_A,
+        {**node_status(), "status": {**node_status()["status"], "capacity": {"cpu": "64"}}},
+        node_status(),
+        "may not change the capacity or allocatable of memory, pods, gpulet.io/gpu",
+    ),
+    (
+        "agent marks its node Ready",
+        "UPDATE",
+        AGENT_A,
+        node_status(conditions=[{"type": "Ready", "status": "True", "reason": "Forged"}]),
+        node_status(conditions=[{"type": "Ready", "status": "False", "reason": "Down"}]),
+        "may not change a Node's conditions, addresses",
+    ),
+    (
+        "agent moves its node's kubelet endpoint",
+        "UPDATE",
+        AGENT_A,
+        node_status(daemonEndpoints={"kubeletEndpoint": {"Port": 1}}),
+        node_status(),
+        "may not change a Node's conditions, addresses",
+    ),
+    (
+        "agent labels its node through its status",
+        "UPDATE",
+        AGENT_A,
+        {**node_status(), "metadata": {**node("node-a")["metadata"], "labels": {"x": "y"}}},
+        node_status(),
+        "may not change a Node's conditions, addresses",
+    ),
+    (
+        "agent with a token naming no node",
+        "UPDATE",
+        AGENT_UNBOUND,
+        node_status(capacity=AGGREGATES, allocatable=AGGREGATES),
+        node_status(),
+        "the gpulet agent's credentials name no node",
+    ),
+    # kubelet and people are RBAC's and NodeRestriction's to judge, not the policy's.
+    (
+        "kubelet updates its status",
+        "UPDATE",
+        KUBELET_A,
+        node_status(phase="Running"),
+        node_status(),
+        None,
+    ),
+]
+
 SCOPED_CASES = (
     [("gpulet-agent", c) for c in AGENT_CASES]
+    + [("gpulet-node-status", c) for c in NODE_STATUS_CASES]
     + [("gpulet-extender", c) for c in EXTENDER_CASES]
     + [("gpulet-node-reports", c) for c in REPORT_CASES]
 )
@@ -1248,6 +1377,7 @@ def test_every_field_read_is_in_the_api_schema(version: str, name: str) -> None:
     # node reports' a NodeTopology's (the CRD's schema, metadata an ObjectMeta) or a Lease's.
     objects = {
         "gpulet-agent": [pod_schema, defs["io.k8s.api.core.v1.Node"]],
+        "gpulet-node-status": [defs["io.k8s.api.core.v1.Node"]],
         "gpulet-node-reports": [node_topology_schema(), defs["io.k8s.api.coordination.v1.Lease"]],
     }.get(name, [pod_schema])
     container = defs["io.k8s.api.core.v1.Container"]

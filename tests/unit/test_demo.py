@@ -14,7 +14,7 @@ def test_demo_places_the_samples_and_explains_the_misfit() -> None:
     lines: list[str] = []
     assert run_demo(2, "dgx-h100", lines.append) == 0
     text = "\n".join(lines)
-    assert text.count("registered 800 gpulet.io/gpu slots with kubelet") == 2
+    assert text.count("registered 800 gpulet.io/gpu slots with kubelet") == 3  # one joins later
     for node in ("dgx-h100-0", "dgx-h100-1"):
         published = f"published NodeTopology/{node}, holds Lease kube-system/gpulet-node-{node}"
         assert published in text
@@ -27,8 +27,20 @@ def test_demo_places_the_samples_and_explains_the_misfit() -> None:
     assert "/etc/ld.so.preload" not in training  # whole GPUs get no limiter
     pinned = text.split("== pod numa-pinned")[1].split("== pod")[0]
     assert "NUMA pinning asked: CPUs of NUMA node(s)" in pinned
-    misfit = text.split("== pod too-big")[1]
+    misfit = text.split("== pod too-big")[1].split("== preemption")[0]
     assert "does not fit" in misfit and "single-numa: needs 8 whole GPUs" in misfit
+    # The preemption: kube-scheduler's proposal by the node's sums (two slices on two GPUs),
+    # the extender's correction (the other slice of one of them), the pod on that GPU.
+    scene = text.split("== preemption: node dgx-h100-2 joins")[1]
+    assert "counts 800 of the 800 gpulet.io/gpu-core the agent advertises" in scene
+    assert "by the node's sums, proposes: second-0 (GPU0), second-1 (GPU1)" in scene
+    added = scene.split("fewest more of lower priority: ")[1].split("\n")[0]
+    assert added in ("first-0 (GPU0)", "first-1 (GPU1)"), added
+    gpu = added.split("(")[1].rstrip(")")
+    assert f"kube-scheduler deletes {added.split()[0]}, second-0, second-1;" in scene
+    placed = scene.split("container main on dgx-h100-2:")[1]
+    assert placed.split("\n")[1].strip().startswith(f"{gpu} GPU-") and "(60% core" in placed
+    assert "limits: GPU-" in placed and "1024 MiB, 60% core" in placed
     # Nothing of this run is left (another demo running meanwhile may remove its own).
     assert not set(Path(tempfile.gettempdir()).glob("gpulet-demo-*")) - before
 

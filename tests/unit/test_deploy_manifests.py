@@ -335,9 +335,11 @@ def test_agent_rbac_grants_the_verbs_it_uses() -> None:
     events = {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
     pods = {("", "pods", v) for v in ("get", "list", "watch", "patch")}
     # Its NodeTopology: created, replaced, watched; never deleted (its Node's garbage) nor
-    # patched. Its Node: read (its uid), patched to remove the old annotations.
+    # patched. Its Node: read (its uid), watched by name (its status), patched to remove the
+    # old annotations; its status patched (the aggregates).
     topologies = {(nt.GROUP, nt.PLURAL, v) for v in ("get", "list", "watch", "create", "update")}
-    nodes = {("", "nodes", "get"), ("", "nodes", "patch")}
+    nodes = {("", "nodes", v) for v in ("get", "list", "watch", "patch")}
+    nodes.add(("", "nodes/status", "patch"))
     assert granted(one(docs, "ClusterRole", "gpulet-agent")) == nodes | topologies | pods | events
     # Its heartbeat: Leases of the install namespace only, and no delete.
     heartbeat = one(docs, "Role", "gpulet-agent-heartbeat")

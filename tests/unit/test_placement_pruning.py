@@ -29,8 +29,8 @@ from gpulet.placement import (
     exhaustive,
 )
 from gpulet.placement.eligibility import candidates
-from gpulet.topology import Gpu, Nic, NumaNode, PcieLocation, Topology
-from tests.nodes import shipped
+from gpulet.topology import Nic, NumaNode, PcieLocation, Topology
+from tests.nodes import shipped, switch_gpus
 from tests.strategies import examples, node_states, requests, topologies
 
 CAP = Capacity(gpu_slots=4, nic_slots=2)
@@ -196,23 +196,6 @@ def test_the_search_bounds_on_the_shipped_nodes(node: str, req: Request) -> None
     with merges_seen() as calls:
         Placer(topo, CAP).place(req)
     assert calls, "the tree search ran"
-
-
-def switch_gpus(peers: list[tuple[tuple[int, int], ...]]) -> list[Gpu]:
-    host, port, up = "pci0000:00", "0000:00:01.0", "0000:01:00.0"
-    return [
-        Gpu(
-            i,
-            f"GPU-{i:04d}",
-            "Test GPU",
-            1000,
-            i,
-            PcieLocation(f"0000:{3 + i:02x}:00.0", host, (port, up, f"0000:02:{i:02x}.0")),
-            0,
-            nvlink_peers=p,
-        )
-        for i, p in enumerate(peers)
-    ]
 
 
 def test_a_leaf_with_nvlink_pairs_weighs_every_pair_and_each_gpus_own_cost() -> None:

@@ -19,7 +19,7 @@ from gpulet.placement import (
 )
 from gpulet.placement.cost import Shape, score
 from gpulet.topology import Gpu, Nic, NumaNode, PcieLocation, Topology
-from tests.nodes import shipped
+from tests.nodes import shipped, switch_gpus
 
 A100_PAIRS = [{0, 1}, {2, 3}, {4, 5}, {6, 7}]
 WHOLE = GpuUsage(slots=100, core=100, memory_mib=81920, whole=1)
@@ -196,20 +196,7 @@ def test_restricted_refuses_a_gpu_and_nic_that_share_a_root_port_but_no_switch()
 def test_behind_one_switch_the_nvlinked_pair_is_taken() -> None:
     """A switch with three GPUs, two of them NVLinked: the leaf is not uniform, so the engine
     weighs its pairs; two GPUs are the linked two, whichever index order says."""
-    host, port, up = "pci0000:00", "0000:00:01.0", "0000:01:00.0"
-    gpus = [
-        Gpu(
-            i,
-            f"GPU-{i:04d}",
-            "Test GPU",
-            1000,
-            i,
-            PcieLocation(f"0000:{3 + i:02x}:00.0", host, (port, up, f"0000:02:{i:02x}.0")),
-            0,
-            nvlink_peers=peers,
-        )
-        for i, peers in enumerate((((2, 4),), (), ((0, 4),)))
-    ]
+    gpus = switch_gpus([((2, 4),), (), ((0, 4),)])
     topo = Topology.build("nvl", gpus, [], [NumaNode(0, (0, 1), 1024)])
     assert gpu_set(fit(Placer(topo).place(Request(2)))) == {0, 2}
 

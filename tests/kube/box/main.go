@@ -4,6 +4,7 @@
 //	kubebox etcd --data-dir D --client-url U --peer-url P
 //	kubebox kube-apiserver|kube-controller-manager|kube-scheduler FLAGS (theirs, unchanged)
 //	kubebox node FLAGS (kubelet's device manager and pod-resources server; see node.go)
+//	kubebox describe --kubeconfig F KIND NAME (kubectl describe's output; see describe.go)
 //
 // It is a test fixture: nothing of it ships.
 package main
@@ -20,7 +21,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kubebox etcd|kube-apiserver|kube-controller-manager|kube-scheduler|node|kustomize|version [flags]")
+		fmt.Fprintln(os.Stderr, "usage: kubebox etcd|kube-apiserver|kube-controller-manager|kube-scheduler|node|kustomize|describe|version [flags]")
 		os.Exit(2)
 	}
 	name := os.Args[1]
@@ -38,6 +39,8 @@ func main() {
 		os.Exit(runNode(os.Args[1:]))
 	case "kustomize":
 		os.Exit(runKustomize(os.Args[1:]))
+	case "describe":
+		os.Exit(runDescribe(os.Args[1:]))
 	case "version":
 		fmt.Println(kubernetesVersion())
 	default:
