@@ -27,7 +27,7 @@ struct gpulet_limit {
     char uuid[64];
     uint64_t memory_bytes;
     uint32_t core_percent;
-    uint32_t pad;
+    uint32_t flags;
 };
 struct gpulet_limits {
     uint32_t count;
@@ -45,7 +45,10 @@ struct gpulet_device_shared {
     uint64_t throttled_ns;
     uint64_t launches;
     uint64_t busy_ns;
-    uint64_t reserved[4];
+    uint32_t share_pad;
+    uint32_t share_permille;
+    uint64_t share_stamp_ns;
+    uint64_t reserved[2];
 };
 struct gpulet_slot {
     int32_t pid;
@@ -128,6 +131,10 @@ int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *e
                                  uint32_t dev, uint32_t util_permille, uint64_t stamp_ns,
                                  char *err, size_t errlen);
 #define GPULET_NO_FEEDBACK ...
+#define GPULET_LIMIT_BATCH ...
+int gpulet_region_write_share(const char *path, const struct gpulet_limits *expected,
+                              uint32_t dev, uint32_t share_permille, uint64_t stamp_ns,
+                              char *err, size_t errlen);
 int gpulet_region_inspect_feedback(const char *path, const struct gpulet_limits *expected,
                                    const uint32_t *util_permille, uint64_t stamp_ns,
                                    struct gpulet_inspection *out, int *fed_back, char *err,

@@ -50,7 +50,9 @@ class RegionError(Exception):
 class DeviceLimit:
     uuid: str
     memory_mib: int
-    core_percent: int  # 1..100; 100: not throttled
+    core_percent: int  # 1..100; 100: not throttled; a batch slice's floor
+    #: A batch slice's device: paced to the share the agent writes (`write_share`).
+    batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,7 @@ def _to_c(limits: Limits) -> Any:
         c.dev[i].uuid = d.uuid.encode("ascii")
         c.dev[i].memory_bytes = d.memory_mib * MIB
         c.dev[i].core_percent = d.core_percent
+        c.dev[i].flags = lib.GPULET_LIMIT_BATCH if d.batch else 0
     return c
 
 
@@ -246,6 +249,7 @@ def _from_c(c: Any) -> Limits:
                 ffi.string(c.dev[i].uuid).decode("ascii"),
                 c.dev[i].memory_bytes // MIB,
                 c.dev[i].core_percent,
+                bool(c.dev[i].flags & lib.GPULET_LIMIT_BATCH),
             )
             for i in range(c.count)
         )
@@ -634,3 +638,21 @@ def write_feedback(directory: StrPath, dev: int, util_percent: float, expected: 
         _region_path(directory), c, dev, permille, lib.gpulet_now_ns(), err, len(err)
     )
     _check(rc, err, "feedback")
+
+
+def write_share(directory: StrPath, dev: int, permille: int, expected: Limits) -> None:
+    """The agent's current compute share for device `dev` of a batch slice (`expected` marks
+    it `batch`), 0..1000 permille, which the limiter follows while it is fresh (0.5 s);
+    written as `write_feedback` writes (one pwrite, no mapping, no lock). RegionError when it
+    cannot be."""
+    n = len(expected.devices)
+    if not 0 <= dev < n:
+        raise RegionError(f"device index {dev} is not in 0..{n - 1} (the grant's devices)")
+    if not 0 <= permille <= 1000:
+        raise RegionError(f"share {permille} permille is not in 0..1000")
+    c = _c_limits(expected)
+    err = _err()
+    rc = lib.gpulet_region_write_share(
+        _region_path(directory), c, dev, permille, lib.gpulet_now_ns(), err, len(err)
+    )
+    _check(rc, err, "share")

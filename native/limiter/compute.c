@@ -14,7 +14,13 @@
  * graph's launch is). The event calls run in relaxed capture mode: in global mode, another
  * thread's capture would be invalidated by them.
  *
- * At 100% nothing here runs: the hooks call straight through.
+ * A batch slice's device follows the share the agent writes in the region (what production
+ * slices on its GPU leave idle), while that share is fresh; else its limits' core percent, its
+ * floor. It is paced even at 100%: each launch waits for the GPU time of those before it, so
+ * no more than a launch's worth is ever queued ahead, and a share taken back holds from the
+ * next launch on.
+ *
+ * At 100% (a production slice's) nothing here runs: the hooks call straight through.
  */
 #include <errno.h>
 #include <time.h>
@@ -28,6 +34,8 @@
 #define WAIT_LIMIT_NS 1000000000ULL
 #define FALLBACK_EST_NS 200000ULL
 #define FEEDBACK_FRESH_NS 3000000000ULL
+#define SHARE_FRESH_NS 500000000ULL /* an older batch share falls back to the floor */
+#define MIN_SHARE_PERMILLE 10
 
 enum { FREE, CLAIMED, PENDING, POLLING };
 
@@ -35,6 +43,7 @@ struct sample {
     int state;
     CUevent start, end;
     uint64_t charged;
+    uint32_t share; /* permille, when it was charged: its correction is made at the same */
 };
 
 struct pace {
@@ -52,6 +61,7 @@ struct gl_ticket {
     int index;
     int slot;
     int ptsz;
+    uint32_t share;
     uint64_t charged;
 };
 
@@ -67,12 +77,26 @@ static void sleep_until(uint64_t when_ns) {
     }
 }
 
-static uint32_t share_of(int index) { return gl.limits.dev[index].core_percent; }
+static int batch(int index) { return (gl.limits.dev[index].flags & GPULET_LIMIT_BATCH) != 0; }
 
-/* Clock time a launch of `gpu_ns` costs at this share and correction. */
-static uint64_t scaled(const struct pace *p, int index, uint64_t gpu_ns) {
+/* The device's compute share, in permille: its limits' core percent, or for a batch slice the
+ * agent's current share while it is fresh (never below 1%). */
+static uint32_t share_of(int index) {
+    uint32_t floor = gl.limits.dev[index].core_percent * 10;
+    if (!batch(index))
+        return floor;
+    const struct gpulet_device_shared *shared = &gl_region()->region->dev[index];
+    uint64_t stamp = __atomic_load_n(&shared->share_stamp_ns, __ATOMIC_ACQUIRE);
+    if (!stamp || gpulet_now_ns() - stamp > SHARE_FRESH_NS)
+        return floor;
+    uint32_t share = __atomic_load_n(&shared->share_permille, __ATOMIC_RELAXED);
+    return share < MIN_SHARE_PERMILLE ? MIN_SHARE_PERMILLE : share > 1000 ? 1000 : share;
+}
+
+/* Clock time a launch of `gpu_ns` costs at `share` permille and the correction. */
+static uint64_t scaled(const struct pace *p, uint32_t share, uint64_t gpu_ns) {
     uint32_t corr = p->corr_milli ? p->corr_milli : 1000;
-    return gpu_ns * 100 / share_of(index) * corr / 1000;
+    return gpu_ns * 1000 / share * corr / 1000;
 }
 
 static void make_events(struct pace *p) {
@@ -94,7 +118,7 @@ static void make_events(struct pace *p) {
 }
 
 /* Settle launches whose events have completed; returns how many are still pending. */
-static int settle(struct pace *p, int index, struct gpulet_device_shared *shared) {
+static int settle(struct pace *p, struct gpulet_device_shared *shared) {
     int pending = 0, polls = 0;
     for (int i = 0; i < RING; i++) {
         struct sample *s = &p->ring[i];
@@ -121,8 +145,10 @@ static int settle(struct pace *p, int index, struct gpulet_device_shared *shared
             uint64_t actual = (uint64_t)((double)ms * 1e6);
             uint64_t est = __atomic_load_n(&p->est_ns, __ATOMIC_RELAXED);
             __atomic_store_n(&p->est_ns, est ? (7 * est + actual) / 8 : actual, __ATOMIC_RELAXED);
-            /* Correct the clock by what was really used (two's complement: may go back). */
-            uint64_t delta = scaled(p, index, actual) - scaled(p, index, s->charged);
+            /* Correct the clock by what was really used (two's complement: may go back), at
+             * the share it was charged at: a batch share changed since must not turn the
+             * difference into a large credit. */
+            uint64_t delta = scaled(p, s->share, actual) - scaled(p, s->share, s->charged);
             __atomic_fetch_add(&shared->pace_ns, delta, __ATOMIC_ACQ_REL);
             __atomic_fetch_add(&shared->busy_ns, actual, __ATOMIC_RELAXED);
         }
@@ -155,7 +181,7 @@ static void feedback(struct pace *p, int index, const struct gpulet_device_share
     p->corr_throttled = throttled;
     if (!held_back || !util)
         return;
-    uint64_t target = (uint64_t)share_of(index) * 10;
+    uint64_t target = share_of(index);
     uint64_t ratio = (uint64_t)util * 1000 / target; /* measured / wanted, in thousandths */
     if (ratio < 800)
         ratio = 800;
@@ -189,7 +215,7 @@ static void unrelax(int mode) {
 /* Before a launch on the current device: wait for its turn. 0 when not throttled. */
 static int pace_before(CUstream stream, int ptsz, struct gl_ticket *t) {
     int index = gl_current_index(NULL);
-    if (index < 0 || share_of(index) >= 100 || capturing(stream, ptsz))
+    if (index < 0 || (!batch(index) && share_of(index) >= 1000) || capturing(stream, ptsz))
         return 0;
     int mode = relax();
     struct pace *p = &paces[index];
@@ -205,7 +231,7 @@ static int pace_before(CUstream stream, int ptsz, struct gl_ticket *t) {
         /* Until the first measurement, one launch in flight; after, at most RING. */
         uint64_t deadline = now + WAIT_LIMIT_NS;
         for (;;) {
-            int pending = settle(p, index, shared);
+            int pending = settle(p, shared);
             int first = __atomic_load_n(&p->est_ns, __ATOMIC_RELAXED) == 0;
             if (!(first && pending) && (t->slot = claim(p)) >= 0)
                 break;
@@ -217,7 +243,8 @@ static int pace_before(CUstream stream, int ptsz, struct gl_ticket *t) {
     }
     feedback(p, index, shared, now);
     t->charged = __atomic_load_n(&p->est_ns, __ATOMIC_RELAXED);
-    uint64_t cost = scaled(p, index, t->charged);
+    t->share = share_of(index);
+    uint64_t cost = scaled(p, t->share, t->charged);
     uint64_t clock = __atomic_load_n(&shared->pace_ns, __ATOMIC_ACQUIRE), start;
     do {
         start = clock + SLACK_NS < now ? now - SLACK_NS : clock;
@@ -249,6 +276,7 @@ static void pace_after(struct gl_ticket *t, CUstream stream, CUresult launched) 
     unrelax(mode);
     if (recorded == CUDA_SUCCESS) {
         s->charged = t->charged;
+        s->share = t->share;
         __atomic_store_n(&s->state, PENDING, __ATOMIC_RELEASE);
     } else {
         __atomic_store_n(&s->state, FREE, __ATOMIC_RELEASE);

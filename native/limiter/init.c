@@ -67,7 +67,8 @@ __attribute__((constructor)) static void gl_start(void) {
     if (rc == 0) {
         gl.active = 1;
         for (uint32_t i = 0; i < gl.limits.count; i++)
-            if (gl.limits.dev[i].core_percent < 100)
+            if (gl.limits.dev[i].core_percent < 100 ||
+                (gl.limits.dev[i].flags & GPULET_LIMIT_BATCH))
                 gl.pacing = 1;
     } else if (rc != -ENOENT) {
         gl_log("event=bad-limits error=\"%s\"", err);

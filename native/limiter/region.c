@@ -156,9 +156,10 @@ static int parse_device(const struct token *t, int n, unsigned line, struct gpul
     if (!token_is(t[0], "device"))
         return fail(err, errlen, -EINVAL, "limits line %u: unknown keyword '%.*s'", line,
                     t[0].n > QUOTE ? QUOTE : t[0].n, t[0].s);
-    if (n != 4)
+    if (n != 4 && !(n == 5 && token_is(t[4], "batch")))
         return fail(err, errlen, -EINVAL,
-                    "limits line %u: expected 'device <uuid> <memory_mib> <core_percent>'", line);
+                    "limits line %u: expected 'device <uuid> <memory_mib> <core_percent> [batch]'",
+                    line);
     why = uuid_problem(t[1].s, (size_t)t[1].n);
     if (why != NULL)
         return fail(err, errlen, -EINVAL, "limits line %u: uuid '%.*s' %s", line,
@@ -187,6 +188,7 @@ static int parse_device(const struct token *t, int n, unsigned line, struct gpul
     d->uuid[t[1].n] = '\0';
     d->memory_bytes = mib * MIB;
     d->core_percent = (uint32_t)core;
+    d->flags = n == 5 ? GPULET_LIMIT_BATCH : 0;
     return 0;
 }
 
@@ -307,8 +309,9 @@ int gpulet_limits_format(const struct gpulet_limits *l, char *buf, size_t buflen
         const struct gpulet_limit *d = &l->dev[i];
         if (strnlen(d->uuid, GPULET_UUID_LEN) == GPULET_UUID_LEN || d->memory_bytes % MIB != 0)
             return -EINVAL;
-        append(buf, buflen, &off, "device %s %llu %u\n", d->uuid,
-               (unsigned long long)(d->memory_bytes / MIB), d->core_percent);
+        append(buf, buflen, &off, "device %s %llu %u%s\n", d->uuid,
+               (unsigned long long)(d->memory_bytes / MIB), d->core_percent,
+               d->flags & GPULET_LIMIT_BATCH ? " batch" : "");
     }
     if (off >= buflen || off > INT_MAX)
         return -ENOSPC;
@@ -850,6 +853,9 @@ int gpulet_region_snapshot(struct gpulet_handle *h, struct gpulet_snapshot *out)
 _Static_assert(offsetof(struct gpulet_device_shared, util_stamp_ns) ==
                    offsetof(struct gpulet_device_shared, util_permille) + 4,
                "the feedback is one write of util_permille and util_stamp_ns");
+_Static_assert(offsetof(struct gpulet_device_shared, share_stamp_ns) ==
+                   offsetof(struct gpulet_device_shared, share_permille) + 4,
+               "the share is one write of share_permille and share_stamp_ns");
 
 #define MAX_BYTES (MAX_MIB * MIB)
 
@@ -1166,29 +1172,39 @@ int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected
     return rc;
 }
 
-/* The feedback's offset in the file for device `dev` (< GPULET_MAX_DEVICES). */
-static off_t feedback_offset(uint32_t dev)
+/* The offset in the file of field `field` (a permille followed by its stamp) of device
+ * `dev` (< GPULET_MAX_DEVICES). */
+static off_t device_offset(uint32_t dev, size_t field)
 {
     return (off_t)(offsetof(struct gpulet_region, dev) + dev * sizeof(struct gpulet_device_shared) +
-                   offsetof(struct gpulet_device_shared, util_permille));
+                   field);
+}
+
+/* One pwrite of a permille and its stamp at `offset` of the region open at `fd`; `what` names
+ * it in the error. */
+static int write_stamped_fd(const char *path, int fd, off_t offset, uint32_t permille,
+                            uint64_t stamp_ns, const char *what, char *err, size_t errlen)
+{
+    unsigned char value[12];
+    memcpy(value, &permille, 4);
+    memcpy(value + 4, &stamp_ns, 8);
+    ssize_t n;
+    do
+        n = pwrite(fd, value, sizeof value, offset);
+    while (n < 0 && errno == EINTR);
+    int why = n < 0 ? errno : EIO; /* short, for 12 bytes inside the file: a full disk */
+    if (n != (ssize_t)sizeof value)
+        return fail(err, errlen, -why, "cannot write %s to region %s: %s", what, path,
+                    strerror(why));
+    return 0;
 }
 
 /* One pwrite of util_permille and util_stamp_ns for device `dev` to the region open at `fd`. */
 static int write_feedback_fd(const char *path, int fd, uint32_t dev, uint32_t util_permille,
                              uint64_t stamp_ns, char *err, size_t errlen)
 {
-    unsigned char value[12];
-    memcpy(value, &util_permille, 4);
-    memcpy(value + 4, &stamp_ns, 8);
-    ssize_t n;
-    do
-        n = pwrite(fd, value, sizeof value, feedback_offset(dev));
-    while (n < 0 && errno == EINTR);
-    int why = n < 0 ? errno : EIO; /* short, for 12 bytes inside the file: a full disk */
-    if (n != (ssize_t)sizeof value)
-        return fail(err, errlen, -why, "cannot write feedback to region %s: %s", path,
-                    strerror(why));
-    return 0;
+    off_t at = device_offset(dev, offsetof(struct gpulet_device_shared, util_permille));
+    return write_stamped_fd(path, fd, at, util_permille, stamp_ns, "feedback", err, errlen);
 }
 
 /* The checks of a feedback's device and value against the grant (already checked). */
@@ -1217,6 +1233,30 @@ int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *e
     if (fd < 0)
         return fd;
     rc = write_feedback_fd(path, fd, dev, util_permille, stamp_ns, err, errlen);
+    close(fd);
+    return rc;
+}
+
+int gpulet_region_write_share(const char *path, const struct gpulet_limits *expected,
+                              uint32_t dev, uint32_t share_permille, uint64_t stamp_ns,
+                              char *err, size_t errlen)
+{
+    int rc = check_limits(expected, err, errlen);
+    if (rc == 0 && dev >= expected->count)
+        rc = fail(err, errlen, -EINVAL, "device index %u is not in 0..%u (the grant's devices)",
+                  dev, expected->count - 1);
+    if (rc == 0 && !(expected->dev[dev].flags & GPULET_LIMIT_BATCH))
+        rc = fail(err, errlen, -EINVAL, "device %s is not a batch slice's: it has no share",
+                  expected->dev[dev].uuid);
+    if (rc == 0 && share_permille > 1000)
+        rc = fail(err, errlen, -EINVAL, "share %u permille is not in 0..1000", share_permille);
+    if (rc != 0)
+        return rc;
+    int fd = open_untrusted(path, O_RDWR, err, errlen);
+    if (fd < 0)
+        return fd;
+    off_t at = device_offset(dev, offsetof(struct gpulet_device_shared, share_permille));
+    rc = write_stamped_fd(path, fd, at, share_permille, stamp_ns, "share", err, errlen);
     close(fd);
     return rc;
 }

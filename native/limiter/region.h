@@ -33,8 +33,12 @@ struct gpulet_limit {
     char uuid[GPULET_UUID_LEN];
     uint64_t memory_bytes; /* the cap; a whole number of MiB */
     uint32_t core_percent; /* 1..100; 100 = not throttled */
-    uint32_t pad;
+    uint32_t flags;        /* GPULET_LIMIT_BATCH */
 };
+
+/* A batch slice's device: paced to the share the agent writes in the region (its core_percent
+ * is the floor when that share is missing or stale). Written as a fifth word, "batch". */
+#define GPULET_LIMIT_BATCH 1u
 
 struct gpulet_limits {
     uint32_t count;
@@ -63,7 +67,10 @@ struct gpulet_device_shared {
     uint64_t throttled_ns;  /* total time launches were held back */
     uint64_t launches;      /* launches paced */
     uint64_t busy_ns;       /* GPU time measured for paced launches */
-    uint64_t reserved[4];
+    uint32_t share_pad;
+    uint32_t share_permille; /* agent: a batch device's current compute share, 0..1000 */
+    uint64_t share_stamp_ns; /* gpulet_now_ns() when that was written; 0: never */
+    uint64_t reserved[2];
 };
 
 /* Per process. A slot is live while its process holds an OFD write lock on the slot's first
@@ -207,6 +214,13 @@ int gpulet_region_inspect(const char *path, const struct gpulet_limits *expected
 int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *expected,
                                  uint32_t dev, uint32_t util_permille, uint64_t stamp_ns,
                                  char *err, size_t errlen);
+
+/* The agent's current compute share for device `dev` of a batch slice (`expected` marks it
+ * GPULET_LIMIT_BATCH; -EINVAL otherwise), 0..1000 permille, written as the feedback is: one
+ * pwrite of `share_permille` and `share_stamp_ns`, after the same checks. */
+int gpulet_region_write_share(const char *path, const struct gpulet_limits *expected,
+                              uint32_t dev, uint32_t share_permille, uint64_t stamp_ns,
+                              char *err, size_t errlen);
 
 /* Both in one, for the agent's every-second pass: the region is opened once (for reading
  * and writing when there is feedback to write), inspected as gpulet_region_inspect does,

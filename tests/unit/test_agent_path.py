@@ -241,14 +241,18 @@ def test_steady_state_writes_one_lease_renewal_per_heartbeat(cluster: Cluster) -
     assert [(t.method, t.path.endswith(lease)) for t in writes()] == [("PUT", True)] * len(writes())
     assert max(t.request_bytes for t in writes()) < 1024
     assert not [r for r in cluster.api.requests[mark:] if r[1].startswith("/api/v1/nodes/")]
-    # Since its start it has read pods only by its node (a field selector), and never listed
-    # all Nodes; the extender (which names itself) lists those, once.
+    # Since its start it has read pods only by its node (a field selector), and Nodes only
+    # its own (a field selector on its name: the watch behind its aggregates); the extender
+    # (which names itself) lists all of them, once.
     agents = [t for t in cluster.api.traffic() if t.user_agent != f"gpulet-extender/{__version__}"]
     pods = [urlsplit(t.path) for t in agents if t.path.startswith("/api/v1/pods")]
     assert pods and {parse_qs(p.query).get("fieldSelector", [""])[0] for p in pods} == {
         f"spec.nodeName={NODE}"
     }
-    assert not [t for t in agents if urlsplit(t.path).path == "/api/v1/nodes"]
+    nodes = [urlsplit(t.path) for t in agents if urlsplit(t.path).path == "/api/v1/nodes"]
+    assert nodes and {parse_qs(n.query).get("fieldSelector", [""])[0] for n in nodes} == {
+        f"metadata.name={NODE}"
+    }
 
 
 def test_a_slice_from_the_extender_to_the_container(cluster: Cluster) -> None:

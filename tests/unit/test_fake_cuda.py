@@ -7,11 +7,14 @@ of the ways real programs load the driver: through the runtime's cuGetProcAddres
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.cuda import (
+    CONFIG_ENV,
     MODES,
     SANITIZER_ENV,
     ClientError,
@@ -310,3 +313,27 @@ def test_clean_under_address_and_undefined_behaviour_sanitizers(
         out = run_client(cuda_client_asan, mode, commands, env)
         assert out[-2:] == ["alloc 2000 ok", "alloc 1 err 2"], mode
     assert run_client(cuda_client_asan, "runtime", ["run 1 500"], env)[-1] == "run done"
+
+
+def test_processes_given_one_timeline_share_one_gpu(
+    cuda_client: Path, fake_cuda_dir: Path, tmp_path: Path
+) -> None:
+    """timeline=PATH: two processes each launching without pause get half the GPU each (one
+    queue, as containers on one real GPU); a bad path fails cuInit."""
+    env = {**os.environ, **fake_cuda_env(fake_cuda_dir)}
+    env[CONFIG_ENV] = f"timeline={tmp_path / 'gpu'}"
+    command = [str(cuda_client), "runtime", "run", "3", "1000"]
+    procs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    shares = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=30)
+        windows = [float(w.split()[2].split("=")[1]) for w in out.splitlines() if "busy=" in w]
+        shares.append(windows[1:])
+    for mine, theirs in zip(*shares, strict=False):
+        assert 0.35 <= mine <= 0.65 and 0.9 <= mine + theirs <= 1.02, shares
+    env[CONFIG_ENV] = f"timeline={tmp_path / 'missing' / 'gpu'}"
+    info = [*command[:2], "info"]
+    bad = subprocess.run(info, env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 3 and "timeline" in bad.stderr and "cannot be opened" in bad.stderr

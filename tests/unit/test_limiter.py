@@ -4,14 +4,27 @@ Triton and CuPy do (plain dlsym), and through the 11.3 lookup: every path must l
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from native.region import DeviceLimit, Limits, Region, setup
+from agent.colocation import CoLocation, Slice, by_gpu
+from native._region import ffi
+from native.region import (
+    REGION_FILE,
+    DeviceLimit,
+    Limits,
+    Region,
+    RegionError,
+    read_limits,
+    setup,
+    write_share,
+)
 from tests.fakes.cuda import fake_uuid
 from tests.limiter_harness import (
     GRANULARITY,
@@ -75,14 +88,17 @@ def make_container(
         devices: int = 1,
         region: bool = True,
         granularity: int = GRANULARITY,
+        batch: bool = False,
+        name: str = "region",
+        timeline: Path | None = None,
     ) -> Container:
-        directory = tmp_path / "region"
+        directory = tmp_path / name
         if region:
             setup(
                 directory,
                 Limits(
                     tuple(
-                        DeviceLimit(fake_uuid(i), memory, core)
+                        DeviceLimit(fake_uuid(i), memory, core, batch)
                         for i, (memory, core) in enumerate(limits)
                     )
                 ),
@@ -95,7 +111,8 @@ def make_container(
             cuda_dir=fake_cuda_dir,
             nvml_dir=nvml_dir,
             client=cuda_client,
-            fake_config=f"devices={devices},total_mib={FAKE_TOTAL_MIB},granularity={granularity}",
+            fake_config=f"devices={devices},total_mib={FAKE_TOTAL_MIB},granularity={granularity}"
+            + (f",timeline={timeline}" if timeline else ""),
         )
 
     return make
@@ -419,6 +436,137 @@ def test_the_agents_feedback_corrects_the_pace(make_container: MakeContainer) ->
     assert device.launches > 0
     assert device.throttled_ns > 0
     assert device.busy_ns > 0
+
+
+class Every50ms:
+    """Calls `act(seconds since start)` every 50 ms from a thread, while in the `with`."""
+
+    def __init__(self, act: Callable[[float], None]) -> None:
+        self.act = act
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.done.wait(0.05):
+            self.act(time.monotonic() - start)
+
+    def __enter__(self) -> Every50ms:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def agent_shares(box: Container, share: Callable[[float], int | None]) -> Every50ms:
+    """The agent's part for a batch slice: device 0's share, `share(elapsed)` permille, written
+    every 50 ms (None: not written)."""
+    limits = read_limits(box.region_dir / "limits")
+
+    def act(elapsed: float) -> None:
+        value = share(elapsed)
+        if value is not None:
+            write_share(box.region_dir, 0, value, limits)
+
+    return Every50ms(act)
+
+
+def test_a_batch_slice_is_paced_to_the_share_the_agent_writes(
+    make_container: MakeContainer,
+) -> None:
+    """Its floor is 10%; the agent hands it 80% for two seconds, then 30%: the windows
+    follow, the first full window after the change already at the new share."""
+    box = make_container((1024, 10), batch=True)
+    with agent_shares(box, lambda t: 800 if t < 2.0 else 300):
+        shares = windows(box.lines("runtime", ["run 5 1000"], timeout=30))
+    assert len(shares) == 4, shares
+    assert 0.8 / PACED_HIGH <= shares[0] <= 0.85, shares
+    assert 0.3 / PACED_HIGH <= shares[-1] <= 0.33, shares
+    assert 0.3 / PACED_HIGH <= shares[-2] <= 0.33, shares
+
+
+def test_a_batch_slice_without_a_fresh_share_falls_back_to_its_floor(
+    make_container: MakeContainer,
+) -> None:
+    """The agent writes 90% for a second and stops (it died, say): half a second later the
+    share is stale and the container is held to its floor, 10%."""
+    box = make_container((1024, 10), batch=True)
+    with agent_shares(box, lambda t: 900 if t < 1.0 else None):
+        shares = windows(box.lines("runtime", ["run 4 1000"], timeout=30))
+    assert 0.1 / PACED_HIGH <= shares[-1] <= 0.12, shares
+    assert 0.1 / PACED_HIGH <= shares[-2] <= 0.12, shares
+
+
+def test_a_batch_slice_at_a_full_share_queues_no_more_than_it_runs(
+    make_container: MakeContainer,
+) -> None:
+    """At 100% a batch slice is still paced (a production slice at 100% is not): launches
+    wait for the GPU time before them, so the work it has queued ahead stays short and a
+    share taken back holds at once. 200 launches of 1 ms take 0.2 s of GPU time; the
+    client's `launch` queues them all without waiting, yet returns only as they run."""
+    box = make_container((1024, 10), batch=True)
+    with agent_shares(box, lambda t: 1000):
+        time.sleep(0.1)
+        out = box.lines("runtime", clocked(["launch 200 1000"]))
+    assert 0.2 * PACED_LOW <= seconds_between(out) <= 0.2 * PACED_HIGH, out
+
+
+def test_a_production_slice_ignores_a_share_written_in_its_region(
+    make_container: MakeContainer,
+) -> None:
+    """A tenant may write its own region: a share it puts there for a production slice is
+    not read (only a batch slice's limits, read-only to the container, say to read one), and
+    the agent's writer refuses to write one."""
+    box = make_container((1024, 30))
+    region_file = box.region_dir / REGION_FILE
+    offset = ffi.offsetof("struct gpulet_region", "dev") + ffi.offsetof(
+        "struct gpulet_device_shared", "share_permille"
+    )
+
+    def forge(_: float) -> None:
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        fd = os.open(region_file, os.O_WRONLY)
+        try:
+            os.pwrite(fd, (1000).to_bytes(4, "little") + now.to_bytes(8, "little"), offset)
+        finally:
+            os.close(fd)
+
+    with Every50ms(forge):
+        shares = windows(box.lines("runtime", ["run 3 1000"], timeout=30))
+    assert all(0.3 / PACED_HIGH <= s <= 0.35 for s in shares), shares
+    with pytest.raises(RegionError, match="is not a batch slice's: it has no share"):
+        write_share(box.region_dir, 0, 1000, read_limits(box.region_dir / "limits"))
+
+
+def test_the_agent_hands_a_batch_slice_what_production_leaves_idle(
+    make_container: MakeContainer, tmp_path: Path
+) -> None:
+    """A production slice of 50% and a batch slice (floor 10%) on one GPU (one timeline),
+    the agent's co-location controller every 50 ms: while production is idle the batch
+    slice gets nearly the whole GPU; once production runs, it gets its 50% and batch steps
+    aside (the margin kept while production runs leaves it the least share, 1%)."""
+    timeline = tmp_path / "gpu0"
+    prod = make_container((1024, 50), name="prod", timeline=timeline)
+    batch = make_container((1024, 10), name="batch", batch=True, timeline=timeline)
+    slices = by_gpu(
+        Slice(name, box.region_dir, read_limits(box.region_dir / "limits"), 0)
+        for name, box in (("prod", prod), ("batch", batch))
+    )
+    controller = CoLocation(lambda: slices, interval_s=0.05)
+    with Every50ms(lambda _: controller.tick()):
+        batch_run = batch.start("runtime", ["run 6 1000"])
+        time.sleep(2.5)
+        prod_lines = prod.lines("runtime", ["run 3 1000"], timeout=30)
+        batch_out, err = batch_run.communicate(timeout=30)
+    batch_windows, production = windows(batch_out.splitlines()), windows(prod_lines)
+    # The batch loop's windows are a second of its launches or more: one held back to 1%
+    # stretches over all of production's run (and a little before). Before production, and
+    # after it, nearly the whole GPU.
+    assert 0.85 <= batch_windows[0] <= 1.0 and 0.85 <= batch_windows[-1] <= 1.0, batch_windows
+    assert min(batch_windows) <= 0.2, batch_windows
+    assert all(0.5 / 1.2 <= w <= 0.55 for w in production), (production, err)
 
 
 def test_two_processes_share_one_compute_share(make_container: MakeContainer) -> None:

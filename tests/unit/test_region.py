@@ -84,7 +84,11 @@ def test_limits_round_trip_through_format_and_parse(tmp_path: Path) -> None:
         ("gpulet-limits 1\ndevice a_b 1 1\n", "uuid 'a_b' has a character outside [A-Za-z0-9-]"),
         (f"gpulet-limits 1\ndevice {'a' * 64} 1 1\n", "is longer than 63 characters"),
         ("gpulet-limits 1\ndevice a 1 1\ndevice a 2 2\n", "limits line 3: duplicate uuid a"),
-        ("gpulet-limits 1\ndevice a 1\n", "expected 'device <uuid> <memory_mib> <core_percent>'"),
+        (
+            "gpulet-limits 1\ndevice a 1\n",
+            "expected 'device <uuid> <memory_mib> <core_percent> [batch]'",
+        ),
+        ("gpulet-limits 1\ndevice a 1 1 bulk\n", "limits line 2: expected 'device <uuid>"),
         ("gpulet-limits 1\ndevice a 1 1 # x\n", "expected 'device <uuid> <memory_mib>"),
         ("gpulet-limits 1\ngpu a 1 1\n", "limits line 2: unknown keyword 'gpu'"),
         ("gpulet-limits 1\r\ndevice a 1 1\n", "limits line 1: unexpected byte 0x0d"),
@@ -97,6 +101,17 @@ def test_each_malformed_limits_file_gets_its_own_message(text: str, message: str
         parse_limits(text)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_batch_device_is_marked_in_the_limits_and_kept_through_a_round_trip() -> None:
+    limits = parse_limits("gpulet-limits 1\ndevice a 1024 10 batch\ndevice b 1024 30\n")
+    assert [(d.uuid, d.core_percent, d.batch) for d in limits.devices] == [
+        ("a", 10, True),
+        ("b", 30, False),
+    ]
+    text = format_limits(limits)
+    assert text == "gpulet-limits 1\ndevice a 1024 10 batch\ndevice b 1024 30\n"
+    assert parse_limits(text) == limits
 
 
 def test_read_limits_names_the_file_and_refuses_big_ones(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import signal
 import socket
 import stat
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from hypothesis import strategies as st
 from bench import region_fuzz
 from bench.region_fuzz import AREAS, INTERESTING_64, Fuzz, Mutation
 from native._region import ffi
-from native.region import DeviceLimit, Limits, inspect, setup
+from native.region import DeviceLimit, Limits, RegionError, inspect, setup, write_share
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
@@ -669,3 +671,76 @@ def test_fuzz_the_reader_against_a_live_region(tmp_path: Path) -> None:
         assert fuzz.findings.reads >= 2 * FUZZ_EXAMPLES
         assert unreadable and with_problems and trusted  # the rounds reached each outcome
         assert inspect(fuzz.directory, LIMITS).trusted  # and the region is whole again
+
+
+# ---- the batch share ------------------------------------------------------------------------
+
+BATCH = Limits(tuple(replace(d, batch=True) for d in LIMITS.devices))
+
+
+def _share_of(directory: Path, dev: int) -> tuple[int, int]:
+    data = (directory / "region").read_bytes()
+    permille, stamp = struct.unpack_from("<IQ", data, offset("dev", dev, "share_permille"))
+    return permille, stamp
+
+
+def test_the_share_is_written_to_its_device_and_nowhere_else(directory: Path) -> None:
+    before = (directory / "region").read_bytes()
+    write_share(directory, 1, 640, BATCH)
+    permille, stamp = _share_of(directory, 1)
+    assert permille == 640 and stamp > 0
+    after = bytearray((directory / "region").read_bytes())
+    at = offset("dev", 1, "share_permille")
+    after[at : at + 12] = before[at : at + 12]
+    assert bytes(after) == before  # the 12 bytes and nothing else
+
+
+@pytest.mark.parametrize(
+    ("dev", "permille", "limits", "message"),
+    [
+        (2, 500, BATCH, "device index 2 is not in 0..1 (the grant's devices)"),
+        (-1, 500, BATCH, "device index -1 is not in 0..1"),
+        (0, 1001, BATCH, "share 1001 permille is not in 0..1000"),
+        (0, 500, LIMITS, "is not a batch slice's: it has no share"),
+    ],
+)
+def test_a_share_outside_the_grant_is_refused_before_anything_is_opened(
+    directory: Path, dev: int, permille: int, limits: Limits, message: str
+) -> None:
+    Tenant(directory).write(offset("devices"), "<I", 16)  # the region claims more
+    before = (directory / "region").read_bytes()
+    with pytest.raises(RegionError, match=re.escape(message)):
+        write_share(directory, dev, permille, limits)
+    assert (directory / "region").read_bytes() == before
+
+
+def test_a_region_swapped_for_a_symlink_or_a_fifo_gets_no_share(
+    directory: Path, tmp_path: Path
+) -> None:
+    """The container owns the directory: it may put a link to a host file, or a FIFO, where
+    the region was. Neither is opened for writing; the host file keeps its bytes."""
+    victim = tmp_path / "host-file"
+    victim.write_bytes(b"\0" * len((directory / "region").read_bytes()))
+    (directory / "region").unlink()
+    (directory / "region").symlink_to(victim)
+    with pytest.raises(RegionError, match=r"region .* is a symbolic link"):
+        write_share(directory, 0, 500, BATCH)
+    assert victim.read_bytes() == b"\0" * len(victim.read_bytes())
+    (directory / "region").unlink()
+    os.mkfifo(directory / "region")
+    start = time.monotonic()
+    with pytest.raises(RegionError, match=r"region .* is a FIFO"):
+        write_share(directory, 0, 500, BATCH)
+    assert time.monotonic() - start < HANG_S
+
+
+def test_a_region_of_another_size_or_version_gets_no_share(directory: Path) -> None:
+    region = directory / "region"
+    with region.open("ab") as f:
+        f.write(b"\0" * 8)
+    with pytest.raises(RegionError, match="bytes, expected"):
+        write_share(directory, 0, 500, BATCH)
+    setup(directory, LIMITS)
+    Tenant(directory).write(offset("version"), "<I", 2)
+    with pytest.raises(RegionError, match="has version 2; this build reads version 1"):
+        write_share(directory, 0, 500, BATCH)

@@ -343,7 +343,7 @@ static int pop_free(CUresult *r) {
 
 /* ---- parsing ------------------------------------------------------------------------- */
 
-#define MAX_WORDS 4
+#define MAX_WORDS 7
 
 static const char *command_text; /* for messages */
 
@@ -556,6 +556,63 @@ static void run(uint64_t secs, unsigned int us) {
         say("run done");
 }
 
+static int by_value(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * A latency-sensitive service: for `secs` seconds, in bursts of `on_ms` every `period_ms`,
+ * one `us`-µs kernel launched and waited for (launch to completion), then `gap_us` idle, and
+ * so on; idle between bursts. Prints the kernels done, their latency percentiles, and per
+ * burst the time from its start to the end of its first kernel that took at most `ok_us`
+ * (the time a neighbour took to make room; the worst and the median over the bursts).
+ */
+static void service(uint64_t secs, unsigned int us, unsigned int gap_us, unsigned int on_ms,
+                    unsigned int period_ms, unsigned int ok_us) {
+    enum { MAX_SAMPLES = 200000, MAX_BURSTS = 4096 };
+    static uint64_t lat[MAX_SAMPLES], room[MAX_BURSTS];
+    uint64_t n = 0, bursts = 0, start = now_ns(), end = start + secs * 1000000000ULL;
+    uint64_t period = period_ms * 1000000ULL, burst = UINT64_MAX;
+    int waiting = 0;
+    CUresult r = CUDA_SUCCESS;
+    for (uint64_t now = start; now < end && !r && n < MAX_SAMPLES; now = now_ns()) {
+        uint64_t in_period = (now - start) % period;
+        if (in_period >= on_ms * 1000000ULL) {
+            sleep_ns(period - in_period);
+            continue;
+        }
+        if ((now - start) / period != burst) { /* a new burst */
+            burst = (now - start) / period;
+            waiting = bursts < MAX_BURSTS;
+        }
+        uint64_t t0 = now_ns();
+        r = launches(L_KERNEL, 1, us);
+        if (!r)
+            r = cu.cuStreamSynchronize(stream);
+        uint64_t t1 = now_ns();
+        lat[n++] = t1 - t0;
+        if (waiting && t1 - t0 <= ok_us * 1000ULL) {
+            room[bursts++] = t1 - (start + burst * period);
+            waiting = 0;
+        }
+        if (gap_us)
+            sleep_ns(gap_us * 1000ULL);
+    }
+    if (r || n == 0 || bursts == 0) {
+        say("service err %d", r);
+        return;
+    }
+    qsort(lat, n, sizeof lat[0], by_value);
+    qsort(room, bursts, sizeof room[0], by_value);
+    say("service kernels=%llu p50_us=%llu p99_us=%llu max_us=%llu room_p50_us=%llu "
+        "room_max_us=%llu",
+        (unsigned long long)n, (unsigned long long)(lat[n / 2] / 1000),
+        (unsigned long long)(lat[n * 99 / 100] / 1000), (unsigned long long)(lat[n - 1] / 1000),
+        (unsigned long long)(room[bursts / 2] / 1000),
+        (unsigned long long)(room[bursts - 1] / 1000));
+}
+
 static void events(unsigned int us) {
     CUevent a = NULL, b = NULL;
     float ms = 0;
@@ -628,6 +685,10 @@ static int arity(size_t args, size_t expected) {
  *   graph N               one graph launched N times  -> graph N ok
  *   sync                  cuStreamSynchronize, cuCtxSynchronize -> sync ok
  *   run SECONDS US        a launch loop               -> window I busy=F launches=K ..., run done
+ *   service S US GAP ON PERIOD OK  kernels waited for one by one, GAP µs apart, in bursts of
+ *                         ON ms every PERIOD ms -> service kernels=N p50_us=A p99_us=B
+ *                         max_us=C room_p50_us=D room_max_us=E (burst start to the end of its
+ *                         first kernel of at most OK µs)
  *   events US             elapsed time around a kernel -> events ms=X
  *   stats                 gpuletFakeStats             -> stats launches=L reserved=R
  *   lookup NAME VER FLAGS cuGetProcAddress (NAME "" is the empty name)
@@ -767,6 +828,9 @@ static void run_command(const char *text) {
     } else if (IS("run", 2)) {
         uint64_t secs = number(words[1]);
         run(secs, uint_arg(words[2]));
+    } else if (IS("service", 6)) {
+        service(number(words[1]), uint_arg(words[2]), uint_arg(words[3]), uint_arg(words[4]),
+                uint_arg(words[5]), uint_arg(words[6]));
     } else if (IS("events", 1)) {
         events(uint_arg(words[1]));
     } else if (IS("stats", 0)) {

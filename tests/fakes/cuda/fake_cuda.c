@@ -13,6 +13,10 @@
  *                    2097152, what cuMemAlloc reserves in on many GPUs; 1: exact sizes, as
  *                    when small allocations are packed; larger: a large VMM granularity)
  *   graph_us=U       how long one cuGraphLaunch keeps the GPU busy, in µs (default 500)
+ *   timeline=PATH    the devices' timelines are shared by every process configured with
+ *                    this PATH (a file, created when missing): a kernel starts when the
+ *                    work of all of them queued before it is done, as on one real GPU
+ *                    shared by containers. Without it each process has a GPU of its own.
  *   capturing=0|1    1: every stream is being captured into a graph (global mode), so
  *                    cuStreamIsCapturing says ACTIVE, launches run nothing, and
  *                    cuEventQuery from a thread in global capture mode fails with
@@ -54,13 +58,16 @@
  */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cuda_api.h"
 
@@ -122,7 +129,10 @@ static CUresult init_result;
 static struct {
     int devices;
     uint64_t total_mib, granularity, graph_us, capturing;
+    char timeline[256];
 } cfg;
+/* timeline=PATH: when every device's queued work ends, shared with other processes. */
+static uint64_t *shared_until;
 static struct device devs[FAKE_MAX_DEVICES];
 static struct CUctx_st ctxs[FAKE_MAX_DEVICES];
 static struct CUmemPoolHandle_st pools[FAKE_MAX_DEVICES];
@@ -257,7 +267,17 @@ static CUresult busy(uint64_t ns) {
     if (r)
         return r;
     struct device *d = &devs[dev];
-    d->busy_until = max_u64(now_ns(), d->busy_until) + ns;
+    if (shared_until) {
+        /* One timeline for every process: start after all work queued so far. This
+         * process's own busy_until is where its last work ends (what its syncs wait for). */
+        uint64_t *t = &shared_until[dev], old = __atomic_load_n(t, __ATOMIC_ACQUIRE), next;
+        do
+            next = max_u64(now_ns(), old) + ns;
+        while (!__atomic_compare_exchange_n(t, &old, next, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+        d->busy_until = next;
+    } else {
+        d->busy_until = max_u64(now_ns(), d->busy_until) + ns;
+    }
     d->busy_assigned += ns;
     d->launches++;
     return CUDA_SUCCESS;
@@ -291,6 +311,7 @@ static int parse_config(const char *text) {
     cfg.granularity = 2097152;
     cfg.graph_us = 500;
     cfg.capturing = 0;
+    cfg.timeline[0] = '\0';
     if (!text || !*text)
         return 0;
     char buf[512];
@@ -304,6 +325,12 @@ static int parse_config(const char *text) {
             return config_error("expected key=value, not \"%s\"", item);
         *eq = '\0';
         const char *value = eq + 1;
+        if (strcmp(item, "timeline") == 0) {
+            if (!*value || strlen(value) >= sizeof cfg.timeline)
+                return config_error("%s needs a path of 1..255 bytes", item);
+            strcpy(cfg.timeline, value);
+            continue;
+        }
         char *end;
         errno = 0;
         unsigned long long n = strtoull(value, &end, 10);
@@ -336,6 +363,25 @@ static int parse_config(const char *text) {
     return 0;
 }
 
+/* Maps the shared timeline file (timeline=PATH), creating it zeroed when missing. */
+static int open_timeline(void) {
+    if (!cfg.timeline[0])
+        return 0;
+    size_t size = FAKE_MAX_DEVICES * sizeof(uint64_t);
+    int fd = open(cfg.timeline, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || ftruncate(fd, (off_t)size) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return config_error("timeline %s cannot be opened", cfg.timeline);
+    }
+    void *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        return config_error("timeline %s cannot be mapped", cfg.timeline);
+    shared_until = map;
+    return 0;
+}
+
 /* ---- initialisation, devices, contexts ----------------------------------------------- */
 
 EXPORT CUresult cuInit(unsigned int flags) {
@@ -343,7 +389,7 @@ EXPORT CUresult cuInit(unsigned int flags) {
         return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&lock);
     if (init_state == 0) {
-        if (parse_config(getenv("GPULET_FAKE_CUDA")) != 0) {
+        if (parse_config(getenv("GPULET_FAKE_CUDA")) != 0 || open_timeline() != 0) {
             init_state = -1;
             init_result = CUDA_ERROR_UNKNOWN;
         } else {
