@@ -166,4 +166,28 @@ C_MUTANTS = (
         "            give_back(index, charged);\n",
         "        if (reserve(index, actual - charged) != CUDA_SUCCESS) {\n",
     ),
+    CMutant(
+        "share_of: a production device reads the share in its region",
+        "compute.c",
+        "    if (!batch(index))\n        return floor;\n",
+        "",
+    ),
+    CMutant(
+        "share_of: a stale batch share is still followed",
+        "compute.c",
+        "if (!stamp || gpulet_now_ns() - stamp > SHARE_FRESH_NS)",
+        "if (!stamp)",
+    ),
+    CMutant(
+        "pace_before: a batch device at a full share is not paced",
+        "compute.c",
+        "(!batch(index) && share_of(index) >= 1000)",
+        "share_of(index) >= 1000",
+    ),
+    CMutant(
+        "write_share: a production device gets a share",
+        "region.c",
+        "if (rc == 0 && !(expected->dev[dev].flags & GPULET_LIMIT_BATCH))",
+        "if (rc == 0 && 0)",
+    ),
 )
