@@ -14,6 +14,10 @@ RDMA_RESOURCE = "gpulet.io/rdma"
 CORE_RESOURCE = "gpulet.io/gpu-core"
 #: MiB of each GPU: as `CORE_RESOURCE`.
 MEMORY_RESOURCE = "gpulet.io/gpu-memory"
+#: A batch slice's compute and memory (docs/colocation.md): not placed yet, so a pod that asks
+#: for them is refused with that reason rather than read as something else.
+BATCH_CORE_RESOURCE = "gpulet.io/batch-gpu-core"
+BATCH_MEMORY_RESOURCE = "gpulet.io/batch-gpu-memory"
 #: What the device plugin serves.
 RESOURCES = (GPU_RESOURCE, RDMA_RESOURCE)
 #: What the extender manages (its `managedResources`).

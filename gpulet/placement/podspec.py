@@ -26,9 +26,12 @@ from fractions import Fraction
 from typing import Any, NamedTuple, TypeVar
 
 from gpulet.api.resources import (
+    BATCH_CORE_RESOURCE,
+    BATCH_MEMORY_RESOURCE,
     CORE_RESOURCE,
     GPU_POLICY_ANNOTATION,
     GPU_RESOURCE,
+    MANAGED_RESOURCES,
     MEMORY_RESOURCE,
     NUMA_PIN_ANNOTATION,
     RDMA_RESOURCE,
@@ -96,7 +99,7 @@ def pod_ask(pod: Any) -> PodAsk:
         raise PodSpecError(f'{where}: {NUMA_PIN_ANNOTATION} must be "true" or "false", got {pin!r}')
     containers = tuple(
         ContainerAsk(name, _request(value, cwhere, topology, gpu_policy), init)
-        for name, init, value, cwhere in _containers(spec, where)
+        for name, init, value, cwhere in _containers(spec, where, known=True)
     )
     return PodAsk(
         uid=str(meta.get("uid") or ""),
@@ -142,9 +145,12 @@ def _pod(pod: Any) -> tuple[Mapping[str, Any], Mapping[str, Any], str]:
 _Value = Callable[[str], int | None]
 
 
-def _containers(spec: Mapping[str, Any], where: str) -> Iterator[tuple[str, bool, _Value, str]]:
+def _containers(
+    spec: Mapping[str, Any], where: str, known: bool = False
+) -> Iterator[tuple[str, bool, _Value, str]]:
     """Each container in kubelet's order: its name, whether it is an init container, its
-    values (`_reader`), and how messages name it."""
+    values (`_reader`), and how messages name it. With `known`, PodSpecError for a container
+    that asks for a `gpulet.io/` resource gpulet does not place (`_check_known`)."""
     for field, init in (("initContainers", True), ("containers", False)):
         listed = spec.get(field) or []
         if not isinstance(listed, list):
@@ -153,7 +159,31 @@ def _containers(spec: Mapping[str, Any], where: str) -> Iterator[tuple[str, bool
             c = _mapping(container, f"spec.{field}[]")
             name = str(c.get("name") or "")
             cwhere = f"{where} container {name!r}"
-            yield name, init, _reader(c, cwhere), cwhere
+            reader = _reader(c, cwhere)
+            if known:
+                _check_known(c, cwhere)
+            yield name, init, reader, cwhere
+
+
+#: The `gpulet.io/` resources a pod may ask for (`MANAGED_RESOURCES`).
+_KNOWN = frozenset(MANAGED_RESOURCES)
+
+
+def _check_known(container: Mapping[str, Any], where: str) -> None:
+    """PodSpecError for a `gpulet.io/` resource other than gpulet's four: read as nothing, a
+    pod asking `gpu: 1` with `batch-gpu-core: 30` would be placed as a whole GPU."""
+    resources = container.get("resources") or {}
+    asked = set(resources.get("limits") or {}) | set(resources.get("requests") or {})
+    for resource in sorted(r for r in asked if str(r).startswith("gpulet.io/")):
+        if resource in _KNOWN:
+            continue
+        if resource in (BATCH_CORE_RESOURCE, BATCH_MEMORY_RESOURCE):
+            raise PodSpecError(
+                f"{where}: {resource}: batch slices are not placed yet; ask for "
+                f"{CORE_RESOURCE} and {MEMORY_RESOURCE} (a reservation)"
+            )
+        known = ", ".join(sorted(_KNOWN))
+        raise PodSpecError(f"{where}: unknown resource {resource}: gpulet serves {known}")
 
 
 def _reader(container: Mapping[str, Any], where: str) -> _Value:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from gpulet.placement import GpuPolicy, Request, TopologyPolicy
@@ -119,3 +121,28 @@ def test_the_counts_of_a_pod_refused_on_other_grounds_can_be_read() -> None:
     )
     with pytest.raises(PodSpecError, match=r"container 'main': gpulet\.io/gpu must be a whole"):
         pod_counts(pod_object("p", container(gpus="1.5")))
+
+
+def _asking(resource: str, value: str = "30", **kw: int) -> dict[str, object]:
+    c = container("main", **kw)
+    c["resources"]["limits"][resource] = value
+    return pod_object("p", c)
+
+
+@pytest.mark.parametrize("resource", ["gpulet.io/batch-gpu-core", "gpulet.io/batch-gpu-memory"])
+def test_a_batch_slice_is_refused_with_the_reason_not_read_as_a_whole_gpu(resource: str) -> None:
+    """Batch slices are not placed yet: a pod asking `gpu: 1` with a batch resource is refused
+    (read as nothing, it would have been given a whole GPU). Its device counts still read,
+    for the agent."""
+    pod = _asking(resource, gpus=1)
+    with pytest.raises(PodSpecError, match=re.escape(f"{resource}: batch slices are not placed")):
+        pod_ask(pod)
+    assert pod_counts(pod) == (DeviceCounts("main", 1, 0),)
+
+
+def test_an_unknown_gpulet_resource_is_refused_and_others_are_not_gpulets() -> None:
+    with pytest.raises(PodSpecError, match=r"unknown resource gpulet\.io/gpu-cores: gpulet serves"):
+        pod_ask(_asking("gpulet.io/gpu-cores", gpus=1))
+    other = pod_ask(_asking("nvidia.com/gpu", "1", gpus=1, core=30))
+    (ask,) = other.wants
+    assert ask.request is not None and ask.request.core == 30

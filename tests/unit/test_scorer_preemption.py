@@ -96,14 +96,17 @@ def test_reported_victims_always_free_a_placement(
     assert proposed <= gone
     added = [h for h in holders if h.uid in gone - proposed]
     assert all(h in candidates for h in added), "a victim of equal or higher priority, or assumed"
-    # A search cut short (its budget spent) settles for candidates in preference order: still
-    # a placement, still none of equal or higher priority, the lowest priorities taken first.
+    # A search cut short (its budget spent) settles for the greedy passes: still a placement,
+    # still none of equal or higher priority, and drawing on a priority only when every
+    # candidate below it gone would not free one (the fewest pods is no longer promised).
     hurried = victims_for(info, holders, ask, priority, proposed, budget=1)
     assert hurried is not None and fits(info, holders, ask, set(hurried))
     rushed = [h for h in candidates if h.uid in set(hurried)]
-    spared = [h for h in candidates if h.uid not in set(hurried)]
-    if rushed and spared:
-        assert max(h.priority for h in rushed) <= min(h.priority for h in spared)
+    assert all(h in candidates for h in holders if h.uid in set(hurried) - proposed)
+    if rushed:
+        top = max(h.priority for h in rushed)
+        lower = {h.uid for h in candidates if h.priority < top}
+        assert not fits(info, holders, ask, proposed | lower), "a lower priority would do"
     # The fewest at the lowest priorities: no set drawn from lower priorities frees a
     # placement, nor any smaller set drawn from the same ones.
     if added:
