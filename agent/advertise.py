@@ -20,32 +20,15 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.utils.quantity import parse_quantity
-
 from agent.kube import why
 from agent.loop import OnDemand
 from gpulet.api.resources import node_aggregates
 from gpulet.kube.calls import CoreCalls, json_object
 from gpulet.kube.reflector import Obj, Reflector
+from gpulet.placement.podspec import whole_quantity
 from gpulet.topology import Topology
 
 log = logging.getLogger("gpulet.agent")
-
-
-def quantities(values: Mapping[str, int]) -> dict[str, str]:
-    """Values as quantities (decimal integers)."""
-    return {name: str(value) for name, value in values.items()}
-
-
-def _same_quantity(seen: object, value: str) -> bool:
-    """Whether the Node's quantity `seen` is `value`: the API server writes a quantity in its
-    canonical form (1000 comes back as "1k"), so the two are compared as numbers."""
-    if not isinstance(seen, str):
-        return False
-    try:
-        return bool(parse_quantity(seen) == parse_quantity(value))  # type: ignore[no-untyped-call]
-    except ValueError:
-        return False
 
 
 class CapacityAdvertiser:
@@ -64,7 +47,7 @@ class CapacityAdvertiser:
         self.node = topo.node
         self._core = core
         self._lock = threading.Lock()
-        self._desired = quantities(node_aggregates(g.memory_mib for g in topo.gpus))
+        self._desired = node_aggregates(g.memory_mib for g in topo.gpus)
         #: The Node's status as last seen: None until listed, {} for no Node.
         self._seen: dict[str, Mapping[str, Any]] | None = None
         self.settled = threading.Event()
@@ -81,10 +64,6 @@ class CapacityAdvertiser:
         self.reflector = Reflector.of_one(
             "node-capacity", list_mine, self._saw, watch_timeout_s=watch_timeout_s
         )
-
-    @property
-    def desired(self) -> dict[str, str]:
-        return dict(self._desired)
 
     def start(self) -> None:
         self.reflector.start()
@@ -114,12 +93,13 @@ class CapacityAdvertiser:
 
     def _needed(self) -> bool:
         """Whether the Node, as last seen, lacks a value (called with the lock held). Nothing
-        is written before the Node is listed, nor while there is no Node."""
+        is written before the Node is listed, nor while there is no Node. Values are compared
+        as quantities: the API server writes one in its canonical form (1000 as "1k")."""
         seen = self._seen
         if not seen:
             return False
         return any(
-            not _same_quantity(seen[part].get(name), value)
+            whole_quantity(seen[part].get(name)) != value
             for part in ("capacity", "allocatable")
             for name, value in self._desired.items()
         )
@@ -140,8 +120,9 @@ class CapacityAdvertiser:
             retry_s,
         )
 
-    def _write(self, desired: Mapping[str, str]) -> Obj:
-        body = {"status": {"capacity": dict(desired), "allocatable": dict(desired)}}
+    def _write(self, desired: Mapping[str, int]) -> Obj:
+        values = {name: str(value) for name, value in desired.items()}
+        body = {"status": {"capacity": values, "allocatable": dict(values)}}
         node = json_object(self._core.patch_node_status(self.node, body).data)
         self.writes += 1
         log.info(

@@ -21,6 +21,7 @@ production is idle (docs/BENCHMARKS.md, "Co-location").
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,22 +98,23 @@ class Slice:
 class _Seen:
     launches: int
     busy_ns: int
+    #: When they were read (CLOCK_MONOTONIC, ns).
+    at_ns: int
 
 
 class CoLocation:
     """Decides and writes batch shares for the slices `slices()` lists, grouped by GPU UUID;
-    `tick` is one pass (run it every `INTERVAL_S`, e.g. with `agent.loop.Every`)."""
+    `tick` is one pass (run it every `INTERVAL_S`, e.g. with `agent.loop.Every`; a slice's use
+    is measured over the time since the pass before, however long that was)."""
 
     def __init__(
         self,
         slices: Callable[[], Mapping[str, Sequence[Slice]]],
         *,
-        interval_s: float = INTERVAL_S,
         margin_permille: int = MARGIN_PERMILLE,
         active_margin_permille: int = ACTIVE_MARGIN_PERMILLE,
     ) -> None:
         self._slices = slices
-        self._interval_ns = int(interval_s * 1e9)
         self._margins = (margin_permille, active_margin_permille)
         self._seen: dict[tuple[str, int], _Seen] = {}
         #: The last shares written, key -> permille (for tests and metrics).
@@ -137,17 +139,21 @@ class CoLocation:
         slice then gets no new share and falls back to its floor; a production slice is
         left out)."""
         found: Inspection = inspect(s.directory, s.limits)
-        if found.usage is None or found.problems:
+        usage = found.usage
+        if usage is None or found.problems:
             return None
-        device = found.usage.devices[s.device]
-        now = _Seen(device.launches, device.busy_ns)
+        device = usage.devices[s.device]
+        now = _Seen(device.launches, device.busy_ns, time.monotonic_ns())
         seen[(s.key, s.device)] = now
         before = self._seen.get((s.key, s.device))
-        launches = now.launches - before.launches if before else 0
-        busy = now.busy_ns - before.busy_ns if before else 0
+        if before is None:
+            launches = busy_permille = 0
+        else:
+            launches = max(0, now.launches - before.launches)
+            elapsed = max(1, now.at_ns - before.at_ns)
+            busy_permille = max(0, min(1000, (now.busy_ns - before.busy_ns) * 1000 // elapsed))
         share = s.limits.devices[s.device].core_percent * 10
-        busy_permille = max(0, min(1000, busy * 1000 // self._interval_ns))
-        return Use(s.key, s.batch, share, busy_permille, max(0, launches))
+        return Use(s.key, s.batch, share, busy_permille, launches)
 
     def _write(self, s: Slice, permille: int) -> None:
         try:

@@ -101,9 +101,7 @@ class Bench:
             for name, box in (("prod", prod), ("batch", back))
         )
         interval = args.interval_ms / 1000
-        controller = CoLocation(
-            lambda: slices, interval_s=interval, active_margin_permille=args.active_margin
-        )
+        controller = CoLocation(lambda: slices, active_margin_permille=args.active_margin)
         done = threading.Event()
 
         def control() -> None:

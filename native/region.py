@@ -613,11 +613,17 @@ def inspect(
     return Inspection._of_snapshot(raw, tuple(problems), fed_back)
 
 
-def _permille(dev: int, util_percent: float, expected: Limits) -> int:
-    """The feedback's value for `dev`, after write_feedback's checks: RegionError."""
+def _check_device(dev: int, expected: Limits) -> None:
+    """RegionError unless `dev` is a device index of the grant (the C side's check, made
+    first: a negative index does not fit its unsigned argument)."""
     n = len(expected.devices)
     if not 0 <= dev < n:
         raise RegionError(f"device index {dev} is not in 0..{n - 1} (the grant's devices)")
+
+
+def _permille(dev: int, util_percent: float, expected: Limits) -> int:
+    """The feedback's value for `dev`, after write_feedback's checks: RegionError."""
+    _check_device(dev, expected)
     if not 0 <= util_percent <= 100:
         raise RegionError(f"utilisation {util_percent}% is not in 0..100")
     return round(util_percent * 10)
@@ -645,9 +651,7 @@ def write_share(directory: StrPath, dev: int, permille: int, expected: Limits) -
     it `batch`), 0..1000 permille, which the limiter follows while it is fresh (0.5 s);
     written as `write_feedback` writes (one pwrite, no mapping, no lock). RegionError when it
     cannot be."""
-    n = len(expected.devices)
-    if not 0 <= dev < n:
-        raise RegionError(f"device index {dev} is not in 0..{n - 1} (the grant's devices)")
+    _check_device(dev, expected)
     if not 0 <= permille <= 1000:
         raise RegionError(f"share {permille} permille is not in 0..1000")
     c = _c_limits(expected)

@@ -539,15 +539,7 @@ class ClusterView:
 def tally(info: NodeInfo, assignments: Iterable[Assignment]) -> NodeState:
     """What `assignments` take of the node's GPUs and NIC ports, as the placement engine
     counts it (an assignment's GPU the node no longer has is not counted)."""
-    gpus: dict[int, GpuUsage] = {}
-    nics: dict[str, int] = {}
-    for assignment in assignments:
-        taken = charges(info, assignment)
-        for index, charge in taken.gpus:
-            gpus[index] = gpus.get(index, IDLE).plus(charge)
-        for key in taken.nics:
-            nics[key] = nics.get(key, 0) + 1
-    return NodeState(gpus=gpus, nic_slots=nics)
+    return total(charges(info, assignments))
 
 
 @dataclass(frozen=True)
@@ -559,22 +551,36 @@ class Charges:
     nics: tuple[str, ...]
 
 
-def charges(info: NodeInfo, assignment: Assignment) -> Charges:
-    """`assignment`'s charges on the node, as `tally` adds them up."""
+def charges(info: NodeInfo, assignments: Iterable[Assignment]) -> Iterator[Charges]:
+    """Each assignment's charges on the node, in order: what `tally` adds up."""
     topo = info.topo
-    if topo is None:
-        return Charges((), ())
-    by_uuid = {g.uuid: g for g in topo.gpus}
-    gpus: list[tuple[int, GpuUsage]] = []
-    nics: list[str] = []
-    for container in assignment.containers:
-        for share in container.gpus:
-            gpu = by_uuid.get(share.uuid)
-            if gpu is None:
-                continue  # the node's GPUs changed under the pod: nothing to count
-            gpus.append((gpu.index, share.charge(info.capacity.gpu_slots, gpu.memory_mib)))
-        nics.extend(container.nics)
-    return Charges(tuple(gpus), tuple(nics))
+    by_uuid = {g.uuid: g for g in topo.gpus} if topo is not None else {}
+    for assignment in assignments:
+        if topo is None:
+            yield Charges((), ())
+            continue
+        gpus: list[tuple[int, GpuUsage]] = []
+        nics: list[str] = []
+        for container in assignment.containers:
+            for share in container.gpus:
+                gpu = by_uuid.get(share.uuid)
+                if gpu is None:
+                    continue  # the node's GPUs changed under the pod: nothing to count
+                gpus.append((gpu.index, share.charge(info.capacity.gpu_slots, gpu.memory_mib)))
+            nics.extend(container.nics)
+        yield Charges(tuple(gpus), tuple(nics))
+
+
+def total(taken: Iterable[Charges]) -> NodeState:
+    """The node's state with these charges on it."""
+    gpus: dict[int, GpuUsage] = {}
+    nics: dict[str, int] = {}
+    for t in taken:
+        for index, charge in t.gpus:
+            gpus[index] = gpus.get(index, IDLE).plus(charge)
+        for key in t.nics:
+            nics[key] = nics.get(key, 0) + 1
+    return NodeState(gpus=gpus, nic_slots=nics)
 
 
 def _name_of(obj: Mapping[str, object]) -> str | None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from gpulet.api.share import GpuUsage
 from gpulet.placement.podspec import PodAsk
 from gpulet.placement.request import NodeState
-from scorer.cluster import Holder, NodeInfo, charges, tally
+from scorer.cluster import Charges, Holder, NodeInfo, charges, total
 from scorer.decide import Decision, decide
 
 #: How many victim sets one node's search may try before it settles for adding candidates in
@@ -119,10 +121,27 @@ def _first_fit(
         if len(taken) + 1 >= limit:
             return None
         taken.add(h.uid)
-        fits.give_back(left, h.uid)
+        left.give_back(fits.charges.get(h.uid))
         if fits.fits(left):
             return taken
     return None
+
+
+@dataclass
+class _Left:
+    """A node's state as a try changes it: what is left taken once some holders are gone."""
+
+    gpus: dict[int, GpuUsage]
+    nics: dict[str, int]
+
+    def give_back(self, taken: Charges | None) -> None:
+        """Take a holder's charges out (None: not on this node, nothing to give back)."""
+        if taken is None:
+            return
+        for index, charge in taken.gpus:
+            self.gpus[index] = self.gpus[index].minus(charge)
+        for key in taken.nics:
+            self.nics[key] -= 1
 
 
 class _Fits:
@@ -131,30 +150,20 @@ class _Fits:
 
     def __init__(self, info: NodeInfo, holders: Sequence[Holder], ask: PodAsk) -> None:
         self.info, self.ask = info, ask
-        self.charges = {h.uid: charges(info, h.assignment) for h in holders}
-        self.full = tally(info, (h.assignment for h in holders))
+        each = charges(info, (h.assignment for h in holders))
+        self.charges = dict(zip((h.uid for h in holders), each, strict=True))
+        self.full = total(self.charges.values())
 
     def __call__(self, gone: Collection[str]) -> bool:
         return self.fits(self.without(gone))
 
-    def without(self, gone: Collection[str]) -> NodeState:
-        """The node's state with `gone` evicted (its maps are the caller's to change)."""
-        left = NodeState(gpus=dict(self.full.gpus), nic_slots=dict(self.full.nic_slots))
+    def without(self, gone: Collection[str]) -> _Left:
+        """The node's state with `gone` evicted."""
+        left = _Left(dict(self.full.gpus), dict(self.full.nic_slots))
         for uid in gone:
-            self.give_back(left, uid)
+            left.give_back(self.charges.get(uid))
         return left
 
-    def give_back(self, state: NodeState, uid: str) -> None:
-        """Take holder `uid`'s charges out of `state` (made by `without`)."""
-        taken = self.charges.get(uid)
-        if taken is None:
-            return  # not on this node: nothing to give back
-        gpus, nics = state.gpus, state.nic_slots
-        assert isinstance(gpus, dict) and isinstance(nics, dict)
-        for index, charge in taken.gpus:
-            gpus[index] = gpus[index].minus(charge)
-        for key in taken.nics:
-            nics[key] -= 1
-
-    def fits(self, state: NodeState) -> bool:
+    def fits(self, left: _Left) -> bool:
+        state = NodeState(gpus=left.gpus, nic_slots=left.nics)
         return isinstance(decide(self.info, state, self.ask), Decision)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from kubernetes.utils.quantity import parse_quantity
-
 from gpulet.api.resources import CORE_RESOURCE, MEMORY_RESOURCE
+from gpulet.placement.podspec import whole_quantity
+from scorer.preemption import pod_priority
 
 #: The resources counted here: the node-level aggregates the agent advertises.
 #: kube-scheduler counts every resource; the demo's kubelet stand-in posts no Node status
@@ -25,13 +25,8 @@ def requests(pod: Mapping[str, Any]) -> dict[str, int]:
         asked = ((c.get("resources") or {}).get("requests")) or {}
         for name in COUNTED:
             if name in asked:
-                total[name] += int(parse_quantity(str(asked[name])))  # type: ignore[no-untyped-call]
+                total[name] += whole_quantity(asked[name]) or 0
     return total
-
-
-def priority(pod: Mapping[str, Any]) -> int:
-    value = (pod.get("spec") or {}).get("priority")
-    return value if isinstance(value, int) else 0
 
 
 def victims(
@@ -41,16 +36,13 @@ def victims(
     priority removed (None where the preemptor still does not fit), then put back one by one,
     highest priority first and the oldest first among equals, as long as the preemptor still
     fits. An empty list: it fits as the node is, so the node is no candidate."""
-    have = {
-        name: int(parse_quantity(str(allocatable.get(name, "0"))))  # type: ignore[no-untyped-call]
-        for name in COUNTED
-    }
+    have = {name: whole_quantity(allocatable.get(name, "0")) or 0 for name in COUNTED}
     want = requests(preemptor)
-    level = priority(preemptor)
-    stays = [p for p in pods if priority(p) >= level]
+    level = pod_priority(preemptor)
+    stays = [p for p in pods if pod_priority(p) >= level]
     lower = sorted(
-        (p for p in pods if priority(p) < level),
-        key=lambda p: (-priority(p), str(p["metadata"].get("creationTimestamp", ""))),
+        (p for p in pods if pod_priority(p) < level),
+        key=lambda p: (-pod_priority(p), str(p["metadata"].get("creationTimestamp", ""))),
     )
 
     def fits(on_node: Iterable[Mapping[str, Any]]) -> bool:

@@ -209,6 +209,13 @@ def _reader(container: Mapping[str, Any], where: str) -> _Value:
     return value
 
 
+def whole_quantity(raw: object) -> int | None:
+    """A Kubernetes quantity's value where it is a whole number from 0 to 2**40, as gpulet
+    reads every one of its resources (a Node's capacity too); else None."""
+    read = _quantity(raw)
+    return None if read is None else read[0]
+
+
 def _quantity(raw: object) -> tuple[int, bool] | None:
     """The value Kubernetes gives quantity `raw` (a string, as the API server writes it, or
     a JSON number), and whether it has a binary suffix; None unless it is a whole number

@@ -1207,13 +1207,36 @@ static int write_feedback_fd(const char *path, int fd, uint32_t dev, uint32_t ut
     return write_stamped_fd(path, fd, at, util_permille, stamp_ns, "feedback", err, errlen);
 }
 
-/* The checks of a feedback's device and value against the grant (already checked). */
-static int check_feedback(const struct gpulet_limits *expected, uint32_t dev,
-                          uint32_t util_permille, char *err, size_t errlen)
+/* A device index of the grant (already checked). */
+static int check_index(const struct gpulet_limits *expected, uint32_t dev, char *err,
+                       size_t errlen)
 {
     if (dev >= expected->count)
         return fail(err, errlen, -EINVAL, "device index %u is not in 0..%u (the grant's devices)",
                     dev, expected->count - 1);
+    return 0;
+}
+
+/* Opens the region at `path` as untrusted input and writes one stamped permille at `offset`
+ * (write_stamped_fd). */
+static int write_stamped(const char *path, off_t offset, uint32_t permille, uint64_t stamp_ns,
+                         const char *what, char *err, size_t errlen)
+{
+    int fd = open_untrusted(path, O_RDWR, err, errlen);
+    if (fd < 0)
+        return fd;
+    int rc = write_stamped_fd(path, fd, offset, permille, stamp_ns, what, err, errlen);
+    close(fd);
+    return rc;
+}
+
+/* The checks of a feedback's device and value against the grant (already checked). */
+static int check_feedback(const struct gpulet_limits *expected, uint32_t dev,
+                          uint32_t util_permille, char *err, size_t errlen)
+{
+    int rc = check_index(expected, dev, err, errlen);
+    if (rc != 0)
+        return rc;
     if (util_permille > 1000)
         return fail(err, errlen, -EINVAL, "utilisation %u permille is not in 0..1000",
                     util_permille);
@@ -1229,12 +1252,8 @@ int gpulet_region_write_feedback(const char *path, const struct gpulet_limits *e
         rc = check_feedback(expected, dev, util_permille, err, errlen);
     if (rc != 0)
         return rc;
-    int fd = open_untrusted(path, O_RDWR, err, errlen);
-    if (fd < 0)
-        return fd;
-    rc = write_feedback_fd(path, fd, dev, util_permille, stamp_ns, err, errlen);
-    close(fd);
-    return rc;
+    off_t at = device_offset(dev, offsetof(struct gpulet_device_shared, util_permille));
+    return write_stamped(path, at, util_permille, stamp_ns, "feedback", err, errlen);
 }
 
 int gpulet_region_write_share(const char *path, const struct gpulet_limits *expected,
@@ -1242,9 +1261,8 @@ int gpulet_region_write_share(const char *path, const struct gpulet_limits *expe
                               char *err, size_t errlen)
 {
     int rc = check_limits(expected, err, errlen);
-    if (rc == 0 && dev >= expected->count)
-        rc = fail(err, errlen, -EINVAL, "device index %u is not in 0..%u (the grant's devices)",
-                  dev, expected->count - 1);
+    if (rc == 0)
+        rc = check_index(expected, dev, err, errlen);
     if (rc == 0 && !(expected->dev[dev].flags & GPULET_LIMIT_BATCH))
         rc = fail(err, errlen, -EINVAL, "device %s is not a batch slice's: it has no share",
                   expected->dev[dev].uuid);
@@ -1252,13 +1270,8 @@ int gpulet_region_write_share(const char *path, const struct gpulet_limits *expe
         rc = fail(err, errlen, -EINVAL, "share %u permille is not in 0..1000", share_permille);
     if (rc != 0)
         return rc;
-    int fd = open_untrusted(path, O_RDWR, err, errlen);
-    if (fd < 0)
-        return fd;
     off_t at = device_offset(dev, offsetof(struct gpulet_device_shared, share_permille));
-    rc = write_stamped_fd(path, fd, at, share_permille, stamp_ns, "share", err, errlen);
-    close(fd);
-    return rc;
+    return write_stamped(path, at, share_permille, stamp_ns, "share", err, errlen);
 }
 
 /* Whether an open for writing that failed with `rc` may still succeed for reading: the file

@@ -554,7 +554,7 @@ def test_the_agent_hands_a_batch_slice_what_production_leaves_idle(
         Slice(name, box.region_dir, read_limits(box.region_dir / "limits"), 0)
         for name, box in (("prod", prod), ("batch", batch))
     )
-    controller = CoLocation(lambda: slices, interval_s=0.05)
+    controller = CoLocation(lambda: slices)
     with Every50ms(lambda _: controller.tick()):
         batch_run = batch.start("runtime", ["run 6 1000"])
         time.sleep(2.5)
