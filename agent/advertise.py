@@ -50,6 +50,8 @@ class CapacityAdvertiser:
         self._desired = node_aggregates(g.memory_mib for g in topo.gpus)
         #: The Node's status as last seen: None until listed, {} for no Node.
         self._seen: dict[str, Mapping[str, Any]] | None = None
+        #: The resourceVersion of the Node as last seen ("": none yet).
+        self._version = ""
         self.settled = threading.Event()
         self.writes = 0
         self._writer = OnDemand(
@@ -80,7 +82,14 @@ class CapacityAdvertiser:
         parts = ("capacity", "allocatable")
         with self._lock:
             self._seen = {} if obj is None else {p: dict(status.get(p) or {}) for p in parts}
+            self._version = str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
         self._check()
+
+    @property
+    def watched_version(self) -> str:
+        """The resourceVersion of the Node as last seen (its watch, or its own write)."""
+        with self._lock:
+            return self._version
 
     def _check(self) -> None:
         with self._lock:
