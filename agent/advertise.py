@@ -1,6 +1,8 @@
 """The node-level aggregates kube-scheduler and kubelet count: `gpulet.io/gpu-core` (100 for
 each GPU) and `gpulet.io/gpu-memory` (the MiB of all its GPUs), in the Node's status
-`capacity` and `allocatable` (`gpulet.api.resources.node_aggregates`).
+`capacity` and `allocatable` (`gpulet.api.resources.node_aggregates`); and, once the agent
+has measured what production leaves idle (`set_batch`, from `agent.idle`), the batch
+aggregates `gpulet.io/batch-gpu-core` and `gpulet.io/batch-gpu-memory`.
 
 This is the documented way to advertise a node-level extended resource: a patch of the
 Node's status. kubelet keeps extended resources it does not manage and copies capacity to
@@ -70,6 +72,12 @@ class CapacityAdvertiser:
     def start(self) -> None:
         self.reflector.start()
         self._writer.start()
+
+    def set_batch(self, values: Mapping[str, int]) -> None:
+        """Advertise the batch aggregates `values` (`agent.idle.aggregates`) from now on."""
+        with self._lock:
+            self._desired = {**self._desired, **values}
+        self._check()
 
     def stop(self) -> None:
         self._writer.stop()

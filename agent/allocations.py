@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.monitor import Monitor
 from deviceplugin.core import DevicePluginCore
+from gpulet.api.assignment import BATCH, PRODUCTION
 from gpulet.api.resources import GPU_RESOURCE
 
 VERSION = 1
@@ -43,6 +44,7 @@ def allocations(
                 gpu_users.setdefault(share.uuid, []).append(
                     {
                         **who,
+                        "class": BATCH if share.batch else PRODUCTION,
                         "core": share.core,
                         "memory_mib": share.memory_mib,
                         "exclusive": share.exclusive,
@@ -64,6 +66,7 @@ def allocations(
                 "healthy": g.index not in sick_gpus,
                 "memory_mib": g.memory_mib,
                 "allocated": {"core": use.core, "memory_mib": use.memory_mib, "slots": use.slots},
+                "batch": {"core": use.batch_core, "memory_mib": use.batch_memory_mib},
                 "used_mib": latest.gpu_used_mib.get(g.uuid, 0) if latest else None,
                 "utilization": latest.gpu_util.get(g.uuid, 0) if latest else None,
                 "containers": gpu_users[g.uuid],

@@ -644,6 +644,9 @@ class OverShare:
 @dataclass
 class _Share:
     window: Window
+    #: The share over the same window: a batch slice's moves with what production leaves
+    #: idle (agent.colocation); a production slice's is constant.
+    given: Window
     over: bool = False
     controller: DutyController | None = None
     #: The container last seen with it (a restart is another container: another episode).
@@ -729,8 +732,10 @@ class ComputeBackstop:
         s = self.settings
         share = self._shares.get(key)
         if share is None:
-            share = self._shares[key] = _Share(Window(s.window_s, s.sample_s, s.max_gap_s))
+            window = (s.window_s, s.sample_s, s.max_gap_s)
+            share = self._shares[key] = _Share(Window(*window), Window(*window))
         share.window.add(now, use.util)
+        share.given.add(now, use.share)
         if ref is not None and share.ref not in (None, ref) and share.controller is None:
             share.over = False  # restarted while only reported: it may be held this time
         if ref is not None:
@@ -746,7 +751,8 @@ class ComputeBackstop:
                 )
             return None
         mean = share.window.mean()  # not while held: the controller goes by each sample
-        over = mean is not None and mean > use.share + s.tolerance
+        given = share.given.mean()
+        over = mean is not None and mean > (use.share if given is None else given) + s.tolerance
         if not over:
             if share.over:
                 log.info("event=over-share-ended pod_uid=%s container=%s gpu=%s", *key)

@@ -21,11 +21,16 @@ production is idle (docs/BENCHMARKS.md, "Co-location").
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deviceplugin.grants import Grant
+from deviceplugin.regions import limits_of
+from gpulet.api.resources import GPU_RESOURCE
 from native.region import Inspection, Limits, RegionError, inspect, write_share
 
 log = logging.getLogger("gpulet.agent")
@@ -119,10 +124,20 @@ class CoLocation:
         self._seen: dict[tuple[str, int], _Seen] = {}
         #: The last shares written, key -> permille (for tests and metrics).
         self.shares: dict[str, int] = {}
+        #: Per key, the share in force integrated over time since `share_percent` last
+        #: read it: (permille-seconds, seconds).
+        self._given: dict[str, tuple[float, float]] = {}
+        self._given_lock = threading.Lock()
+        self._last_tick: float | None = None
 
     def tick(self) -> None:
+        now = time.monotonic()
+        if self._last_tick is not None:
+            self._integrate(now - self._last_tick)
+        self._last_tick = now
         seen: dict[tuple[str, int], _Seen] = {}
-        for slices in self._slices().values():
+        groups = self._slices()
+        for slices in groups.values():
             if not any(s.batch for s in slices):
                 continue
             uses = []
@@ -133,6 +148,18 @@ class CoLocation:
             for key, permille in batch_shares(uses, *self._margins).items():
                 self._write(next(s for s in slices if s.key == key), permille)
         self._seen = seen
+        live = {s.key for on in groups.values() for s in on}
+        for gone in set(self.shares) - live:  # the slice ended: its share goes with it
+            del self.shares[gone]
+            with self._given_lock:
+                self._given.pop(gone, None)
+
+    def _integrate(self, seconds: float) -> None:
+        """The shares in force held for `seconds` more."""
+        with self._given_lock:
+            for key, permille in self.shares.items():
+                total, covered = self._given.get(key, (0.0, 0.0))
+                self._given[key] = (total + permille * seconds, covered + seconds)
 
     def _use(self, s: Slice, seen: dict[tuple[str, int], _Seen]) -> Use | None:
         """What `s` did since the last pass; None when its region cannot be read (a batch
@@ -162,6 +189,44 @@ class CoLocation:
             log.warning("event=batch-share-failed key=%s error=%r", s.key, str(e))
             return
         self.shares[s.key] = permille
+
+    def share_percent(self, pod_uid: str, container: str, uuid: str) -> int | None:
+        """A batch container's share of one GPU since the last call, averaged over time, in
+        percent rounded up: what the compute backstop holds it to (it samples every second,
+        the shares move every pass). None where none was written. The agent's own record:
+        what the container's region says is the tenant's to forge."""
+        key = slice_key(pod_uid, container, uuid)
+        with self._given_lock:
+            total, covered = self._given.pop(key, (0.0, 0.0))
+        permille = total / covered if covered > 0 else self.shares.get(key)
+        return None if permille is None else min(100, math.ceil(permille / 10))
+
+
+def slice_key(pod_uid: str, container: str, uuid: str) -> str:
+    """A container's slice of one GPU, as the controller keys it."""
+    return f"{pod_uid}/{container}/{uuid}"
+
+
+def batch_gpus(grants: Iterable[Grant]) -> dict[str, list[Slice]]:
+    """The slices of every GPU that holds a batch slice, by GPU UUID: what the controller
+    reads and writes (`CoLocation`'s `slices`). GPUs without one are left out."""
+    mine = [
+        g
+        for g in grants
+        if g.resource == GPU_RESOURCE and g.region_dir and g.pod_uid and g.container
+    ]
+    shared = {s.uuid for g in mine for s in g.gpus if s.batch}
+    slices: list[Slice] = []
+    for g in mine:
+        if not shared.intersection(s.uuid for s in g.gpus):
+            continue  # the agent's every pass: most nodes have no batch slice at all
+        assert g.region_dir and g.pod_uid and g.container
+        limits = limits_of(g.gpus)
+        for device, share in enumerate(g.gpus):
+            if not share.exclusive:
+                key = slice_key(g.pod_uid, g.container, share.uuid)
+                slices.append(Slice(key, Path(g.region_dir), limits, device))
+    return {uuid: on for uuid, on in by_gpu(slices).items() if uuid in shared}
 
 
 def by_gpu(slices: Iterable[Slice]) -> dict[str, list[Slice]]:

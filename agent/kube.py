@@ -276,7 +276,7 @@ def _request(ask: ContainerAsk) -> ContainerRequest:
     r = ask.request
     if r is None:
         return ContainerRequest(ask.name)
-    return ContainerRequest(ask.name, r.gpus, r.rdma, r.core, r.memory_mib)
+    return ContainerRequest(ask.name, r.gpus, r.rdma, r.core, r.memory_mib, r.batch)
 
 
 def _object(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:

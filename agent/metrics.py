@@ -25,9 +25,10 @@ from agent.backstop import ShareStatus
 from agent.monitor import Monitor
 from deviceplugin.core import DevicePluginCore
 from deviceplugin.grants import Grant
+from deviceplugin.regions import limits_of
 from gpulet.api.resources import GPU_RESOURCE
 from gpulet.httpd import BackgroundServer, Handler
-from native.region import DeviceLimit, Limits, RegionError, inspect
+from native.region import RegionError, inspect
 
 log = logging.getLogger("gpulet.agent")
 MIB = 1 << 20
@@ -167,7 +168,7 @@ def _throttled(grant: Grant) -> list[float]:
     untrusted input (clamped; none when it cannot be read)."""
     if not grant.region_dir or not (Path(grant.region_dir) / "region").exists():
         return []
-    expected = Limits(tuple(DeviceLimit(s.uuid, s.memory_mib, s.core) for s in grant.gpus))
+    expected = limits_of(grant.gpus)
     try:
         seen = inspect(grant.region_dir, expected)
     except RegionError:

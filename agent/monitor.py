@@ -42,8 +42,9 @@ from agent.backstop import ComputeBackstop, ComputeSettings, Freezing, OverShare
 from agent.cgroups import ContainerRef, ProcessTable, running_containers
 from agent.usage import ProcessUsage, UsageError, UsageSource
 from deviceplugin.grants import GpuShare, Grant
+from deviceplugin.regions import limits_of
 from gpulet.api.resources import GPU_RESOURCE
-from native.region import DeviceLimit, Inspection, Limits, RegionError, inspect
+from native.region import Inspection, Limits, RegionError, inspect
 
 log = logging.getLogger("gpulet.agent")
 
@@ -115,9 +116,13 @@ class Monitor:
         clock: Callable[[], float] = time.monotonic,
         compute: ComputeSettings | None = None,
         freezing: Freezing | None = None,
+        batch_share: Callable[[str, str, str], int | None] = lambda pod, name, uuid: None,
     ) -> None:
         """`compute`: how over-share is judged; `freezing`: how a container is held to its
-        share, used only with enforcement on (without it, over-share is reported only)."""
+        share, used only with enforcement on (without it, over-share is reported only);
+        `batch_share`: the share (percent) the co-location controller last gave a batch
+        container's GPU (pod uid, container, GPU UUID), which the backstop holds it to
+        instead of its floor (None: none given, the floor holds)."""
         if enforce not in ENFORCE:
             raise ValueError(f"enforce must be one of {', '.join(ENFORCE)}, got {enforce!r}")
         self._usage = usage
@@ -126,6 +131,7 @@ class Monitor:
         self._pods = pods
         self.enforcing = enforce != "report"
         self._report = report
+        self._batch_share = batch_share
         self._kill = kill
         self._clock = clock
         self.compute = ComputeBackstop(compute, freezing if self.enforcing else None, report)
@@ -305,7 +311,7 @@ class Monitor:
         assert grant.region_dir is not None
         known = self._limits.get(grant.region_dir)
         if known is None or known[0] != grant.gpus:
-            limits = Limits(tuple(DeviceLimit(s.uuid, s.memory_mib, s.core) for s in grant.gpus))
+            limits = limits_of(grant.gpus)
             known = self._limits[grant.region_dir] = (grant.gpus, limits)
         return known[1]
 
@@ -323,12 +329,16 @@ class Monitor:
             if grant.pod_uid is None or grant.container is None:
                 continue
             for s in grant.gpus:
-                if s.exclusive or s.core >= 100:
+                share = s.core
+                if s.batch:  # the controller's record, never what the region says
+                    given = self._batch_share(grant.pod_uid, grant.container, s.uuid)
+                    share = s.core if given is None else given
+                if s.exclusive or share >= 100:
                     continue
                 m = measured.get((grant.pod_uid, grant.container, s.uuid))
                 util = m.util_percent if m is not None and m.util_percent is not None else 0.0
                 ref = refs.get((grant.pod_uid, grant.container))
-                out.append(ShareUse(grant.pod_uid, grant.container, s.uuid, s.core, util, ref))
+                out.append(ShareUse(grant.pod_uid, grant.container, s.uuid, share, util, ref))
         return out
 
     def _without_limiter(

@@ -10,6 +10,8 @@ import gc
 import logging
 import socket
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +28,10 @@ from agent.backstop import (
     thaw_left_frozen,
 )
 from agent.cgroups import ContainerRef, ProcessTable
+from agent.colocation import INTERVAL_S, CoLocation, batch_gpus
+from agent.eviction import BatchEvictor, through_api
 from agent.heartbeat import LeaseHeartbeat
+from agent.idle import MIN_INTERVAL_S, WINDOW_S, IdleMeter, aggregates
 from agent.kube import AllocatedRecorder, ApiPodSource, EventReporter
 from agent.loop import Every
 from agent.metrics import AgentCollector, MetricsServer
@@ -43,6 +48,7 @@ from deviceplugin.health import PortStates, XidSource
 from deviceplugin.ledger import Ledger
 from deviceplugin.manager import PluginManager
 from gpulet.api import nodetopology as nt
+from gpulet.api.share import Idle
 from gpulet.kube.calls import CoreCalls, ReviewCalls
 
 log = logging.getLogger("gpulet.agent")
@@ -82,6 +88,10 @@ class Monitoring:
     cgroup_root: Path | None = None
     compute: ComputeSettings = field(default_factory=ComputeSettings)
     metrics_auth: str = "kubernetes"
+    #: How far back production's peak counts, and how often at most the room measured for
+    #: batch slices is published (`agent.idle`).
+    idle_window_s: float = WINDOW_S
+    idle_interval_s: float = MIN_INTERVAL_S
 
 
 @dataclass
@@ -99,6 +109,9 @@ class NodeAgent:
     metrics: MetricsServer | None = None
     recorder: AllocatedRecorder | None = None
     capacity: CapacityAdvertiser | None = None
+    colocation: CoLocation | None = None
+    idle: IdleMeter | None = None
+    evictor: BatchEvictor | None = None
 
     def stop(self) -> None:
         """Stop every part, last started first (the monitor's loop before the duty cycle,
@@ -195,6 +208,8 @@ def start(
         agent = NodeAgent(
             core, manager, pods, publisher, heartbeat, parts, recorder=recorder, capacity=capacity
         )
+        agent.colocation = CoLocation(lambda: batch_gpus(core.grants()))
+        parts.start("colocation", Every("gpulet-colocation", INTERVAL_S, agent.colocation.tick))
         if pinning is not None:
             pinner = Pinner(topo, pods.pods, pinning.cgroup_root, pinning.cpu_manager_state)
             loop = Every("gpulet-pin", pinning.interval_s, pinner.reconcile)
@@ -235,11 +250,39 @@ def _start_monitoring(
         report=report,
         compute=replace(monitoring.compute, sample_s=monitoring.interval_s),
         freezing=freezing,
+        batch_share=agent.colocation.share_percent if agent.colocation else lambda *key: None,
     )
     if freezing is not None:
         parts.start("duty-cycle", freezing.duty)  # its stop thaws every container it holds
-    loop = Every("gpulet-monitor", monitoring.interval_s, monitor.tick)
-    parts.start("monitor", loop)
+    topology, capacity = agent.topology, agent.capacity
+
+    def publish(idle: Mapping[int, Idle]) -> None:
+        topology.set_idle(idle)
+        if capacity is not None:
+            capacity.set_batch(aggregates(idle))
+
+    meter = agent.idle = IdleMeter(
+        core.topo,
+        publish,
+        unavailable=core.unhealthy_gpus,
+        window_s=monitoring.idle_window_s,
+        min_interval_s=monitoring.idle_interval_s,
+    )
+
+    # With enforcement on, a batch pod's processes are killed at once: its memory now, not
+    # after a grace period.
+    evict = through_api(api, events, pods.pod, kill=monitor.enforcing)
+    evictor = agent.evictor = BatchEvictor(core.topo, evict)
+
+    def sample() -> None:
+        before = monitor.latest
+        monitor.tick()
+        if monitor.latest is not before:  # a sample was taken
+            grants = core.grants()
+            evictor.observe(monitor.latest, grants)
+            meter.observe(monitor.latest, grants, time.time())
+
+    parts.start("monitor", Every("gpulet-monitor", monitoring.interval_s, sample))
     if monitoring.metrics_port is not None:
         server = MetricsServer(
             AgentCollector(core, monitor),

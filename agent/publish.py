@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -33,6 +34,7 @@ from agent.kube import why
 from agent.loop import OnDemand
 from gpulet.api import nodetopology as nt
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
+from gpulet.api.share import Idle
 from gpulet.kube.calls import CoreCalls, json_object, node_topologies
 from gpulet.kube.reflector import Obj, Reflector
 from gpulet.topology import Topology
@@ -77,6 +79,9 @@ class TopologyPublisher:
         self._retry_s = retry_s
         self._lock = threading.Lock()
         self._document = to_document(topo)
+        #: The status to publish (`set_idle`); None: none measured yet (one already on the
+        #: object is kept).
+        self._status: dict[str, Any] | None = None
         #: The Node's uid, as last read; None: read it before the next create.
         self._uid: str | None = None
         #: Set when the object may not be as it should be (watch, set_topology).
@@ -140,6 +145,19 @@ class TopologyPublisher:
             self.settled.clear()
         self._writer.wake()
 
+    def set_idle(self, idle: Mapping[int, Idle], measured: float | None = None) -> None:
+        """Publish what each GPU's production leaves idle (`nt.idle_status`, measured now
+        unless `measured` says when) in the object's status; the write goes out from the
+        publisher's thread."""
+        status = nt.idle_status(idle, time.time() if measured is None else measured)
+        with self._lock:
+            if status == self._status:
+                return
+            self._status = status
+            self._dirty = True
+            self.settled.clear()
+        self._writer.wake()
+
     def retire_legacy(self) -> None:
         """Settle the previous release's annotations (`LegacyAnnotations`), now and whenever
         the document changes. The first try is in the caller's thread; a failure is logged
@@ -162,7 +180,7 @@ class TopologyPublisher:
             self._watched_version = str(
                 (obj or {}).get("metadata", {}).get("resourceVersion") or ""
             )
-            if obj is not None and self._matches(obj, self._document):
+            if obj is not None and self._matches(obj, self._document) and self._status_matches(obj):
                 return
             if obj is None:
                 self._uid = None  # its Node may be a new one
@@ -221,7 +239,7 @@ class TopologyPublisher:
                 self._published("created", created)
                 return
             desired = self._desired()
-            if self._matches(current, desired["spec"]):
+            if self._matches(current, desired["spec"]) and self._status_matches(current):
                 return
             try:
                 replaced = json_object(
@@ -237,10 +255,10 @@ class TopologyPublisher:
 
     def _desired(self) -> dict[str, Any]:
         with self._lock:
-            uid, document = self._uid, self._document
+            uid, document, status = self._uid, self._document, self._status
         if uid is None:
             uid = self._read_node()
-        return nt.node_topology(self.node, uid, document)
+        return nt.node_topology(self.node, uid, document, status)
 
     def _read_node(self) -> str:
         """Read the Node: its uid (the NodeTopology's owner) and its legacy annotations."""
@@ -261,6 +279,10 @@ class TopologyPublisher:
         spec["node"] = self.node
         uid = self._uid
         return obj.get("spec") == spec and (uid is None or nt.owner_uid(obj) == uid)
+
+    def _status_matches(self, obj: Obj) -> bool:
+        """Whether `obj`'s status is the one to publish (any, before one is measured)."""
+        return self._status is None or obj.get("status") == self._status
 
     def _published(self, action: str, obj: Obj) -> None:
         meta = obj.get("metadata") or {}
@@ -283,7 +305,8 @@ def _over(current: Obj, desired: Mapping[str, Any]) -> dict[str, Any]:
     ours = desired["metadata"]
     meta["labels"] = {**(meta.get("labels") or {}), **ours["labels"]}
     meta["ownerReferences"] = ours["ownerReferences"]
-    return {**desired, "metadata": meta}
+    kept = {"status": current["status"]} if "status" in current and "status" not in desired else {}
+    return {**kept, **desired, "metadata": meta}
 
 
 class LegacyAnnotations:

@@ -21,7 +21,12 @@ from gpulet.api.assignment import (
     dump_assignment,
     parse_assignment,
 )
-from gpulet.api.resources import CORE_RESOURCE, MEMORY_RESOURCE
+from gpulet.api.resources import (
+    BATCH_CORE_RESOURCE,
+    BATCH_MEMORY_RESOURCE,
+    CORE_RESOURCE,
+    MEMORY_RESOURCE,
+)
 from gpulet.api.share import GpuShare
 
 __all__ = [
@@ -54,7 +59,8 @@ class ContainerRequest:
     `core` (percent of each GPU) and `memory_mib` (MiB of each GPU) are None where the
     container does not name them: with neither, its GPUs are whole and exclusive; with
     either, each is a slice, an unnamed core being 100 and an unnamed memory the rest of the
-    GPU (docs/placement.md).
+    GPU (docs/placement.md). A `batch` container (docs/colocation.md) names both, as its
+    floor and its cap.
     """
 
     name: str
@@ -62,6 +68,7 @@ class ContainerRequest:
     rdma: int = 0
     core: int | None = None
     memory_mib: int | None = None
+    batch: bool = False
 
     def count(self, resource: str) -> int:
         check_resource(resource)
@@ -69,14 +76,19 @@ class ContainerRequest:
 
     @property
     def whole(self) -> bool:
-        return self.core is None and self.memory_mib is None
+        return self.core is None and self.memory_mib is None and not self.batch
 
     def asks(self) -> str:
         """The request as the pod spells it: `gpulet.io/gpu: 1, gpulet.io/gpu-core: 10`."""
+        core, memory = (
+            (BATCH_CORE_RESOURCE, BATCH_MEMORY_RESOURCE)
+            if self.batch
+            else (CORE_RESOURCE, MEMORY_RESOURCE)
+        )
         named = (
             (GPU_RESOURCE, self.gpus or None),
-            (CORE_RESOURCE, self.core),
-            (MEMORY_RESOURCE, self.memory_mib),
+            (core, self.core),
+            (memory, self.memory_mib),
             (RDMA_RESOURCE, self.rdma or None),
         )
         return ", ".join(f"{r}: {v}" for r, v in named if v is not None) or "no gpulet device"
@@ -289,6 +301,9 @@ def _share_problem(request: ContainerRequest, g: GpuShare, memory: int) -> str |
         return None  # core 100 (the parser's rule); the grant takes all the GPU's memory
     if g.exclusive:
         return '"exclusive": true (a whole GPU), but the container asks a slice'
+    if g.batch != request.batch:
+        kinds = ("a production slice", "a batch slice")
+        return f"{kinds[g.batch]}, but the container asks {kinds[request.batch]}"
     core = 100 if request.core is None else request.core
     if g.core != core:
         unnamed = f" (the container names no {CORE_RESOURCE})" if request.core is None else ""

@@ -192,6 +192,9 @@ def _grant_doc(g: Grant) -> dict[str, Any]:
                 "core": s.core,
                 "memory_mib": s.memory_mib,
                 "exclusive": s.exclusive,
+                # Only where true, so that a checkpoint of production grants reads the same
+                # to an agent older than batch slices.
+                **({"batch": True} if s.batch else {}),
             }
             for s in g.gpus
         ],
@@ -220,6 +223,7 @@ def grant_from(d: Any) -> Grant:
             _typed(s["memory_mib"], int, "memory_mib"),
             _typed(s["exclusive"], bool, "exclusive"),
             index=_typed(s["index"], int, "index"),
+            batch=_typed(s.get("batch", False), bool, "batch"),
         )
         for s in _typed(d["gpus"], list, "gpus")
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from deviceplugin import ids
@@ -23,9 +23,15 @@ def region_dir(root: Path, pod_uid: str | None, container: str | None, first_id:
     return root / pod_uid / container
 
 
+def limits_of(gpus: Iterable[GpuShare]) -> Limits:
+    """The limits a container's region holds for its shares `gpus`, in order: each GPU's
+    memory cap and core percent (a batch slice's floor), and whether it is batch."""
+    return Limits(tuple(DeviceLimit(s.uuid, s.memory_mib, s.core, s.batch) for s in gpus))
+
+
 def set_up(directory: Path, gpus: Sequence[GpuShare]) -> None:
     """The directory's limits file and region for `gpus`; RegionError when it cannot be."""
-    setup(directory, Limits(tuple(DeviceLimit(s.uuid, s.memory_mib, s.core) for s in gpus)))
+    setup(directory, limits_of(gpus))
 
 
 def remove(root: Path, directory: str) -> None:

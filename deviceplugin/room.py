@@ -89,6 +89,8 @@ def _problem(
                 f"the assignment gives {share.memory_mib} MiB of {name}, but "
                 f"{use.memory_mib} of its {gpu.memory_mib} MiB are already granted ({holders})"
             )
+        case Short.IDLE_CORE | Short.IDLE_MEMORY:  # the node gives `shortfall` no idle room
+            return f"{name} has {short}"
 
 
 class _Holders:

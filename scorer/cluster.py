@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from gpulet.api import nodetopology as nt
 from gpulet.api.assignment import Assignment, AssignmentError, parse_assignment
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
-from gpulet.api.share import IDLE, GpuUsage
+from gpulet.api.share import IDLE, GpuUsage, Idle
 from gpulet.api.stamps import epoch
 from gpulet.placement import Capacity, NodeState, Placer
 from gpulet.topology import Topology
@@ -66,6 +66,9 @@ class NodeInfo:
     #: What decides whether a request fits the node empty (devices, memory, NUMA, PCIe
     #: placement, port state; not UUIDs), as a number: nodes of one hardware model share it.
     shape: int = -1
+    #: What its agent last measured each GPU's production leaving idle (its NodeTopology's
+    #: status): what batch slices are placed against.
+    idle: Mapping[int, Idle] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +80,7 @@ class _Published:
     digest: bytes
     topo: Topology | None
     problem: str | None
+    idle: Mapping[int, Idle]
     #: Whether it was logged as an orphan.
     warned: bool = False
 
@@ -235,8 +239,10 @@ class ClusterView:
         if name is None:
             return None
         owner = nt.owner_uid(obj)
-        spec = json.dumps(obj.get("spec"), sort_keys=True, default=str).encode()
-        digest = hashlib.blake2b(spec, digest_size=16).digest()
+        read = {"spec": obj.get("spec"), "status": obj.get("status")}
+        digest = hashlib.blake2b(
+            json.dumps(read, sort_keys=True, default=str).encode(), digest_size=16
+        ).digest()
         with self._lock:
             old = self._published.get(name)
         if old is not None and (old.digest, old.owner) == (digest, owner):
@@ -245,8 +251,13 @@ class ClusterView:
             topo, problem = from_document(nt.document_of(obj)), None
         except (DocumentError, ValueError) as e:
             topo, problem = None, f"its NodeTopology {name} cannot be read: {e}"
+        try:
+            idle = nt.idle_of(obj)
+        except ValueError as e:  # the node is still good for production slices
+            log.warning("event=nodetopology-status-unreadable node=%s error=%r", name, str(e))
+            idle = {}
         with self._lock:
-            self._published[name] = _Published(owner, digest, topo, problem)
+            self._published[name] = _Published(owner, digest, topo, problem, idle)
             if (known := self._nodes.get(name)) is not None:
                 self._refresh(name, known)
         return name
@@ -400,7 +411,8 @@ class ClusterView:
     def _info_of(self, name: str, published: _Published | None, text: str | None) -> NodeInfo:
         """The node as its NodeTopology says, else as its annotation does."""
         if published is not None:
-            return self._node_info(name, published.topo, published.problem)
+            info = self._node_info(name, published.topo, published.problem)
+            return replace(info, idle=published.idle) if published.idle else info
         if text is None:
             problem = (
                 f"node has no NodeTopology ({nt.CRD_NAME}) and no {TOPOLOGY_ANNOTATION} "
@@ -538,8 +550,9 @@ class ClusterView:
 
 def tally(info: NodeInfo, assignments: Iterable[Assignment]) -> NodeState:
     """What `assignments` take of the node's GPUs and NIC ports, as the placement engine
-    counts it (an assignment's GPU the node no longer has is not counted)."""
-    return total(charges(info, assignments))
+    counts it (an assignment's GPU the node no longer has is not counted), with what its
+    agent measured idle."""
+    return total(charges(info, assignments), info.idle)
 
 
 @dataclass(frozen=True)
@@ -571,8 +584,8 @@ def charges(info: NodeInfo, assignments: Iterable[Assignment]) -> Iterator[Charg
         yield Charges(tuple(gpus), tuple(nics))
 
 
-def total(taken: Iterable[Charges]) -> NodeState:
-    """The node's state with these charges on it."""
+def total(taken: Iterable[Charges], idle: Mapping[int, Idle] | None = None) -> NodeState:
+    """The node's state with these charges on it (and `idle`, what batch is placed against)."""
     gpus: dict[int, GpuUsage] = {}
     nics: dict[str, int] = {}
     for t in taken:
@@ -580,7 +593,7 @@ def total(taken: Iterable[Charges]) -> NodeState:
             gpus[index] = gpus.get(index, IDLE).plus(charge)
         for key in t.nics:
             nics[key] = nics.get(key, 0) + 1
-    return NodeState(gpus=gpus, nic_slots=nics)
+    return NodeState(gpus=gpus, nic_slots=nics, idle=idle or {})
 
 
 def _name_of(obj: Mapping[str, object]) -> str | None:

@@ -9,9 +9,10 @@ when they end, and counting them is the safe side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gpulet.api.assignment import Assignment, ContainerAssignment
+from gpulet.api.share import Idle
 from gpulet.placement import NodeState, Placement
 from gpulet.placement.podspec import PodAsk
 from scorer.cluster import NodeInfo
@@ -76,4 +77,11 @@ def _after(state: NodeState, placed: Placement, slots_per_gpu: int) -> NodeState
     nics = dict(state.nic_slots)
     for key in placed.nics:
         nics[key] = nics.get(key, 0) + 1
-    return NodeState(gpus, nics, state.unhealthy_gpus, state.unhealthy_nics)
+    return replace(state, gpus=gpus, nic_slots=nics)
+
+
+def empty(node: NodeInfo) -> NodeState:
+    """The node with nothing on it: every GPU idle, for batch slices too."""
+    topo = node.topo
+    gpus = topo.gpus if topo is not None else ()
+    return NodeState(idle={g.index: Idle(100, g.memory_mib) for g in gpus})

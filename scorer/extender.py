@@ -19,10 +19,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gpulet.api.assignment import ANNOTATION, dump_assignment
-from gpulet.placement import NodeState
 from gpulet.placement.podspec import PodAsk, PodSpecError, pod_ask
 from scorer.cluster import ClusterView, NodeInfo
-from scorer.decide import Decision, Refusal, decide
+from scorer.decide import Decision, Refusal, decide, empty
 from scorer.preemption import node_budget, pod_priority, victims_for
 from scorer.wire import (
     BadRequest,
@@ -368,7 +367,7 @@ class Extender:
                 return True
             found = known.get(info.shape)
             if found is None:
-                found = known[info.shape] = isinstance(decide(info, NodeState(), ask), Refusal)
+                found = known[info.shape] = isinstance(decide(info, empty(info), ask), Refusal)
             return found
 
         return never

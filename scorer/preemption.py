@@ -165,5 +165,5 @@ class _Fits:
         return left
 
     def fits(self, left: _Left) -> bool:
-        state = NodeState(gpus=left.gpus, nic_slots=left.nics)
+        state = NodeState(gpus=left.gpus, nic_slots=left.nics, idle=self.info.idle)
         return isinstance(decide(self.info, state, self.ask), Decision)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION, GPU_RESOURCE, check_resource
@@ -21,6 +21,11 @@ _UUID = re.compile(r"[A-Za-z0-9-]{1,63}")
 _NIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(?::[0-9]+)?")
 _TOP_KEYS = frozenset({"version", "node", "containers"})
 _CONTAINER_KEYS = frozenset({"gpus", "nics", "numa"})
+#: Optional in a container: its class, "production" (the default, and never written) or
+#: "batch". An agent older than batch slices refuses an annotation that names one.
+_CLASS_KEY = "class"
+BATCH = "batch"
+PRODUCTION = "production"
 _GPU_KEYS = frozenset({"uuid", "core", "memory_mib", "exclusive"})
 
 
@@ -36,6 +41,11 @@ class ContainerAssignment:
     #: RDMA port keys (`mlx5_0`, `mlx5_0:2`).
     nics: tuple[str, ...] = ()
     numa: tuple[int, ...] = ()
+
+    @property
+    def batch(self) -> bool:
+        """A batch slice (docs/colocation.md); its shares say so too."""
+        return any(g.batch for g in self.gpus)
 
     def count(self, resource: str) -> int:
         check_resource(resource)
@@ -67,12 +77,15 @@ def _kind(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _object(value: object, where: str, keys: frozenset[str]) -> dict[str, Any]:
+def _object(
+    value: object, where: str, keys: frozenset[str], optional: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _fail(where, f"expected an object, got {_kind(value)}")
     for key in value:
-        if key not in keys:
-            raise _fail(where, f'unknown field "{key}" (known: {", ".join(sorted(keys))})')
+        if key not in keys and key not in optional:
+            known = ", ".join(sorted(keys | optional))
+            raise _fail(where, f'unknown field "{key}" (known: {known})')
     for key in sorted(keys):
         if key not in value:
             raise _fail(where, f'"{key}" is missing')
@@ -112,8 +125,15 @@ def _container(name: str, value: object) -> ContainerAssignment:
     where = f"container {json.dumps(name)}: "
     if not name:
         raise _fail("", "a container name is empty")
-    d = _object(value, where, _CONTAINER_KEYS)
+    d = _object(value, where, _CONTAINER_KEYS, frozenset({_CLASS_KEY}))
+    kind = d.get(_CLASS_KEY, PRODUCTION)
+    if kind not in (PRODUCTION, BATCH):
+        raise _fail(where, f'"class" must be "{PRODUCTION}" or "{BATCH}", got {json.dumps(kind)}')
     gpus = tuple(_gpu(g, where) for g in _list(d["gpus"], where, "gpus"))
+    if kind == BATCH:
+        if not gpus or any(g.exclusive for g in gpus):
+            raise _fail(where, "a batch container takes slices of one GPU or more, never whole")
+        gpus = tuple(replace(g, batch=True) for g in gpus)
     if len(gpus) > MAX_GPUS:
         raise _fail(where, f"{len(gpus)} GPUs; a container takes {MAX_GPUS} at most")
     if len({g.uuid for g in gpus}) != len(gpus):
@@ -175,6 +195,7 @@ def dump_assignment(assignment: Assignment) -> str:
     """The annotation's value; `parse_assignment` reads it back equal."""
     containers = {
         c.name: {
+            **({_CLASS_KEY: BATCH} if c.batch else {}),
             "gpus": [
                 {
                     "uuid": g.uuid,

@@ -9,6 +9,11 @@
   named `gpulet-node-<node>`, labelled so that a watch with `LEASE_SELECTOR` sees gpulet's
   Leases only, renewed every heartbeat (`renewTime`).
 
+Its `status` carries what the agent last measured its GPUs' production leaving idle
+(`idle_status`), less a safety margin: what the extender places batch slices against
+(docs/colocation.md). It is written at most once a minute, and only on a change of more than
+5%, by the same writer as the spec.
+
 The previous release kept both on the Node, in the annotations `gpulet.io/topology` and
 `gpulet.io/heartbeat` (`LEGACY_ANNOTATIONS`); the extender of this release still reads them,
 for nodes whose agent has not been upgraded yet (docs/upgrade.md).
@@ -20,7 +25,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
-from gpulet.api.stamps import stamp_micro
+from gpulet.api.share import Idle
+from gpulet.api.stamps import stamp, stamp_micro
 
 GROUP = "gpulet.io"
 VERSION = "v1"
@@ -55,8 +61,14 @@ LEASE_DURATION_S = 60
 DEFAULT_NAMESPACE = "kube-system"
 
 
-def node_topology(node: str, node_uid: str, document: Mapping[str, Any]) -> dict[str, Any]:
-    """The NodeTopology of `node` (whose Node has `node_uid`), from its topology document."""
+def node_topology(
+    node: str,
+    node_uid: str,
+    document: Mapping[str, Any],
+    status: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The NodeTopology of `node` (whose Node has `node_uid`), from its topology document,
+    with `status` (`idle_status`) where one is given."""
     spec = {k: v for k, v in document.items() if k not in ("apiVersion", "kind")}
     spec["node"] = node
     return {
@@ -72,7 +84,49 @@ def node_topology(node: str, node_uid: str, document: Mapping[str, Any]) -> dict
             ],
         },
         "spec": spec,
+        **({"status": dict(status)} if status is not None else {}),
     }
+
+
+#: The most GPUs a status lists (the CRD's bound on `spec.gpus` too).
+MAX_GPUS = 64
+
+
+def idle_status(idle: Mapping[int, Idle], measured: float) -> dict[str, Any]:
+    """A NodeTopology's `status`: per GPU index, what its production leaves idle (percent
+    of compute, MiB), measured at `measured` (epoch seconds)."""
+    return {
+        "idle": [
+            {"index": i, "core": idle[i].core, "memory_mib": idle[i].memory_mib}
+            for i in sorted(idle)
+        ],
+        "measuredAt": stamp(measured),
+    }
+
+
+def idle_of(obj: Mapping[str, Any]) -> dict[int, Idle]:
+    """The idle room a NodeTopology's status gives each GPU (by index): {} where it has no
+    status; ValueError where the status cannot be read (the API server checks its schema;
+    this checks again, for an extender reading a stand-in or an older CRD)."""
+    status = obj.get("status")
+    if status is None:
+        return {}
+    entries = status.get("idle") if isinstance(status, Mapping) else None
+    if not isinstance(entries, list) or len(entries) > MAX_GPUS:
+        raise ValueError(f"status.idle must be a list of at most {MAX_GPUS} GPUs")
+    out: dict[int, Idle] = {}
+    for e in entries:
+        values = [e.get(k) if isinstance(e, Mapping) else None for k in _IDLE_KEYS]
+        index, core, memory = (v if type(v) is int and v >= 0 else -1 for v in values)
+        if min(index, core, memory) < 0:
+            raise ValueError(f"status.idle: each entry needs {', '.join(_IDLE_KEYS)} (>= 0)")
+        if index in out or core > 100:
+            raise ValueError(f"status.idle: GPU {index} listed twice, or with core over 100")
+        out[index] = Idle(core, memory)
+    return out
+
+
+_IDLE_KEYS = ("index", "core", "memory_mib")
 
 
 def document_of(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,14 +14,23 @@ RDMA_RESOURCE = "gpulet.io/rdma"
 CORE_RESOURCE = "gpulet.io/gpu-core"
 #: MiB of each GPU: as `CORE_RESOURCE`.
 MEMORY_RESOURCE = "gpulet.io/gpu-memory"
-#: A batch slice's compute and memory (docs/colocation.md): not placed yet, so a pod that asks
-#: for them is refused with that reason rather than read as something else.
+#: A batch slice's compute floor (percent of each GPU) and memory cap (MiB of each GPU),
+#: placed per GPU against what production leaves idle (docs/colocation.md); kube-scheduler
+#: and kubelet count them against the node's measured idle aggregates, which the agent
+#: advertises.
 BATCH_CORE_RESOURCE = "gpulet.io/batch-gpu-core"
 BATCH_MEMORY_RESOURCE = "gpulet.io/batch-gpu-memory"
 #: What the device plugin serves.
 RESOURCES = (GPU_RESOURCE, RDMA_RESOURCE)
 #: What the extender manages (its `managedResources`).
-MANAGED_RESOURCES = (GPU_RESOURCE, CORE_RESOURCE, MEMORY_RESOURCE, RDMA_RESOURCE)
+MANAGED_RESOURCES = (
+    GPU_RESOURCE,
+    CORE_RESOURCE,
+    MEMORY_RESOURCE,
+    RDMA_RESOURCE,
+    BATCH_CORE_RESOURCE,
+    BATCH_MEMORY_RESOURCE,
+)
 #: Slots per GPU and per RDMA port at most (the agent's --gpu-slots/--rdma-slots, the
 #: extender's gpuSlots/rdmaSlots): a device ID numbers its slot in three digits, 00..999.
 MAX_SLOTS = 1000

@@ -12,6 +12,7 @@ import click
 
 from agent import node_agent
 from agent.adapters import read_adapters
+from agent.idle import MIN_INTERVAL_S, WINDOW_S
 from agent.library import install_limiter
 from agent.node_agent import NodeAgent
 from agent.plugincore import AgentSpec
@@ -165,6 +166,22 @@ def agent() -> None:
     "[default: gpu-processes.json in the simulated node's directory].",
 )
 @click.option(
+    "--idle-window-seconds",
+    type=click.FloatRange(min=1),
+    default=WINDOW_S,
+    show_default=True,
+    help="How far back production's busiest moment counts when the agent measures the room "
+    "each GPU leaves for batch slices; also how long it watches before it first publishes it.",
+)
+@click.option(
+    "--idle-interval-seconds",
+    type=click.FloatRange(min=1),
+    default=MIN_INTERVAL_S,
+    show_default=True,
+    help="The least time between two publications of that room (its NodeTopology's status, "
+    "the Node's batch aggregates); each also needs a change of more than 5% of a GPU.",
+)
+@click.option(
     "--heartbeat-seconds",
     type=click.FloatRange(min=1),
     default=nt.HEARTBEAT_S,
@@ -217,6 +234,8 @@ def run(
     metrics_port: int,
     metrics_auth: str,
     usage_file: Path | None,
+    idle_window_seconds: float,
+    idle_interval_seconds: float,
     heartbeat_seconds: float,
     namespace: str,
     pod_name: str | None,
@@ -277,6 +296,8 @@ def run(
                 metrics_port=metrics_port,
                 cgroup_root=cgroup_root,
                 metrics_auth=metrics_auth,
+                idle_window_s=idle_window_seconds,
+                idle_interval_s=idle_interval_seconds,
             ),
         )
         metrics = f"; metrics on :{agent.metrics.port}" if agent.metrics else ""

@@ -193,16 +193,25 @@ def allocations_text(doc: Mapping[str, Any]) -> str:
         a = g["allocated"]
         health = "" if g["healthy"] else "  UNHEALTHY"
         sm = "-" if g["utilization"] is None else g["utilization"]
+        b = g.get("batch") or {}
+        borrowed = (
+            f", batch {b['core']}% core, {b['memory_mib']} MiB"
+            if b.get("core") or b.get("memory_mib")
+            else ""
+        )
         lines.append(
             f"GPU{g['index']} {g['uuid']} NUMA {g['numa']}{health}: allocated {a['core']}% core, "
-            f"{a['memory_mib']} of {g['memory_mib']} MiB, {a['slots']} slots; "
+            f"{a['memory_mib']} of {g['memory_mib']} MiB, {a['slots']} slots{borrowed}; "
             f"in use {mib(g['used_mib'])}, {sm}% SM"
         )
         for c in g["containers"]:
             share = "whole" if c["exclusive"] else f"{c['core']}% core, {c['memory_mib']} MiB"
+            if c.get("class") == "batch":
+                share = f"floor {c['core']}% core, cap {c['memory_mib']} MiB"
             util = "-" if c["utilization"] is None else f"{c['utilization']:g}%"
             lines.append(
-                f"  {c['namespace'] or '?'}/{c['pod'] or c['pod_uid']} {c['container']}: "
+                f"  {c.get('class', 'production'):<10} "
+                f"{c['namespace'] or '?'}/{c['pod'] or c['pod_uid']} {c['container']}: "
                 f"{share}; using {mib(c['used_mib'])}, {util} SM"
             )
     for n in doc["nics"]:

@@ -1,5 +1,5 @@
 """`gpulet demo`: one pod's path through gpulet, for four sample pods, on simulated nodes;
-then a preemption on a node that joins for it.
+a batch slice on what production leaves idle; then a preemption on a node that joins for it.
 
 In this process tree: an API server stand-in, N simulated nodes each with a kubelet
 stand-in and a real agent (device plugins over gRPC, its node published, pods watched), and
@@ -30,12 +30,15 @@ from agent import node_agent
 from agent.library import install_limiter
 from agent.plugincore import AgentSpec
 from agent.simnode import open_simulated
+from agent.usage import FileUsageSource
 from deviceplugin.api import deviceplugin_v1beta1_pb2 as pb
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.api.assignment import Assignment, parse_assignment
 from gpulet.api.nodetopology import lease_name
 from gpulet.api.resources import (
     ASSIGNMENT_ANNOTATION,
+    BATCH_CORE_RESOURCE,
+    BATCH_MEMORY_RESOURCE,
     CORE_RESOURCE,
     GPU_POLICY_ANNOTATION,
     NUMA_PIN_ANNOTATION,
@@ -118,6 +121,7 @@ class DemoNode:
     name: str
     topo: Topology
     kubelet: KubeletStandIn
+    agent: node_agent.NodeAgent
 
 
 class Demo:
@@ -161,6 +165,7 @@ class Demo:
                 most = max(sum(g.numa == n.id for g in topo.gpus) for n in topo.numa_nodes)
                 for sample in samples(self.kind, most):
                     self._submit(api, scorer, sample)
+                self._batch(api, scorer, next(iter(self.nodes)))
                 name = f"{self.kind}-{self.count}"
                 stack.enter_context(self._node(api, core_api, name, work / name, limiter=limiter))
                 _wait(lambda: bool((n := view.node(name)) and n.topo))
@@ -197,11 +202,21 @@ class Demo:
             ),
             pod_resources_socket=kubelet.pod_resources_socket,
         )
-        agent = node_agent.start(spec, core_api, None, None)
+        (work / "proc").mkdir(parents=True)
+        # NVML on a simulated node: no GPU process (a missing file), so every GPU's
+        # production is idle; the room for batch is measured over half a second, not a minute.
+        monitoring = node_agent.Monitoring(
+            FileUsageSource(work / "gpu-processes.json"),
+            work / "proc",
+            metrics_port=None,
+            idle_window_s=0.5,
+            idle_interval_s=0.5,
+        )
+        agent = node_agent.start(spec, core_api, None, None, monitoring=monitoring)
         try:
             if not kubelet.wait_for(lambda v: bool(v.devices(GPU_RESOURCE)), timeout=30):
                 raise RuntimeError(f"the agent of {name} did not register with kubelet")
-            self.nodes[name] = DemoNode(name, topo, kubelet)
+            self.nodes[name] = DemoNode(name, topo, kubelet, agent)
             self.say(
                 f"node {name}: {len(topo.gpus)} GPUs, {len(topo.nics)} RDMA NICs, "
                 f"{len(topo.numa_nodes)} NUMA nodes; agent published NodeTopology/{name}, "
@@ -264,6 +279,53 @@ class Demo:
         annotation = bound["metadata"]["annotations"][ASSIGNMENT_ANNOTATION]
         self._admit(self.nodes[node], bound, parse_assignment(annotation), quiet=quiet)
         return node
+
+    # ---- a batch slice ---------------------------------------------------------------------
+
+    def _batch(self, api: ApiServerStandIn, scorer: Scorer, node: str) -> None:
+        """The agent's measured room for batch, what the Node advertises of it, and a batch
+        pod placed on it: beside the inference slice, with its share of the GPU."""
+        say = self.say
+        view = scorer.server.extender.view
+        demo = self.nodes[node]
+        topo = demo.topo
+        _wait(lambda: len(view.state(node).idle) == len(topo.gpus))
+        _wait(lambda: BATCH_CORE_RESOURCE in _allocatable(api, node))
+        room = view.state(node).idle
+        allocatable = _allocatable(api, node)
+        say(
+            f"== batch: the agent of {node} measured what production leaves idle, less a "
+            "margin, on each GPU"
+        )
+        rooms = (f"GPU{i} {r.core}%/{r.memory_mib // 1024} GiB" for i, r in sorted(room.items()))
+        say("   " + ", ".join(rooms))
+        say(
+            f"   and advertises {BATCH_CORE_RESOURCE}={allocatable[BATCH_CORE_RESOURCE]}, "
+            f"{BATCH_MEMORY_RESOURCE}={allocatable[BATCH_MEMORY_RESOURCE]} (GPUs held whole "
+            "have none)"
+        )
+        stored = api.create_pod(
+            pod_object("offline-eval", container("eval", gpus=1, batch_core=20, batch_memory=16384))
+        )
+        say(
+            "== pod offline-eval: a batch slice (floor 20%, cap 16 GiB) that uses what "
+            "production leaves idle"
+        )
+        if self._schedule(api, scorer, stored, [node]) is None:
+            return
+        controller = demo.agent.colocation
+        uid = stored["metadata"]["uid"]
+        bound = api.get_pod("default", "offline-eval") or {}
+        annotation = bound["metadata"]["annotations"][ASSIGNMENT_ANNOTATION]
+        (share,) = [g for c in parse_assignment(annotation).containers for g in c.gpus]
+        if controller is not None:
+            _wait(lambda: controller.share_percent(uid, "eval", share.uuid) is not None)
+            given = controller.share_percent(uid, "eval", share.uuid)
+            say(
+                f"   the agent's co-location controller gives it {given}% of the GPU while the "
+                "production slices there are idle, and takes it back within 25 ms of their "
+                "first launch\n"
+            )
 
     # ---- a preemption ---------------------------------------------------------------------
 
@@ -352,6 +414,8 @@ class Demo:
             for g in entry.gpus:
                 gpu = by_uuid[g.uuid]
                 share = "whole" if g.exclusive else f"{g.core}% core, {g.memory_mib} MiB"
+                if g.batch:
+                    share = f"batch: floor {g.core}% core, cap {g.memory_mib} MiB"
                 say(f"     GPU{gpu.index} {g.uuid} ({share}) NUMA {gpu.numa} switch {gpu.switch}")
             for key in entry.nics:
                 nic = next(n for n in node.topo.nics if n.key == key)
@@ -401,7 +465,13 @@ class Demo:
                 if d.uuid in whole:
                     say(f"     limits: {d.uuid} no limiter (whole GPU)")
                 else:
-                    say(f"     limits: {d.uuid} {d.memory_mib} MiB, {d.core_percent}% core")
+                    kind = ", batch (paced to the share the agent gives it)" if d.batch else ""
+                    say(f"     limits: {d.uuid} {d.memory_mib} MiB, {d.core_percent}% core{kind}")
+
+
+def _allocatable(api: ApiServerStandIn, node: str) -> dict[str, str]:
+    stored = api.get_node(node) or {}
+    return dict((stored.get("status") or {}).get("allocatable") or {})
 
 
 def _slice(name: str, core: int, priority: int, policy: str) -> dict[str, Any]:

@@ -127,6 +127,23 @@ class CoreCalls(_Calls):
         path = f"/api/v1/namespaces/{namespace}/pods/{name}/binding"
         return _read(self._call("POST", path, body=body))
 
+    def evict_pod(
+        self, namespace: str, name: str, uid: str, *, grace_period_s: int | None = None
+    ) -> Any:
+        """A policy/v1 Eviction of the pod (only this pod: its uid is a precondition), which
+        PodDisruptionBudgets may refuse (429)."""
+        options: dict[str, Any] = {"preconditions": {"uid": uid}}
+        if grace_period_s is not None:
+            options["gracePeriodSeconds"] = grace_period_s
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": options,
+        }
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}/eviction"
+        return _read(self._call("POST", path, body=body))
+
     def create_event(self, namespace: str, body: Mapping[str, Any]) -> Any:
         return _read(self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=body))
 

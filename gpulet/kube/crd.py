@@ -14,6 +14,32 @@ import yaml
 from gpulet.api import nodetopology as nt
 from gpulet.topology.schema import SPEC_SCHEMA
 
+_COUNT = {"type": "integer", "format": "int64", "minimum": 0}
+#: `gpulet.api.nodetopology.idle_status`.
+_STATUS_SCHEMA: dict[str, Any] = {
+    "description": (
+        "What the node's agent last measured its GPUs' production slices leaving idle, less a "
+        "safety margin: what batch slices are placed against."
+    ),
+    "type": "object",
+    "properties": {
+        "idle": {
+            "type": "array",
+            "maxItems": nt.MAX_GPUS,
+            "items": {
+                "type": "object",
+                "required": ["index", "core", "memory_mib"],
+                "properties": {
+                    "index": _COUNT,
+                    "core": {**_COUNT, "maximum": 100},
+                    "memory_mib": _COUNT,
+                },
+            },
+        },
+        "measuredAt": {"type": "string", "maxLength": 64},
+    },
+}
+
 
 def node_topology_crd() -> dict[str, Any]:
     """The CRD, as `kubectl apply` takes it."""
@@ -54,6 +80,7 @@ def node_topology_crd() -> dict[str, Any]:
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": copy.deepcopy(SPEC_SCHEMA),
+                                "status": _STATUS_SCHEMA,
                             },
                         }
                     },

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpulet.api.share import GpuShare, GpuUsage, Shortfall, shortfall_of
+from gpulet.api.share import UNMEASURED, GpuShare, GpuUsage, Idle, Shortfall, shortfall_of
 from gpulet.placement.cost import unit
 from gpulet.placement.request import Capacity, GpuPolicy, NodeState, Request
 from gpulet.topology import Gpu, Topology
@@ -14,9 +14,12 @@ from gpulet.topology import Gpu, Topology
 _TOUCHED, _FIT, _NIC_LOAD, _ORDER = (unit(f) for f in ("touched", "fit", "nic_load", "order"))
 
 
-def _grant(gpu: Gpu, use: GpuUsage, req: Request, cap: Capacity) -> GpuShare | Shortfall:
+def _grant(
+    gpu: Gpu, use: GpuUsage, req: Request, cap: Capacity, idle: Idle
+) -> GpuShare | Shortfall:
     """The share this GPU would give, or what it lacks. A slice's memory defaults to what
-    the GPU has free; a whole GPU is all of it."""
+    the GPU has free; a whole GPU is all of it; a batch slice's is what it asked (against
+    `idle`)."""
     whole = req.whole
     if whole:
         core, memory = 100, gpu.memory_mib
@@ -30,15 +33,28 @@ def _grant(gpu: Gpu, use: GpuUsage, req: Request, cap: Capacity) -> GpuShare | S
         exclusive=whole,
         slots_per_gpu=cap.gpu_slots,
         gpu_memory_mib=gpu.memory_mib,
+        batch=req.batch,
+        idle=idle,
     )
     if short is not None:
         return short
-    return GpuShare(gpu.uuid, core, memory, whole, gpu.index)
+    return GpuShare(gpu.uuid, core, memory, whole, gpu.index, req.batch)
 
 
-def gpu_unary(gpu: Gpu, use: GpuUsage, grant: GpuShare, policy: GpuPolicy) -> int:
-    """Packed cost of choosing this GPU by itself (the packing terms)."""
+def gpu_unary(
+    gpu: Gpu, use: GpuUsage, grant: GpuShare, policy: GpuPolicy, idle: Idle = UNMEASURED
+) -> int:
+    """Packed cost of choosing this GPU by itself (the packing terms). A batch slice packs
+    by what is left of the GPU's idle room (`idle`), a production one by what is left of the
+    GPU; both prefer a GPU something already uses."""
     total = max(1, gpu.memory_mib)
+    if grant.batch:
+        core_used, memory_used = use.batch_core, use.batch_memory_mib
+        if policy is GpuPolicy.SPREAD:
+            return (core_used + memory_used * 100 // total) * _FIT + gpu.index * _ORDER
+        left_core = idle.core - core_used - grant.core
+        left_mem = (idle.memory_mib - memory_used - grant.memory_mib) * 100 // total
+        return (_TOUCHED if use.idle else 0) + (left_core + left_mem) * _FIT + gpu.index * _ORDER
     if policy is GpuPolicy.SPREAD:
         return (use.core + use.memory_mib * 100 // total) * _FIT + gpu.index * _ORDER
     left_core = 100 - use.core - grant.core
@@ -69,11 +85,12 @@ def candidates(topo: Topology, req: Request, state: NodeState, cap: Capacity) ->
             elif gpu.mig:
                 got = "MIG enabled"
             else:
-                got = _grant(gpu, use, req, cap)
+                got = _grant(gpu, use, req, cap, state.idle_of(gpu.index))
             if not isinstance(got, GpuShare):
                 gpu_reasons[gpu.index] = got
             else:
-                gpus[gpu.index] = (got, gpu_unary(gpu, use, got, req.gpu_policy))
+                unary = gpu_unary(gpu, use, got, req.gpu_policy, state.idle_of(gpu.index))
+                gpus[gpu.index] = (got, unary)
     nics: dict[str, int] = {}
     nic_reasons: dict[str, str] = {}
     if req.rdma:

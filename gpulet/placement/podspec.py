@@ -3,8 +3,10 @@ it): per container, a placement `Request`; per pod, the policies of its annotati
 
 Resource values are whole numbers: `gpulet.io/gpu` and `gpulet.io/rdma` count devices,
 `gpulet.io/gpu-core` is percent of each GPU (1-100), `gpulet.io/gpu-memory` is MiB of each
-GPU. Extended resources are read from `limits` (Kubernetes requires requests to equal them,
-and kubelet allocates devices by the limits), else from `requests`.
+GPU; `gpulet.io/batch-gpu-core` and `gpulet.io/batch-gpu-memory` the same for a batch slice
+(docs/colocation.md), which gives both and neither of the others. Extended resources are
+read from `limits` (Kubernetes requires requests to equal them, and kubelet allocates
+devices by the limits), else from `requests`.
 
 Each value is a Kubernetes quantity, read as Kubernetes reads it (apimachinery's
 `ParseQuantity`): the API server writes 16000 as `16k`, and kubelet allocates `1e0` devices
@@ -170,20 +172,24 @@ _KNOWN = frozenset(MANAGED_RESOURCES)
 
 
 def _check_known(container: Mapping[str, Any], where: str) -> None:
-    """PodSpecError for a `gpulet.io/` resource other than gpulet's four: read as nothing, a
-    pod asking `gpu: 1` with `batch-gpu-core: 30` would be placed as a whole GPU."""
+    """PodSpecError for a `gpulet.io/` resource other than gpulet's: read as nothing, a pod
+    asking `gpu: 1` with a misspelt `gpu-cores: 30` would be placed as a whole GPU."""
     resources = container.get("resources") or {}
     asked = set(resources.get("limits") or {}) | set(resources.get("requests") or {})
     for resource in sorted(r for r in asked if str(r).startswith("gpulet.io/")):
-        if resource in _KNOWN:
-            continue
-        if resource in (BATCH_CORE_RESOURCE, BATCH_MEMORY_RESOURCE):
-            raise PodSpecError(
-                f"{where}: {resource}: batch slices are not placed yet; ask for "
-                f"{CORE_RESOURCE} and {MEMORY_RESOURCE} (a reservation)"
-            )
-        known = ", ".join(sorted(_KNOWN))
-        raise PodSpecError(f"{where}: unknown resource {resource}: gpulet serves {known}")
+        if resource not in _KNOWN:
+            known = ", ".join(sorted(_KNOWN))
+            raise PodSpecError(f"{where}: unknown resource {resource}: gpulet serves {known}")
+
+
+#: Resources in MiB, where a binary suffix is refused rather than guessed at.
+_MIB = frozenset({MEMORY_RESOURCE, BATCH_MEMORY_RESOURCE})
+_UNIT = {
+    CORE_RESOURCE: "percent of each GPU",
+    MEMORY_RESOURCE: "MiB of each GPU",
+    BATCH_CORE_RESOURCE: "percent of each GPU",
+    BATCH_MEMORY_RESOURCE: "MiB of each GPU",
+}
 
 
 def _reader(container: Mapping[str, Any], where: str) -> _Value:
@@ -198,11 +204,10 @@ def _reader(container: Mapping[str, Any], where: str) -> _Value:
         if raw is None:
             return None
         read = _quantity(raw)
-        if read is None or (resource == MEMORY_RESOURCE and read[1]):
-            unit = {CORE_RESOURCE: "percent of each GPU", MEMORY_RESOURCE: "MiB of each GPU"}
+        if read is None or (resource in _MIB and read[1]):
             raise PodSpecError(
                 f"{where}: {resource} must be a whole number"
-                f"{' (' + unit[resource] + ')' if resource in unit else ''}, got {raw!r}"
+                f"{' (' + _UNIT[resource] + ')' if resource in _UNIT else ''}, got {raw!r}"
             )
         return read[0]
 
@@ -250,6 +255,19 @@ def _request(
     gpus, core, memory, rdma = (
         value(r) for r in (GPU_RESOURCE, CORE_RESOURCE, MEMORY_RESOURCE, RDMA_RESOURCE)
     )
+    batch_core, batch_memory = value(BATCH_CORE_RESOURCE), value(BATCH_MEMORY_RESOURCE)
+    batch = batch_core is not None or batch_memory is not None
+    if batch and (core is not None or memory is not None):
+        raise PodSpecError(
+            f"{where}: a container is a production slice ({CORE_RESOURCE}, {MEMORY_RESOURCE}) "
+            f"or a batch slice ({BATCH_CORE_RESOURCE}, {BATCH_MEMORY_RESOURCE}), never both"
+        )
+    if batch and (batch_core is None or batch_memory is None or not gpus):
+        raise PodSpecError(
+            f"{where}: a batch slice asks for all three of {GPU_RESOURCE}, "
+            f"{BATCH_CORE_RESOURCE} (its floor, percent of each GPU) and "
+            f"{BATCH_MEMORY_RESOURCE} (its cap, MiB of each GPU)"
+        )
     if not gpus and not rdma:
         if core is not None or memory is not None:
             raise PodSpecError(
@@ -258,11 +276,12 @@ def _request(
         return None
     request = Request(
         gpus=gpus or 0,
-        core=core,
-        memory_mib=memory,
+        core=batch_core if batch else core,
+        memory_mib=batch_memory if batch else memory,
         rdma=rdma or 0,
         topology=topology,
         gpu_policy=gpu_policy,
+        batch=batch,
     )
     try:
         request.validate()

@@ -11,6 +11,8 @@ from typing import Any
 
 from gpulet.api import nodetopology as nt
 from gpulet.api.resources import (
+    BATCH_CORE_RESOURCE,
+    BATCH_MEMORY_RESOURCE,
     CORE_RESOURCE,
     GPU_RESOURCE,
     HEARTBEAT_ANNOTATION,
@@ -98,6 +100,9 @@ def container(
     core: int | str | None = None,
     memory: int | str | None = None,
     rdma: int | None = None,
+    *,
+    batch_core: int | str | None = None,
+    batch_memory: int | str | None = None,
 ) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": "4", "memory": "16Gi"}
     for resource, value in (
@@ -105,6 +110,8 @@ def container(
         (CORE_RESOURCE, core),
         (MEMORY_RESOURCE, memory),
         (RDMA_RESOURCE, rdma),
+        (BATCH_CORE_RESOURCE, batch_core),
+        (BATCH_MEMORY_RESOURCE, batch_memory),
     ):
         if value is not None:
             limits[resource] = str(value)

@@ -314,6 +314,12 @@ def add_node(
         f"gpulet-agent-{name}",
         "--heartbeat-seconds",
         "5",
+        # The room for batch slices measured over 2 s and published at most every 2 s (a
+        # minute each in a cluster): the e2e tests wait for it.
+        "--idle-window-seconds",
+        "2",
+        "--idle-interval-seconds",
+        "2",
     ]
     return GpuNode(name, base, kubelet, args, start_agent(cp, name, args))
 

@@ -5,6 +5,7 @@ and the extender filtering out a node whose agent stopped renewing its Lease."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import urllib.request
@@ -14,9 +15,16 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from gpulet.api import nodetopology as nt
-from gpulet.api.resources import GPU_RESOURCE, node_aggregates
+from gpulet.api.resources import (
+    BATCH_CORE_RESOURCE,
+    BATCH_MEMORY_RESOURCE,
+    GPU_RESOURCE,
+    node_aggregates,
+)
+from gpulet.api.share import Idle
 from gpulet.api.stamps import epoch
 from gpulet.kube.calls import leases, node_topologies
+from gpulet.placement.podspec import whole_quantity
 from gpulet.standins.objects import container
 from scorer.wire import ExtenderArgs, ExtenderFilterResult
 from tests.e2e.conftest import NODES, World
@@ -44,8 +52,14 @@ def _topology(world: World, node: str) -> dict[str, Any] | None:
 def test_each_agent_reports_in_its_nodetopology_and_lease_not_on_its_node(
     world: World, node: str
 ) -> None:
-    topology = _topology(world, node)
-    assert topology is not None
+    # Once it has published the room for batch (its status: a steady node's once), the
+    # NodeTopology changes no more while the node does not.
+    topology = wait_until(
+        lambda: (t := _topology(world, node)) and "status" in t and t,
+        60,
+        watch=world.cp.processes,
+        why=f"{node}'s batch room published",
+    )
     owner = world.core.read_node(node).metadata
     assert nt.owner_uid(topology) == owner.uid
     assert topology["spec"]["node"] == node
@@ -130,12 +144,36 @@ def test_a_node_whose_agent_stops_renewing_is_filtered_with_its_reason(world: Wo
     )
 
 
+def _measured(world: World, node: str) -> dict[int, Idle]:
+    return nt.idle_of(_topology(world, node) or {})
+
+
+def _says(world: World, node: str, want: dict[str, int]) -> bool:
+    allocatable = world.core.read_node(node).status.allocatable or {}
+    return all(whole_quantity(allocatable.get(r)) == v for r, v in want.items())
+
+
 def test_kubectl_describe_node_shows_the_aggregates(world: World) -> None:
     """What an operator sees: kubectl's own describer (kubebox describe) lists the agent's
-    aggregates under the Node's Capacity and Allocatable, beside kubelet's gpulet.io/gpu."""
+    aggregates under the Node's Capacity and Allocatable, beside kubelet's gpulet.io/gpu, and
+    the batch room it measured (the same, less what its NodeTopology's status says)."""
     for node in NODES:
         topo = world.topology(node)
-        want = node_aggregates(g.memory_mib for g in topo.gpus)
+        want: dict[str, int] = node_aggregates(g.memory_mib for g in topo.gpus)
+        measured = wait_until(
+            functools.partial(_measured, world, node),
+            60,
+            watch=world.cp.processes,
+            why=f"{node}'s batch room in its NodeTopology's status",
+        )
+        want[BATCH_CORE_RESOURCE] = sum(i.core for i in measured.values())
+        want[BATCH_MEMORY_RESOURCE] = sum(i.memory_mib for i in measured.values())
+        wait_until(
+            functools.partial(_says, world, node, dict(want)),
+            30,
+            watch=world.cp.processes,
+            why=f"{node}'s batch aggregates as its status says",
+        )
         admin = world.cp.admin_kubeconfig
         assert admin is not None
         text = subprocess.run(
@@ -155,5 +193,5 @@ def test_kubectl_describe_node_shows_the_aggregates(world: World) -> None:
                 name, _, shown = line.strip().partition(":")
                 section[name] = shown.strip()
             for resource, amount in want.items():
-                assert section.get(resource) == str(amount), (title, resource, text)
+                assert whole_quantity(section.get(resource)) == amount, (title, resource, text)
             assert GPU_RESOURCE in section, text

@@ -4,6 +4,7 @@ agent's Allocate, and the container gets what the pod asked for. The cluster: co
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from gpulet.api.resources import (
     GPU_RESOURCE,
     RDMA_RESOURCE,
 )
+from gpulet.placement.podspec import whole_quantity
 from gpulet.standins.objects import container
 from native.region import read_limits
 from tests.e2e.conftest import NODE, NODES, SCHEDULER, World
@@ -156,6 +158,37 @@ def test_a_slice_from_kube_scheduler_to_the_container(world: World, ns: str) -> 
         "Node": node,
     }
     assert bind.response == {"Error": ""}
+
+
+def test_a_batch_slice_from_the_measured_room_to_the_container(world: World, ns: str) -> None:
+    """A batch slice through the real control plane: kube-scheduler counts it against the
+    batch aggregates each agent advertises (NodeResourcesFit), the extender places it against
+    the room in the NodeTopology's status, kubelet's device manager calls Allocate, and its
+    limits say `batch`."""
+
+    def advertised(node: str) -> bool:
+        allocatable = world.core.read_node(node).status.allocatable or {}
+        return (whole_quantity(allocatable.get("gpulet.io/batch-gpu-core")) or 0) > 0
+
+    for node in NODES:
+        wait_until(
+            functools.partial(advertised, node),
+            60,
+            watch=world.cp.processes,
+            why=f"{node} advertises its batch room",
+        )
+    ask = container("main", gpus=1, batch_core=20, batch_memory=4096)
+    create(world, ns, new_pod("offline", ask))
+    pod = running(world, ns, "offline")
+    entry = assignment(pod)
+    (share,) = entry.gpus
+    assert entry.batch and (share.core, share.memory_mib) == (20, 4096)
+    main = container_report(report(world, pod), "main")
+    region = next(m["hostPath"] for m in main["mounts"] if m["containerPath"] == "/run/gpulet")
+    (limit,) = read_limits(Path(region) / "limits").devices
+    assert (limit.uuid, limit.memory_mib, limit.core_percent, limit.batch) == (
+        share.uuid, 4096, 20, True,
+    )  # fmt: skip
 
 
 TOPOLOGY_MANAGER_GAP = pytest.mark.xfail(

@@ -13,7 +13,7 @@ from deviceplugin.grants import Grant
 from deviceplugin.ledger import Ledger
 from deviceplugin.resources import GPU_RESOURCE, RDMA_RESOURCE, PluginConfig
 from gpulet.api.assignment import Assignment, ContainerAssignment, dump_assignment
-from gpulet.api.share import GpuShare, GpuUsage, Short, shortfall
+from gpulet.api.share import GpuShare, GpuUsage, Idle, Short, shortfall
 from gpulet.placement import Capacity
 from gpulet.topology.document import dumps
 from scorer.cluster import ClusterView
@@ -31,14 +31,19 @@ usages = st.builds(
     core=st.integers(0, 200),
     memory_mib=st.integers(0, 1 << 20),
     whole=st.integers(0, 3),
+    batch=st.integers(0, 5),
+    batch_core=st.integers(0, 300),
+    batch_memory_mib=st.integers(0, 1 << 20),
 )
 
 
 @st.composite
 def shares(draw: st.DrawFn, memory_mib: int = 81920) -> GpuShare:
-    if draw(st.booleans()):
+    kind = draw(st.sampled_from(["whole", "slice", "batch"]))
+    if kind == "whole":
         return GpuShare("GPU-x", 100, memory_mib, exclusive=True)
-    return GpuShare("GPU-x", draw(st.integers(1, 100)), draw(st.integers(1, memory_mib)))
+    core, memory = draw(st.integers(1, 100)), draw(st.integers(1, memory_mib))
+    return GpuShare("GPU-x", core, memory, batch=kind == "batch")
 
 
 @given(usages, usages)
@@ -48,16 +53,20 @@ def test_minus_undoes_plus(a: GpuUsage, b: GpuUsage) -> None:
     assert a.plus(b) == b.plus(a)
 
 
-@given(st.lists(shares(), max_size=8), st.integers(1, 100))
+idles = st.builds(Idle, core=st.integers(0, 100), memory_mib=st.integers(0, 81920))
+
+
+@given(st.lists(shares(), max_size=8), st.integers(1, 100), idles)
 @settings(max_examples=examples(300))
-def test_what_fits_never_overcommits(given_out: list[GpuShare], slots: int) -> None:
+def test_what_fits_never_overcommits(given_out: list[GpuShare], slots: int, idle: Idle) -> None:
     """Shares taken one by one while `shortfall` says they fit never add up to more than the
-    GPU has: its slots, 100 percent of its core, its memory; and a whole share alone."""
+    GPU has: its slots, 100 percent of its core, its memory; and a whole share alone. Batch
+    shares add up to no more than what is idle, and are not counted in the reservations."""
     memory = 81920
     use = GpuUsage()
     holders: list[GpuShare] = []
     for share in given_out:
-        short = shortfall(use, share, slots, memory)
+        short = shortfall(use, share, slots, memory, idle)
         if short is None:
             use = use.plus(share.charge(slots, memory))
             holders.append(share)
@@ -67,6 +76,12 @@ def test_what_fits_never_overcommits(given_out: list[GpuShare], slots: int) -> N
     assert use.core <= 100 and use.memory_mib <= memory
     if any(s.exclusive for s in holders):
         assert holders == [next(s for s in holders if s.exclusive)]
+    batch = [s for s in holders if s.batch]
+    assert use.batch == len(batch)
+    assert use.batch_core == sum(s.core for s in batch) <= idle.core
+    assert use.batch_memory_mib == sum(s.memory_mib for s in batch) <= idle.memory_mib
+    production = [s for s in holders if not s.batch]
+    assert use.core == sum(s.core for s in production)
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,7 @@ class Container:
 def containers(draw: st.DrawFn, uid: str) -> Container:
     picked = draw(st.lists(st.sampled_from(GPUS), min_size=0, max_size=3, unique=True))
     whole = draw(st.booleans())
+    batch = not whole and draw(st.booleans())
     gpu_shares = tuple(
         GpuShare(g.uuid, 100, g.memory_mib, exclusive=True, index=g.index)
         if whole
@@ -90,6 +106,7 @@ def containers(draw: st.DrawFn, uid: str) -> Container:
             draw(st.integers(1, 100)),
             draw(st.integers(1, g.memory_mib)),
             index=g.index,
+            batch=batch,
         )
         for g in picked
     )
@@ -126,7 +143,7 @@ def _grants(c: Container) -> list[Grant]:
 
 def _assignment(c: Container) -> str:
     # The annotation names GPUs by UUID only.
-    gpus = tuple(GpuShare(s.uuid, s.core, s.memory_mib, s.exclusive) for s in c.shares)
+    gpus = tuple(s.by_uuid() for s in c.shares)
     return dump_assignment(Assignment(NODE, (ContainerAssignment("main", gpus, c.nics),)))
 
 

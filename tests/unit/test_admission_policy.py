@@ -375,6 +375,23 @@ NODE_NAME_CASES: list[Case] = [
         "place it",
     ),
     (
+        "user creates a batch slice pod with nodeName set",
+        "CREATE",
+        TENANT,
+        pod(
+            node="node-a",
+            resources={
+                "limits": {
+                    "gpulet.io/batch-gpu-core": "30",
+                    "gpulet.io/batch-gpu-memory": "8192",
+                }
+            },
+        ),
+        None,
+        "a pod that asks for gpulet.io/batch-gpu-core, gpulet.io/batch-gpu-memory may not be "
+        "created with spec.nodeName set",
+    ),
+    (
         "gpulet.io/gpu in requests only",
         "CREATE",
         TENANT,
@@ -945,6 +962,7 @@ def node_status(
 
 
 AGGREGATES = {CORE_RESOURCE: "800", MEMORY_RESOURCE: "652688"}
+BATCH = {"gpulet.io/batch-gpu-core": "420", "gpulet.io/batch-gpu-memory": "301234"}
 
 #: The gpulet-node-status policy: a node's agent writes its own Node's aggregates, and only them.
 NODE_STATUS_CASES: list[Case] = [
@@ -965,6 +983,14 @@ NODE_STATUS_CASES: list[Case] = [
             capacity={CORE_RESOURCE: "0", MEMORY_RESOURCE: "0"},
             allocatable={CORE_RESOURCE: "0", MEMORY_RESOURCE: "0"},
         ),
+        None,
+    ),
+    (
+        "agent advertises its node's batch aggregates, measured",
+        "UPDATE",
+        AGENT_A,
+        node_status(capacity={**AGGREGATES, **BATCH}, allocatable={**AGGREGATES, **BATCH}),
+        node_status(capacity=AGGREGATES, allocatable=AGGREGATES),
         None,
     ),
     (

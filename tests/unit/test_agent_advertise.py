@@ -14,7 +14,14 @@ import pytest
 from kubernetes.client import ApiClient, CoreV1Api
 
 from agent.advertise import CapacityAdvertiser
-from gpulet.api.resources import CORE_RESOURCE, GPU_RESOURCE, MEMORY_RESOURCE, node_aggregates
+from gpulet.api.resources import (
+    BATCH_CORE_RESOURCE,
+    BATCH_MEMORY_RESOURCE,
+    CORE_RESOURCE,
+    GPU_RESOURCE,
+    MEMORY_RESOURCE,
+    node_aggregates,
+)
 from gpulet.kube.calls import CoreCalls
 from gpulet.standins.apiserver import ApiServerStandIn
 from tests.nodes import shipped
@@ -107,6 +114,26 @@ def test_the_node_status_carries_them_beside_kubelets_own(
     assert {k: node.status.allocatable[k] for k in WANT} == WANT
     assert {k: node.status.capacity[k] for k in WANT} == WANT
     assert status_writes(server) == 1
+
+
+def test_the_measured_batch_aggregates_are_added_and_moved_when_set(
+    server: ApiServerStandIn, running: list[CapacityAdvertiser]
+) -> None:
+    """Nothing of batch before a measurement; then both batch resources beside the
+    aggregates, in one write; a new measurement moves them."""
+    a = advertiser(server, running)
+    wait_for(lambda: advertised(server))
+    caught_up(server, a)
+    assert BATCH_CORE_RESOURCE not in status(server)["allocatable"]
+    mark = len(server.requests)
+    a.set_batch({BATCH_CORE_RESOURCE: 420, BATCH_MEMORY_RESOURCE: 301234})
+    wait_for(lambda: status(server)["allocatable"].get(BATCH_CORE_RESOURCE) == "420")
+    caught_up(server, a)
+    assert status_writes(server, mark) == 1
+    s = status(server)
+    assert s["capacity"][BATCH_MEMORY_RESOURCE] == "301234" and advertised(server)
+    a.set_batch({BATCH_CORE_RESOURCE: 0, BATCH_MEMORY_RESOURCE: 0})
+    wait_for(lambda: status(server)["allocatable"].get(BATCH_CORE_RESOURCE) == "0")
 
 
 def test_an_agent_restarted_on_a_node_that_says_them_writes_nothing(

@@ -402,6 +402,21 @@ def test_the_tolerance_is_not_over_and_both_settings_are_settings() -> None:
     assert len(found) == 1 and found[0].window_s == 4.0
 
 
+def test_a_moving_share_is_judged_against_its_mean_over_the_same_window() -> None:
+    """A batch slice's share moves with what production leaves idle (agent.colocation): at
+    90% for 5 s and 10% for 5 s, a container that used 85% then 10% kept to it, and is not
+    over; one that used 85% throughout is (its share averaged 50% over the window)."""
+    honest, found = judge()
+    for t in range(1, 20):
+        high = t % 10 < 5
+        honest.observe([use(85.0 if high else 10.0, share=90 if high else 10)], float(t))
+    assert not found
+    cheat, found = judge()
+    for t in range(1, 20):
+        cheat.observe([use(85.0, share=90 if t % 10 < 5 else 10)], float(t))
+    assert len(found) == 1
+
+
 def test_a_share_left_out_is_forgotten() -> None:
     backstop, _ = judge()
     for t in range(1, 12):

@@ -19,8 +19,10 @@ from agent.cgroups import ProcessTable
 from agent.monitor import UNLIMITED_AFTER_S, Finding, Monitor, Violation
 from agent.usage import ProcessUsage
 from deviceplugin.grants import GpuShare, Grant
+from deviceplugin.regions import limits_of
 from gpulet.api.resources import GPU_RESOURCE
 from native.region import DeviceLimit, Inspection, Limits, Region, StrPath, inspect, setup
+from tests.procfs import run_in
 
 UID = "0c9d4f6e-1111-4222-8333-444455556666"
 CID = "ab" * 32
@@ -52,13 +54,7 @@ def region_dir(tmp_path: Path) -> Path:
 
 def run_in_container(proc: Path, host_pid: int, own_pid: int) -> None:
     """Process `host_pid` runs in the container, as pid `own_pid` inside it."""
-    here = proc / str(host_pid)
-    here.mkdir(parents=True)
-    pod_slice = f"kubepods-burstable-pod{UID.replace('-', '_')}.slice"
-    (here / "cgroup").write_text(
-        f"0::/kubepods.slice/kubepods-burstable.slice/{pod_slice}/cri-containerd-{CID}.scope\n"
-    )
-    (here / "status").write_text(f"Name:\tpython3\nNSpid:\t{host_pid}\t{own_pid}\n")
+    run_in(proc, host_pid, UID, CID, own_pid)
 
 
 def monitor(
@@ -73,9 +69,13 @@ def monitor(
     report: Callable[[Finding], None] = lambda f: None,
     kill: Callable[[int, int], None] = lambda pid, sig: None,
     processes: ProcessTable | None = None,
+    batch_share: Callable[[str, str, str], int | None] | None = None,
 ) -> Monitor:
-    share = GpuShare(GPU, 100 if exclusive else core, 4096, exclusive, index=0)
+    batch = batch_share is not None
+    share = GpuShare(GPU, 100 if exclusive else core, 4096, exclusive, index=0, batch=batch)
     grant = Grant(GPU_RESOURCE, ("x::00",), (share,), (), UID, "main", str(region_dir))
+    if batch:
+        setup(region_dir, limits_of((share,)))
     return Monitor(
         usage,
         processes or ProcessTable(tmp_path / "proc"),
@@ -85,6 +85,7 @@ def monitor(
         enforce=enforce,
         report=report,
         kill=kill,
+        batch_share=batch_share or (lambda *key: None),
     )
 
 
@@ -174,6 +175,30 @@ def test_a_container_over_its_share_for_a_window_is_reported(
     (caught,) = over
     assert (caught.share, round(caught.mean_percent), caught.action) == (30, 60, "reported")
     assert m.compute.status[(UID, "main", GPU)].over
+
+
+@pytest.mark.parametrize(("given", "over"), [(80, False), (40, True), (None, True), (100, False)])
+def test_a_batch_slice_is_held_to_the_share_the_controller_gave_it(
+    tmp_path: Path, region_dir: Path, given: int | None, over: bool
+) -> None:
+    """A batch slice (floor 30%) keeping its GPU 60% busy: within a share of 80% the
+    controller gave it, over one of 40%, and over its floor while none was given; a share
+    of 100% is not judged. The share is asked of the controller per container and GPU."""
+    usage, clock, found = Usage(), Clock(), list[Finding]()
+    asked: list[tuple[str, str, str]] = []
+
+    def share(pod: str, name: str, uuid: str) -> int | None:
+        asked.append((pod, name, uuid))
+        return given
+
+    run_in_container(tmp_path / "proc", 5004, 10)
+    usage.processes = [ProcessUsage(GPU, 5004, 900, 60)]
+    m = monitor(tmp_path, region_dir, usage, clock, batch_share=share, report=found.append)
+    for _ in range(12):
+        clock.now += 1.0
+        m.tick()
+    assert bool([f for f in found if isinstance(f, OverShare)]) == over
+    assert set(asked) == {(UID, "main", GPU)}
 
 
 # ---- the region as untrusted input -----------------------------------------------------------

@@ -155,6 +155,9 @@ def cluster() -> Iterator[Cluster]:
             interval_s=0.1,
             metrics_port=0,
             metrics_auth="none",  # who may read: tests/unit/test_agent_metrics_access.py
+            # Room for batch published within a second (no usage file: none at all).
+            idle_window_s=0.3,
+            idle_interval_s=0.3,
         )
 
         def start_agent() -> NodeAgent:
@@ -185,6 +188,12 @@ def post(scorer: Scorer, verb: str, body: Any) -> Any:
     answer = json.loads(conn.getresponse().read())
     conn.close()
     return answer
+
+
+def allocatable(c: Cluster) -> dict[str, str]:
+    """The agent's Node's allocatable, as the API server has it now."""
+    node = c.api.get_node(NODE) or {}
+    return dict((node.get("status") or {}).get("allocatable") or {})
 
 
 def schedule(c: Cluster, pod: dict[str, Any]) -> dict[str, Any]:
@@ -229,7 +238,10 @@ def test_the_node_is_published_and_its_lease_renewed(cluster: Cluster) -> None:
 def test_steady_state_writes_one_lease_renewal_per_heartbeat(cluster: Cluster) -> None:
     """With no hardware change and no pod, the agent's only writes are its Lease's renewals,
     one per heartbeat (0.2 s here), each well under a KiB; nothing is written to its Node,
-    nor read from it."""
+    nor read from it. (Once it has published the room its idle GPUs leave for batch, which
+    does not move while nothing runs.)"""
+    wait_for(lambda: "gpulet.io/batch-gpu-core" in allocatable(cluster))
+    assert cluster.agent.topology.settled.wait(5)
     mark, began = len(cluster.api.requests), time.monotonic()
     lease = f"/leases/{nt.lease_name(NODE)}"
 
@@ -427,12 +439,47 @@ def test_node_allocations_shows_who_has_what(cluster: Cluster) -> None:
         assert (user["namespace"], user["pod"], user["container"]) == ("default", "shown", "main")
         assert (user["core"], user["memory_mib"], user["used_mib"]) == (25, 4096, 3000)
         text = CliRunner().invoke(cli, ["node", "allocations", "--agent", agent]).output
-        assert "default/shown main: 25% core, 4096 MiB; using 3000 MiB, 40% SM" in text
+        assert "production default/shown main: 25% core, 4096 MiB; using 3000 MiB, 40% SM" in text
     finally:
         sleeper.kill()
         sleeper.wait()
     result = CliRunner().invoke(cli, ["node", "allocations", "--agent", "http://127.0.0.1:1"])
     assert result.exit_code == 1 and "cannot reach the agent at http://127.0.0.1:1" in result.output
+
+
+def test_a_batch_slice_from_the_measurement_to_the_container(cluster: Cluster) -> None:
+    """The agent measures every GPU idle and publishes its room (the NodeTopology's status,
+    the Node's batch aggregates); the extender places a batch pod against it; Allocate
+    writes `batch` limits; the co-location controller gives the container its share; and
+    `gpulet node allocations` shows its class."""
+    cluster.nvml_shows()  # NVML lists no process: every GPU idle
+    view = cluster.scorer.server.extender.view
+    wait_for(lambda: len(view.state(NODE).idle) == len(H100.gpus))
+    wait_for(lambda: "gpulet.io/batch-gpu-core" in allocatable(cluster))
+    room = view.state(NODE).idle_of(0)
+    assert allocatable(cluster)["gpulet.io/batch-gpu-core"] == str(8 * room.core)
+    pod = schedule(cluster, pod_object("offline", container("main", gpus=1, batch_core=30,
+                                                             batch_memory=8192)))  # fmt: skip
+    main = assigned(pod)
+    assert main.batch and main.gpus[0].core == 30
+    admit(cluster, pod)
+    (grant,) = cluster.agent.core.grants()
+    assert grant.region_dir is not None
+    (limit,) = read_limits(Path(grant.region_dir) / "limits").devices
+    assert (limit.core_percent, limit.memory_mib, limit.batch) == (30, 8192, True)
+    controller = cluster.agent.colocation
+    assert controller is not None
+    wait_for(lambda: controller.share_percent(pod["metadata"]["uid"], "main", limit.uuid) == 95)
+    assert cluster.agent.metrics is not None
+    agent = f"http://127.0.0.1:{cluster.agent.metrics.port}"
+    doc = json.loads(CliRunner().invoke(cli, ["node", "allocations", "--agent", agent, "--json"])
+                     .output)  # fmt: skip
+    (gpu,) = [g for g in doc["gpus"] if g["uuid"] == limit.uuid]
+    assert gpu["batch"] == {"core": 30, "memory_mib": 8192}
+    assert gpu["allocated"] == {"core": 0, "memory_mib": 0, "slots": 1}
+    assert [c["class"] for c in gpu["containers"]] == ["batch"]
+    text = CliRunner().invoke(cli, ["node", "allocations", "--agent", agent]).output
+    assert "batch      default/offline main: floor 30% core, cap 8192 MiB" in text
 
 
 def test_a_lost_checkpoint_is_rebuilt_exactly_from_the_pods(cluster: Cluster) -> None:

@@ -17,6 +17,7 @@ from agent.heartbeat import LeaseHeartbeat, lease_duration
 from agent.publish import LegacyAnnotations, TopologyPublisher
 from gpulet.api import nodetopology as nt
 from gpulet.api.resources import HEARTBEAT_ANNOTATION, TOPOLOGY_ANNOTATION
+from gpulet.api.share import Idle
 from gpulet.api.stamps import stamp_micro
 from gpulet.kube.calls import CoreCalls, ObjectCalls, leases, node_topologies
 from gpulet.kube.crd import node_topology_crd
@@ -188,6 +189,31 @@ def test_a_spec_changed_by_someone_else_is_put_back(api: Api, running: list[Any]
     api.topologies.patch(NODE, {"spec": {"driver": "1.0"}})
     wait_for(lambda: (api.topology() or {}).get("spec", {}).get("driver") == TOPO.driver)
     settled(p, api)
+
+
+def test_the_measured_idle_room_goes_into_the_status_and_a_spec_change_keeps_it(
+    api: Api, running: list[Any]
+) -> None:
+    """The room for batch (agent.idle) is written into the object's status, once; the
+    extender reads it back per GPU; a later change of the document keeps it; an object
+    whose status someone else changed gets it back."""
+    p = publisher(api, running)
+    settled(p, api)
+    mark = api.mark()
+    idle = {0: Idle(60, 30000), 1: Idle(0, 0)}
+    p.set_idle(idle, measured=1_800_000_000.0)
+    p.set_idle(idle, measured=1_800_000_000.0)  # the same: nothing more to write
+    wait_for(lambda: "status" in (api.topology() or {}))
+    settled(p, api)
+    assert api.writes(mark) == [("PUT", TOPOLOGY_PATH)]
+    obj = api.topology()
+    assert obj is not None and nt.idle_of(obj) == idle
+    assert obj["status"]["measuredAt"] == "2027-01-15T08:00:00Z"
+    p.set_topology(dumps(UPGRADED))
+    wait_for(lambda: (api.topology() or {}).get("spec", {}).get("driver") == "999.99")
+    assert nt.idle_of(api.topology() or {}) == idle
+    api.topologies.patch(NODE, {"status": {"idle": [{"index": 0, "core": 100, "memory_mib": 1}]}})
+    wait_for(lambda: nt.idle_of(api.topology() or {}) == idle)
 
 
 def test_the_first_publication_fails_in_the_callers_thread(api: Api) -> None:

@@ -226,6 +226,7 @@ def test_the_node_agent_stops_what_started_when_a_later_part_fails(
     ]
     assert stopped == [
         "monitor",
+        "colocation",
         "device-plugins",
         "allocated-recorder",
         "pods-watch",

@@ -260,13 +260,13 @@ def test_unknown_fields_are_pruned(api: ApiServerStandIn, topologies: ObjectCall
     desired = topology(api)
     desired["spec"]["extra"] = {"a": 1}
     desired["spec"]["gpus"][0]["firmware"] = "1.2"
-    desired["status"] = {"healthy": True}
+    desired["status"] = {"healthy": True, "idle": []}
 
     created = body(topologies.create(desired))
 
     assert "extra" not in created["spec"]
     assert "firmware" not in created["spec"]["gpus"][0]
-    assert "status" not in created
+    assert created["status"] == {"idle": []}
     assert created["spec"]["gpus"][0]["uuid"] == desired["spec"]["gpus"][0]["uuid"]
 
 

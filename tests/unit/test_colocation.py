@@ -3,6 +3,8 @@ idle, less a margin; a production slice that launches gets its whole reservation
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,9 +12,17 @@ from agent.colocation import (
     ACTIVE_MARGIN_PERMILLE,
     MARGIN_PERMILLE,
     MIN_PERMILLE,
+    CoLocation,
     Use,
+    batch_gpus,
     batch_shares,
+    slice_key,
 )
+from deviceplugin.grants import Grant
+from deviceplugin.regions import limits_of, set_up
+from gpulet.api.resources import GPU_RESOURCE
+from gpulet.api.share import GpuShare
+from native.region import inspect, write_share
 from tests.strategies import examples
 
 
@@ -87,3 +97,64 @@ def test_batch_never_takes_what_running_production_reserved(given_uses: list[Use
     assert sum(shares.values()) <= max(room, len(batches) * MIN_PERMILLE + room)
     if all(v > MIN_PERMILLE for v in shares.values()):
         assert sum(shares.values()) <= room
+
+
+# ---- the controller in the agent: which slices, and the record the backstop reads ---------
+
+GPU_A, GPU_B = "GPU-aaaa", "GPU-bbbb"
+
+
+def _grant(tmp_path: Path, pod: str, *shares: GpuShare) -> Grant:
+    directory = tmp_path / pod / "main"
+    set_up(directory, shares)
+    ids = tuple(f"{s.uuid}::{pod}" for s in shares)
+    return Grant(
+        GPU_RESOURCE, ids, shares, pod_uid=pod, container="main", region_dir=str(directory)
+    )
+
+
+def test_the_controller_sees_only_gpus_that_hold_a_batch_slice(tmp_path: Path) -> None:
+    grants = [
+        _grant(tmp_path, "prod-a", GpuShare(GPU_A, 50, 1024, index=0)),
+        _grant(tmp_path, "batch-a", GpuShare(GPU_A, 10, 1024, index=0, batch=True)),
+        _grant(
+            tmp_path,
+            "prod-ab",
+            GpuShare(GPU_B, 30, 1024, index=1),
+            GpuShare(GPU_A, 20, 512, index=0),
+        ),
+        _grant(tmp_path, "whole-b", GpuShare.held_whole(GPU_B, 1024, 1)),
+    ]
+    found = batch_gpus(grants)
+    assert set(found) == {GPU_A}
+    keys = {s.key: (s.batch, s.device) for s in found[GPU_A]}
+    assert keys == {
+        slice_key("prod-a", "main", GPU_A): (False, 0),
+        slice_key("batch-a", "main", GPU_A): (True, 0),
+        slice_key("prod-ab", "main", GPU_A): (False, 1),
+    }
+    assert batch_gpus(grants[:1] + grants[2:]) == {}
+
+
+def test_the_backstop_reads_the_controllers_record_not_the_tenants_region(tmp_path: Path) -> None:
+    """The controller writes the batch slice its share and keeps its own record; a tenant
+    that writes itself 100% into its region changes what its limiter reads, never what the
+    compute backstop holds it to. The record goes with the grant."""
+    grants = [
+        _grant(tmp_path, "prod", GpuShare(GPU_A, 50, 1024, index=0)),
+        _grant(tmp_path, "batch", GpuShare(GPU_A, 10, 1024, index=0, batch=True)),
+    ]
+    controller = CoLocation(lambda: batch_gpus(grants))
+    assert controller.share_percent("batch", "main", GPU_A) is None
+    controller.tick()
+    controller.tick()
+    given = controller.share_percent("batch", "main", GPU_A)
+    assert given == (1000 - MARGIN_PERMILLE) // 10  # production idle: all but the margin
+    limits = limits_of(grants[1].gpus)
+    write_share(grants[1].region_dir or "", 0, 1000, limits)  # the tenant, forging
+    assert inspect(grants[1].region_dir or "", limits).usage is not None
+    assert controller.share_percent("batch", "main", GPU_A) == given
+    grants.pop()
+    controller.tick()
+    assert controller.share_percent("batch", "main", GPU_A) is None
+    assert controller.share_percent("prod", "main", GPU_A) is None

@@ -27,8 +27,16 @@ def test_demo_places_the_samples_and_explains_the_misfit() -> None:
     assert "/etc/ld.so.preload" not in training  # whole GPUs get no limiter
     pinned = text.split("== pod numa-pinned")[1].split("== pod")[0]
     assert "NUMA pinning asked: CPUs of NUMA node(s)" in pinned
-    misfit = text.split("== pod too-big")[1].split("== preemption")[0]
+    misfit = text.split("== pod too-big")[1].split("== batch")[0]
     assert "does not fit" in misfit and "single-numa: needs 8 whole GPUs" in misfit
+    # The batch slice: the room measured (none on the GPUs held whole), advertised, used.
+    batch = text.split("== batch: the agent of dgx-h100-0")[1].split("== preemption")[0]
+    rooms = batch.split("\n")[1]
+    assert rooms.count(" 0%/0 GiB") >= 1 and rooms.count(" 90%/") >= 1, rooms
+    assert "advertises gpulet.io/batch-gpu-core=" in batch
+    assert "(batch: floor 20% core, cap 16384 MiB)" in batch
+    assert "16384 MiB, 20% core, batch (paced to the share" in batch
+    assert "controller gives it 95% of the GPU" in batch
     # The preemption: kube-scheduler's proposal by the node's sums (two slices on two GPUs),
     # the extender's correction (the other slice of one of them), the pod on that GPU.
     scene = text.split("== preemption: node dgx-h100-2 joins")[1]

@@ -340,6 +340,8 @@ def test_agent_rbac_grants_the_verbs_it_uses() -> None:
     topologies = {(nt.GROUP, nt.PLURAL, v) for v in ("get", "list", "watch", "create", "update")}
     nodes = {("", "nodes", v) for v in ("get", "list", "watch", "patch")}
     nodes.add(("", "nodes/status", "patch"))
+    # Batch pods whose memory production needs back: evicted, nothing else.
+    pods.add(("", "pods/eviction", "create"))
     assert granted(one(docs, "ClusterRole", "gpulet-agent")) == nodes | topologies | pods | events
     # Its heartbeat: Leases of the install namespace only, and no delete.
     heartbeat = one(docs, "Role", "gpulet-agent-heartbeat")

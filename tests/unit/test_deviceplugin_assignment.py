@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -62,6 +63,16 @@ def test_parse_good() -> None:
     assert parse_assignment(dump_assignment(got)) == got
 
 
+def test_a_batch_container_is_read_as_batch_and_production_is_written_as_before() -> None:
+    got = parse_assignment(with_main(**{"class": "batch"})).container("main")
+    assert got is not None and got.batch and all(g.batch for g in got.gpus)
+    assert parse_assignment(with_main(**{"class": "production"})) == parse_assignment(
+        json.dumps(GOOD)
+    )
+    # An agent older than batch slices reads a production assignment as it always did.
+    assert "class" not in dump_assignment(parse_assignment(json.dumps(GOOD)))
+
+
 assigned_gpus = st.builds(
     GpuShare,
     uuid=st.from_regex(r"GPU-[0-9a-f]{1,36}", fullmatch=True),
@@ -77,6 +88,14 @@ containers = st.builds(
     ).map(tuple),
     numa=st.lists(st.integers(0, 7), max_size=2).map(tuple),
 )
+
+
+def _as_batch(c: ContainerAssignment) -> ContainerAssignment:
+    return replace(c, gpus=tuple(replace(g, batch=True) for g in c.gpus))
+
+
+#: Production containers, and batch ones (slices only, at least one GPU).
+containers = containers | containers.filter(lambda c: bool(c.gpus)).map(_as_batch)
 
 
 @given(st.lists(containers, max_size=3, unique_by=lambda c: c.name), st.text(min_size=1))
@@ -176,6 +195,27 @@ P = "gpulet.io/assignment: "
         ),
         (with_main(nics=["mlx5_0", "mlx5_0"]), P + 'container "main": NIC mlx5_0 is listed twice'),
         (with_main(numa=[-1]), P + 'container "main": NUMA node -1 is not in 0..65536'),
+        (
+            with_main(**{"class": "gold"}),
+            P + 'container "main": "class" must be "production" or "batch", got "gold"',
+        ),
+        (
+            with_main(**{"class": "batch", "gpus": []}),
+            P + 'container "main": a batch container takes slices of one GPU or more, never whole',
+        ),
+        (
+            with_main(
+                **{
+                    "class": "batch",
+                    "gpus": [{"uuid": "GPU-a", "core": 100, "memory_mib": 1, "exclusive": True}],
+                }
+            ),
+            P + 'container "main": a batch container takes slices of one GPU or more, never whole',
+        ),
+        (
+            with_main(extra=1),
+            P + 'container "main": unknown field "extra" (known: class, gpus, nics, numa)',
+        ),
         (with_main(numa=None), P + 'container "main": "numa" must be a list, got null'),
         (
             json.dumps({"version": 1, "node": "n", "containers": {"main": {"gpus": []}}}),

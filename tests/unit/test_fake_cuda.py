@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -337,3 +338,42 @@ def test_processes_given_one_timeline_share_one_gpu(
     info = [*command[:2], "info"]
     bad = subprocess.run(info, env=env, capture_output=True, text=True, check=False)
     assert bad.returncode == 3 and "timeline" in bad.stderr and "cannot be opened" in bad.stderr
+
+
+def test_processes_given_one_timeline_share_its_memory_while_they_live(
+    cuda_client: Path, fake_cuda_dir: Path, tmp_path: Path
+) -> None:
+    """timeline=PATH: what one process holds is not free for another, as on one real GPU;
+    once it has exited (reaped or not: a zombie holds no GPU memory) it is."""
+    env = {**os.environ, **fake_cuda_env(fake_cuda_dir)}
+    env[CONFIG_ENV] = f"timeline={tmp_path / 'gpu'},total_mib=16384"
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen(
+        [str(cuda_client), "runtime", "alloc 10000", f"touch {ready}", "hold 30"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            assert time.monotonic() < deadline and holder.poll() is None
+            time.sleep(0.01)
+        other = [str(cuda_client), "runtime", "info", "alloc 8000", "alloc 6000"]
+        out = subprocess.run(other, env=env, capture_output=True, text=True, check=True).stdout
+        assert out.splitlines() == [
+            f"info free={(16384 - 10000) * MIB} total={16384 * MIB}",
+            "alloc 8000 err 2",
+            "alloc 6000 ok",
+        ]
+        holder.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{holder.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        again = [str(cuda_client), "runtime", "alloc 16000"]  # the zombie's memory is free
+        out = subprocess.run(again, env=env, capture_output=True, text=True, check=True).stdout
+        assert out.splitlines() == ["alloc 16000 ok"]
+    finally:
+        holder.kill()
+        holder.wait()

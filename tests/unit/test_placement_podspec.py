@@ -129,15 +129,39 @@ def _asking(resource: str, value: str = "30", **kw: int) -> dict[str, object]:
     return pod_object("p", c)
 
 
-@pytest.mark.parametrize("resource", ["gpulet.io/batch-gpu-core", "gpulet.io/batch-gpu-memory"])
-def test_a_batch_slice_is_refused_with_the_reason_not_read_as_a_whole_gpu(resource: str) -> None:
-    """Batch slices are not placed yet: a pod asking `gpu: 1` with a batch resource is refused
-    (read as nothing, it would have been given a whole GPU). Its device counts still read,
-    for the agent."""
-    pod = _asking(resource, gpus=1)
-    with pytest.raises(PodSpecError, match=re.escape(f"{resource}: batch slices are not placed")):
+def _batch(**kw: int | str | None) -> dict[str, object]:
+    """A pod asking a batch slice of 30% and 8192 MiB, and whatever `kw` changes."""
+    given: dict[str, int | str | None] = {"batch_core": "30", "batch_memory": "8192", **kw}
+    return pod_object("p", container("main", **given))  # type: ignore[arg-type]
+
+
+def test_a_batch_slice_is_read_as_batch_with_its_floor_and_cap() -> None:
+    (ask,) = pod_ask(_batch(gpus=2)).wants
+    assert ask.request == Request(gpus=2, core=30, memory_mib=8192, batch=True)
+    assert not ask.request.whole
+    assert pod_counts(_batch(gpus=2)) == (DeviceCounts("main", 2, 0),)
+
+
+@pytest.mark.parametrize(
+    ("pod", "problem"),
+    [
+        # Either batch resource alone would once have been read as nothing: a whole GPU.
+        (_batch(batch_memory=None, gpus=1), "asks for all three of gpulet.io/gpu"),
+        (_batch(batch_core=None, gpus=1), "asks for all three of gpulet.io/gpu"),
+        (_batch(), "asks for all three of gpulet.io/gpu"),
+        (_batch(gpus=1, core=30), "production slice (gpulet.io/gpu-core"),
+        (_batch(gpus=1, memory=4096), "never both"),
+        (_batch(batch_core="0", gpus=1), "batch-gpu-core must be 1-100"),
+        (_batch(batch_core="101", gpus=1), "batch-gpu-core must be 1-100"),
+        (_batch(batch_memory="8Gi", gpus=1), "batch-gpu-memory must be a whole number (MiB"),
+        (_batch(batch_memory="0", gpus=1), "batch-gpu-memory must be at least 1 MiB"),
+    ],
+)
+def test_a_batch_slice_that_is_not_exactly_one_class_is_refused_with_the_reason(
+    pod: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(PodSpecError, match=re.escape(problem)):
         pod_ask(pod)
-    assert pod_counts(pod) == (DeviceCounts("main", 1, 0),)
 
 
 def test_an_unknown_gpulet_resource_is_refused_and_others_are_not_gpulets() -> None:

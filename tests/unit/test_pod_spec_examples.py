@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,12 @@ import pytest
 import yaml
 
 from gpulet.api.resources import MANAGED_RESOURCES
+from gpulet.api.share import Idle
 from gpulet.placement import Capacity, NodeState, Placer, Request, TopologyPolicy
 from gpulet.placement.podspec import ContainerAsk, PodSpecError, pod_ask
 from gpulet.standins.objects import container, pod_object
 from gpulet.topology import format_cpulist
-from scorer.cluster import NodeInfo
+from scorer.cluster import NodeInfo, tally
 from scorer.decide import Decision, decide
 from tests.nodes import shipped
 
@@ -40,6 +42,10 @@ ASKS: dict[str, tuple[tuple[ContainerAsk, ...], bool]] = {
             ContainerAsk("log-shipper", None),
         ),
         True,
+    ),
+    "offline-eval": (
+        (ContainerAsk("eval", Request(gpus=1, core=20, memory_mib=16384, batch=True)),),
+        False,
     ),
 }
 
@@ -193,6 +199,44 @@ _SERVER = "pod team-a/infer container 'server': "
         (
             pod_object(
                 "infer",
+                container("server", gpus=1, core=30, batch_core=30, batch_memory=8192),
+                namespace="team-a",
+            ),
+            _SERVER,
+            "a container is a production slice (gpulet.io/gpu-core, gpulet.io/gpu-memory) or "
+            "a batch slice (gpulet.io/batch-gpu-core, gpulet.io/batch-gpu-memory), never both",
+        ),
+        (
+            pod_object("infer", container("server", gpus=1, batch_core=30), namespace="team-a"),
+            _SERVER,
+            "a batch slice asks for all three of gpulet.io/gpu, gpulet.io/batch-gpu-core (its "
+            "floor, percent of each GPU) and gpulet.io/batch-gpu-memory (its cap, MiB of each "
+            "GPU)",
+        ),
+        (
+            pod_object(
+                "infer",
+                container("server", gpus=1, batch_core=0, batch_memory=8192),
+                namespace="team-a",
+            ),
+            _SERVER,
+            "batch-gpu-core must be 1-100 (percent of each GPU), got 0",
+        ),
+        (
+            pod_object(
+                "infer",
+                container("server", gpus=1, core=30, memory=8192)
+                | {"resources": {"limits": {"gpulet.io/gpu": "1", "gpulet.io/gpu-cores": "30"}}},
+                namespace="team-a",
+            ),
+            _SERVER,
+            "unknown resource gpulet.io/gpu-cores: gpulet serves gpulet.io/batch-gpu-core, "
+            "gpulet.io/batch-gpu-memory, gpulet.io/gpu, gpulet.io/gpu-core, gpulet.io/gpu-memory, "
+            "gpulet.io/rdma",
+        ),
+        (
+            pod_object(
+                "infer",
                 container("server", gpus=2),
                 namespace="team-a",
                 annotations={"gpulet.io/topology-policy": "restricted"},
@@ -265,6 +309,24 @@ def test_the_training_job_gets_gpus_0_to_3_each_with_a_port_behind_its_switch() 
     assert "GPU0 to GPU3, whole, with the ports `mlx5_0`, `mlx5_3`, `mlx5_4` and `mlx5_5`" in (
         _prose()
     )
+
+
+def test_the_batch_slice_goes_beside_the_inference_slice() -> None:
+    """On the node of the inference example, every GPU measured idle but for the margins:
+    the batch slice packs onto GPU0, which production already uses."""
+    topo = shipped("dgx-h100")
+    node = NodeInfo(topo.node, topo, Placer(topo, Capacity()), Capacity())
+    infer = _on_empty_dgx_h100("infer").assignment
+    (share,) = infer.containers[0].gpus
+    room = {g.index: Idle(90, g.memory_mib * 9 // 10) for g in topo.gpus}
+    state = replace(tally(node, [infer]), idle=room)
+    decided = decide(node, state, pod_ask(_pods()["offline-eval"]))
+    assert isinstance(decided, Decision), decided
+    (batch,) = decided.assignment.containers[0].gpus
+    assert (
+        batch.uuid == share.uuid and batch.batch and (batch.core, batch.memory_mib) == (20, 16384)
+    )
+    assert "On the node of the inference example it goes to GPU0" in _prose()
 
 
 def test_the_pinned_pod_gets_gpus_0_and_1_on_numa_node_0() -> None:

@@ -46,6 +46,9 @@ ON_NODE = replace(A100, node=NODE)
 #: The request of the attack: a tenth of one GPU's compute and 1 GiB of its memory.
 SMALL = {"gpus": 1, "core": 10, "memory": 1024}
 SMALL_ASKS = "gpulet.io/gpu: 1, gpulet.io/gpu-core: 10, gpulet.io/gpu-memory: 1024"
+#: A batch slice of the same size.
+BATCH = {"gpus": 1, "batch_core": 10, "batch_memory": 1024}
+BATCH_ASKS = "gpulet.io/gpu: 1, gpulet.io/batch-gpu-core: 10, gpulet.io/batch-gpu-memory: 1024"
 
 #: The real agent on a simulated DGX H100, the API server and kubelet stand-ins around it.
 cluster = path.cluster
@@ -201,6 +204,22 @@ def refusal(asks: str, problem: str) -> str:
             '"nics" has 1 entry, not 0',
             id="nics-not-asked",
         ),
+        # A batch pod given a reservation: counted as nothing by the extender's books, paced
+        # to a fixed share, never taken back.
+        pytest.param(
+            BATCH,
+            gives(GpuShare(G0, 10, 1024)),
+            BATCH_ASKS,
+            f"GPU {G0} has a production slice, but the container asks a batch slice",
+            id="reservation-for-batch",
+        ),
+        pytest.param(
+            SMALL,
+            gives(GpuShare(G0, 10, 1024, batch=True)),
+            SMALL_ASKS,
+            f"GPU {G0} has a batch slice, but the container asks a production slice",
+            id="batch-for-a-reservation",
+        ),
     ],
 )
 def test_an_assignment_that_gives_other_than_the_pod_asks_is_refused(
@@ -232,19 +251,24 @@ def test_an_assignment_that_gives_other_than_the_pod_asks_is_refused(
             [(G0, MEM, 100), (G1, MEM, 100)],
             id="whole",
         ),
+        pytest.param(
+            BATCH, (GpuShare(G0, 10, 1024, batch=True),), [(G0, 1024, 10, True)], id="batch"
+        ),
     ],
 )
 def test_an_assignment_that_gives_what_the_pod_asks_is_followed(
     tmp_path: Path,
     ask: dict[str, Any],
     shares: tuple[GpuShare, ...],
-    limits: list[tuple[str, int, int]],
+    limits: list[tuple[str, int, int] | tuple[str, int, int, bool]],
 ) -> None:
     core, _ = core_for(tmp_path, tenant_pod("honest", ask, shares))
     got = core.allocate(GPU_RESOURCE, kubelet_ids(GPU_RESOURCE, ask["gpus"]))
     assert got.envs["NVIDIA_VISIBLE_DEVICES"] == ",".join(s.uuid for s in shares)
     written = read_limits(tmp_path / "containers" / "uid-honest" / "main" / "limits")
-    assert [(d.uuid, d.memory_mib, d.core_percent) for d in written.devices] == limits
+    assert [(d.uuid, d.memory_mib, d.core_percent, d.batch) for d in written.devices] == [
+        (*limit, False)[:4] for limit in limits
+    ]
 
 
 def test_gpus_and_ports_that_agree_with_the_request_are_granted(tmp_path: Path) -> None:

@@ -13,7 +13,15 @@ from gpulet.standins.apiserver.binding import bind
 from gpulet.standins.apiserver.kinds import Kind, Kinds
 from gpulet.standins.apiserver.patch import apply_patch
 from gpulet.standins.apiserver.resources import JsonObject, Resource, metadata
-from gpulet.standins.apiserver.routes import BINDING, COLLECTION, OBJECT, STATUS, Target, route
+from gpulet.standins.apiserver.routes import (
+    BINDING,
+    COLLECTION,
+    EVICTION,
+    OBJECT,
+    STATUS,
+    Target,
+    route,
+)
 from gpulet.standins.apiserver.selectors import selector
 from gpulet.standins.apiserver.status import (
     ApiError,
@@ -72,6 +80,7 @@ class RestApi:
             (STATUS, "PUT"): self._replace,
             (STATUS, "PATCH"): self._patch,
             (BINDING, "POST"): self._bind,
+            (EVICTION, "POST"): self._evict,
         }
 
     def serve(self, request: Request) -> Reply | WatchRequest:
@@ -273,6 +282,27 @@ class RestApi:
         binding = json_object(request.body)
         self._on_binding(binding)
         bind(self._store, target.namespace or "", target.name, binding)
+        return Reply(201, success(201))
+
+    def _evict(self, target: Target, request: Request) -> Reply:
+        """A policy/v1 Eviction, as the API server takes one where no PodDisruptionBudget
+        covers the pod (the stand-in has none): the pod deleted with the Eviction's
+        deleteOptions (grace period, uid precondition); 201 and a Status."""
+        eviction = json_object(request.body)
+        if eviction.get("kind") != "Eviction" or eviction.get("apiVersion") not in (
+            "policy/v1",
+            "policy/v1beta1",
+        ):
+            raise bad_request("the body of an eviction must be a policy/v1 Eviction")
+        if metadata(eviction).get("name") != target.name:
+            raise bad_request("name in URL does not match name in Eviction object")
+        options = eviction.get("deleteOptions") or {}
+        grace = options.get("gracePeriodSeconds")
+        self.delete(
+            target,
+            grace_period_seconds=None if grace is None else _integer("gracePeriodSeconds", grace),
+            uid=(options.get("preconditions") or {}).get("uid"),
+        )
         return Reply(201, success(201))
 
 

@@ -1,5 +1,5 @@
 """A request's path, as the API server resolves it: the served kind (Kinds), the endpoint
-(collection, object, status, binding), the namespace and name. Paths of kinds not served
+(collection, object, status, binding, eviction), the namespace and name. Paths of kinds not served
 (a custom resource before its definition, or after) are 404, as the real one answers."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ COLLECTION = "collection"
 OBJECT = "object"
 STATUS = "status"
 BINDING = "binding"
+EVICTION = "eviction"
 
 
 @dataclass(frozen=True)
@@ -80,4 +81,6 @@ def _endpoint(kind: Kind, rest: list[str]) -> str:
         return STATUS
     if rest[2] == "binding" and kind.resource == PODS:
         return BINDING
+    if rest[2] == "eviction" and kind.resource == PODS:
+        return EVICTION
     raise not_served()

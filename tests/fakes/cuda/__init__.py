@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import struct
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -140,3 +141,32 @@ def run_client(
             proc.stderr,
         )
     return proc.stdout.splitlines()
+
+
+#: The shared file of `timeline=PATH` (fake_cuda.c, `struct shared`): each device's busy-until,
+#: then per process slot its pid and each device's bytes.
+_DEVICES = 16
+_SLOTS = 64
+_SLOT = struct.Struct(f"<iI{_DEVICES}Q")
+_UNTIL = 8 * _DEVICES
+
+
+def timeline_processes(path: Path) -> list[tuple[int, int, int]]:
+    """What the processes sharing a timeline hold, as NVML would list them: (pid, device,
+    bytes) for every live, not exited process and device it holds memory of."""
+    data = path.read_bytes()
+    out = []
+    for slot in range(_SLOTS):
+        pid, _, *used = _SLOT.unpack_from(data, _UNTIL + slot * _SLOT.size)
+        if pid <= 0 or not _holds_memory(pid):
+            continue
+        out += [(pid, device, n) for device, n in enumerate(used) if n]
+    return out
+
+
+def _holds_memory(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(") ", 1)[1][:1] not in ("Z", "X")

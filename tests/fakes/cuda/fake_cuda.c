@@ -13,10 +13,13 @@
  *                    2097152, what cuMemAlloc reserves in on many GPUs; 1: exact sizes, as
  *                    when small allocations are packed; larger: a large VMM granularity)
  *   graph_us=U       how long one cuGraphLaunch keeps the GPU busy, in µs (default 500)
- *   timeline=PATH    the devices' timelines are shared by every process configured with
- *                    this PATH (a file, created when missing): a kernel starts when the
- *                    work of all of them queued before it is done, as on one real GPU
- *                    shared by containers. Without it each process has a GPU of its own.
+ *   timeline=PATH    the devices' timelines and memory are shared by every process
+ *                    configured with this PATH (a file, created when missing): a kernel
+ *                    starts when the work of all of them queued before it is done, and an
+ *                    allocation fails with CUDA_ERROR_OUT_OF_MEMORY when it does not fit
+ *                    in what all of them hold, as on one real GPU shared by containers.
+ *                    A process's memory counts while it lives (not once it has exited,
+ *                    reaped or not). Without it each process has a GPU of its own.
  *   capturing=0|1    1: every stream is being captured into a graph (global mode), so
  *                    cuStreamIsCapturing says ACTIVE, launches run nothing, and
  *                    cuEventQuery from a thread in global capture mode fails with
@@ -65,6 +68,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -131,8 +135,22 @@ static struct {
     uint64_t total_mib, granularity, graph_us, capturing;
     char timeline[256];
 } cfg;
-/* timeline=PATH: when every device's queued work ends, shared with other processes. */
+/* timeline=PATH: shared with the other processes configured with it, the file
+ * `struct shared`: when every device's queued work ends, and each live process's memory
+ * (`SHARED_PROCS` slots, one per process, taken at cuInit and from processes gone). */
+#define SHARED_PROCS 64
+struct shared_proc {
+    int32_t pid; /* 0: free */
+    uint32_t pad;
+    uint64_t used[FAKE_MAX_DEVICES]; /* bytes, this process's devs[].used */
+};
+struct shared {
+    uint64_t until[FAKE_MAX_DEVICES];
+    struct shared_proc procs[SHARED_PROCS];
+};
 static uint64_t *shared_until;
+static struct shared *shared;
+static struct shared_proc *me;
 static struct device devs[FAKE_MAX_DEVICES];
 static struct CUctx_st ctxs[FAKE_MAX_DEVICES];
 static struct CUmemPoolHandle_st pools[FAKE_MAX_DEVICES];
@@ -219,8 +237,44 @@ static struct object *add(enum kind kind, int dev, uint64_t size) {
     return o;
 }
 
+/* Whether process `pid` still holds GPU memory: it exists and has not exited (a zombie's
+ * memory is freed, as a real driver frees it when the process exits). */
+static int holds_memory(int32_t pid) {
+    if (pid <= 0 || (kill(pid, 0) != 0 && errno != EPERM))
+        return 0;
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *close = strrchr(buf, ')');
+    return !(close && close[1] == ' ' && (close[2] == 'Z' || close[2] == 'X'));
+}
+
+/* Bytes the other processes sharing the timeline hold on `dev` (0 without one). */
+static uint64_t others_used(int dev) {
+    uint64_t sum = 0;
+    for (int i = 0; shared && i < SHARED_PROCS; i++) {
+        struct shared_proc *p = &shared->procs[i];
+        int32_t pid = __atomic_load_n(&p->pid, __ATOMIC_ACQUIRE);
+        if (p != me && holds_memory(pid))
+            sum += __atomic_load_n(&p->used[dev], __ATOMIC_RELAXED);
+    }
+    return sum;
+}
+
+/* This process's use of `dev`, for the others to see. */
+static void publish_used(int dev) {
+    if (me)
+        __atomic_store_n(&me->used[dev], devs[dev].used, __ATOMIC_RELEASE);
+}
+
 static void drop(struct object *o) {
     devs[o->dev].used -= o->size;
+    publish_used(o->dev);
     *o = objs[--nobjs];
 }
 
@@ -233,12 +287,14 @@ static CUresult reserve(enum kind kind, int dev, uint64_t bytes, uint64_t *id) {
         return CUDA_ERROR_OUT_OF_MEMORY;
     uint64_t rounded = (bytes + g - 1) / g * g;
     struct device *d = &devs[dev];
-    if (rounded > d->total - d->used)
+    uint64_t others = others_used(dev);
+    if (others > d->total - d->used || rounded > d->total - d->used - others)
         return CUDA_ERROR_OUT_OF_MEMORY;
     struct object *o = add(kind, dev, rounded);
     if (!o)
         return CUDA_ERROR_OUT_OF_MEMORY;
     d->used += rounded;
+    publish_used(dev);
     *id = o->id;
     return CUDA_SUCCESS;
 }
@@ -367,7 +423,7 @@ static int parse_config(const char *text) {
 static int open_timeline(void) {
     if (!cfg.timeline[0])
         return 0;
-    size_t size = FAKE_MAX_DEVICES * sizeof(uint64_t);
+    size_t size = sizeof(struct shared);
     int fd = open(cfg.timeline, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0 || ftruncate(fd, (off_t)size) != 0) {
         if (fd >= 0)
@@ -378,7 +434,22 @@ static int open_timeline(void) {
     close(fd);
     if (map == MAP_FAILED)
         return config_error("timeline %s cannot be mapped", cfg.timeline);
-    shared_until = map;
+    shared = map;
+    shared_until = shared->until;
+    /* A slot of its own: a free one, or one whose process is gone. */
+    int32_t self = (int32_t)getpid();
+    for (int i = 0; i < SHARED_PROCS && !me; i++) {
+        struct shared_proc *p = &shared->procs[i];
+        int32_t pid = __atomic_load_n(&p->pid, __ATOMIC_ACQUIRE);
+        if ((pid == 0 || !holds_memory(pid)) &&
+            __atomic_compare_exchange_n(&p->pid, &pid, self, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            for (int d = 0; d < FAKE_MAX_DEVICES; d++)
+                __atomic_store_n(&p->used[d], 0, __ATOMIC_RELEASE);
+            me = p;
+        }
+    }
+    if (!me)
+        return config_error("timeline %s has no free process slot", cfg.timeline);
     return 0;
 }
 
@@ -801,7 +872,8 @@ EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
     if (!r)
         r = current(&dev);
     if (!r) {
-        *free_bytes = devs[dev].total - devs[dev].used;
+        uint64_t held = devs[dev].used + others_used(dev);
+        *free_bytes = held < devs[dev].total ? devs[dev].total - held : 0;
         *total_bytes = devs[dev].total;
     }
     return leave(r);
