@@ -45,8 +45,11 @@ MARGIN_PERMILLE = 50
 #: Kept free of batch work while a production slice runs: its kernels then rarely queue
 #: behind a batch kernel (kernels are not preempted), which is what its latency pays.
 ACTIVE_MARGIN_PERMILLE = 500
-#: The least a batch slice gets (the limiter's own floor for a share is 1% too).
-MIN_PERMILLE = 10
+#: The least a batch slice gets (the limiter's own floor for a share is 0.2% too). Not more:
+#: each batch kernel may hold up the production kernel after it (kernels are not preempted),
+#: and at 1% beside a busy production slice that was 1% of production's kernels, its p99
+#: (docs/BENCHMARKS.md, "Co-location").
+MIN_PERMILLE = 2
 
 
 @dataclass(frozen=True)

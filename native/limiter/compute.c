@@ -35,7 +35,7 @@
 #define FALLBACK_EST_NS 200000ULL
 #define FEEDBACK_FRESH_NS 3000000000ULL
 #define SHARE_FRESH_NS 500000000ULL /* an older batch share falls back to the floor */
-#define MIN_SHARE_PERMILLE 10
+#define MIN_SHARE_PERMILLE 2
 
 enum { FREE, CLAIMED, PENDING, POLLING };
 
@@ -80,7 +80,7 @@ static void sleep_until(uint64_t when_ns) {
 static int batch(int index) { return (gl.limits.dev[index].flags & GPULET_LIMIT_BATCH) != 0; }
 
 /* The device's compute share, in permille: its limits' core percent, or for a batch slice the
- * agent's current share while it is fresh (never below 1%). */
+ * agent's current share while it is fresh (never below 0.2%). */
 static uint32_t share_of(int index) {
     uint32_t floor = gl.limits.dev[index].core_percent * 10;
     if (!batch(index))

@@ -487,6 +487,19 @@ def test_a_batch_slice_is_paced_to_the_share_the_agent_writes(
     assert 0.3 / PACED_HIGH <= shares[-2] <= 0.33, shares
 
 
+def test_a_batch_slice_given_nothing_keeps_its_least_share(make_container: MakeContainer) -> None:
+    """The agent hands a batch slice 0 (production needs the whole GPU): it is paced to the
+    least share, 0.2%, never stopped (a launch waiting for a share of 0 would wait forever)
+    and never let run unpaced."""
+    box = make_container((1024, 10), batch=True)
+    with agent_shares(box, lambda t: 0):
+        time.sleep(0.2)  # the share is in the region before the first launch
+        lines = box.lines("runtime", clocked(["launch 6 1000", "sync"]), timeout=30)
+    # 6 ms of GPU time at 0.2%: about 3 s of clock (the last launch's own wait is not
+    # in it); at 1% it would be 0.6 s, and 6 ms unpaced.
+    assert 2.0 <= seconds_between(lines) <= 4.0, lines
+
+
 def test_a_batch_slice_without_a_fresh_share_falls_back_to_its_floor(
     make_container: MakeContainer,
 ) -> None:
@@ -546,7 +559,7 @@ def test_the_agent_hands_a_batch_slice_what_production_leaves_idle(
     """A production slice of 50% and a batch slice (floor 10%) on one GPU (one timeline),
     the agent's co-location controller every 50 ms: while production is idle the batch
     slice gets nearly the whole GPU; once production runs, it gets its 50% and batch steps
-    aside (the margin kept while production runs leaves it the least share, 1%)."""
+    aside (the margin kept while production runs leaves it the least share, 0.2%)."""
     timeline = tmp_path / "gpu0"
     prod = make_container((1024, 50), name="prod", timeline=timeline)
     batch = make_container((1024, 10), name="batch", batch=True, timeline=timeline)
