@@ -98,6 +98,7 @@ PYTHON_TARGETS = (
             "tests/unit/test_deviceplugin_ledger.py",
             "tests/unit/test_placement_scenarios.py",
             "tests/unit/test_placement_properties.py",
+            "tests/unit/test_placement_batch.py",
         ),
     ),
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpulet.api.share import GpuShare, GpuUsage, Short, Shortfall, shortfall, shortfall_of
+from gpulet.api.share import GpuShare, GpuUsage, Idle, Short, Shortfall, shortfall, shortfall_of
 
 SLOTS = 4
 MEMORY = 80_000
@@ -93,3 +93,48 @@ def test_a_share_on_its_gpu_and_back_by_uuid() -> None:
 )
 def test_the_reason_shown_per_gpu(short: Shortfall, text: str) -> None:
     assert str(short) == text
+
+
+def batch_of(
+    use: GpuUsage, core: int = 10, memory: int = 1000, idle: Idle | None = None
+) -> Shortfall | None:
+    return shortfall_of(
+        use,
+        core,
+        memory,
+        exclusive=False,
+        slots_per_gpu=SLOTS,
+        gpu_memory_mib=MEMORY,
+        batch=True,
+        idle=idle,
+    )
+
+
+ROOM = Idle(40, 8000)
+
+
+@pytest.mark.parametrize(
+    ("use", "core", "memory", "idle", "expected"),
+    [
+        # A slot is needed, as for any slice; the node (no `idle`) checks only that.
+        (GpuUsage(SLOTS), 10, 1000, None, Shortfall(Short.SLOTS, 1, 0)),
+        (GpuUsage(SLOTS - 1), 10, 1000, None, None),
+        (GpuUsage(SLOTS + 1), 10, 1000, ROOM, Shortfall(Short.SLOTS, 1, 0)),
+        # Production's reservations are not what batch is held to: the room is.
+        (GpuUsage(1, 100, MEMORY), 40, 8000, ROOM, None),
+        (GpuUsage(2, batch=1, batch_core=30, batch_memory_mib=1), 20, 1, ROOM,
+         Shortfall(Short.IDLE_CORE, 20, 10)),
+        (GpuUsage(2, batch=1, batch_core=50), 20, 1, ROOM, Shortfall(Short.IDLE_CORE, 20, 0)),
+        (GpuUsage(2, batch=1, batch_core=1, batch_memory_mib=7000), 1, 1001, ROOM,
+         Shortfall(Short.IDLE_MEMORY, 1001, 1000)),
+        (GpuUsage(2, batch=1, batch_memory_mib=9000), 1, 1, ROOM,
+         Shortfall(Short.IDLE_MEMORY, 1, 0)),
+        # The last MiB of the room can be given; no MiB at all cannot.
+        (GpuUsage(2, batch=1, batch_memory_mib=7999), 1, 1, ROOM, None),
+        (GpuUsage(), 1, 0, ROOM, Shortfall(Short.IDLE_MEMORY, 0, 8000)),
+    ],
+)  # fmt: skip
+def test_a_batch_share_is_held_to_a_slot_and_the_room_with_the_exact_figures(
+    use: GpuUsage, core: int, memory: int, idle: Idle | None, expected: Shortfall | None
+) -> None:
+    assert batch_of(use, core, memory, idle) == expected
