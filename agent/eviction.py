@@ -1,7 +1,8 @@
 """Batch slices give memory back by leaving (docs/colocation.md, "Memory"): when a GPU's free
 memory falls under a watermark (production growing into its reservation, which batch was
 placed on), the agent evicts batch pods on that GPU, newest first, until what they hold
-would bring the GPU back over the watermark.
+would bring the GPU back over the watermark. Every batch pod on a GPU granted whole to
+production leaves too, whatever its memory.
 
 Memory cannot wait for a grace period, so the eviction (`Evict`) kills the batch
 container's processes on the GPU at once, then asks the API server for a policy/v1
@@ -48,9 +49,17 @@ class Eviction:
     held_mib: int
     free_mib: int
     watermark_mib: int
+    #: The GPU was granted whole to production (else: its memory ran short).
+    whole: bool = False
 
     @property
     def message(self) -> str:
+        if self.whole:
+            return (
+                f"GPU {self.gpu_uuid} was granted whole to a production pod, which batch slices "
+                f"do not share. gpulet evicted this batch pod and stopped its GPU processes, "
+                f"which held {self.held_mib} MiB"
+            )
         return (
             f"GPU {self.gpu_uuid} had {self.free_mib} MiB free, under its watermark of "
             f"{self.watermark_mib} MiB: production slices grew into their reservations, which "
@@ -108,6 +117,7 @@ def to_evict(
     """The batch pods to evict now (see the module): per GPU under its watermark, the
     newest batch pods on it not evicted already (`done`), until what they hold lifts it
     back over. `memory`: each GPU's MiB, by UUID."""
+    grants = tuple(grants)
     batch = [g for g in grants if g.resource == GPU_RESOURCE and g.pod_uid and g.gpus]
     batch = [g for g in batch if any(s.batch for s in g.gpus) and g.pod_uid not in done]
     held: dict[tuple[str, str], int] = {}
@@ -117,12 +127,22 @@ def to_evict(
         pids.setdefault(c.pod_uid, set()).update(c.pids)
     out: list[Eviction] = []
     chosen: set[str] = set()
+    whole = {s.uuid for g in grants for s in g.gpus if s.exclusive}
     for uuid, total in memory.items():
         on = [g for g in batch if any(s.uuid == uuid and s.batch for s in g.gpus)]
         if not on:
             continue
         free = total - sample.gpu_used_mib.get(uuid, 0)
         floor = watermark(total, permille)
+        if uuid in whole:
+            for g in on:
+                uid = g.pod_uid or ""
+                if uid not in chosen:
+                    chosen.add(uid)
+                    pids_of = tuple(sorted(pids.get(uid, ())))
+                    out.append(Eviction(uid, uuid, pids_of, held.get((uid, uuid), 0), free,
+                                        floor, whole=True))  # fmt: skip
+            continue
         freed = 0
         for g in sorted(on, key=lambda g: (g.granted_at, g.pod_uid or ""), reverse=True):
             if free + freed >= floor:

@@ -44,6 +44,12 @@ class GpuUsage:
         """Nothing given out, batch included."""
         return not (self.slots or self.core or self.memory_mib or self.whole)
 
+    @property
+    def unreserved(self) -> bool:
+        """No production share: nothing given out but batch slices, which a production
+        share takes back (a whole GPU too: the node's agent evicts them)."""
+        return self.slots == self.batch and not (self.core or self.memory_mib or self.whole)
+
     def plus(self, other: GpuUsage) -> GpuUsage:
         return GpuUsage(
             self.slots + other.slots,
@@ -207,7 +213,8 @@ def shortfall_of(
     A batch share needs a slot and a GPU no one holds whole; and, where `idle` is given (the
     extender, placing), its core and memory within what is idle less the batch slices
     already there. The node, which follows the extender's placement, gives no `idle`. A
-    production share does not see batch slices' core and memory: it takes them back."""
+    production share does not see batch slices' core and memory: it takes them back; a
+    whole GPU may be given where only batch slices run (they are evicted)."""
     if use.whole:
         return Shortfall(Short.HELD_WHOLE, 1, 0)
     if batch:
@@ -223,7 +230,7 @@ def shortfall_of(
             return Shortfall(Short.IDLE_MEMORY, memory_mib, max(0, free_memory))
         return None
     if exclusive:
-        return None if use.idle else Shortfall(Short.IN_USE, 1, 0)
+        return None if use.unreserved else Shortfall(Short.IN_USE, 1, 0)
     if use.slots + 1 > slots_per_gpu:
         return Shortfall(Short.SLOTS, 1, max(0, slots_per_gpu - use.slots))
     if use.core + core > 100:

@@ -46,7 +46,8 @@ def gpu_unary(
 ) -> int:
     """Packed cost of choosing this GPU by itself (the packing terms). A batch slice packs
     by what is left of the GPU's idle room (`idle`), a production one by what is left of the
-    GPU; both prefer a GPU something already uses."""
+    GPU; both prefer a GPU something already uses. A whole GPU where batch slices run costs
+    one `touched` more than an idle one (taking it evicts them)."""
     total = max(1, gpu.memory_mib)
     if grant.batch:
         core_used, memory_used = use.batch_core, use.batch_memory_mib
@@ -55,6 +56,10 @@ def gpu_unary(
         left_core = idle.core - core_used - grant.core
         left_mem = (idle.memory_mib - memory_used - grant.memory_mib) * 100 // total
         return (_TOUCHED if use.idle else 0) + (left_core + left_mem) * _FIT + gpu.index * _ORDER
+    if grant.exclusive and use.batch:
+        # Taking it evicts the batch slices there: one `touched` more than an idle GPU.
+        pristine = _TOUCHED if policy is GpuPolicy.BINPACK else 0
+        return pristine + _TOUCHED + gpu.index * _ORDER
     if policy is GpuPolicy.SPREAD:
         return (use.core + use.memory_mib * 100 // total) * _FIT + gpu.index * _ORDER
     left_core = 100 - use.core - grant.core

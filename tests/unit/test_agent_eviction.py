@@ -128,3 +128,15 @@ def test_an_eviction_deletes_the_pod_gracefully_and_names_its_pod(
         core.evict_pod("default", "nope", "u")
     assert missing.value.status == 404
     assert ("POST", "/api/v1/namespaces/default/pods/b/eviction") in server.requests
+
+
+def test_every_batch_pod_leaves_a_gpu_granted_whole_whatever_its_memory() -> None:
+    """The extender may give production a GPU where only batch slices run (they are not
+    reservations): once its grant is there, every batch pod on that GPU is evicted, the
+    memory plenty; the other GPUs' batch pods stay."""
+    whole = Grant(GPU_RESOURCE, ("z::train",), (GpuShare.held_whole(G0.uuid, G0.memory_mib),),
+                  pod_uid="train", container="main", granted_at=9.0)  # fmt: skip
+    grants = [batch("old", 1.0), batch("new", 4.0), batch("other", 5.0, G1.uuid), whole]
+    gone = to_evict(sample(G0.memory_mib // 2, {"old": 100}), grants, MEMORY, set())
+    assert sorted(e.pod_uid for e in gone) == ["new", "old"]
+    assert all(e.whole and "granted whole to a production pod" in e.message for e in gone)

@@ -61,15 +61,20 @@ def test_batch_memory_is_held_to_the_idle_memory() -> None:
     assert "8191 MiB idle memory for batch" in refused.reason
 
 
-def test_production_does_not_see_batch_and_batch_keeps_off_whole_gpus() -> None:
-    """A production slice takes a GPU's whole reservation though batch runs there (it takes
-    it back); a whole GPU is never shared with batch, either way round."""
+def test_production_takes_back_what_batch_borrowed_and_whole_gpus_are_never_shared() -> None:
+    """A production slice takes a GPU's whole reservation though batch runs there; a whole
+    GPU may be taken where only batch runs (its batch pods are evicted), but only where no
+    idle GPU would do; batch never goes on a GPU held whole."""
     idle = {i: Idle(100, MEMORY) for i in range(8)}
     busy = {0: _batch(90, MEMORY - 1)}
     placed = PLACER.place(Request(gpus=1, core=100, memory_mib=MEMORY), NodeState(busy, idle=idle))
     assert isinstance(placed, Placement), placed
-    whole_elsewhere = PLACER.place(Request(gpus=8), NodeState(busy, idle=idle))
-    assert isinstance(whole_elsewhere, NoFit)
+    one = PLACER.place(Request(gpus=1), NodeState(busy, idle=idle))
+    assert isinstance(one, Placement) and one.gpus[0].index != 0
+    every = PLACER.place(Request(gpus=8), NodeState(busy, idle=idle))
+    assert isinstance(every, Placement) and len(every.gpus) == 8
+    beside_production = {0: _batch(10, 1024).plus(_production(10, 1024))}
+    assert isinstance(PLACER.place(Request(gpus=8), NodeState(beside_production)), NoFit)
     held = {i: GpuShare("GPU-x", 100, MEMORY, exclusive=True).charge(100) for i in range(8)}
     assert isinstance(PLACER.place(BATCH, NodeState(held, idle=idle)), NoFit)
 
