@@ -22,7 +22,7 @@ from gpulet.api.assignment import ANNOTATION, dump_assignment
 from gpulet.placement.podspec import PodAsk, PodSpecError, pod_ask
 from scorer.cluster import ClusterView, NodeInfo
 from scorer.decide import Decision, Refusal, decide, empty
-from scorer.preemption import node_budget, pod_priority, victims_for
+from scorer.preemption import MAX_CANDIDATES, node_budget, pod_priority, victims_for
 from scorer.wire import (
     BadRequest,
     ExtenderArgs,
@@ -187,6 +187,14 @@ class Extender:
             return ExtenderPreemptionResult(proposals)
         priority = pod_priority(args.pod)
         kept: dict[str, MetaVictims] = {}
+        if len(proposals) > MAX_CANDIDATES:
+            log.warning(
+                "event=preempt-candidates-capped pod=%s candidates=%d judged=%d",
+                ask.ref,
+                len(proposals),
+                MAX_CANDIDATES,
+            )
+            proposals = dict(list(proposals.items())[:MAX_CANDIDATES])
         budget = node_budget(len(proposals))
         for name, proposal in proposals.items():
             info = self.view.node(name)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import scorer.extender
 from gpulet.api.assignment import dump_assignment
 from gpulet.api.resources import ASSIGNMENT_ANNOTATION
 from gpulet.placement import Capacity
@@ -120,3 +121,18 @@ def test_an_unknown_node_is_dropped(server: ExtenderServer) -> None:
     proposal = {"cpu-node": {"Pods": [], "NumPDBViolations": 0}}
     answer = preempt(server, {"Pod": pending, "NodeNameToMetaVictims": proposal})
     assert answer == {"NodeNameToMetaVictims": {}}
+
+
+def test_past_the_most_candidates_one_request_is_judged_on_the_rest_are_dropped(
+    server: ExtenderServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request naming more candidate nodes than kube-scheduler ever proposes costs no
+    more than one at the cap: the first ones are judged, the rest dropped, and it is logged."""
+    monkeypatch.setattr(scorer.extender, "MAX_CANDIDATES", 1)
+    low = {n: bound(server, n, f"low-{n}", 60, priority=0) for n in ("vm-1", "vm-2")}
+    pending = pod_object("urgent", container(gpus=1, core=50, memory=2048))
+    pending["spec"]["priority"] = 5
+    proposal = {n: {"Pods": [{"UID": low[n]}], "NumPDBViolations": 0} for n in ("vm-1", "vm-2")}
+    answer = preempt(server, {"Pod": pending, "NodeNameToMetaVictims": proposal})
+    assert answer == {"NodeNameToMetaVictims": {"vm-1": proposal["vm-1"]}}
+    assert "event=preempt-candidates-capped" in caplog.text and "candidates=2" in caplog.text
