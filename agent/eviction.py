@@ -167,6 +167,8 @@ class BatchEvictor:
         self._permille = permille
         #: Pods evicted whose grants are still held.
         self.evicted: set[str] = set()
+        #: Evictions so far, by reason ("memory", "whole"), for metrics.
+        self.counts: dict[str, int] = {}
 
     def observe(self, sample: Sample, grants: Iterable[Grant]) -> list[Eviction]:
         grants = tuple(grants)
@@ -174,6 +176,8 @@ class BatchEvictor:
         found = to_evict(sample, grants, self._memory, self.evicted, self._permille)
         for e in found:
             self.evicted.add(e.pod_uid)
+            reason = "whole" if e.whole else "memory"
+            self.counts[reason] = self.counts.get(reason, 0) + 1
             log.warning(
                 "event=batch-evicted pod_uid=%s gpu=%s free_mib=%d watermark_mib=%d held_mib=%d",
                 e.pod_uid,

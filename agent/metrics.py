@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from prometheus_client.registry import Collector
 
 from agent.access import Access
 from agent.backstop import ShareStatus
+from agent.colocation import CoLocation
+from agent.eviction import BatchEvictor
+from agent.idle import IdleMeter
 from agent.monitor import Monitor
 from deviceplugin.core import DevicePluginCore
 from deviceplugin.grants import Grant
@@ -34,14 +38,68 @@ log = logging.getLogger("gpulet.agent")
 MIB = 1 << 20
 
 
+@dataclass(frozen=True)
+class BatchParts:
+    """What the agent runs for batch slices, for their metrics."""
+
+    colocation: CoLocation
+    idle: IdleMeter | None = None
+    evictor: BatchEvictor | None = None
+
+
 class AgentCollector(Collector):
-    def __init__(self, core: DevicePluginCore, monitor: Monitor | None) -> None:
+    def __init__(
+        self, core: DevicePluginCore, monitor: Monitor | None, batch: BatchParts | None = None
+    ) -> None:
         self._core = core
         self._monitor = monitor
+        self._batch = batch
 
     def collect(self) -> Iterator[Metric]:
         yield from self._gpus()
         yield from self._containers()
+        if self._batch is not None:
+            yield from self._batch_metrics(self._batch)
+
+    def _batch_metrics(self, batch: BatchParts) -> Iterator[Metric]:
+        labels = ["gpu", "uuid"]
+        room_core = GaugeMetricFamily(
+            "gpulet_gpu_batch_room_core_percent",
+            "Compute production leaves idle, less the margin, as last published",
+            labels=labels,
+        )
+        room_memory = GaugeMetricFamily(
+            "gpulet_gpu_batch_room_memory_bytes",
+            "Memory production leaves idle, less the margin, as last published",
+            labels=labels,
+        )
+        floors = GaugeMetricFamily(
+            "gpulet_gpu_batch_core_percent", "Batch slices' floors granted", labels=labels
+        )
+        published = batch.idle.published if batch.idle is not None else None
+        state = self._core.node_state()
+        for gpu in self._core.topo.gpus:
+            key = [str(gpu.index), gpu.uuid]
+            floors.add_metric(key, state.gpu(gpu.index).batch_core)
+            if published is not None and gpu.index in published:
+                room_core.add_metric(key, published[gpu.index].core)
+                room_memory.add_metric(key, published[gpu.index].memory_mib * MIB)
+        shares = GaugeMetricFamily(
+            "gpulet_container_batch_share_percent",
+            "The compute share the co-location controller last gave a batch container",
+            labels=["pod_uid", "container", "uuid"],
+        )
+        for name, permille in dict(batch.colocation.shares).items():
+            shares.add_metric(name.split("/", 2), permille / 10)  # agent.colocation.slice_key
+        evictions = CounterMetricFamily(
+            "gpulet_batch_evictions",
+            "Batch pods evicted: their GPU's memory ran short, or it was granted whole",
+            labels=["reason"],
+        )
+        counts = batch.evictor.counts if batch.evictor is not None else {}
+        for reason in ("memory", "whole"):
+            evictions.add_metric([reason], counts.get(reason, 0))
+        yield from (room_core, room_memory, floors, shares, evictions)
 
     def _gpus(self) -> Iterator[Metric]:
         labels = ["gpu", "uuid"]

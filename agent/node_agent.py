@@ -34,7 +34,7 @@ from agent.heartbeat import LeaseHeartbeat
 from agent.idle import MIN_INTERVAL_S, WINDOW_S, IdleMeter, aggregates
 from agent.kube import AllocatedRecorder, ApiPodSource, EventReporter
 from agent.loop import Every
-from agent.metrics import AgentCollector, MetricsServer
+from agent.metrics import AgentCollector, BatchParts, MetricsServer
 from agent.monitor import Finding, Monitor, Violation
 from agent.pinner import Pinner
 from agent.plugincore import AgentSpec, ListedContainer, build
@@ -285,7 +285,13 @@ def _start_monitoring(
     parts.start("monitor", Every("gpulet-monitor", monitoring.interval_s, sample))
     if monitoring.metrics_port is not None:
         server = MetricsServer(
-            AgentCollector(core, monitor),
+            AgentCollector(
+                core,
+                monitor,
+                BatchParts(agent.colocation, agent.idle, agent.evictor)
+                if agent.colocation is not None
+                else None,
+            ),
             monitoring.metrics_port,
             healthy=manager.serving,
             documents={"/allocations": lambda: allocations(core, monitor, pods.pod)},

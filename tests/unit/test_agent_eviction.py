@@ -100,6 +100,7 @@ def test_the_evictor_remembers_until_the_grant_goes_and_a_failure_is_not_retried
     evictor.observe(short, GRANTS)
     evictor.observe(short, GRANTS)
     assert [e.pod_uid for e in asked] == ["new", "mid", "old"]
+    assert evictor.counts == {"memory": 3}  # gpulet_batch_evictions_total{reason="memory"}
     assert "event=batch-evict-failed" in caplog.text and "event=batch-evicted" in caplog.text
     evictor.observe(short, GRANTS[1:])  # "old" ended; "new" and "mid" are still evicted
     assert evictor.evicted == {"new", "mid"}

@@ -480,6 +480,13 @@ def test_a_batch_slice_from_the_measurement_to_the_container(cluster: Cluster) -
     assert [c["class"] for c in gpu["containers"]] == ["batch"]
     text = CliRunner().invoke(cli, ["node", "allocations", "--agent", agent]).output
     assert "batch      default/offline main: floor 30% core, cap 8192 MiB" in text
+    # Its metrics: the room published, the floor granted, the share given.
+    index = next(g.index for g in H100.gpus if g.uuid == limit.uuid)
+    assert cluster.value("gpulet_gpu_batch_room_core_percent", gpu=str(index)) == room.core
+    assert cluster.value("gpulet_gpu_batch_core_percent", gpu=str(index)) == 30
+    share = cluster.value("gpulet_container_batch_share_percent", uuid=limit.uuid)
+    assert share == 95.0
+    assert cluster.value("gpulet_batch_evictions_total", reason="memory") == 0
 
 
 def test_a_lost_checkpoint_is_rebuilt_exactly_from_the_pods(cluster: Cluster) -> None:
