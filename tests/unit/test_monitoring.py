@@ -20,8 +20,9 @@ from kubernetes.client import ApiClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.access import KubernetesAccess
-from agent.metrics import AgentCollector, MetricsServer
+from agent.metrics import AgentCollector, BatchParts, MetricsServer
 from gpulet.kube.calls import ReviewCalls
+from gpulet.standins.objects import container, pod_object
 from tests.deploy import CHART, DEPLOY, key, needs_helm, one, render
 from tests.unit import test_agent_path as path
 from tests.unit.test_deploy_manifests import K8S_VERSIONS
@@ -215,11 +216,19 @@ def exported(cluster: path.Cluster) -> Iterator[dict[str, set[str]]]:
     cluster.api.add_token(SCRAPER_TOKEN, SCRAPER, groups=["system:serviceaccounts"])
     cluster.api.allow(SCRAPER, "/metrics")
     tenant, greedy = admitted(cluster, "tenant"), admitted(cluster, "greedy")
+    # A batch slice, once the agent has published the room its idle GPUs leave.
+    cluster.nvml_shows()
+    view = cluster.scorer.server.extender.view
+    path.wait_for(lambda: bool(view.state(path.NODE).idle))
+    offline = pod_object("offline", container("main", gpus=1, batch_core=10, batch_memory=1024))
+    path.admit(cluster, path.schedule(cluster, offline))
     sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
     agent = cluster.agent
     access = KubernetesAccess(ReviewCalls(ApiClient(cluster.api.configuration())))
+    assert agent.colocation is not None
+    batch = BatchParts(agent.colocation, agent.idle, agent.evictor)
     server = MetricsServer(
-        AgentCollector(agent.core, agent.monitor), 0, host="127.0.0.1", access=access
+        AgentCollector(agent.core, agent.monitor, batch), 0, host="127.0.0.1", access=access
     )
     server.start()
     try:
@@ -233,6 +242,7 @@ def exported(cluster: path.Cluster) -> Iterator[dict[str, set[str]]]:
         uid = tenant["metadata"]["uid"]
         path.wait_for(lambda: cluster.value("gpulet_container_memory_used_bytes", pod_uid=uid))
         path.wait_for(lambda: cluster.value("gpulet_container_backstop_violations_total"))
+        path.wait_for(lambda: cluster.value("gpulet_container_batch_share_percent"))
         assert get(server.port, "/metrics")[0] == 401
         code, text = get(server.port, "/metrics", SCRAPER_TOKEN)
         assert code == 200
@@ -310,6 +320,9 @@ def test_the_dashboard_uses_only_series_and_labels_that_are_exported(
         "gpulet_scorer_requests_total",
         "gpulet_scorer_nodes",
         "gpulet_scorer_nodes_quiet",
+        "gpulet_gpu_batch_room_core_percent",
+        "gpulet_container_batch_share_percent",
+        "gpulet_batch_evictions_total",
     ):
         assert name in used, name
 
