@@ -164,7 +164,8 @@ class BatchEvictor:
     def __init__(self, topo: Topology, evict: Evict, *, permille: int = WATERMARK_PERMILLE) -> None:
         self._memory = {g.uuid: g.memory_mib for g in topo.gpus}
         self._evict = evict
-        self._permille = permille
+        #: The watermark, permille of each GPU's memory (at least `MIN_MIB`).
+        self.permille = permille
         #: Pods evicted whose grants are still held.
         self.evicted: set[str] = set()
         #: Evictions so far, by reason ("memory", "whole"), for metrics.
@@ -173,7 +174,7 @@ class BatchEvictor:
     def observe(self, sample: Sample, grants: Iterable[Grant]) -> list[Eviction]:
         grants = tuple(grants)
         self.evicted &= {g.pod_uid for g in grants if g.pod_uid}
-        found = to_evict(sample, grants, self._memory, self.evicted, self._permille)
+        found = to_evict(sample, grants, self._memory, self.evicted, self.permille)
         for e in found:
             self.evicted.add(e.pod_uid)
             reason = "whole" if e.whole else "memory"

@@ -29,7 +29,7 @@ from agent.backstop import (
 )
 from agent.cgroups import ContainerRef, ProcessTable
 from agent.colocation import INTERVAL_S, CoLocation, batch_gpus
-from agent.eviction import BatchEvictor, through_api
+from agent.eviction import WATERMARK_PERMILLE, BatchEvictor, through_api
 from agent.heartbeat import LeaseHeartbeat
 from agent.idle import MIN_INTERVAL_S, WINDOW_S, IdleMeter, aggregates
 from agent.kube import AllocatedRecorder, ApiPodSource, EventReporter
@@ -92,6 +92,8 @@ class Monitoring:
     #: batch slices is published (`agent.idle`).
     idle_window_s: float = WINDOW_S
     idle_interval_s: float = MIN_INTERVAL_S
+    #: Free memory kept on a GPU with batch slices, permille of the GPU's (`agent.eviction`).
+    batch_watermark_permille: int = WATERMARK_PERMILLE
 
 
 @dataclass
@@ -272,7 +274,9 @@ def _start_monitoring(
     # With enforcement on, a batch pod's processes are killed at once: its memory now, not
     # after a grace period.
     evict = through_api(api, events, pods.pod, kill=monitor.enforcing)
-    evictor = agent.evictor = BatchEvictor(core.topo, evict)
+    evictor = agent.evictor = BatchEvictor(
+        core.topo, evict, permille=monitoring.batch_watermark_permille
+    )
 
     def sample() -> None:
         before = monitor.latest

@@ -12,6 +12,7 @@ import click
 
 from agent import node_agent
 from agent.adapters import read_adapters
+from agent.eviction import WATERMARK_PERMILLE
 from agent.idle import MIN_INTERVAL_S, WINDOW_S
 from agent.library import install_limiter
 from agent.node_agent import NodeAgent
@@ -182,6 +183,15 @@ def agent() -> None:
     "the Node's batch aggregates); each also needs a change of more than 5% of a GPU.",
 )
 @click.option(
+    "--batch-watermark-percent",
+    type=click.FloatRange(min=0.1, max=50),
+    default=WATERMARK_PERMILLE / 10,
+    show_default=True,
+    help="Free memory kept on a GPU with batch slices, percent of its memory (at least "
+    "1 GiB): under it, batch pods there are evicted, newest first. Raise it where production "
+    "can allocate more than this within a second.",
+)
+@click.option(
     "--heartbeat-seconds",
     type=click.FloatRange(min=1),
     default=nt.HEARTBEAT_S,
@@ -236,6 +246,7 @@ def run(
     usage_file: Path | None,
     idle_window_seconds: float,
     idle_interval_seconds: float,
+    batch_watermark_percent: float,
     heartbeat_seconds: float,
     namespace: str,
     pod_name: str | None,
@@ -298,6 +309,7 @@ def run(
                 metrics_auth=metrics_auth,
                 idle_window_s=idle_window_seconds,
                 idle_interval_s=idle_interval_seconds,
+                batch_watermark_permille=round(batch_watermark_percent * 10),
             ),
         )
         metrics = f"; metrics on :{agent.metrics.port}" if agent.metrics else ""

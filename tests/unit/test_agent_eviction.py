@@ -141,3 +141,14 @@ def test_every_batch_pod_leaves_a_gpu_granted_whole_whatever_its_memory() -> Non
     gone = to_evict(sample(G0.memory_mib // 2, {"old": 100}), grants, MEMORY, set())
     assert sorted(e.pod_uid for e in gone) == ["new", "old"]
     assert all(e.whole and "granted whole to a production pod" in e.message for e in gone)
+
+
+def test_the_watermark_is_a_setting() -> None:
+    """`--batch-watermark-percent 10`: a GPU with 8% free keeps its batch pods at the
+    default 5%, and loses the newest at 10%."""
+    free = G0.memory_mib * 8 // 100
+    short = sample(free, {"new": 4000})
+    assert BatchEvictor(TOPO, lambda e: None).observe(short, GRANTS) == []
+    raised = BatchEvictor(TOPO, lambda e: None, permille=100).observe(short, GRANTS)
+    assert [e.pod_uid for e in raised] == ["new"]
+    assert raised[0].watermark_mib == max(MIN_MIB, G0.memory_mib // 10)
