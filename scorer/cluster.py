@@ -74,7 +74,8 @@ class NodeInfo:
 @dataclass
 class _Published:
     """A NodeTopology as last seen: the uid of the Node it names as owner, a digest of its
-    spec (to tell a change without keeping the document), and what it reads as."""
+    spec (to tell a change without keeping the document), what it reads as, and the room its
+    status gives each GPU for batch slices."""
 
     owner: str | None
     digest: bytes
@@ -232,30 +233,35 @@ class ClusterView:
             self._nodes.pop(name, None)
 
     def set_node_topology_object(self, obj: Mapping[str, object]) -> str | None:
-        """A NodeTopology as JSON; the node it is named after (None: it has no name). Read
-        only when its spec or owner changed; a spec that cannot be read gives the node a
-        problem."""
+        """A NodeTopology as JSON; the node it is named after (None: it has no name). Its
+        spec is read only when it or the owner changed (a spec that cannot be read gives the
+        node a problem); a status alone that changed (the room its agent measured for batch
+        slices, at most once a minute) moves only the node's `idle`."""
         name = _name_of(obj)
         if name is None:
             return None
         owner = nt.owner_uid(obj)
-        read = {"spec": obj.get("spec"), "status": obj.get("status")}
-        digest = hashlib.blake2b(
-            json.dumps(read, sort_keys=True, default=str).encode(), digest_size=16
-        ).digest()
-        with self._lock:
-            old = self._published.get(name)
-        if old is not None and (old.digest, old.owner) == (digest, owner):
-            return name
-        try:
-            topo, problem = from_document(nt.document_of(obj)), None
-        except (DocumentError, ValueError) as e:
-            topo, problem = None, f"its NodeTopology {name} cannot be read: {e}"
+        spec = json.dumps(obj.get("spec"), sort_keys=True, default=str).encode()
+        digest = hashlib.blake2b(spec, digest_size=16).digest()
         try:
             idle = nt.idle_of(obj)
         except ValueError as e:  # the node is still good for production slices
             log.warning("event=nodetopology-status-unreadable node=%s error=%r", name, str(e))
             idle = {}
+        with self._lock:
+            old = self._published.get(name)
+            if old is not None and (old.digest, old.owner) == (digest, owner):
+                if old.idle != idle:
+                    old.idle = idle
+                    known = self._nodes.get(name)
+                    if known is not None and known.source == ("object", digest):
+                        known.info = replace(known.info, idle=idle)
+                        self._touch(name)
+                return name
+        try:
+            topo, problem = from_document(nt.document_of(obj)), None
+        except (DocumentError, ValueError) as e:
+            topo, problem = None, f"its NodeTopology {name} cannot be read: {e}"
         with self._lock:
             self._published[name] = _Published(owner, digest, topo, problem, idle)
             if (known := self._nodes.get(name)) is not None:

@@ -86,12 +86,17 @@ def test_a_status_that_cannot_be_read_leaves_the_node_to_production(
     assert e.filter(ExtenderArgs(slice_pod, node_names=("a",))).node_names == ("a",)
 
 
-def test_a_new_measurement_moves_what_fits() -> None:
+def test_a_new_measurement_moves_what_fits_and_reads_nothing_else_again() -> None:
     v = ClusterView(stale_after=0)
     v.set_node_object(node_object("a", H100, legacy=False))
     v.set_node_topology_object(measured("a", {0: Idle(20, 20000)}))
     e = Extender(v)
     assert e.filter(ExtenderArgs(batch_pod(), node_names=("a",))).node_names == ()
+    before = v.node("a")
+    assert before is not None
     v.set_node_topology_object(measured("a", {0: Idle(90, 20000)}))
+    # Only the status moved: the spec is not read again, nor the node's placer rebuilt.
+    after = v.node("a")
+    assert after is not None and after.placer is before.placer and after.topo is before.topo
     assert e.filter(ExtenderArgs(batch_pod(), node_names=("a",))).node_names == ("a",)
     assert v.state("a").idle_of(0) == Idle(90, 20000)
