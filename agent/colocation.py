@@ -210,6 +210,12 @@ def slice_key(pod_uid: str, container: str, uuid: str) -> str:
     return f"{pod_uid}/{container}/{uuid}"
 
 
+def slice_of(key: str) -> tuple[str, str, str]:
+    """`slice_key`'s pod uid, container and GPU UUID (none of them holds a "/")."""
+    pod_uid, container, uuid = key.split("/", 2)
+    return pod_uid, container, uuid
+
+
 def batch_gpus(grants: Iterable[Grant]) -> dict[str, list[Slice]]:
     """The slices of every GPU that holds a batch slice, by GPU UUID: what the controller
     reads and writes (`CoLocation`'s `slices`). GPUs without one are left out."""

@@ -130,22 +130,12 @@ def to_evict(
     whole = {s.uuid for g in grants for s in g.gpus if s.exclusive}
     for uuid, total in memory.items():
         on = [g for g in batch if any(s.uuid == uuid and s.batch for s in g.gpus)]
-        if not on:
-            continue
         free = total - sample.gpu_used_mib.get(uuid, 0)
         floor = watermark(total, permille)
-        if uuid in whole:
-            for g in on:
-                uid = g.pod_uid or ""
-                if uid not in chosen:
-                    chosen.add(uid)
-                    pids_of = tuple(sorted(pids.get(uid, ())))
-                    out.append(Eviction(uid, uuid, pids_of, held.get((uid, uuid), 0), free,
-                                        floor, whole=True))  # fmt: skip
-            continue
+        granted_whole = uuid in whole  # then every batch pod goes, whatever the memory
         freed = 0
         for g in sorted(on, key=lambda g: (g.granted_at, g.pod_uid or ""), reverse=True):
-            if free + freed >= floor:
+            if not granted_whole and free + freed >= floor:
                 break
             uid = g.pod_uid or ""
             mine = held.get((uid, uuid), 0)
@@ -153,7 +143,8 @@ def to_evict(
             if uid in chosen:
                 continue
             chosen.add(uid)
-            out.append(Eviction(uid, uuid, tuple(sorted(pids.get(uid, ()))), mine, free, floor))
+            victim_pids = tuple(sorted(pids.get(uid, ())))
+            out.append(Eviction(uid, uuid, victim_pids, mine, free, floor, granted_whole))
     return out
 
 

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from agent.access import Access
 from agent.backstop import ShareStatus
-from agent.colocation import CoLocation
+from agent.colocation import CoLocation, slice_of
 from agent.eviction import BatchEvictor
 from agent.idle import IdleMeter
 from agent.monitor import Monitor
@@ -89,8 +89,8 @@ class AgentCollector(Collector):
             "The compute share the co-location controller last gave a batch container",
             labels=["pod_uid", "container", "uuid"],
         )
-        for name, permille in dict(batch.colocation.shares).items():
-            shares.add_metric(name.split("/", 2), permille / 10)  # agent.colocation.slice_key
+        for given, permille in dict(batch.colocation.shares).items():
+            shares.add_metric(list(slice_of(given)), permille / 10)
         evictions = CounterMetricFamily(
             "gpulet_batch_evictions",
             "Batch pods evicted: their GPU's memory ran short, or it was granted whole",
