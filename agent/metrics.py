@@ -43,8 +43,8 @@ class BatchParts:
     """What the agent runs for batch slices, for their metrics."""
 
     colocation: CoLocation
-    idle: IdleMeter | None = None
-    evictor: BatchEvictor | None = None
+    idle: IdleMeter
+    evictor: BatchEvictor
 
 
 class AgentCollector(Collector):
@@ -76,7 +76,7 @@ class AgentCollector(Collector):
         floors = GaugeMetricFamily(
             "gpulet_gpu_batch_core_percent", "Batch slices' floors granted", labels=labels
         )
-        published = batch.idle.published if batch.idle is not None else None
+        published = batch.idle.published
         state = self._core.node_state()
         for gpu in self._core.topo.gpus:
             key = [str(gpu.index), gpu.uuid]
@@ -96,9 +96,8 @@ class AgentCollector(Collector):
             "Batch pods evicted: their GPU's memory ran short, or it was granted whole",
             labels=["reason"],
         )
-        counts = batch.evictor.counts if batch.evictor is not None else {}
         for reason in ("memory", "whole"):
-            evictions.add_metric([reason], counts.get(reason, 0))
+            evictions.add_metric([reason], batch.evictor.counts.get(reason, 0))
         yield from (room_core, room_memory, floors, shares, evictions)
 
     def _gpus(self) -> Iterator[Metric]:

@@ -210,15 +210,17 @@ def start(
         agent = NodeAgent(
             core, manager, pods, publisher, heartbeat, parts, recorder=recorder, capacity=capacity
         )
-        agent.colocation = CoLocation(lambda: batch_gpus(core.grants()))
-        parts.start("colocation", Every("gpulet-colocation", INTERVAL_S, agent.colocation.tick))
+        colocation = agent.colocation = CoLocation(lambda: batch_gpus(core.grants()))
+        parts.start("colocation", Every("gpulet-colocation", INTERVAL_S, colocation.tick))
         if pinning is not None:
             pinner = Pinner(topo, pods.pods, pinning.cgroup_root, pinning.cpu_manager_state)
             loop = Every("gpulet-pin", pinning.interval_s, pinner.reconcile)
             parts.start("pinner", loop)
         if monitoring is not None:
             ledger = spec.state_dir / DUTY_LEDGER
-            _start_monitoring(agent, parts, monitoring, api=api, node=node, ledger=ledger)
+            _start_monitoring(
+                agent, parts, monitoring, colocation, api=api, node=node, ledger=ledger
+            )
     gc.freeze()  # as agent.standalone.start: keep the long-lived out of full collections
     return agent
 
@@ -227,13 +229,15 @@ def _start_monitoring(
     agent: NodeAgent,
     parts: Supervisor,
     monitoring: Monitoring,
+    colocation: CoLocation,
     *,
     api: CoreCalls,
     node: str,
     ledger: Path,
 ) -> None:
     """The usage monitor and its backstops (the compute backstop's duty cycle first, so that
-    it runs before any sample can ask it to freeze), then the metrics server."""
+    it runs before any sample can ask it to freeze), batch slices' room and eviction, then
+    the metrics server."""
     core, pods, manager = agent.core, agent.pods, agent.manager
     events = EventReporter(api, node)
 
@@ -252,7 +256,7 @@ def _start_monitoring(
         report=report,
         compute=replace(monitoring.compute, sample_s=monitoring.interval_s),
         freezing=freezing,
-        batch_share=agent.colocation.share_percent if agent.colocation else lambda *key: None,
+        batch_share=colocation.share_percent,
     )
     if freezing is not None:
         parts.start("duty-cycle", freezing.duty)  # its stop thaws every container it holds
@@ -289,13 +293,7 @@ def _start_monitoring(
     parts.start("monitor", Every("gpulet-monitor", monitoring.interval_s, sample))
     if monitoring.metrics_port is not None:
         server = MetricsServer(
-            AgentCollector(
-                core,
-                monitor,
-                BatchParts(agent.colocation, agent.idle, agent.evictor)
-                if agent.colocation is not None
-                else None,
-            ),
+            AgentCollector(core, monitor, BatchParts(colocation, meter, evictor)),
             monitoring.metrics_port,
             healthy=manager.serving,
             documents={"/allocations": lambda: allocations(core, monitor, pods.pod)},

@@ -225,7 +225,7 @@ def exported(cluster: path.Cluster) -> Iterator[dict[str, set[str]]]:
     sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
     agent = cluster.agent
     access = KubernetesAccess(ReviewCalls(ApiClient(cluster.api.configuration())))
-    assert agent.colocation is not None
+    assert agent.colocation and agent.idle and agent.evictor
     batch = BatchParts(agent.colocation, agent.idle, agent.evictor)
     server = MetricsServer(
         AgentCollector(agent.core, agent.monitor, batch), 0, host="127.0.0.1", access=access
