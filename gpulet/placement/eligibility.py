@@ -49,21 +49,21 @@ def gpu_unary(
     GPU; both prefer a GPU something already uses. A whole GPU where batch slices run costs
     one `touched` more than an idle one (taking it evicts them)."""
     total = max(1, gpu.memory_mib)
-    if grant.batch:
-        core_used, memory_used = use.batch_core, use.batch_memory_mib
-        if policy is GpuPolicy.SPREAD:
-            return (core_used + memory_used * 100 // total) * _FIT + gpu.index * _ORDER
-        left_core = idle.core - core_used - grant.core
-        left_mem = (idle.memory_mib - memory_used - grant.memory_mib) * 100 // total
-        return (_TOUCHED if use.idle else 0) + (left_core + left_mem) * _FIT + gpu.index * _ORDER
     if grant.exclusive and use.batch:
         # Taking it evicts the batch slices there: one `touched` more than an idle GPU.
         pristine = _TOUCHED if policy is GpuPolicy.BINPACK else 0
         return pristine + _TOUCHED + gpu.index * _ORDER
+    # What the share's class has used of what it may have.
+    if grant.batch:
+        core_used, memory_used = use.batch_core, use.batch_memory_mib
+        core_room, memory_room = idle.core, idle.memory_mib
+    else:
+        core_used, memory_used = use.core, use.memory_mib
+        core_room, memory_room = 100, gpu.memory_mib
     if policy is GpuPolicy.SPREAD:
-        return (use.core + use.memory_mib * 100 // total) * _FIT + gpu.index * _ORDER
-    left_core = 100 - use.core - grant.core
-    left_mem = (gpu.memory_mib - use.memory_mib - grant.memory_mib) * 100 // total
+        return (core_used + memory_used * 100 // total) * _FIT + gpu.index * _ORDER
+    left_core = core_room - core_used - grant.core
+    left_mem = (memory_room - memory_used - grant.memory_mib) * 100 // total
     return (_TOUCHED if use.idle else 0) + (left_core + left_mem) * _FIT + gpu.index * _ORDER
 
 
@@ -83,19 +83,18 @@ def candidates(topo: Topology, req: Request, state: NodeState, cap: Capacity) ->
     gpu_reasons: dict[int, str | Shortfall] = {}
     if req.gpus:
         for gpu in topo.gpus:
-            use = state.gpu(gpu.index)
+            use, idle = state.gpu(gpu.index), state.idle_of(gpu.index)
             got: GpuShare | Shortfall | str
             if gpu.index in state.unhealthy_gpus:
                 got = "unhealthy"
             elif gpu.mig:
                 got = "MIG enabled"
             else:
-                got = _grant(gpu, use, req, cap, state.idle_of(gpu.index))
+                got = _grant(gpu, use, req, cap, idle)
             if not isinstance(got, GpuShare):
                 gpu_reasons[gpu.index] = got
             else:
-                unary = gpu_unary(gpu, use, got, req.gpu_policy, state.idle_of(gpu.index))
-                gpus[gpu.index] = (got, unary)
+                gpus[gpu.index] = (got, gpu_unary(gpu, use, got, req.gpu_policy, idle))
     nics: dict[str, int] = {}
     nic_reasons: dict[str, str] = {}
     if req.rdma:
