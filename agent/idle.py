@@ -1,5 +1,6 @@
 """What each GPU's production leaves idle: the room the extender places batch slices against,
-and the batch aggregates the Node advertises (docs/colocation.md, "Placing a batch slice").
+and the batch aggregates the Node advertises (docs/colocation.md, "The room the agent
+measures").
 
 Every monitor sample, per GPU: production's use is everything the GPU's processes use but
 batch slices' own (processes no container owns count as production: the safe side). The
